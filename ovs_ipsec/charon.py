@@ -1,0 +1,213 @@
+"""Thin adapter over charon's VICI socket: one call, one type conversion, bounded in time.
+
+charon's replies are decoded from bytes to str here, streamed calls are materialised, and
+failures become `CharonError` (charon said no; the message is its `errmsg`) or
+`CharonUnreachable` (no socket, timeout, EOF: the session is closed and must be reopened).
+Secrets are unwrapped only here, at the VICI call.
+
+May import: vici, naming, plan and reconcile types, errors, stdlib.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+import vici
+import vici.exception
+import vici.protocol
+
+from ovs_ipsec import naming
+from ovs_ipsec.errors import CharonError, CharonUnreachable
+from ovs_ipsec.plan import ConnSpec, SharedSpec
+
+DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
+
+
+def vici_path(uri: str) -> str:
+    """`unix:///abs/path` -> `/abs/path` (the only transport charon's vici plugin offers us)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "unix" or not parsed.path.startswith("/") or parsed.netloc:
+        raise ValueError(f"--vici must look like unix:///absolute/path, got {uri!r}")
+    return parsed.path
+
+
+class _BoundedTransport(vici.protocol.Transport):
+    """vici's Transport lifts the socket timeout after the first byte of a reply; a charon
+    stopped half-way through a reply would then block us for ever. Keep one deadline instead."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__(sock)
+        self.timeout = timeout
+
+    def _recvall(self, count: int, timeout: Any = vici.protocol.RECV_TIMEOUT_DEFAULT) -> bytes:
+        limit = self.timeout if timeout is vici.protocol.RECV_TIMEOUT_DEFAULT else timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        data = b""
+        while len(data) < count:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("timed out")
+                self.socket.settimeout(remaining)
+            chunk = self.socket.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("Connection closed")
+            data += chunk
+        return data
+
+
+def decode(value: Any) -> Any:
+    """VICI replies carry bytes everywhere; the rest of the daemon works with str."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, Mapping):
+        return {str(k): decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
+
+
+class Charon:
+    """The command session. (Events use their own session: a session registered for events
+    cannot send requests.)"""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._session: vici.Session | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    def connect(self) -> None:
+        self.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise CharonUnreachable("connect", f"{self.path}: {exc.strerror or exc}") from exc
+        session = vici.Session(sock)
+        session.transport = _BoundedTransport(sock, self.timeout)
+        self._session, self._socket = session, sock
+
+    def close(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.close()
+        self._session, self._socket = None, None
+
+    def fileno(self) -> int | None:
+        return self._socket.fileno() if self._socket is not None else None
+
+    def _call(self, command: str, message: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        session = self._require(command)
+        try:
+            return decode(session.request(command, dict(message) if message else None))
+        except vici.exception.CommandException as exc:
+            raise CharonError(command, _errmsg(exc)) from exc
+        except (OSError, vici.exception.SessionException) as exc:
+            self.close()
+            raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
+
+    def _stream(
+        self, command: str, event: str, message: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        session = self._require(command)
+        try:
+            return [decode(item) for item in session.streamed_request(command, event, message)]
+        except vici.exception.CommandException as exc:
+            raise CharonError(command, _errmsg(exc)) from exc
+        except (OSError, vici.exception.SessionException) as exc:
+            self.close()
+            raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
+
+    def _require(self, command: str) -> vici.Session:
+        if self._session is None:
+            self.connect()
+        assert self._session is not None
+        return self._session
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def version(self) -> dict[str, Any]:
+        return self._call("version")
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("stats")
+
+    def owned_conns(self) -> frozenset[str]:
+        names = self._call("get-conns").get("conns", [])
+        return frozenset(name for name in names if naming.is_owned_conn(name))
+
+    def owned_shared(self) -> frozenset[str]:
+        ids = self._call("get-shared").get("keys", [])
+        return frozenset(secret_id for secret_id in ids if naming.is_owned_shared(secret_id))
+
+    def list_sas(self, ike: str | None = None) -> list[dict[str, Any]]:
+        message = {"noblock": "yes"}
+        if ike is not None:
+            message["ike"] = ike
+        return self._stream("list-sas", "list-sa", message)
+
+    def list_conns(self, ike: str | None = None) -> list[dict[str, Any]]:
+        return self._stream("list-conns", "list-conn", {"ike": ike} if ike else None)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def load_conn(self, spec: ConnSpec) -> None:
+        self._call("load-conn", {spec.name: spec.body})
+
+    def unload_conn(self, name: str) -> None:
+        self._call("unload-conn", {"name": name})
+
+    def load_shared(self, spec: SharedSpec) -> None:
+        self._call(
+            "load-shared",
+            {
+                "id": spec.id,
+                "type": "IKE",
+                "data": spec.secret.reveal(),
+                "owners": list(spec.owners),
+            },
+        )
+
+    def unload_shared(self, secret_id: str) -> None:
+        self._call("unload-shared", {"id": secret_id})
+
+    def terminate_ike(self, conn: str) -> None:
+        """Close every IKE_SA of `conn` without waiting (timeout -1: charon answers at once)."""
+        try:
+            self._stream("terminate", "control-log", {"ike": conn, "timeout": "-1"})
+        except CharonError as exc:
+            # charon answers "no matching SAs to terminate found" when there is nothing to close.
+            if "no matching" not in exc.errmsg:
+                raise
+
+    def initiate(self, child: str, ike: str) -> None:
+        """Start negotiating without waiting for the outcome (events and list-sas tell it)."""
+        self._stream("initiate", "control-log", {"child": child, "ike": ike, "timeout": "-1"})
+
+
+def _errmsg(exc: Exception) -> str:
+    text = str(exc)
+    prefix = "Command failed: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def iter_child_sas(
+    sas: list[dict[str, Any]],
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(ike name, ike SA, child SA) for every CHILD_SA in a list-sas reply."""
+    for entry in sas:
+        for ike_name, ike in entry.items():
+            for child in (ike.get("child-sas") or {}).values():
+                yield ike_name, ike, child

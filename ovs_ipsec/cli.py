@@ -1,0 +1,170 @@
+"""Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
+
+May import: daemon, control, adapters, ovs.daemon, ovs.vlog, stdlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import ovs.daemon
+import ovs.dirs
+import ovs.poller
+import ovs.util
+import ovs.vlog
+
+from ovs_ipsec import PROGRAM_NAME, __version__
+from ovs_ipsec.charon import DEFAULT_VICI_URI, Charon, vici_path
+from ovs_ipsec.control import Control
+from ovs_ipsec.daemon import Daemon, Settings, vlog
+from ovs_ipsec.ovsdb import Ovsdb
+
+# Flags that only meant something to upstream's Libreswan or stroke backends: accepted so
+# existing units and `ovs-ctl start-ovs-ipsec` keep working, and ignored with a notice.
+IGNORED_FLAGS = {
+    "no_restart_ike_daemon": "--no-restart-ike-daemon (this daemon never restarts charon)",
+    "root_prefix": "--root-prefix",
+    "ipsec_conf": "--ipsec-conf",
+    "root_ipsec_conf": "--root-ipsec-conf",
+    "ipsec_d": "--ipsec-d",
+    "ipsec_secrets": "--ipsec-secrets",
+    "ipsec_ctl": "--ipsec-ctl",
+}
+STARTUP_TIMEOUT = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM_NAME,
+        description="Keep strongSwan (over VICI) and the kernel in line with the IPsec options "
+        "of Open vSwitch tunnel ports.",
+    )
+    parser.add_argument(
+        "database",
+        nargs="?",
+        default=f"unix:{ovs.dirs.RUNDIR}/db.sock",
+        help="OVSDB to watch (default: unix:%(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--ike-daemon",
+        default="strongswan",
+        help="IKE daemon to drive; only strongswan (charon over VICI) is supported",
+    )
+    parser.add_argument(
+        "--vici",
+        default=DEFAULT_VICI_URI,
+        metavar="URI",
+        help="charon's VICI socket, unix:///absolute/path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--unixctl",
+        metavar="SOCKET",
+        help=f"control socket path (default: <rundir>/{PROGRAM_NAME}.<pid>.ctl)",
+    )
+    parser.add_argument(
+        "--command-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="timeout of every call to charon or the kernel (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reconcile-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often to check that charon still holds our configuration (default: %(default)s)",
+    )
+    parser.add_argument("--no-restart-ike-daemon", action="store_true", help=argparse.SUPPRESS)
+    for flag in (
+        "--root-prefix",
+        "--ipsec-conf",
+        "--root-ipsec-conf",
+        "--ipsec-d",
+        "--ipsec-secrets",
+        "--ipsec-ctl",
+    ):
+        parser.add_argument(flag, help=argparse.SUPPRESS)
+    ovs.daemon.add_args(parser)
+    ovs.vlog.add_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    # ovs.util derives the program name from argv[0], which is "__main__.py" under `python -m`;
+    # the pidfile, control socket and log names must be upstream's.
+    ovs.util.PROGRAM_NAME = PROGRAM_NAME
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.ike_daemon != "strongswan":
+        parser.exit(
+            1,
+            f"{PROGRAM_NAME}: --ike-daemon={args.ike_daemon} is not supported: this "
+            "daemon drives strongSwan's charon over VICI (use --ike-daemon=strongswan)\n",
+        )
+    try:
+        path = vici_path(args.vici)
+    except ValueError as exc:
+        parser.exit(1, f"{PROGRAM_NAME}: {exc}\n")
+    if args.command_timeout <= 0 or args.reconcile_interval <= 0:
+        parser.exit(1, f"{PROGRAM_NAME}: timeouts and intervals must be positive\n")
+
+    ovs.vlog.handle_args(args)
+    # At debug level ovs.jsonrpc logs every OVSDB message whole, options:psk included. Secrets
+    # never reach a log, so that module stays at info whatever -v asks for.
+    ovs.vlog.Vlog.set_level("jsonrpc", "any", "info")
+    ovs.daemon.handle_args(args)
+    for attr, flag in IGNORED_FLAGS.items():
+        if getattr(args, attr):
+            vlog.info(f"ignoring {flag}: it only applies to upstream's Libreswan/stroke backends")
+
+    settings = Settings(
+        database=args.database,
+        vici_path=path,
+        command_timeout=args.command_timeout,
+        reconcile_interval=args.reconcile_interval,
+        unixctl_path=args.unixctl,
+    )
+    ovs.daemon.daemonize_start()
+    daemon = Daemon(settings, Ovsdb(settings.database), Charon(path, settings.command_timeout))
+    try:
+        control = Control(daemon, settings.unixctl_path)
+    except OSError as exc:
+        vlog.err(str(exc))
+        sys.exit(1)
+    vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
+    run_loop(daemon, control)
+
+
+def run_loop(daemon: Daemon, control: Control) -> None:
+    started = time.monotonic()
+    completed = False
+    try:
+        while True:
+            control.run()
+            daemon.run()
+            if not completed and (
+                daemon.first_pass_done or time.monotonic() - started > STARTUP_TIMEOUT
+            ):
+                if not daemon.first_pass_done:
+                    vlog.warn("OVSDB not reachable yet; continuing in the background")
+                ovs.daemon.daemonize_complete()
+                completed = True
+            if daemon.exiting:
+                break
+            poller = ovs.poller.Poller()
+            control.wait(poller)
+            daemon.wait(poller)
+            poller.block()
+    except Exception:
+        vlog.exception("unexpected error; exiting so that the supervisor restarts us")
+        sys.exit(ovs.daemon.RESTART_EXIT_CODE)
+    if daemon.cleanup_on_exit:
+        daemon.cleanup()
+    vlog.info("exiting" + ("" if daemon.cleanup_on_exit else " (IPsec state left in place)"))
+    control.run()
+    control.close()
+    daemon.ovsdb.close()

@@ -1,0 +1,280 @@
+"""The `Daemon`: one ovs.poller loop over OVSDB, charon and the control socket. The only mutable
+state of the program lives here; decisions are made by the pure core (parse, plan, reconcile,
+status) and carried out through the adapters it is handed.
+
+May import: everything in the package.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ovs.poller
+import ovs.vlog
+
+from ovs_ipsec import naming
+from ovs_ipsec.charon import Charon
+from ovs_ipsec.errors import CharonError, CharonUnreachable
+from ovs_ipsec.model import Config
+from ovs_ipsec.ovsdb import Ovsdb
+from ovs_ipsec.parse import parse_config
+from ovs_ipsec.plan import Desired, plan
+from ovs_ipsec.reconcile import (
+    Action,
+    Applied,
+    LoadConn,
+    LoadShared,
+    TerminateIke,
+    UnloadConn,
+    UnloadShared,
+    adopt,
+    diff,
+    record,
+)
+from ovs_ipsec.status import TunnelStatus, fold
+
+vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
+
+MAX_BACKOFF = 8.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str
+    vici_path: str
+    command_timeout: float = 5.0
+    reconcile_interval: float = 15.0
+    unixctl_path: str | None = None
+
+
+@dataclass
+class Health:
+    """What the control socket reports about the daemon's own connections."""
+
+    charon_reachable: bool = False
+    charon_error: str = ""
+    charon_version: str = ""
+    charon_since: str = ""
+    passes: int = 0
+    last_pass_seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        ovsdb: Ovsdb,
+        charon: Charon,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.ovsdb = ovsdb
+        self.charon = charon
+        self.clock = clock
+        self.config = Config()
+        self.desired = Desired()
+        self.applied = Applied()
+        self.health = Health()
+        self.exiting = False
+        self.cleanup_on_exit = False
+        self.first_pass_done = False
+        self._dirty = False
+        self._check_due = True
+        self._next_check = 0.0
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._reported_invalid: dict[str, str] = {}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """One turn: read OVSDB, and reconcile when something changed or a check is due."""
+        self.ovsdb.run()
+        if not self.ovsdb.ready:
+            return
+        if self.ovsdb.changed():
+            self.config = parse_config(self.ovsdb.snapshot())
+            self.desired = plan(self.config)
+            self._dirty = True
+        now = self.clock()
+        if now >= self._next_check:
+            self._check_due = True
+        if (self._dirty or self._check_due) and now >= self._retry_at:
+            self.reconcile()
+
+    def wait(self, poller: ovs.poller.Poller) -> None:
+        self.ovsdb.wait(poller)
+        now = self.clock()
+        deadline = self._next_check
+        if self._dirty:
+            deadline = min(deadline, self._retry_at)
+        poller.timer_wait(max(0, int((deadline - now) * 1000)))
+
+    def request_refresh(self) -> None:
+        """Re-list charon and converge now (the `refresh` command)."""
+        self._check_due = True
+        self._retry_at = 0.0
+
+    # -- one reconcile pass -----------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        started = self.clock()
+        self.health.passes += 1
+        pass_id = self.health.passes
+        try:
+            if self._check_due or not self.charon.connected:
+                self._sync_with_charon(pass_id)
+            self._execute(pass_id, diff(self.desired, self.applied))
+        except CharonUnreachable as exc:
+            self._charon_lost(pass_id, exc)
+        else:
+            self._dirty = False
+            self._check_due = False
+            self._backoff = 0.0
+            self._next_check = self.clock() + self.settings.reconcile_interval
+        finally:
+            self.first_pass_done = True
+            self.health.last_pass_seconds = self.clock() - started
+            self._log_invalid_changes()
+
+    def _sync_with_charon(self, pass_id: int) -> None:
+        """Re-list our objects in charon: after a (re)connect, a charon restart or an external
+        unload (`swanctl --load-all`), the believed state must follow what charon really has."""
+        if not self.charon.connected:
+            self.charon.connect()
+            version = self.charon.version()
+            self.health.charon_version = f"{version.get('daemon', '')} {version.get('version', '')}"
+            vlog.info(
+                f"[{pass_id}] connected to charon ({self.health.charon_version.strip()}) "
+                f"at {self.settings.vici_path}"
+            )
+        since = str(self.charon.stats().get("uptime", {}).get("since", ""))
+        if self.health.charon_since and since != self.health.charon_since:
+            vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
+            self.applied = Applied()
+        self.health.charon_since = since
+        listed = adopt(self.charon.owned_conns(), self.charon.owned_shared(), self.applied)
+        lost = (set(self.applied.conns) - set(listed.conns)) | (
+            set(self.applied.shared) - set(listed.shared)
+        )
+        if lost:
+            vlog.warn(f"[{pass_id}] {len(lost)} of our objects vanished from charon; restoring")
+        self.applied = listed
+        self.health.charon_reachable = True
+        self.health.charon_error = ""
+
+    def _execute(self, pass_id: int, actions: list[Action]) -> None:
+        failures: dict[str, str] = {
+            conn: why for conn, why in self.health.failures.items() if conn in self.desired.conns
+        }
+        for action in actions:
+            try:
+                self._perform(action)
+            except CharonError as exc:
+                target = _target(action)
+                vlog.warn(f"[{pass_id}] charon refused {exc.command} for {target}: {exc.errmsg}")
+                if isinstance(action, (LoadConn, LoadShared)):
+                    conn = action.spec.name if isinstance(action, LoadConn) else action.spec.conn
+                    failures[conn] = f"charon refused {exc.command}: {exc.errmsg}"
+                continue
+            record(self.applied, action)
+            if isinstance(action, LoadConn):
+                failures.pop(action.spec.name, None)
+            vlog.info(f"[{pass_id}] {_describe(action)}")
+        self.health.failures = failures
+
+    def _perform(self, action: Action) -> None:
+        if isinstance(action, LoadShared):
+            self.charon.load_shared(action.spec)
+        elif isinstance(action, LoadConn):
+            self.charon.load_conn(action.spec)
+        elif isinstance(action, TerminateIke):
+            self.charon.terminate_ike(action.conn)
+        elif isinstance(action, UnloadConn):
+            # unload-conn removes the trap policies but leaves SAs set up through them.
+            self.charon.terminate_ike(action.conn)
+            try:
+                self.charon.unload_conn(action.conn)
+            except CharonError as exc:
+                if "not found" not in exc.errmsg:
+                    raise
+        elif isinstance(action, UnloadShared):
+            self.charon.unload_shared(action.id)
+
+    def _charon_lost(self, pass_id: int, exc: CharonUnreachable) -> None:
+        self.charon.close()
+        first = self.health.charon_reachable or not self.health.charon_error
+        self.health.charon_reachable = False
+        self.health.charon_error = exc.cause
+        self._check_due = True
+        self._dirty = True
+        self._backoff = min(MAX_BACKOFF, max(0.25, self._backoff * 2))
+        self._retry_at = self.clock() + self._backoff
+        log = vlog.warn if first else vlog.dbg
+        log(f"[{pass_id}] charon unreachable ({exc}); retrying in {self._backoff:g} s")
+
+    def _log_invalid_changes(self) -> None:
+        """Warn once per new reason, naming the interface and the key."""
+        current = {name: bad.reason for name, bad in self.desired.invalid.items()}
+        current.update(
+            {f"other_config:{e.key}": e.reason for e in self.config.global_config.errors}
+        )
+        for name, reason in current.items():
+            if self._reported_invalid.get(name) != reason:
+                vlog.warn(f"{name}: invalid IPsec configuration: {reason}")
+        self._reported_invalid = current
+
+    # -- reporting and exit -----------------------------------------------------------------
+
+    def statuses(self) -> dict[str, TunnelStatus]:
+        failures = dict(self.health.failures)
+        if not self.health.charon_reachable:
+            for conn in self.desired.conns:
+                failures.setdefault(conn, f"charon unreachable: {self.health.charon_error}")
+        loaded = frozenset(
+            name
+            for name, body in self.applied.conns.items()
+            if name in self.desired.conns and body == self.desired.conns[name].body
+        )
+        return fold(self.desired, loaded, failures)
+
+    def cleanup(self) -> None:
+        """`exit` without --no-cleanup: take our connections and secrets out of charon."""
+        try:
+            if not self.charon.connected:
+                self.charon.connect()
+            conns = self.charon.owned_conns()
+            shared = self.charon.owned_shared()
+            for conn in sorted(conns):
+                self._perform(UnloadConn(conn))
+            for secret_id in sorted(shared):
+                self.charon.unload_shared(secret_id)
+            vlog.info(f"cleanup: unloaded {len(conns)} connections and {len(shared)} secrets")
+        except (CharonError, CharonUnreachable) as exc:
+            vlog.warn(f"cleanup incomplete: {exc}")
+
+
+def _target(action: Action) -> str:
+    if isinstance(action, (LoadConn,)):
+        return action.spec.name
+    if isinstance(action, LoadShared):
+        return action.spec.id
+    if isinstance(action, (TerminateIke, UnloadConn)):
+        return action.conn
+    return action.id
+
+
+def _describe(action: Action) -> str:
+    if isinstance(action, LoadShared):
+        return f"loaded shared secret {action.spec.id} (owners {', '.join(action.spec.owners)})"
+    if isinstance(action, LoadConn):
+        tunnels = ", ".join(action.spec.tunnels)
+        return f"loaded connection {action.spec.name} (tunnels {tunnels})"
+    if isinstance(action, TerminateIke):
+        return f"closed IKE_SAs of {action.conn} so that new credentials take effect"
+    if isinstance(action, UnloadConn):
+        return f"unloaded connection {action.conn} (peer {naming.remote_of_conn(action.conn)})"
+    return f"unloaded shared secret {action.id}"

@@ -1,0 +1,163 @@
+"""Plain, frozen data that the pure core passes around.
+
+Everything here is stdlib-only and immutable: OVSDB rows arrive as `InterfaceRow`/`Snapshot`,
+`parse` turns them into `Tunnel`/`GlobalConfig` (or `Invalid` reasons), and `plan` turns those into
+desired charon and kernel state. May import: stdlib.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class TunnelType(enum.StrEnum):
+    GRE = "gre"
+    GENEVE = "geneve"
+    VXLAN = "vxlan"
+
+    @property
+    def is_udp(self) -> bool:
+        return self is not TunnelType.GRE
+
+
+# IANA ports the kernel's Geneve and VXLAN devices use when options:dst_port is unset.
+DEFAULT_DST_PORT: Mapping[TunnelType, int] = {TunnelType.GENEVE: 6081, TunnelType.VXLAN: 4789}
+IPPROTO_GRE = 47
+IPPROTO_UDP = 17
+
+
+class AuthMode(enum.StrEnum):
+    PSK = "psk"
+    SELF_SIGNED = "self-signed"
+    CA_SIGNED = "ca-signed"
+
+
+class Secret:
+    """A secret value (PSK, private key) that never shows itself in logs, reprs or output."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value itself; only the charon adapter calls this, at the VICI call."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    def __str__(self) -> str:
+        return "<redacted>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self):  # pragma: no cover - defensive: never pickle a secret
+        raise TypeError("secrets are not serialisable")
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Why one OVSDB key made a tunnel (or the global config) unusable."""
+
+    key: str
+    reason: str
+
+    def describe(self, where: str) -> str:
+        return f"{where}: {self.key}: {self.reason}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Input: OVSDB snapshot as plain data (built by the ovsdb adapter).
+
+
+@dataclass(frozen=True)
+class InterfaceRow:
+    name: str
+    type: str
+    options: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    interfaces: tuple[InterfaceRow, ...]
+    other_config: Mapping[str, str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsed model.
+
+
+@dataclass(frozen=True)
+class SkbMark:
+    value: int
+    mask: int
+
+    def __str__(self) -> str:
+        return f"{self.value:#x}/{self.mask:#x}"
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    certificate: str | None = None
+    private_key: str | None = None
+    ca_cert: str | None = None
+    skb_mark: SkbMark | None = None
+    fail_open: bool = False
+    errors: tuple[Invalid, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """A valid IPsec tunnel, as far as OVSDB alone can tell."""
+
+    name: str
+    type: TunnelType
+    remote_ip: str
+    local_ip: str | None
+    dst_port: int | None  # None for GRE
+    auth: AuthMode
+    psk: Secret | None = None
+    remote_cert: str | None = None
+    remote_name: str | None = None
+    ike_options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.remote_ip else 4
+
+
+@dataclass(frozen=True)
+class InvalidTunnel:
+    """A port that asked for IPsec but cannot have it; what is known of its traffic stays known.
+
+    `remote_ip`, `type` and `dst_port` are kept when they parsed, so its plaintext can still be
+    blocked (fail closed) even though no connection is loaded for it.
+    """
+
+    name: str
+    errors: tuple[Invalid, ...]
+    type: TunnelType | None = None
+    remote_ip: str | None = None
+    dst_port: int | None = None
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{e.key}: {e.reason}" for e in self.errors)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole parsed OVSDB state that concerns IPsec."""
+
+    global_config: GlobalConfig = field(default_factory=GlobalConfig)
+    tunnels: Mapping[str, Tunnel] = field(default_factory=dict)
+    invalid: Mapping[str, InvalidTunnel] = field(default_factory=dict)
+    # Every UDP destination port any OVSDB tunnel uses (IPsec or not), for ipsec_skb_mark.
+    tunnel_ports: tuple[int, ...] = ()

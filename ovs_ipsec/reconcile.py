@@ -1,0 +1,119 @@
+"""diff(desired, believed charon state) -> ordered actions. Pure.
+
+`Applied` is what the daemon believes charon holds: the connections and secrets of ours that
+charon listed (their content unknown after a restart of the daemon: `None`) or that the daemon
+loaded since (content known). A connection whose content is unknown is loaded again; charon
+compares it with what it has and keeps established SAs and unchanged CHILD configs
+("updated vici connection"), so this never disturbs a running tunnel.
+
+May import: plan, model, stdlib.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ovs_ipsec.model import Secret
+from ovs_ipsec.plan import ConnSpec, Desired, SharedSpec
+
+
+class Phase(enum.IntEnum):
+    """Safety order of one pass.
+
+    Credentials go in before the connections that use them (a trap could fire at once and must
+    find its PSK). Connections are loaded before stale ones are unloaded, and secrets leave last,
+    so a tunnel that moves between peers never has a window without its config.
+    """
+
+    CREDENTIALS = 1
+    LOAD = 2
+    RENEGOTIATE = 3
+    UNLOAD = 4
+    UNCREDENTIAL = 5
+
+
+@dataclass(frozen=True)
+class LoadShared:
+    spec: SharedSpec
+    phase = Phase.CREDENTIALS
+
+
+@dataclass(frozen=True)
+class LoadConn:
+    spec: ConnSpec
+    phase = Phase.LOAD
+
+
+@dataclass(frozen=True)
+class TerminateIke:
+    """Close the IKE_SA of a connection whose credentials changed, so the next negotiation uses
+    the new ones (charon keeps an established SA authenticated with the old secret)."""
+
+    conn: str
+    phase = Phase.RENEGOTIATE
+
+
+@dataclass(frozen=True)
+class UnloadConn:
+    conn: str
+    phase = Phase.UNLOAD
+
+
+@dataclass(frozen=True)
+class UnloadShared:
+    id: str
+    phase = Phase.UNCREDENTIAL
+
+
+Action = LoadShared | LoadConn | TerminateIke | UnloadConn | UnloadShared
+
+
+@dataclass
+class Applied:
+    """Believed charon state; `None` means "ours and loaded, content unknown"."""
+
+    conns: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    shared: dict[str, Secret | None] = field(default_factory=dict)
+
+
+def diff(desired: Desired, applied: Applied) -> list[Action]:
+    actions: list[Action] = []
+    for spec in desired.shared.values():
+        if spec.id not in applied.shared or applied.shared[spec.id] != spec.secret:
+            actions.append(LoadShared(spec))
+            previous = applied.shared.get(spec.id)
+            if previous is not None and spec.conn in applied.conns:
+                actions.append(TerminateIke(spec.conn))
+    for spec in desired.conns.values():
+        if spec.name not in applied.conns or applied.conns[spec.name] != spec.body:
+            actions.append(LoadConn(spec))
+    for name in applied.conns:
+        if name not in desired.conns:
+            actions.append(UnloadConn(name))
+    for secret_id in applied.shared:
+        if secret_id not in desired.shared:
+            actions.append(UnloadShared(secret_id))
+    return sorted(actions, key=lambda action: action.phase)
+
+
+def record(applied: Applied, action: Action) -> None:
+    """Update the believed state after `action` succeeded."""
+    if isinstance(action, LoadShared):
+        applied.shared[action.spec.id] = action.spec.secret
+    elif isinstance(action, LoadConn):
+        applied.conns[action.spec.name] = action.spec.body
+    elif isinstance(action, UnloadConn):
+        applied.conns.pop(action.conn, None)
+    elif isinstance(action, UnloadShared):
+        applied.shared.pop(action.id, None)
+
+
+def adopt(conns: frozenset[str], shared: frozenset[str], applied: Applied) -> Applied:
+    """Believed state after listing charon: keep known contents for what is still there."""
+    return Applied(
+        conns={name: applied.conns.get(name) for name in conns},
+        shared={secret_id: applied.shared.get(secret_id) for secret_id in shared},
+    )
