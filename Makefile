@@ -1,0 +1,25 @@
+# The two front-door commands: `make demo` and `make test` (each sets up what is missing first).
+PY := .venv/bin/python
+
+.PHONY: setup test unit lint demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+lint: setup
+	.venv/bin/ruff check ovs_ipsec tests bench
+
+demo: setup
+	$(PY) -m ovs_ipsec.lab demo
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache
