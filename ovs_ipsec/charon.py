@@ -23,7 +23,7 @@ import vici.protocol
 
 from ovs_ipsec import naming
 from ovs_ipsec.errors import CharonError, CharonUnreachable
-from ovs_ipsec.plan import ConnSpec, SharedSpec
+from ovs_ipsec.plan import ConnSpec, KeySpec, SharedSpec
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
 
@@ -179,6 +179,17 @@ class Charon:
                 "owners": list(spec.owners),
             },
         )
+
+    def load_key(self, spec: KeySpec) -> str:
+        """Load a private key; returns charon's id for it (its public key's digest)."""
+        reply = self._call("load-key", {"type": "any", "data": spec.secret.reveal()})
+        return str(reply.get("id", ""))
+
+    def unload_key(self, key_id: str) -> None:
+        self._call("unload-key", {"id": key_id})
+
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._call("get-keys").get("keys", []))
 
     def unload_shared(self, secret_id: str) -> None:
         self._call("unload-shared", {"id": secret_id})

@@ -7,6 +7,7 @@ May import: everything in the package.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ import ovs.vlog
 
 from ovs_ipsec import naming
 from ovs_ipsec.charon import Charon
+from ovs_ipsec.credentials import needed_paths, resolve
 from ovs_ipsec.errors import CharonError, CharonUnreachable
+from ovs_ipsec.files import read_files
 from ovs_ipsec.model import Config
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.parse import parse_config
@@ -25,9 +28,11 @@ from ovs_ipsec.reconcile import (
     Action,
     Applied,
     LoadConn,
+    LoadKey,
     LoadShared,
     TerminateIke,
     UnloadConn,
+    UnloadKey,
     UnloadShared,
     adopt,
     diff,
@@ -69,11 +74,13 @@ class Daemon:
         ovsdb: Ovsdb,
         charon: Charon,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.settings = settings
         self.ovsdb = ovsdb
         self.charon = charon
         self.clock = clock
+        self.wall_clock = wall_clock
         self.config = Config()
         self.desired = Desired()
         self.applied = Applied()
@@ -87,6 +94,8 @@ class Daemon:
         self._retry_at = 0.0
         self._backoff = 0.0
         self._reported_invalid: dict[str, str] = {}
+        self._reported_warnings: tuple[str, ...] = ()
+        self._replan = False
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -97,11 +106,13 @@ class Daemon:
             return
         if self.ovsdb.changed():
             self.config = parse_config(self.ovsdb.snapshot())
-            self.desired = plan(self.config)
-            self._dirty = True
+            self._replan = True
         now = self.clock()
-        if now >= self._next_check:
+        if now >= self._next_check and not self._check_due:
             self._check_due = True
+            self._replan = True  # certificate files may have changed at the same paths
+        if self._replan:
+            self._plan()
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
 
@@ -112,6 +123,19 @@ class Daemon:
         if self._dirty:
             deadline = min(deadline, self._retry_at)
         poller.timer_wait(max(0, int((deadline - now) * 1000)))
+
+    def _plan(self) -> None:
+        self._replan = False
+        files = read_files(needed_paths(self.config))
+        credentials = resolve(self.config, files, self.wall_clock())
+        if credentials.warnings != self._reported_warnings:
+            for warning in credentials.warnings:
+                vlog.warn(f"other_config: {warning}")
+            self._reported_warnings = credentials.warnings
+        desired = plan(self.config, credentials)
+        if desired != self.desired:
+            self.desired = desired
+            self._dirty = True
 
     def request_refresh(self) -> None:
         """Re-list charon and converge now (the `refresh` command)."""
@@ -156,7 +180,10 @@ class Daemon:
             vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
             self.applied = Applied()
         self.health.charon_since = since
-        listed = adopt(self.charon.owned_conns(), self.charon.owned_shared(), self.applied)
+        key_ids = self.charon.key_ids() if self.applied.keys else frozenset()
+        listed = adopt(
+            self.charon.owned_conns(), self.charon.owned_shared(), self.applied, key_ids
+        )
         lost = (set(self.applied.conns) - set(listed.conns)) | (
             set(self.applied.shared) - set(listed.shared)
         )
@@ -172,7 +199,7 @@ class Daemon:
         }
         for action in actions:
             try:
-                self._perform(action)
+                key_id = self._perform(action)
             except CharonError as exc:
                 target = _target(action)
                 vlog.warn(f"[{pass_id}] charon refused {exc.command} for {target}: {exc.errmsg}")
@@ -180,14 +207,18 @@ class Daemon:
                     conn = action.spec.name if isinstance(action, LoadConn) else action.spec.conn
                     failures[conn] = f"charon refused {exc.command}: {exc.errmsg}"
                 continue
-            record(self.applied, action)
+            record(self.applied, action, key_id)
             if isinstance(action, LoadConn):
                 failures.pop(action.spec.name, None)
             vlog.info(f"[{pass_id}] {_describe(action)}")
         self.health.failures = failures
 
-    def _perform(self, action: Action) -> None:
-        if isinstance(action, LoadShared):
+    def _perform(self, action: Action) -> str:
+        if isinstance(action, LoadKey):
+            return self.charon.load_key(action.spec)
+        if isinstance(action, UnloadKey):
+            self.charon.unload_key(action.key_id)
+        elif isinstance(action, LoadShared):
             self.charon.load_shared(action.spec)
         elif isinstance(action, LoadConn):
             self.charon.load_conn(action.spec)
@@ -203,6 +234,7 @@ class Daemon:
                     raise
         elif isinstance(action, UnloadShared):
             self.charon.unload_shared(action.id)
+        return ""
 
     def _charon_lost(self, pass_id: int, exc: CharonUnreachable) -> None:
         self.charon.close()
@@ -258,7 +290,9 @@ class Daemon:
 
 
 def _target(action: Action) -> str:
-    if isinstance(action, (LoadConn,)):
+    if isinstance(action, (LoadKey, UnloadKey)):
+        return "the private key (other_config:private_key)"
+    if isinstance(action, LoadConn):
         return action.spec.name
     if isinstance(action, LoadShared):
         return action.spec.id
@@ -268,6 +302,10 @@ def _target(action: Action) -> str:
 
 
 def _describe(action: Action) -> str:
+    if isinstance(action, LoadKey):
+        return "loaded the private key of other_config:private_key"
+    if isinstance(action, UnloadKey):
+        return f"unloaded the previous private key ({action.key_id})"
     if isinstance(action, LoadShared):
         return f"loaded shared secret {action.spec.id} (owners {', '.join(action.spec.owners)})"
     if isinstance(action, LoadConn):

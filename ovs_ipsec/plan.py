@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ovs_ipsec import naming
+from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.model import (
     IPPROTO_GRE,
     IPPROTO_UDP,
@@ -55,17 +56,32 @@ class SharedSpec:
 
 
 @dataclass(frozen=True)
+class KeySpec:
+    """One `load-key` private key, known by the digest of its content (charon names keys by
+    their public key, so they cannot carry our prefix)."""
+
+    digest: str
+    secret: Secret
+
+
+@dataclass(frozen=True)
 class Desired:
     conns: Mapping[str, ConnSpec] = field(default_factory=dict)
     shared: Mapping[str, SharedSpec] = field(default_factory=dict)
+    keys: Mapping[str, KeySpec] = field(default_factory=dict)
     # Tunnels that cannot be loaded: parse errors plus conflicts found while grouping.
     invalid: Mapping[str, InvalidTunnel] = field(default_factory=dict)
 
 
-def plan(config: Config) -> Desired:
+def plan(config: Config, credentials: Credentials | None = None) -> Desired:
+    credentials = credentials or Credentials()
     invalid: dict[str, InvalidTunnel] = dict(config.invalid)
     by_peer: dict[str, list[Tunnel]] = {}
     for tunnel in sorted(config.tunnels.values(), key=lambda t: t.name):
+        errors = credential_errors(tunnel, credentials)
+        if errors:
+            invalid[tunnel.name] = _invalid(tunnel, errors)
+            continue
         by_peer.setdefault(tunnel.remote_ip, []).append(tunnel)
 
     conns: dict[str, ConnSpec] = {}
@@ -73,12 +89,51 @@ def plan(config: Config) -> Desired:
     for remote_ip, group in by_peer.items():
         members, conflicts = split_conflicts(group)
         invalid.update(conflicts)
-        conn = plan_conn(remote_ip, members)
+        conn = plan_conn(remote_ip, members, credentials)
         conns[conn.name] = conn
         secret = plan_shared(conn, members[0])
         if secret is not None:
             shared[secret.id] = secret
-    return Desired(conns=conns, shared=shared, invalid=invalid)
+    keys: dict[str, KeySpec] = {}
+    local = credentials.local
+    if local is not None and any(t.psk is None for g in by_peer.values() for t in g):
+        keys[local.key_digest] = KeySpec(local.key_digest, local.key.pem)
+    return Desired(conns=conns, shared=shared, keys=keys, invalid=invalid)
+
+
+def credential_errors(tunnel: Tunnel, credentials: Credentials) -> tuple[Invalid, ...]:
+    """Why a certificate tunnel cannot be loaded with the credentials at hand."""
+    if tunnel.auth is AuthMode.PSK:
+        return ()
+    errors: list[Invalid] = []
+    if credentials.local is None:
+        errors.extend(credentials.local_errors or (Invalid("certificate", "not readable"),))
+    if tunnel.auth is AuthMode.CA_SIGNED and not credentials.cas:
+        errors.extend(credentials.ca_errors or (Invalid("ca_cert", "no usable CA"),))
+    if tunnel.auth is AuthMode.SELF_SIGNED:
+        assert tunnel.remote_cert is not None
+        remote = credentials.remote_certs.get(tunnel.remote_cert)
+        if remote is None:
+            errors.append(
+                credentials.remote_errors.get(tunnel.remote_cert)
+                or Invalid("remote_cert", "not readable")
+            )
+        elif tunnel.remote_name and remote.cn != tunnel.remote_name:
+            errors.append(
+                Invalid("remote_name", f"{tunnel.remote_name!r} is not the CN of remote_cert "
+                        f"({remote.cn!r}); remove remote_name or make them agree")
+            )
+    return tuple(errors)
+
+
+def _invalid(tunnel: Tunnel, errors: tuple[Invalid, ...]) -> InvalidTunnel:
+    return InvalidTunnel(
+        name=tunnel.name,
+        errors=errors,
+        type=tunnel.type,
+        remote_ip=tunnel.remote_ip,
+        dst_port=tunnel.dst_port,
+    )
 
 
 def peer_settings(tunnel: Tunnel) -> tuple[tuple[str, Any], ...]:
@@ -111,17 +166,11 @@ def split_conflicts(group: list[Tunnel]) -> tuple[list[Tunnel], dict[str, Invali
             )
             for key in differing
         )
-        conflicts[tunnel.name] = InvalidTunnel(
-            name=tunnel.name,
-            errors=errors,
-            type=tunnel.type,
-            remote_ip=tunnel.remote_ip,
-            dst_port=tunnel.dst_port,
-        )
+        conflicts[tunnel.name] = _invalid(tunnel, errors)
     return members, conflicts
 
 
-def plan_conn(remote_ip: str, members: list[Tunnel]) -> ConnSpec:
+def plan_conn(remote_ip: str, members: list[Tunnel], credentials: Credentials) -> ConnSpec:
     first = members[0]
     children: VICI = {}
     for tunnel in members:
@@ -135,8 +184,8 @@ def plan_conn(remote_ip: str, members: list[Tunnel]) -> ConnSpec:
         "keyingtries": "0",
         # Hosts do not move; without this IKE floats to port 4500 from the second exchange.
         "mobike": "no",
-        "local": plan_local_auth(first),
-        "remote": plan_remote_auth(first),
+        "local": plan_local_auth(first, credentials),
+        "remote": plan_remote_auth(first, credentials),
         "children": children,
     }
     return ConnSpec(
@@ -147,7 +196,13 @@ def plan_conn(remote_ip: str, members: list[Tunnel]) -> ConnSpec:
     )
 
 
-def plan_local_auth(tunnel: Tunnel) -> VICI:
+def fqdn(name: str) -> str:
+    """A CN as charon's FQDN identity: the explicit type keeps a CN that looks like an address
+    from being taken for an IP identity, and matches the SAN DNS entry OVS requires."""
+    return f"fqdn:{name}"
+
+
+def plan_local_auth(tunnel: Tunnel, credentials: Credentials) -> VICI:
     if tunnel.auth is AuthMode.PSK:
         auth: VICI = {"auth": "psk"}
         # Without local_ip charon uses the address IKE runs from, which is what the peer (ours or
@@ -155,13 +210,31 @@ def plan_local_auth(tunnel: Tunnel) -> VICI:
         if tunnel.local_ip:
             auth["id"] = tunnel.local_ip
         return auth
-    raise NotImplementedError(f"{tunnel.auth.value} authentication")
+    local = credentials.local
+    assert local is not None  # credential_errors() keeps such tunnels out
+    # strongSwan 6 defaults the identity to the subject DN when a certificate is present; the
+    # OVS contract is the CN, so it is always explicit.
+    return {"auth": "pubkey", "id": fqdn(local.identity), "certs": [local.cert.pem]}
 
 
-def plan_remote_auth(tunnel: Tunnel) -> VICI:
+def plan_remote_auth(tunnel: Tunnel, credentials: Credentials) -> VICI:
     if tunnel.auth is AuthMode.PSK:
         return {"auth": "psk", "id": tunnel.remote_ip}
-    raise NotImplementedError(f"{tunnel.auth.value} authentication")
+    if tunnel.auth is AuthMode.SELF_SIGNED:
+        assert tunnel.remote_cert is not None
+        pinned = credentials.remote_certs[tunnel.remote_cert]
+        assert pinned.cn is not None
+        # A certificate in the remote section is a constraint: the peer must authenticate with
+        # exactly this one.
+        return {"auth": "pubkey", "id": fqdn(pinned.cn), "certs": [pinned.pem]}
+    assert tunnel.remote_name is not None
+    # cacerts constrains the chain to these CAs (all of them during a rollover); the id pins
+    # the peer's CN.
+    return {
+        "auth": "pubkey",
+        "id": fqdn(tunnel.remote_name),
+        "cacerts": [ca.pem for ca in credentials.cas],
+    }
 
 
 def plan_shared(conn: ConnSpec, tunnel: Tunnel) -> SharedSpec | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ovs_ipsec.model import Secret
-from ovs_ipsec.plan import ConnSpec, Desired, SharedSpec
+from ovs_ipsec.plan import ConnSpec, Desired, KeySpec, SharedSpec
 
 
 class Phase(enum.IntEnum):
@@ -38,6 +38,12 @@ class Phase(enum.IntEnum):
 @dataclass(frozen=True)
 class LoadShared:
     spec: SharedSpec
+    phase = Phase.CREDENTIALS
+
+
+@dataclass(frozen=True)
+class LoadKey:
+    spec: KeySpec
     phase = Phase.CREDENTIALS
 
 
@@ -68,7 +74,14 @@ class UnloadShared:
     phase = Phase.UNCREDENTIAL
 
 
-Action = LoadShared | LoadConn | TerminateIke | UnloadConn | UnloadShared
+@dataclass(frozen=True)
+class UnloadKey:
+    digest: str
+    key_id: str
+    phase = Phase.UNCREDENTIAL
+
+
+Action = LoadShared | LoadKey | LoadConn | TerminateIke | UnloadConn | UnloadShared | UnloadKey
 
 
 @dataclass
@@ -77,6 +90,9 @@ class Applied:
 
     conns: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
     shared: dict[str, Secret | None] = field(default_factory=dict)
+    # Private keys we loaded, by content digest -> charon's key id. charon names keys by their
+    # public key, not by us, so only keys loaded by this process are known to be ours.
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 def diff(desired: Desired, applied: Applied) -> list[Action]:
@@ -87,6 +103,9 @@ def diff(desired: Desired, applied: Applied) -> list[Action]:
             previous = applied.shared.get(spec.id)
             if previous is not None and spec.conn in applied.conns:
                 actions.append(TerminateIke(spec.conn))
+    for key in desired.keys.values():
+        if key.digest not in applied.keys:
+            actions.append(LoadKey(key))
     for spec in desired.conns.values():
         if spec.name not in applied.conns or applied.conns[spec.name] != spec.body:
             actions.append(LoadConn(spec))
@@ -96,12 +115,19 @@ def diff(desired: Desired, applied: Applied) -> list[Action]:
     for secret_id in applied.shared:
         if secret_id not in desired.shared:
             actions.append(UnloadShared(secret_id))
+    for digest, key_id in applied.keys.items():
+        if digest not in desired.keys:
+            actions.append(UnloadKey(digest, key_id))
     return sorted(actions, key=lambda action: action.phase)
 
 
-def record(applied: Applied, action: Action) -> None:
-    """Update the believed state after `action` succeeded."""
-    if isinstance(action, LoadShared):
+def record(applied: Applied, action: Action, key_id: str = "") -> None:
+    """Update the believed state after `action` succeeded (`key_id`: what load-key returned)."""
+    if isinstance(action, LoadKey):
+        applied.keys[action.spec.digest] = key_id
+    elif isinstance(action, UnloadKey):
+        applied.keys.pop(action.digest, None)
+    elif isinstance(action, LoadShared):
         applied.shared[action.spec.id] = action.spec.secret
     elif isinstance(action, LoadConn):
         applied.conns[action.spec.name] = action.spec.body
@@ -111,9 +137,15 @@ def record(applied: Applied, action: Action) -> None:
         applied.shared.pop(action.id, None)
 
 
-def adopt(conns: frozenset[str], shared: frozenset[str], applied: Applied) -> Applied:
+def adopt(
+    conns: frozenset[str],
+    shared: frozenset[str],
+    applied: Applied,
+    key_ids: frozenset[str] = frozenset(),
+) -> Applied:
     """Believed state after listing charon: keep known contents for what is still there."""
     return Applied(
         conns={name: applied.conns.get(name) for name in conns},
         shared={secret_id: applied.shared.get(secret_id) for secret_id in shared},
+        keys={digest: kid for digest, kid in applied.keys.items() if kid in key_ids},
     )
