@@ -11,6 +11,7 @@ May import: stdlib.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 
@@ -24,11 +25,20 @@ _KEY_PREFIX = PREFIX + "key-"
 _SAFE = re.compile(r"[A-Za-z0-9_.]")
 
 
+# VICI encodes keys (child names) with a one-byte length; leave room for prefix and suffix.
+_MAX_ENCODED = 200
+
+
 def _encode(name: str) -> str:
-    return "".join(
+    encoded = "".join(
         ch if _SAFE.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
         for ch in name
     )
+    if len(encoded) > _MAX_ENCODED:
+        # "~" never appears in an encoding, so a shortened name cannot equal a full one.
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+        encoded = f"{encoded[: _MAX_ENCODED - 17]}~{digest}"
+    return encoded
 
 
 def _is_ip(text: str) -> bool:

@@ -9,6 +9,7 @@ May import: model, stdlib.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 
 from ovs_ipsec.model import (
@@ -34,6 +35,8 @@ _UDP_TUNNEL_TYPES = {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 MAX_OPTION_LENGTH = 4096
+_DECIMAL = re.compile(r"[0-9]{1,10}")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]{1,8}")
 
 
 def is_ipsec_port(options: Mapping[str, str]) -> bool:
@@ -267,6 +270,9 @@ def _parse_ip(
     if text == "flow":
         errors.append(Invalid(key, "'flow' is not supported with IPsec; set a fixed address"))
         return None
+    if "%" in text:
+        errors.append(Invalid(key, f"scoped addresses are not supported: {_show(text)}"))
+        return None
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
@@ -280,7 +286,8 @@ def _parse_ip(
 
 def _parse_port(text: str) -> int | None:
     text = text.strip()
-    if not text.isdigit() or len(text) > 5:
+    # ASCII digits only: str.isdigit() and int() also take superscripts and other scripts' digits.
+    if not _DECIMAL.fullmatch(text) or len(text) > 5:
         return None
     port = int(text)
     return port if 1 <= port <= 65535 else None
@@ -288,9 +295,11 @@ def _parse_port(text: str) -> int | None:
 
 def _parse_u32(text: str) -> int | None:
     text = text.strip()
-    try:
-        number = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
-    except ValueError:
+    if _HEX.fullmatch(text):
+        number = int(text, 16)
+    elif _DECIMAL.fullmatch(text):
+        number = int(text, 10)
+    else:
         return None
     return number if 0 <= number <= 0xFFFFFFFF else None
 
