@@ -16,7 +16,7 @@ lint: setup
 	.venv/bin/ruff check ovs_ipsec tests bench
 
 demo: setup
-	$(PY) -m ovs_ipsec.lab demo
+	$(PY) -m ovs_ipsec.demo
 
 bench: setup
 	$(PY) bench/run.py

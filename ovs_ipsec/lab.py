@@ -438,7 +438,9 @@ class Host:
             "ip", "netns", "exec", self.ns,
             "env", f"OVS_RUNDIR={self.run_dir}", f"OVS_LOGDIR={self.dir}", f"OVS_DBDIR={self.dir}",
             f"PYTHONPATH={package_root}",
-            sys.executable, "-m", "ovs_ipsec", self.db,
+            # Through bin/ovs-monitor-ipsec, so the process looks like upstream's to anything
+            # that matches on its command line ("python3 .../ovs-monitor-ipsec ...").
+            sys.executable, os.path.join(package_root, "bin", "ovs-monitor-ipsec"), self.db,
             "--ike-daemon=strongswan", f"--vici={self.vici_uri}",
             f"--pidfile={self.daemon_pidfile}", f"--log-file={self.daemon_log_path}",
             f"--unixctl={self.ctl_path}", "--detach", "-vfile:dbg",
@@ -498,6 +500,39 @@ class Host:
         if self._daemon is not None:
             self._check_stopped(terminate([self._daemon], sig))
             self._daemon = None
+
+    def send_probe(
+        self, dst: str, kind: str, port: int | None = None, mark: int = 0
+    ) -> str:
+        """Send one plaintext tunnel packet from this host: raw GRE (IP protocol 47) or UDP to
+        `port`, optionally with SO_MARK standing in for OVS's skb mark. Returns "sent" or the
+        error the kernel gave (e.g. "EPERM" when an XFRM block policy dropped it)."""
+        family = "AF_INET6" if ":" in dst else "AF_INET"
+        if kind == "gre":
+            make, payload, addr = f"socket.socket(socket.{family}, socket.SOCK_RAW, 47)", \
+                "b'\\0\\0\\x65\\x58x'", f"({dst!r}, 0)"
+        else:
+            make, payload, addr = f"socket.socket(socket.{family}, socket.SOCK_DGRAM)", \
+                "b'x'", f"({dst!r}, {int(port or 0)})"
+        code = (
+            "import errno, socket\n"
+            f"s = {make}\n"
+            f"s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, {int(mark)})\n"
+            "try:\n"
+            f"    s.sendto({payload}, {addr}); print('sent')\n"
+            "except OSError as e:\n"
+            "    print(errno.errorcode.get(e.errno, str(e.errno)))\n"
+        )
+        return self.run([sys.executable, "-c", code]).stdout.strip()
+
+    def xfrm_policies(self) -> str:
+        """`ip xfrm policy` in this host."""
+        return self.run(["ip", "xfrm", "policy"]).stdout
+
+    def xfrm_stat(self) -> dict[str, int]:
+        """This namespace's /proc/net/xfrm_stat counters."""
+        text = self.run(["cat", "/proc/net/xfrm_stat"]).stdout
+        return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line)}
 
     def kill_daemon(self) -> None:
         """SIGKILL our daemon (a crash, as far as it can tell) and wait until it is gone."""
