@@ -20,6 +20,7 @@ from ovs_ipsec.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
 from ovs_ipsec.ovsdb import Ovsdb
+from ovs_ipsec.sdnotify import notify
 
 # Flags that only meant something to upstream's Libreswan or stroke backends: accepted so
 # existing units and `ovs-ctl start-ovs-ipsec` keep working, and ignored with a notice.
@@ -142,10 +143,19 @@ def main(argv: list[str] | None = None) -> None:
 def run_loop(daemon: Daemon, control: Control) -> None:
     started = time.monotonic()
     completed = False
+    ready = False
     try:
         while True:
             control.run()
             daemon.run()
+            if not ready and (
+                daemon.converged_once or time.monotonic() - started > STARTUP_TIMEOUT
+            ):
+                # systemd (Type=notify) orders dependants after this: protection and every
+                # valid tunnel are in place. After the timeout we report ready but degraded,
+                # so a missing charon cannot hold boot for ever.
+                notify("READY=1\n" + f"STATUS={daemon.summary()}")
+                ready = True
             if not completed and (
                 daemon.first_pass_done or time.monotonic() - started > STARTUP_TIMEOUT
             ):
@@ -162,6 +172,7 @@ def run_loop(daemon: Daemon, control: Control) -> None:
     except Exception:
         vlog.exception("unexpected error; exiting so that the supervisor restarts us")
         sys.exit(ovs.daemon.RESTART_EXIT_CODE)
+    notify("STOPPING=1")
     if daemon.cleanup_on_exit:
         daemon.cleanup()
     vlog.info("exiting" + ("" if daemon.cleanup_on_exit else " (IPsec state left in place)"))

@@ -88,6 +88,8 @@ class Daemon:
         self.exiting = False
         self.cleanup_on_exit = False
         self.first_pass_done = False
+        # True once a pass completed with charon reachable: everything desired was attempted.
+        self.converged_once = False
         self._dirty = False
         self._check_due = True
         self._next_check = 0.0
@@ -155,6 +157,7 @@ class Daemon:
         except CharonUnreachable as exc:
             self._charon_lost(pass_id, exc)
         else:
+            self.converged_once = True
             self._dirty = False
             self._check_due = False
             self._backoff = 0.0
@@ -272,6 +275,15 @@ class Daemon:
             if name in self.desired.conns and body == self.desired.conns[name].body
         )
         return fold(self.desired, loaded, failures)
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS= and logs."""
+        counts: dict[str, int] = {}
+        for status in self.statuses().values():
+            counts[status.state.value] = counts.get(status.state.value, 0) + 1
+        charon = "charon reachable" if self.health.charon_reachable else "charon unreachable"
+        tunnels = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no tunnels"
+        return f"{tunnels}; {charon}"
 
     def cleanup(self) -> None:
         """`exit` without --no-cleanup: take our connections and secrets out of charon."""
