@@ -1,0 +1,318 @@
+"""Model -> the kernel XFRM block policies the daemon owns (plaintext protection). Pure.
+
+Two kinds of policy, both `action block`, both installed and removed by the daemon itself (never
+through charon), so they hold while charon or the daemon is down:
+
+* **fail-closed**, per IPsec tunnel (valid or invalid, as long as its remote address is known):
+  OUT `any -> remote/host` and IN `remote/host -> any` for the tunnel's protocol (GRE, or UDP to
+  its destination port), no mark (so they match every skb mark). Whenever charon's per-peer trap
+  or IPsec policy exists it wins and the traffic is encrypted; whenever it does not, the packet is
+  dropped instead of leaving (or being accepted) in clear. `other_config:ipsec_fail_open=true`
+  turns these off: plaintext then flows while no charon policy exists (upstream's behaviour).
+* **ipsec_skb_mark**: OUT and IN, IPv4 and IPv6, `0/0 <-> 0/0`, GRE and UDP to every tunnel
+  destination port, carrying `mark VALUE mask MASK`.
+
+Ownership lives in the kernel object: a block policy at one of our reserved priorities is ours
+(`is_owned`). See the comment above `FAIL_CLOSED_PRIORITY` for why these numbers.
+
+May import: model, stdlib.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ovs_ipsec.model import (
+    DEFAULT_DST_PORT,
+    IPPROTO_GRE,
+    IPPROTO_UDP,
+    Config,
+    TunnelType,
+)
+
+# Priorities (lower number = higher precedence; the kernel uses the matching policy with the
+# lowest number). charon 5.9.8 computes every priority as
+#     base - 512*(src+dst prefix bits) - 256*(proto set) - 4*(port-mask bits) - 2*(interface)
+#          - (1 unless the class is ROUTED)
+# with base PASS 200,000, ROUTED/DEFAULT 400,000 and FALLBACK 600,000. So:
+#   * ROUTED (trap) policies are always even and <= 400,000; DEFAULT (installed IPsec) and PASS
+#     are <= 399,999; FALLBACK (VICI drop/pass shunts) is >= 600,000 - 512*256 - 256 - 128 - 3
+#     = 468,541. Nothing charon computes lies strictly between 400,000 and 468,541, and we also
+#     pick odd numbers, which ROUTED can never produce.
+#   * Being numerically greater than every per-peer trap/IPsec policy (IPv4 /32<->/32 GRE: 366,976;
+#     IPv6 /128<->/128 UDP+port: 268,608), ours lose whenever charon's exist: a trap turns the
+#     packet into an acquire, an installed SA encrypts it. Ours only decide when charon has
+#     nothing for that traffic.
+#   * Priority is not part of the kernel's policy key (selector + direction + mark [+ type,
+#     if_id]), so distinct priorities alone would not keep us apart from charon: the keys differ
+#     too. Fail-closed policies always have a `0.0.0.0/0` or `::/0` side while charon's transport
+#     policies are /32<->/32 or /128<->/128; the skb-mark policies are `0/0 <-> 0/0` like a VICI
+#     drop shunt, and the daemon never loads VICI drop shunts (a shunt with the same selector and
+#     mark would adopt our policy and delete it when unloaded).
+# The two numbers are distinct only so that `describe()` and the status output can tell the kinds
+# apart; both are blocks, so their relative precedence never changes a verdict.
+FAIL_CLOSED_PRIORITY = 430_001
+SKB_MARK_PRIORITY = 430_003
+OWNED_PRIORITIES = frozenset({FAIL_CLOSED_PRIORITY, SKB_MARK_PRIORITY})
+
+BLOCK = "block"
+DIRECTIONS = ("out", "in")
+
+# The UDP tunnel ports ipsec_skb_mark always covers, whatever OVSDB holds (VXLAN, Geneve).
+_ALWAYS_UDP_PORTS = tuple(sorted(DEFAULT_DST_PORT.values()))
+_ANY = {4: "0.0.0.0/0", 6: "::/0"}
+_HOST_BITS = {4: 32, 6: 128}
+_PROTO_NAMES = {IPPROTO_GRE: "gre", IPPROTO_UDP: "udp"}
+_PURPOSE = {FAIL_CLOSED_PRIORITY: "fail-closed", SKB_MARK_PRIORITY: "ipsec_skb_mark"}
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_prefix(text: str) -> str:
+    """`10.0.0.2` or `10.0.0.2/32` -> `10.0.0.2/32`; IPv6 in compressed form. ValueError if bad."""
+    net = ipaddress.ip_network(text.strip(), strict=True)
+    return f"{net.network_address.compressed}/{net.prefixlen}"
+
+
+@dataclass(frozen=True, order=True)
+class PolicySpec:
+    """One kernel XFRM policy, as the daemon wants it and as `Xfrm.observe()` reports it.
+
+    `src`/`dst` are canonical prefixes (`canonical_prefix`); `mark`/`mask` 0/0 means no mark
+    (matches every skb mark); `sport`/`dport` None means any port. Ordering is by field for
+    `order=True`; sort mixed collections with `sort_key` (None ports do not compare with ints).
+    """
+
+    direction: str
+    family: int
+    src: str
+    dst: str
+    proto: int
+    sport: int | None
+    dport: int | None
+    mark: int
+    mask: int
+    priority: int
+    action: str = BLOCK
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be 'out' or 'in', got {self.direction!r}")
+        if self.action not in ("block", "allow"):
+            raise ValueError(f"action must be 'block' or 'allow', got {self.action!r}")
+        if self.family not in _ANY:
+            raise ValueError(f"family must be 4 or 6, got {self.family!r}")
+        for side in (self.src, self.dst):
+            # Canonical IPv6 text always has a colon, IPv4 never.
+            if canonical_prefix(side) != side or (":" in side) != (self.family == 6):
+                raise ValueError(f"{side!r} is not a canonical IPv{self.family} prefix")
+        if not 0 <= self.proto <= 255:
+            raise ValueError(f"proto must be 0..255, got {self.proto}")
+        for port in (self.sport, self.dport):
+            if port is not None and not 1 <= port <= 0xFFFF:
+                raise ValueError(f"port must be 1..65535, got {port}")
+        if not (0 <= self.mark <= 0xFFFFFFFF and 0 <= self.mask <= 0xFFFFFFFF):
+            raise ValueError("mark and mask must be 32-bit")
+        if self.mark & ~self.mask:
+            # The kernel stores value & mask; anything else would never equal what we observe.
+            raise ValueError(f"mark {self.mark:#x} has bits outside mask {self.mask:#x}")
+
+    def key(self) -> tuple[Any, ...]:
+        """What the kernel keys a policy by (selector, direction, mark); priority is not in it."""
+        return (
+            self.direction,
+            self.family,
+            self.src,
+            self.dst,
+            self.proto,
+            self.sport,
+            self.dport,
+            self.mark,
+            self.mask,
+        )
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (
+            self.family,
+            self.priority,
+            self.direction,
+            self.src,
+            self.dst,
+            self.proto,
+            -1 if self.sport is None else self.sport,
+            -1 if self.dport is None else self.dport,
+            self.mark,
+            self.mask,
+            self.action,
+        )
+
+    @property
+    def purpose(self) -> str | None:
+        """`fail-closed`, `ipsec_skb_mark`, or None for a priority that is not ours."""
+        return _PURPOSE.get(self.priority)
+
+    def describe(self) -> str:
+        """One line for humans, e.g. `out 0.0.0.0/0 -> 10.0.0.2/32 gre any mark: block ...`."""
+        proto = _PROTO_NAMES.get(self.proto, f"proto {self.proto}")
+        ports = "".join(
+            f" {name} {port}"
+            for name, port in (("sport", self.sport), ("dport", self.dport))
+            if port is not None
+        )
+        mark = f"mark {self.mark:#x}/{self.mask:#x}" if self.mask else "any mark"
+        purpose = f", {self.purpose}" if self.purpose else ""
+        return (
+            f"{self.direction} {self.src} -> {self.dst} {proto}{ports} {mark}: "
+            f"{self.action} (priority {self.priority}{purpose})"
+        )
+
+
+def is_owned(policy: Any) -> bool:
+    """True for a policy (PolicySpec or observed) the daemon created: a block at our priority.
+
+    charon never produces these priorities (see FAIL_CLOSED_PRIORITY), and operators are told
+    not to use them; any other policy is foreign and is never returned by observe nor removed.
+    """
+    return policy.action == BLOCK and policy.priority in OWNED_PRIORITIES
+
+
+def explain_protection(config: Config) -> dict[PolicySpec, tuple[str, ...]]:
+    """Every desired policy, with the reasons it exists (`tunnel NAME`, `ipsec_skb_mark`).
+
+    Deterministic (insertion order follows sorted tunnel names) and O(tunnels + ports).
+    """
+    reasons: dict[PolicySpec, list[str]] = {}
+
+    def want(spec: PolicySpec, reason: str) -> None:
+        bucket = reasons.setdefault(spec, [])
+        if reason not in bucket:
+            bucket.append(reason)
+
+    gc = config.global_config
+    if not gc.fail_open:
+        for name in sorted(config.tunnels):
+            tunnel = config.tunnels[name]
+            targets = (_udp_or_gre(tunnel.type, tunnel.dst_port),)
+            for spec in _fail_closed(tunnel.remote_ip, targets):
+                want(spec, f"tunnel {name}")
+        for name in sorted(config.invalid):
+            invalid = config.invalid[name]
+            if not invalid.remote_ip:
+                continue  # nothing is known to block
+            if invalid.type is None:
+                # Unknown type: cover everything it could be (fail closed).
+                ports = set(_ALWAYS_UDP_PORTS)
+                if invalid.dst_port is not None:
+                    ports.add(invalid.dst_port)
+                targets = ((IPPROTO_GRE, None),) + tuple((IPPROTO_UDP, p) for p in sorted(ports))
+            else:
+                targets = (_udp_or_gre(invalid.type, invalid.dst_port),)
+            for spec in _fail_closed(invalid.remote_ip, targets):
+                want(spec, f"invalid tunnel {name}")
+
+    if gc.skb_mark is not None:
+        mask = gc.skb_mark.mask & 0xFFFFFFFF
+        value = gc.skb_mark.value & mask  # what the kernel would store anyway
+        ports = set(_ALWAYS_UDP_PORTS) | set(config.tunnel_ports)
+        ports.update(t.dst_port for t in config.tunnels.values() if t.dst_port is not None)
+        ports.update(i.dst_port for i in config.invalid.values() if i.dst_port is not None)
+        targets = ((IPPROTO_GRE, None),) + tuple(
+            (IPPROTO_UDP, p) for p in sorted(ports) if _valid_port(p)
+        )
+        for family in (4, 6):
+            for direction in DIRECTIONS:
+                for proto, dport in targets:
+                    spec = PolicySpec(
+                        direction=direction,
+                        family=family,
+                        src=_ANY[family],
+                        dst=_ANY[family],
+                        proto=proto,
+                        sport=None,
+                        dport=dport,
+                        mark=value,
+                        mask=mask,
+                        priority=SKB_MARK_PRIORITY,
+                    )
+                    want(spec, "ipsec_skb_mark")
+
+    return {spec: tuple(why) for spec, why in reasons.items()}
+
+
+def plan_protection(config: Config) -> frozenset[PolicySpec]:
+    """The complete set of block policies the daemon should own for `config`."""
+    return frozenset(explain_protection(config))
+
+
+def diff_policies(
+    desired: Iterable[PolicySpec], observed: Iterable[PolicySpec]
+) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
+    """(to_add, to_remove), each sorted.
+
+    Order rule: callers must apply every addition before any removal (Xfrm.apply does), so a
+    change (say ipsec_skb_mark 0/1 -> 1/1, or a tunnel's port) never leaves a moment with neither
+    the old nor the new block in place.
+
+    An observed policy whose key (selector + direction + mark) is re-added with another priority is
+    not removed: `ip xfrm policy update` replaces it in place, and deleting by key afterwards would
+    delete the new one.
+    """
+    desired_set = frozenset(desired)
+    observed_set = frozenset(observed)
+    to_add = desired_set - observed_set
+    added_keys = {spec.key() for spec in to_add}
+    to_remove = {spec for spec in observed_set - desired_set if spec.key() not in added_keys}
+    return (
+        tuple(sorted(to_add, key=PolicySpec.sort_key)),
+        tuple(sorted(to_remove, key=PolicySpec.sort_key)),
+    )
+
+
+def _udp_or_gre(kind: TunnelType, dst_port: int | None) -> tuple[int, int | None]:
+    if kind is TunnelType.GRE:
+        return (IPPROTO_GRE, None)
+    return (IPPROTO_UDP, dst_port if dst_port is not None else DEFAULT_DST_PORT[kind])
+
+
+def _valid_port(port: int) -> bool:
+    return 1 <= port <= 0xFFFF
+
+
+def _host(address: str) -> tuple[int, str] | None:
+    """(family, `addr/32|128`) for a remote address; None if it is not a literal address."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return None  # parse never yields one; there is no host to block
+    return ip.version, f"{ip.compressed}/{_HOST_BITS[ip.version]}"
+
+
+def _fail_closed(remote_ip: str, targets: Iterable[tuple[int, int | None]]) -> list[PolicySpec]:
+    host = _host(remote_ip)
+    if host is None:
+        return []
+    family, remote = host
+    specs = []
+    for proto, dport in targets:
+        if dport is not None and not _valid_port(dport):
+            continue
+        for direction in DIRECTIONS:
+            src, dst = (_ANY[family], remote) if direction == "out" else (remote, _ANY[family])
+            specs.append(
+                PolicySpec(
+                    direction=direction,
+                    family=family,
+                    src=src,
+                    dst=dst,
+                    proto=proto,
+                    sport=None,
+                    dport=dport,
+                    mark=0,
+                    mask=0,
+                    priority=FAIL_CLOSED_PRIORITY,
+                )
+            )
+    return specs
