@@ -21,6 +21,7 @@ from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.sdnotify import notify
+from ovs_ipsec.xfrm import Xfrm
 
 # Flags that only meant something to upstream's Libreswan or stroke backends: accepted so
 # existing units and `ovs-ctl start-ovs-ipsec` keep working, and ignored with a notice.
@@ -130,7 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         unixctl_path=args.unixctl,
     )
     ovs.daemon.daemonize_start()
-    daemon = Daemon(settings, Ovsdb(settings.database), Charon(path, settings.command_timeout))
+    daemon = Daemon(
+        settings,
+        Ovsdb(settings.database),
+        Charon(path, settings.command_timeout),
+        Xfrm(timeout=settings.command_timeout),
+    )
     try:
         control = Control(daemon, settings.unixctl_path)
     except OSError as exc:

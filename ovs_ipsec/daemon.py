@@ -7,6 +7,7 @@ May import: everything in the package.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -18,12 +19,13 @@ import ovs.vlog
 from ovs_ipsec import naming
 from ovs_ipsec.charon import Charon
 from ovs_ipsec.credentials import needed_paths, resolve
-from ovs_ipsec.errors import CharonError, CharonUnreachable
+from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.files import read_files
-from ovs_ipsec.model import Config
+from ovs_ipsec.model import Config, SkbMark
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.parse import parse_config
 from ovs_ipsec.plan import Desired, plan
+from ovs_ipsec.protection import PolicySpec, diff_policies, plan_protection
 from ovs_ipsec.reconcile import (
     Action,
     Applied,
@@ -39,6 +41,7 @@ from ovs_ipsec.reconcile import (
     record,
 )
 from ovs_ipsec.status import TunnelStatus, fold
+from ovs_ipsec.xfrm import Xfrm
 
 vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 
@@ -65,6 +68,7 @@ class Health:
     passes: int = 0
     last_pass_seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
+    xfrm_error: str = ""
 
 
 class Daemon:
@@ -73,17 +77,23 @@ class Daemon:
         settings: Settings,
         ovsdb: Ovsdb,
         charon: Charon,
+        xfrm: Xfrm,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.settings = settings
         self.ovsdb = ovsdb
         self.charon = charon
+        self.xfrm = xfrm
         self.clock = clock
         self.wall_clock = wall_clock
         self.config = Config()
         self.desired = Desired()
         self.applied = Applied()
+        self.desired_policies: frozenset[PolicySpec] = frozenset()
+        # Our block policies in the kernel as last observed or applied; None: look first.
+        self.policies: frozenset[PolicySpec] | None = None
+        self._last_good_mark: SkbMark | None = None
         self.health = Health()
         self.exiting = False
         self.cleanup_on_exit = False
@@ -107,7 +117,7 @@ class Daemon:
         if not self.ovsdb.ready:
             return
         if self.ovsdb.changed():
-            self.config = parse_config(self.ovsdb.snapshot())
+            self.config = self._keep_protection(parse_config(self.ovsdb.snapshot()))
             self._replan = True
         now = self.clock()
         if now >= self._next_check and not self._check_due:
@@ -126,6 +136,18 @@ class Daemon:
             deadline = min(deadline, self._retry_at)
         poller.timer_wait(max(0, int((deadline - now) * 1000)))
 
+    def _keep_protection(self, config: Config) -> Config:
+        """A malformed ipsec_skb_mark is reported, and the last valid one stays in force: a typo
+        must never silently remove protection that is in place."""
+        global_config = config.global_config
+        if any(e.key == "ipsec_skb_mark" for e in global_config.errors):
+            if self._last_good_mark is not None:
+                kept = dataclasses.replace(global_config, skb_mark=self._last_good_mark)
+                return dataclasses.replace(config, global_config=kept)
+            return config
+        self._last_good_mark = global_config.skb_mark
+        return config
+
     def _plan(self) -> None:
         self._replan = False
         files = read_files(needed_paths(self.config))
@@ -137,6 +159,11 @@ class Daemon:
         desired = plan(self.config, credentials)
         if desired != self.desired:
             self.desired = desired
+            self._dirty = True
+        # Invalid tunnels found while planning (conflicts, bad certificates) are blocked too.
+        policies = plan_protection(dataclasses.replace(self.config, invalid=desired.invalid))
+        if policies != self.desired_policies:
+            self.desired_policies = policies
             self._dirty = True
 
     def request_refresh(self) -> None:
@@ -150,6 +177,10 @@ class Daemon:
         started = self.clock()
         self.health.passes += 1
         pass_id = self.health.passes
+        # Protection first, whatever charon's state: new block policies are in the kernel before
+        # anything is loaded into charon, and old ones leave only after charon's side changed.
+        to_add, to_remove = self._protection_diff(pass_id)
+        self._apply_policies(pass_id, add=to_add)
         try:
             if self._check_due or not self.charon.connected:
                 self._sync_with_charon(pass_id)
@@ -163,9 +194,59 @@ class Daemon:
             self._backoff = 0.0
             self._next_check = self.clock() + self.settings.reconcile_interval
         finally:
+            self._apply_policies(pass_id, remove=to_remove)
             self.first_pass_done = True
             self.health.last_pass_seconds = self.clock() - started
             self._log_invalid_changes()
+
+    def _protection_diff(
+        self, pass_id: int
+    ) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
+        if self.policies is None or self._check_due:
+            try:
+                observed = self.xfrm.observe()
+            except XfrmError as exc:
+                self._xfrm_failed(pass_id, "listing policies", exc)
+                # Unknown kernel state: (re)add everything desired, remove nothing.
+                return tuple(sorted(self.desired_policies)), ()
+            if self.policies is not None and observed != self.policies:
+                vlog.warn(f"[{pass_id}] protection policies changed behind our back; restoring")
+            self.policies = observed
+        to_add, to_remove = diff_policies(self.desired_policies, self.policies)
+        return tuple(to_add), tuple(to_remove)
+
+    def _apply_policies(
+        self,
+        pass_id: int,
+        add: tuple[PolicySpec, ...] = (),
+        remove: tuple[PolicySpec, ...] = (),
+    ) -> None:
+        if not add and not remove:
+            return
+        try:
+            self.xfrm.apply(add=add, remove=remove)
+        except XfrmError as exc:
+            self._xfrm_failed(pass_id, "changing policies", exc)
+            self.policies = None  # look again next pass
+            return
+        current = set(self.policies or ())
+        current.update(add)
+        current.difference_update(remove)
+        self.policies = frozenset(current)
+        self.health.xfrm_error = ""
+        verb = "installed" if add else "removed"
+        vlog.info(
+            f"[{pass_id}] {verb} {len(add or remove)} protection policies "
+            f"({len(self.policies)} in place)"
+        )
+        for spec in add or remove:
+            vlog.dbg(f"[{pass_id}]   {verb}: {spec.describe()}")
+
+    def _xfrm_failed(self, pass_id: int, what: str, exc: XfrmError) -> None:
+        self.health.xfrm_error = str(exc)
+        self._dirty = True
+        self._retry_at = max(self._retry_at, self.clock() + 1.0)
+        vlog.err(f"[{pass_id}] kernel XFRM: {what} failed: {exc}")
 
     def _sync_with_charon(self, pass_id: int) -> None:
         """Re-list our objects in charon: after a (re)connect, a charon restart or an external
@@ -182,11 +263,13 @@ class Daemon:
         if self.health.charon_since and since != self.health.charon_since:
             vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
             self.applied = Applied()
+        self.desired_policies: frozenset[PolicySpec] = frozenset()
+        # Our block policies in the kernel as last observed or applied; None: look first.
+        self.policies: frozenset[PolicySpec] | None = None
+        self._last_good_mark: SkbMark | None = None
         self.health.charon_since = since
         key_ids = self.charon.key_ids() if self.applied.keys else frozenset()
-        listed = adopt(
-            self.charon.owned_conns(), self.charon.owned_shared(), self.applied, key_ids
-        )
+        listed = adopt(self.charon.owned_conns(), self.charon.owned_shared(), self.applied, key_ids)
         lost = (set(self.applied.conns) - set(listed.conns)) | (
             set(self.applied.shared) - set(listed.shared)
         )
@@ -286,7 +369,7 @@ class Daemon:
         return f"{tunnels}; {charon}"
 
     def cleanup(self) -> None:
-        """`exit` without --no-cleanup: take our connections and secrets out of charon."""
+        """`exit` without --no-cleanup: take our connections, secrets and protection out."""
         try:
             if not self.charon.connected:
                 self.charon.connect()
@@ -299,6 +382,12 @@ class Daemon:
             vlog.info(f"cleanup: unloaded {len(conns)} connections and {len(shared)} secrets")
         except (CharonError, CharonUnreachable) as exc:
             vlog.warn(f"cleanup incomplete: {exc}")
+        try:
+            owned = self.xfrm.observe()
+            self.xfrm.apply(remove=owned)
+            vlog.info(f"cleanup: removed {len(owned)} protection policies")
+        except XfrmError as exc:
+            vlog.warn(f"cleanup of protection policies incomplete: {exc}")
 
 
 def _target(action: Action) -> str:

@@ -230,8 +230,8 @@ def test_daemon_start_stop_and_kill_with_a_stand_in(
     def fake_argv(host: Host, *extra: str) -> list[str]:
         argv = real_argv(host, *extra)
         i = argv.index(sys.executable)
-        assert argv[i + 1 : i + 3] == ["-m", "ovs_ipsec"]
-        return [*argv[: i + 1], str(script), *argv[i + 3 :]]
+        assert argv[i + 1].endswith("/bin/ovs-monitor-ipsec")
+        return [*argv[: i + 1], str(script), *argv[i + 2 :]]
 
     monkeypatch.setattr(Host, "daemon_argv", fake_argv)
     lab = make_lab(1, daemon=True)
