@@ -11,9 +11,10 @@ May import: vici, naming, plan and reconcile types, errors, stdlib.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,29 +37,64 @@ def vici_path(uri: str) -> str:
     return parsed.path
 
 
-class _BoundedTransport(vici.protocol.Transport):
-    """vici's Transport lifts the socket timeout after the first byte of a reply; a charon
-    stopped half-way through a reply would then block us for ever. Keep one deadline instead."""
+# While waiting for a reply, the daemon's other duties (the control socket) run this often.
+WAIT_SLICE = 0.1
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
+
+class _BoundedTransport(vici.protocol.Transport):
+    """vici's Transport lifts the socket timeout after the first byte of a reply, so a charon
+    stopped half-way through a reply (SIGSTOP) would block us for ever. This one keeps a single
+    deadline per read, and while it waits it calls `on_wait` every WAIT_SLICE seconds so that
+    ovs-appctl keeps getting answers from a daemon whose charon hangs."""
+
+    def __init__(
+        self, sock: socket.socket, timeout: float, on_wait: Callable[[], None] | None
+    ) -> None:
         super().__init__(sock)
         self.timeout = timeout
+        self.on_wait = on_wait
+        sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+
+    def send(self, packet: bytes) -> None:
+        data = memoryview(struct_length(packet) + packet)
+        deadline = time.monotonic() + self.timeout
+        while data:
+            try:
+                sent = self.socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            data = data[sent:]
+            if data:
+                self._wait(deadline, select.POLLOUT)
 
     def _recvall(self, count: int, timeout: Any = vici.protocol.RECV_TIMEOUT_DEFAULT) -> bytes:
         limit = self.timeout if timeout is vici.protocol.RECV_TIMEOUT_DEFAULT else timeout
-        deadline = None if limit is None else time.monotonic() + limit
+        deadline = time.monotonic() + (self.timeout if limit is None else limit)
         data = b""
         while len(data) < count:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("timed out")
-                self.socket.settimeout(remaining)
-            chunk = self.socket.recv(count - len(data))
+            try:
+                chunk = self.socket.recv(count - len(data))
+            except BlockingIOError:
+                self._wait(deadline, select.POLLIN)
+                continue
             if not chunk:
                 raise ConnectionError("Connection closed")
             data += chunk
         return data
+
+    def _wait(self, deadline: float, events: int) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        self._poll.modify(self.socket.fileno(), events)
+        if not self._poll.poll(int(min(remaining, WAIT_SLICE) * 1000) + 1) and self.on_wait:
+            self.on_wait()
+
+
+def struct_length(packet: bytes) -> bytes:
+    return len(packet).to_bytes(4, "big")
 
 
 def decode(value: Any) -> Any:
@@ -76,11 +112,15 @@ class Charon:
     """The command session. (Events use their own session: a session registered for events
     cannot send requests.)"""
 
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(
+        self, path: str, timeout: float, on_wait: Callable[[], None] | None = None
+    ) -> None:
         self.path = path
         self.timeout = timeout
+        self.on_wait = on_wait
         self._session: vici.Session | None = None
         self._socket: socket.socket | None = None
+        self._busy = False
 
     @property
     def connected(self) -> bool:
@@ -96,8 +136,12 @@ class Charon:
             sock.close()
             raise CharonUnreachable("connect", f"{self.path}: {exc.strerror or exc}") from exc
         session = vici.Session(sock)
-        session.transport = _BoundedTransport(sock, self.timeout)
+        session.transport = _BoundedTransport(sock, self.timeout, self._waiting)
         self._session, self._socket = session, sock
+
+    def _waiting(self) -> None:
+        if self.on_wait is not None:
+            self.on_wait()
 
     def close(self) -> None:
         if self._socket is not None:
@@ -110,6 +154,7 @@ class Charon:
 
     def _call(self, command: str, message: Mapping[str, Any] | None = None) -> dict[str, Any]:
         session = self._require(command)
+        self._busy = True
         try:
             return decode(session.request(command, dict(message) if message else None))
         except vici.exception.CommandException as exc:
@@ -117,11 +162,14 @@ class Charon:
         except (OSError, vici.exception.SessionException) as exc:
             self.close()
             raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
+        finally:
+            self._busy = False
 
     def _stream(
         self, command: str, event: str, message: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         session = self._require(command)
+        self._busy = True
         try:
             return [decode(item) for item in session.streamed_request(command, event, message)]
         except vici.exception.CommandException as exc:
@@ -129,12 +177,22 @@ class Charon:
         except (OSError, vici.exception.SessionException) as exc:
             self.close()
             raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
+        finally:
+            self._busy = False
 
     def _require(self, command: str) -> vici.Session:
+        # on_wait runs other handlers while a call is outstanding; one of them calling charon
+        # on this session would interleave two requests on one socket.
+        if self._busy:
+            raise RuntimeError(f"{command}: charon session is busy (re-entrant call)")
         if self._session is None:
             self.connect()
         assert self._session is not None
         return self._session
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
 
     # -- reads ----------------------------------------------------------------------------
 

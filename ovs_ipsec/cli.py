@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> None:
         unixctl_path=args.unixctl,
     )
     ovs.daemon.daemonize_start()
+    charon = Charon(path, settings.command_timeout)
     daemon = Daemon(
         settings,
         Ovsdb(settings.database),
-        Charon(path, settings.command_timeout),
+        charon,
         Xfrm(timeout=settings.command_timeout),
     )
     try:
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         vlog.err(str(exc))
         sys.exit(1)
+    # A hung charon must not make the control socket hang with it.
+    charon.on_wait = control.run
     vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
     run_loop(daemon, control)
 
