@@ -32,7 +32,15 @@ DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
 def vici_path(uri: str) -> str:
     """`unix:///abs/path` -> `/abs/path` (the only transport charon's vici plugin offers us)."""
     parsed = urlparse(uri)
-    if parsed.scheme != "unix" or not parsed.path.startswith("/") or parsed.netloc:
+    if (
+        parsed.scheme != "unix"
+        or not parsed.path.startswith("/")
+        or parsed.netloc
+        or parsed.query
+        or parsed.fragment
+        or "?" in uri
+        or "#" in uri
+    ):
         raise ValueError(f"--vici must look like unix:///absolute/path, got {uri!r}")
     return parsed.path
 

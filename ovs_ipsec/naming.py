@@ -42,11 +42,12 @@ def _encode(name: str) -> str:
 
 
 def _is_ip(text: str) -> bool:
+    """A canonical address spelling, as conn_name() writes it (so `ovs-2001:DB8::1`, which we
+    never create, is not taken for ours)."""
     try:
-        ipaddress.ip_address(text)
+        return str(ipaddress.ip_address(text)) == text
     except ValueError:
         return False
-    return True
 
 
 def conn_name(remote_ip: str) -> str:

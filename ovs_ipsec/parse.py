@@ -169,7 +169,9 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
     )
     for key, value in options.items():
         if len(value) > MAX_OPTION_LENGTH and key != "psk":
-            errors.append(Invalid(key, f"value is longer than {MAX_OPTION_LENGTH} characters"))
+            errors.append(
+                Invalid(key or "''", f"value is longer than {MAX_OPTION_LENGTH} characters")
+            )
 
     if errors or tunnel_type is None or remote_ip is None or auth is None:
         return InvalidTunnel(

@@ -1,0 +1,316 @@
+"""Hypothesis fuzzing of the whole pure pipeline: OVSDB snapshot -> parse_config -> plan ->
+status.fold -> render, with arbitrary option maps (real and random keys, unicode, huge values,
+bad addresses, marks and ports, type changes, random other_config).
+
+PSKs are drawn from a distinctive alphabet-free pattern ("Zq9PSK" + hex + "Kx") that no other
+strategy can produce, so finding one in any output is a leak, not a coincidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ovs_ipsec import render
+from ovs_ipsec.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapshot
+from ovs_ipsec.parse import is_ipsec_port, parse_config
+from ovs_ipsec.plan import plan
+from ovs_ipsec.reconcile import Applied, LoadKey, diff, record
+from ovs_ipsec.status import fold
+
+PSK_MARK = "Zq9PSK"
+
+psks = st.integers(0, 2**48).map(lambda n: f"{PSK_MARK}{n:x}Kx")
+
+# A few peers, drawn often, so tunnels share peers (grouping, conflicts); then anything.
+good_addresses = st.sampled_from(
+    ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:DB8::2", "198.51.100.7", "fe80::1"]
+)
+addresses = st.one_of(
+    good_addresses,
+    good_addresses,
+    good_addresses,
+    st.ip_addresses().map(str),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "flow",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "1.2.3",
+            "1.2.3.4/24",
+            "fe80::1%eth0",
+            "::ffff:192.0.2.1",
+            " 192.0.2.2 ",
+            "host.example",
+            "\x00",
+            "１.２.３.４",
+        ]
+    ),
+)
+ports = st.one_of(
+    st.integers(-5, 70000).map(str),
+    st.sampled_from(["", " ", " 4789", "6081 ", "0x10", "1e3", "+1", "²", "٨٠", "４７８９", "-0"]),
+)
+marks = st.one_of(
+    st.tuples(st.integers(0, 2**33), st.integers(0, 2**33)).map(lambda t: f"{t[0]}/{t[1]}"),
+    st.tuples(st.integers(0, 2**33), st.integers(0, 2**33)).map(lambda t: f"{t[0]:#x}/{t[1]:#x}"),
+    st.integers(-1, 2**33).map(str),
+    st.sampled_from(["0/1", "1/1", "", "/", "1/", "x/y", "1_0", "٣", "0x", "1/1/1"]),
+)
+paths = st.sampled_from(
+    ["/etc/ipsec/host.pem", "/etc/ipsec/host.key", "/etc/ca.pem", "rel.pem", "", " ", "/"]
+)
+huge = st.tuples(st.sampled_from("x/é🔑0.:"), st.integers(4000, 10_000)).map(lambda t: t[0] * t[1])
+short_junk = st.one_of(st.text(max_size=30), st.sampled_from(["true", "false", "yes", "maybe"]))
+# Huge values are drawn now and then, not so often that they reject most tunnels.
+junk = st.one_of(short_junk, short_junk, short_junk, short_junk, huge)
+
+# Values for each real key; any other key gets junk. No strategy but `psks` yields PSK_MARK.
+VALUES: dict[str, st.SearchStrategy[str]] = {
+    "remote_ip": addresses,
+    "local_ip": addresses,
+    "dst_port": ports,
+    "psk": st.one_of(psks, st.just("")),
+    "remote_cert": st.one_of(paths, junk),
+    "remote_name": st.one_of(st.sampled_from(["peer", "host1", ""]), junk),
+    "ipsec_skb_mark": marks,
+    "ipsec_forceencaps": junk,
+    "key": junk,
+}
+TUNNEL_KEYS = [
+    "remote_ip",
+    "local_ip",
+    "dst_port",
+    "psk",
+    "remote_cert",
+    "remote_name",
+    "ipsec_forceencaps",
+    "key",
+]
+SUPPORTED_TYPES = ["gre", "geneve", "vxlan"]
+TYPES = ["stt", "ip6gre", "erspan", "bareudp", "gtpu", "", "internal"]
+types = st.one_of(
+    st.sampled_from(SUPPORTED_TYPES),
+    st.sampled_from(SUPPORTED_TYPES),
+    st.sampled_from(SUPPORTED_TYPES),
+    st.sampled_from(SUPPORTED_TYPES),
+    st.sampled_from(TYPES),
+    st.text(max_size=6),
+)
+
+
+@st.composite
+def option_maps(draw: st.DrawFn) -> dict[str, str]:
+    keys = draw(
+        st.lists(
+            st.one_of(st.sampled_from(TUNNEL_KEYS), st.text(max_size=12)), max_size=5, unique=True
+        )
+    )
+    # Most draws ask for IPsec and have a remote_ip, so deep paths get exercised.
+    if draw(st.integers(0, 9)) < 8:
+        keys.append(draw(st.sampled_from(["psk", "psk", "psk", "remote_cert", "remote_name"])))
+        keys.append("remote_ip")
+    options = {}
+    for key in keys:
+        options[key] = draw(VALUES.get(key, junk))
+    return options
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    names = draw(
+        st.lists(
+            st.one_of(st.sampled_from(["gre0", "vx0", "a-in", "a b", "é/%"]), st.text(max_size=10)),
+            max_size=7,
+            unique=True,
+        )
+    )
+    rows = tuple(InterfaceRow(name, draw(types), draw(option_maps())) for name in names)
+    global_keys = draw(
+        st.lists(
+            st.sampled_from(
+                ["certificate", "private_key", "ca_cert", "ipsec_skb_mark", "ipsec_fail_open"]
+            ),
+            unique=True,
+        )
+    )
+    other_config = {
+        key: draw(marks if key == "ipsec_skb_mark" else st.one_of(paths, junk))
+        for key in global_keys
+    }
+    other_config.update(draw(st.dictionaries(st.text(max_size=8), junk, max_size=2)))
+    return Snapshot(rows, other_config)
+
+
+@dataclass(frozen=True)
+class Health:
+    """The two fields render reads from the daemon's health (plain data, not our code)."""
+
+    charon_reachable: bool
+    charon_error: str
+
+
+def run_pipeline(snapshot: Snapshot, data: st.DataObject) -> dict[str, Any]:
+    config = parse_config(snapshot)
+    desired = plan(config)
+    conns = sorted(desired.conns)
+    loaded = frozenset(data.draw(st.lists(st.sampled_from(conns), unique=True)) if conns else [])
+    failures = (
+        data.draw(st.dictionaries(st.sampled_from(conns), st.text(max_size=20))) if conns else {}
+    )
+    statuses = fold(desired, loaded, failures)
+    health = Health(data.draw(st.booleans()), "connection refused")
+    actions = diff(desired, Applied())
+    applied = Applied()
+    for action in actions:
+        record(applied, action, "kid" if isinstance(action, LoadKey) else "")
+    outputs = {
+        "text": render.tunnels_text(config, statuses, health),
+        "tunnels": render.to_json(render.tunnels_json(config, statuses)),
+        "status": render.to_json(render.ipsec_status_json(statuses)),
+        "configs": [render.tunnel_config_json(config, name) for name in statuses],
+    }
+    return {
+        "config": config,
+        "desired": desired,
+        "statuses": statuses,
+        "actions": actions,
+        "applied": applied,
+        "outputs": outputs,
+    }
+
+
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(snapshots(), st.data())
+def test_pipeline_never_raises_and_every_rejection_has_a_reason(
+    snapshot: Snapshot, data: st.DataObject
+) -> None:
+    """Any snapshot goes through parse, plan, fold, diff and render without raising; every
+    IPsec port ends up exactly once (loaded or invalid) and non-IPsec ports never appear;
+    every invalid tunnel carries at least one Invalid with a non-empty key and reason."""
+    result = run_pipeline(snapshot, data)
+    config, desired, statuses = result["config"], result["desired"], result["statuses"]
+    ipsec_ports = {row.name for row in snapshot.interfaces if is_ipsec_port(row.options)}
+    assert set(config.tunnels) | set(config.invalid) == ipsec_ports
+    assert not set(config.tunnels) & set(config.invalid)
+    planned = [name for conn in desired.conns.values() for name in conn.tunnels]
+    assert len(planned) == len(set(planned))
+    assert set(planned) | set(desired.invalid) == ipsec_ports
+    assert not set(planned) & set(desired.invalid)
+    assert set(statuses) == ipsec_ports
+    for invalid in [*config.invalid.values(), *desired.invalid.values()]:
+        assert isinstance(invalid, InvalidTunnel)
+        assert invalid.errors
+        for error in invalid.errors:
+            assert isinstance(error, Invalid) and error.key and error.reason
+    for error in config.global_config.errors:
+        assert error.key and error.reason
+    for status in statuses.values():
+        if status.state.value == "invalid":
+            assert status.reason
+    json.loads(result["outputs"]["tunnels"])
+    json.loads(result["outputs"]["status"])
+    if not ipsec_ports:
+        assert "No tunnels configured with IPsec" in result["outputs"]["text"]
+
+
+@FUZZ
+@given(snapshots(), st.data())
+def test_no_psk_in_any_output_or_repr(snapshot: Snapshot, data: st.DataObject) -> None:
+    """No PSK value ever appears in render output, nor in repr() or str() of the parsed model,
+    the plan, the statuses, the actions or the believed state, nor in any reason."""
+    result = run_pipeline(snapshot, data)
+    texts = [json.dumps(result["outputs"], default=str)]
+    for key in ("config", "desired", "statuses", "actions", "applied"):
+        texts += [repr(result[key]), str(result[key])]
+    for invalid in result["config"].invalid.values():
+        texts += [e.describe(invalid.name) for e in invalid.errors]
+    for invalid in result["desired"].invalid.values():
+        texts += [e.describe(invalid.name) for e in invalid.errors]
+    for text in texts:
+        assert PSK_MARK not in text
+
+
+@st.composite
+def snapshot_changes(draw: st.DrawFn) -> tuple[Snapshot, Snapshot]:
+    """A snapshot and a later one: same ports with some types and options changed, some
+    removed, some added, and maybe another other_config."""
+    before = draw(snapshots())
+    rows = []
+    for row in before.interfaces:
+        change = draw(st.sampled_from(["keep", "type", "options", "drop"]))
+        if change == "type":
+            rows.append(InterfaceRow(row.name, draw(types), row.options))
+        elif change == "options":
+            rows.append(InterfaceRow(row.name, row.type, draw(option_maps())))
+        elif change == "keep":
+            rows.append(row)
+    added = draw(snapshots())
+    taken = {row.name for row in rows}
+    rows += [row for row in added.interfaces if row.name not in taken]
+    other_config = draw(st.sampled_from([before.other_config, added.other_config]))
+    return before, Snapshot(tuple(rows), other_config)
+
+
+@FUZZ
+@given(snapshot_changes())
+def test_any_change_converges_without_leaking(change: tuple[Snapshot, Snapshot]) -> None:
+    """From the charon state of one snapshot, the actions towards any later snapshot (type
+    changes, option changes, ports added and removed) converge: recording them leaves an
+    empty diff; none of them shows a PSK in its repr."""
+    before, after = change
+    applied = Applied()
+    for action in diff(plan(parse_config(before)), applied):
+        record(applied, action, "kid" if isinstance(action, LoadKey) else "")
+    desired = plan(parse_config(after))
+    actions = diff(desired, applied)
+    for action in actions:
+        assert PSK_MARK not in repr(action) and PSK_MARK not in str(action)
+        record(applied, action, "kid" if isinstance(action, LoadKey) else "")
+    assert diff(desired, applied) == []
+    assert set(applied.conns) == set(desired.conns)
+
+
+secret_values = st.text(max_size=40).map(lambda t: f"{PSK_MARK}{t}")
+
+
+@given(secret_values)
+def test_secret_never_shows_its_value(value: str) -> None:
+    """Secret's value never leaks through repr, str, format, f-strings, %-formatting,
+    json.dumps(default=str), logging, or the repr of a container holding it; reveal() alone
+    returns it."""
+    secret = Secret(value)
+    record_ = logging.LogRecord("t", logging.INFO, __file__, 1, "psk %s %r", (secret, secret), None)
+    shown = [
+        repr(secret),
+        str(secret),
+        format(secret),
+        format(secret, ""),
+        f"{secret}",
+        f"{secret!r}",
+        f"{secret!s}",
+        "%s %r" % (secret, secret),  # noqa: UP031 - the %-operator is what is tested
+        "{} {!r}".format(secret, secret),  # noqa: UP032 - str.format is what is tested
+        json.dumps({"psk": secret}, default=str),
+        json.dumps([secret], default=repr),
+        repr([secret, {"k": secret}, (secret,)]),
+        record_.getMessage(),
+        str(ValueError(secret)),
+    ]
+    for text in shown:
+        assert PSK_MARK not in text
+    assert secret.reveal() == value
+    assert secret == Secret(value)
+    assert secret != Secret(value + "x")
