@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ovs_ipsec import naming
+from ovs_ipsec import ike_options, naming
 from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.model import (
     IPPROTO_GRE,
@@ -29,8 +29,8 @@ from ovs_ipsec.model import (
 
 # Interoperable with upstream ovs-monitor-ipsec's strongSwan defaults
 # (ike=aes256gcm16-sha256-modp2048, esp=aes256gcm16-modp2048). The ESP group applies to rekeys.
-IKE_PROPOSALS = ("aes256gcm16-prfsha256-modp2048",)
-ESP_PROPOSALS = ("aes256gcm16-modp2048",)
+IKE_PROPOSALS = ike_options.IKE_PROPOSALS
+ESP_PROPOSALS = ike_options.ESP_PROPOSALS
 
 VICI = dict[str, Any]
 
@@ -73,23 +73,30 @@ class Desired:
     invalid: Mapping[str, InvalidTunnel] = field(default_factory=dict)
 
 
-def plan(config: Config, credentials: Credentials | None = None) -> Desired:
+def plan(
+    config: Config, credentials: Credentials | None = None, *, use_default_crypto: bool = False
+) -> Desired:
     credentials = credentials or Credentials()
     invalid: dict[str, InvalidTunnel] = dict(config.invalid)
+    settings: dict[str, ike_options.IkeSettings] = {}
     by_peer: dict[str, list[Tunnel]] = {}
     for tunnel in sorted(config.tunnels.values(), key=lambda t: t.name):
-        errors = credential_errors(tunnel, credentials)
-        if errors:
+        translated, option_errors = ike_options.translate(
+            tunnel.ike_options, use_default_crypto=use_default_crypto
+        )
+        errors = option_errors + credential_errors(tunnel, credentials)
+        if errors or translated is None:
             invalid[tunnel.name] = _invalid(tunnel, errors)
             continue
+        settings[tunnel.name] = translated
         by_peer.setdefault(tunnel.remote_ip, []).append(tunnel)
 
     conns: dict[str, ConnSpec] = {}
     shared: dict[str, SharedSpec] = {}
     for remote_ip, group in by_peer.items():
-        members, conflicts = split_conflicts(group)
+        members, conflicts = split_conflicts(group, settings)
         invalid.update(conflicts)
-        conn = plan_conn(remote_ip, members, credentials)
+        conn = plan_conn(remote_ip, members, credentials, settings, use_default_crypto)
         conns[conn.name] = conn
         secret = plan_shared(conn, members[0])
         if secret is not None:
@@ -147,7 +154,9 @@ def peer_settings(tunnel: Tunnel) -> tuple[tuple[str, Any], ...]:
     )
 
 
-def split_conflicts(group: list[Tunnel]) -> tuple[list[Tunnel], dict[str, InvalidTunnel]]:
+def split_conflicts(
+    group: list[Tunnel], settings: Mapping[str, ike_options.IkeSettings] | None = None
+) -> tuple[list[Tunnel], dict[str, InvalidTunnel]]:
     """Keep the tunnels that agree with the first (by name); the others are invalid."""
     first = group[0]
     reference = dict(peer_settings(first))
@@ -155,6 +164,9 @@ def split_conflicts(group: list[Tunnel]) -> tuple[list[Tunnel], dict[str, Invali
     conflicts: dict[str, InvalidTunnel] = {}
     for tunnel in group[1:]:
         differing = [k for k, v in peer_settings(tunnel) if reference[k] != v]
+        if settings is not None:
+            # Connection-level ipsec_* options live on the one IKE_SA the peer's tunnels share.
+            differing += ike_options.conn_differences(settings[first.name], settings[tunnel.name])
         if not differing:
             members.append(tunnel)
             continue
@@ -170,16 +182,23 @@ def split_conflicts(group: list[Tunnel]) -> tuple[list[Tunnel], dict[str, Invali
     return members, conflicts
 
 
-def plan_conn(remote_ip: str, members: list[Tunnel], credentials: Credentials) -> ConnSpec:
+def plan_conn(
+    remote_ip: str,
+    members: list[Tunnel],
+    credentials: Credentials,
+    settings: Mapping[str, ike_options.IkeSettings] | None = None,
+    use_default_crypto: bool = False,
+) -> ConnSpec:
     first = members[0]
+    settings = settings or {}
+    ike_default, esp_default = ike_options.default_proposals(use_default_crypto)
     children: VICI = {}
     for tunnel in members:
-        children.update(plan_children(tunnel))
+        children.update(plan_children(tunnel, settings.get(tunnel.name), esp_default))
     body: VICI = {
         "version": "2",
         "local_addrs": [first.local_ip or "%any"],
         "remote_addrs": [remote_ip],
-        "proposals": list(IKE_PROPOSALS),
         # Retry for ever, like upstream's keyingtries=%forever.
         "keyingtries": "0",
         # Hosts do not move; without this IKE floats to port 4500 from the second exchange.
@@ -188,6 +207,11 @@ def plan_conn(remote_ip: str, members: list[Tunnel], credentials: Credentials) -
         "remote": plan_remote_auth(first, credentials),
         "children": children,
     }
+    if ike_default:
+        body["proposals"] = list(ike_default)
+    if first.name in settings:
+        # The same for every member (split_conflicts); explicit options win over defaults.
+        body.update(settings[first.name].conn_vici())
     return ConnSpec(
         name=naming.conn_name(remote_ip),
         remote_ip=remote_ip,
@@ -248,32 +272,43 @@ def plan_shared(conn: ConnSpec, tunnel: Tunnel) -> SharedSpec | None:
     )
 
 
-def plan_children(tunnel: Tunnel) -> VICI:
+def plan_children(
+    tunnel: Tunnel,
+    settings: ike_options.IkeSettings | None = None,
+    esp_default: tuple[str, ...] = ESP_PROPOSALS,
+) -> VICI:
     """CHILD_SA configs: GRE is one protocol both ways; a UDP tunnel sends from a hashed source
     port to the fixed destination port, so it needs one child per direction of the flow."""
+    extra = settings.child_vici() if settings is not None else {}
     if tunnel.dst_port is None:
-        return {
-            naming.child_name(tunnel.name): _child(
-                f"dynamic[{IPPROTO_GRE}]", f"dynamic[{IPPROTO_GRE}]"
-            )
-        }
+        gre = f"dynamic[{IPPROTO_GRE}]"
+        return {naming.child_name(tunnel.name): _child(gre, gre, extra, esp_default)}
     port_ts = f"dynamic[{IPPROTO_UDP}/{tunnel.dst_port}]"
     any_ts = f"dynamic[{IPPROTO_UDP}]"
     return {
-        naming.child_name(tunnel.name, "-in"): _child(port_ts, any_ts),
-        naming.child_name(tunnel.name, "-out"): _child(any_ts, port_ts),
+        naming.child_name(tunnel.name, "-in"): _child(port_ts, any_ts, extra, esp_default),
+        naming.child_name(tunnel.name, "-out"): _child(any_ts, port_ts, extra, esp_default),
     }
 
 
-def _child(local_ts: str, remote_ts: str) -> VICI:
-    return {
+def _child(
+    local_ts: str,
+    remote_ts: str,
+    extra: Mapping[str, Any],
+    esp_default: tuple[str, ...] = ESP_PROPOSALS,
+) -> VICI:
+    child: VICI = {
         "mode": "transport",
         "local_ts": [local_ts],
         "remote_ts": [remote_ts],
-        "esp_proposals": list(ESP_PROPOSALS),
         # Trap policies from the moment the connection is loaded: no SA, no plaintext.
         "start_action": "trap",
     }
+    if esp_default:
+        child["esp_proposals"] = list(esp_default)
+    # ike_options never emits mode, selectors or start_action, so this cannot weaken them.
+    child.update(extra)
+    return child
 
 
 def child_to_tunnel(conns: Mapping[str, ConnSpec], config: Config) -> dict[str, str]:

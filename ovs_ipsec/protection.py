@@ -31,6 +31,9 @@ from ovs_ipsec.model import (
     IPPROTO_GRE,
     IPPROTO_UDP,
     Config,
+    InvalidTunnel,
+    SkbMark,
+    Tunnel,
     TunnelType,
 )
 
@@ -186,60 +189,71 @@ def explain_protection(config: Config) -> dict[PolicySpec, tuple[str, ...]]:
     """
     reasons: dict[PolicySpec, list[str]] = {}
 
-    def want(spec: PolicySpec, reason: str) -> None:
-        bucket = reasons.setdefault(spec, [])
-        if reason not in bucket:
-            bucket.append(reason)
+    def want(specs: Iterable[PolicySpec], reason: str) -> None:
+        for spec in specs:
+            bucket = reasons.setdefault(spec, [])
+            if reason not in bucket:
+                bucket.append(reason)
 
     gc = config.global_config
     if not gc.fail_open:
         for name in sorted(config.tunnels):
-            tunnel = config.tunnels[name]
-            targets = (_udp_or_gre(tunnel.type, tunnel.dst_port),)
-            for spec in _fail_closed(tunnel.remote_ip, targets):
-                want(spec, f"tunnel {name}")
+            want(protect_tunnel(config.tunnels[name]), f"tunnel {name}")
         for name in sorted(config.invalid):
-            invalid = config.invalid[name]
-            if not invalid.remote_ip:
-                continue  # nothing is known to block
-            if invalid.type is None:
-                # Unknown type: cover everything it could be (fail closed).
-                ports = set(_ALWAYS_UDP_PORTS)
-                if invalid.dst_port is not None:
-                    ports.add(invalid.dst_port)
-                targets = ((IPPROTO_GRE, None),) + tuple((IPPROTO_UDP, p) for p in sorted(ports))
-            else:
-                targets = (_udp_or_gre(invalid.type, invalid.dst_port),)
-            for spec in _fail_closed(invalid.remote_ip, targets):
-                want(spec, f"invalid tunnel {name}")
-
+            want(protect_invalid(config.invalid[name]), f"invalid tunnel {name}")
     if gc.skb_mark is not None:
-        mask = gc.skb_mark.mask & 0xFFFFFFFF
-        value = gc.skb_mark.value & mask  # what the kernel would store anyway
-        ports = set(_ALWAYS_UDP_PORTS) | set(config.tunnel_ports)
+        ports = set(config.tunnel_ports)
         ports.update(t.dst_port for t in config.tunnels.values() if t.dst_port is not None)
         ports.update(i.dst_port for i in config.invalid.values() if i.dst_port is not None)
-        targets = ((IPPROTO_GRE, None),) + tuple(
-            (IPPROTO_UDP, p) for p in sorted(ports) if _valid_port(p)
-        )
-        for family in (4, 6):
-            for direction in DIRECTIONS:
-                for proto, dport in targets:
-                    spec = PolicySpec(
-                        direction=direction,
-                        family=family,
-                        src=_ANY[family],
-                        dst=_ANY[family],
-                        proto=proto,
-                        sport=None,
-                        dport=dport,
-                        mark=value,
-                        mask=mask,
-                        priority=SKB_MARK_PRIORITY,
-                    )
-                    want(spec, "ipsec_skb_mark")
-
+        want(protect_skb_mark(gc.skb_mark, ports), "ipsec_skb_mark")
     return {spec: tuple(why) for spec, why in reasons.items()}
+
+
+def protect_tunnel(tunnel: Tunnel) -> tuple[PolicySpec, ...]:
+    """Fail-closed blocks for one valid tunnel's traffic, both directions."""
+    return tuple(_fail_closed(tunnel.remote_ip, (_udp_or_gre(tunnel.type, tunnel.dst_port),)))
+
+
+def protect_invalid(invalid: InvalidTunnel) -> tuple[PolicySpec, ...]:
+    """Fail-closed blocks for an invalid tunnel, as far as its traffic is known."""
+    if not invalid.remote_ip:
+        return ()  # nothing is known to block
+    if invalid.type is None:
+        # Unknown type: cover everything it could be (fail closed).
+        ports = set(_ALWAYS_UDP_PORTS)
+        if invalid.dst_port is not None:
+            ports.add(invalid.dst_port)
+        targets = ((IPPROTO_GRE, None),) + tuple((IPPROTO_UDP, p) for p in sorted(ports))
+    else:
+        targets = (_udp_or_gre(invalid.type, invalid.dst_port),)
+    return tuple(_fail_closed(invalid.remote_ip, targets))
+
+
+def protect_skb_mark(skb_mark: SkbMark, tunnel_ports: Iterable[int]) -> tuple[PolicySpec, ...]:
+    """ipsec_skb_mark blocks: GRE and every tunnel UDP port, both directions, IPv4 and IPv6."""
+    mask = skb_mark.mask & 0xFFFFFFFF
+    value = skb_mark.value & mask  # what the kernel would store anyway
+    ports = set(_ALWAYS_UDP_PORTS) | set(tunnel_ports)
+    targets = ((IPPROTO_GRE, None),) + tuple(
+        (IPPROTO_UDP, p) for p in sorted(ports) if _valid_port(p)
+    )
+    return tuple(
+        PolicySpec(
+            direction=direction,
+            family=family,
+            src=_ANY[family],
+            dst=_ANY[family],
+            proto=proto,
+            sport=None,
+            dport=dport,
+            mark=value,
+            mask=mask,
+            priority=SKB_MARK_PRIORITY,
+        )
+        for family in (4, 6)
+        for direction in DIRECTIONS
+        for proto, dport in targets
+    )
 
 
 def plan_protection(config: Config) -> frozenset[PolicySpec]:

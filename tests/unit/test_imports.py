@@ -25,6 +25,7 @@ CORE = [
     "protection",
     "pki",
     "credentials",
+    "ike_options",
 ]
 SHELL = ["charon", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli"]
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
