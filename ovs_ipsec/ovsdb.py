@@ -38,17 +38,39 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+class _TrackingIdl(ovs.db.idl.Idl):
+    """Remembers which rows changed, so a change costs in proportion to itself."""
+
+    def __init__(self, remote: str, helper: ovs.db.idl.SchemaHelper) -> None:
+        # leader_only=False: a follower of a clustered database is as good for reading.
+        super().__init__(remote, helper, leader_only=False)
+        self.changed_interfaces: set[Any] = set()
+        self.other_config_changed = False
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        if row._table.name == "Interface":
+            self.changed_interfaces.add(row.uuid)
+        else:
+            self.other_config_changed = True
+
+
 class Ovsdb:
     def __init__(self, remote: str) -> None:
         helper = ovs.db.idl.SchemaHelper(schema_json=SCHEMA)
         helper.register_columns("Interface", ["name", "type", "options"])
         helper.register_columns("Open_vSwitch", ["other_config"])
-        # leader_only=False: a follower of a clustered database is as good for reading.
-        self.idl = ovs.db.idl.Idl(remote, helper, leader_only=False)
+        self.idl = _TrackingIdl(remote, helper)
         self.seen_seqno = 0
+        self._was_connected = False
+        # After a reconnect the IDL refills its tables without telling which rows went away.
+        self.needs_full_read = True
 
     def run(self) -> None:
         self.idl.run()
+        connected = bool(self.idl.is_connected())
+        if connected and not self._was_connected:
+            self.needs_full_read = True
+        self._was_connected = connected
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         self.idl.wait(poller)
@@ -68,6 +90,39 @@ class Ovsdb:
     def changed(self) -> bool:
         return self.idl.change_seqno != self.seen_seqno
 
+    def changes(self) -> tuple[dict[str, InterfaceRow | None], dict[str, str] | None]:
+        """Interface rows changed since the last call (uuid -> row, None when deleted) and the
+        new other_config if it changed. After a reconnect: every row (`needs_full_read`)."""
+        self.seen_seqno = self.idl.change_seqno
+        table = self.idl.tables["Interface"].rows
+        changed = self.idl.changed_interfaces
+        self.idl.changed_interfaces = set()
+        rows: dict[str, InterfaceRow | None] = {}
+        for uuid in changed:
+            row = table.get(uuid)
+            rows[str(uuid)] = None if row is None else _interface(row)
+        other_config = None
+        if self.idl.other_config_changed:
+            self.idl.other_config_changed = False
+            other_config = self.other_config()
+        return rows, other_config
+
+    def all_rows(self) -> dict[str, InterfaceRow]:
+        self.seen_seqno = self.idl.change_seqno
+        self.idl.changed_interfaces = set()
+        self.idl.other_config_changed = False
+        self.needs_full_read = False
+        return {
+            str(uuid): _interface(row) for uuid, row in self.idl.tables["Interface"].rows.items()
+        }
+
+    def other_config(self) -> dict[str, str]:
+        other_config: dict[str, str] = {}
+        # One row by schema; with several (a broken database) the last wins, like upstream.
+        for row in self.idl.tables["Open_vSwitch"].rows.values():
+            other_config = dict(row.other_config)
+        return other_config
+
     def snapshot(self) -> Snapshot:
         self.seen_seqno = self.idl.change_seqno
         interfaces = tuple(
@@ -79,3 +134,7 @@ class Ovsdb:
         for row in self.idl.tables["Open_vSwitch"].rows.values():
             other_config = dict(row.other_config)
         return Snapshot(interfaces=interfaces, other_config=other_config)
+
+
+def _interface(row: Any) -> InterfaceRow:
+    return InterfaceRow(name=row.name, type=row.type, options=dict(row.options))

@@ -31,7 +31,7 @@ from ovs_ipsec.model import (
 IPSEC_AUTH_KEYS = ("psk", "remote_cert", "remote_name")
 IPSEC_OPTION_PREFIX = "ipsec_"
 # OVS tunnel types whose UDP destination port matters for ipsec_skb_mark, IPsec or not.
-_UDP_TUNNEL_TYPES = {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None, "gtpu": 2152}
+UDP_TUNNEL_PORTS = {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None, "gtpu": 2152}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 MAX_OPTION_LENGTH = 4096
@@ -242,14 +242,14 @@ def _parse_auth(
 
 def tunnel_ports(interfaces: tuple[InterfaceRow, ...]) -> tuple[int, ...]:
     """Every UDP destination port an OVSDB tunnel uses, IPsec or not (for ipsec_skb_mark)."""
-    ports = set()
-    for row in interfaces:
-        if row.type not in _UDP_TUNNEL_TYPES:
-            continue
-        port = _parse_port(row.options.get("dst_port", "")) or _UDP_TUNNEL_TYPES[row.type]
-        if port:
-            ports.add(port)
-    return tuple(sorted(ports))
+    return tuple(sorted({p for p in map(row_port, interfaces) if p is not None}))
+
+
+def row_port(row: InterfaceRow) -> int | None:
+    """The UDP destination port of one OVSDB tunnel port (IPsec or not), if it has one."""
+    if row.type not in UDP_TUNNEL_PORTS:
+        return None
+    return _parse_port(row.options.get("dst_port", "")) or UDP_TUNNEL_PORTS[row.type]
 
 
 def parse_bool(text: str) -> bool | None:

@@ -81,31 +81,62 @@ def plan(
     settings: dict[str, ike_options.IkeSettings] = {}
     by_peer: dict[str, list[Tunnel]] = {}
     for tunnel in sorted(config.tunnels.values(), key=lambda t: t.name):
-        translated, option_errors = ike_options.translate(
-            tunnel.ike_options, use_default_crypto=use_default_crypto
-        )
-        errors = option_errors + credential_errors(tunnel, credentials)
-        if errors or translated is None:
-            invalid[tunnel.name] = _invalid(tunnel, errors)
+        translated, rejected = admit(tunnel, credentials, use_default_crypto)
+        if rejected is not None:
+            invalid[tunnel.name] = rejected
             continue
+        assert translated is not None
         settings[tunnel.name] = translated
         by_peer.setdefault(tunnel.remote_ip, []).append(tunnel)
 
     conns: dict[str, ConnSpec] = {}
     shared: dict[str, SharedSpec] = {}
     for remote_ip, group in by_peer.items():
-        members, conflicts = split_conflicts(group, settings)
+        conn, secret, conflicts = plan_peer(
+            remote_ip, group, settings, credentials, use_default_crypto
+        )
         invalid.update(conflicts)
-        conn = plan_conn(remote_ip, members, credentials, settings, use_default_crypto)
         conns[conn.name] = conn
-        secret = plan_shared(conn, members[0])
         if secret is not None:
             shared[secret.id] = secret
-    keys: dict[str, KeySpec] = {}
+    uses_key = any(t.psk is None for g in by_peer.values() for t in g)
+    return Desired(
+        conns=conns, shared=shared, keys=plan_keys(credentials, uses_key), invalid=invalid
+    )
+
+
+def admit(
+    tunnel: Tunnel, credentials: Credentials, use_default_crypto: bool
+) -> tuple[ike_options.IkeSettings | None, InvalidTunnel | None]:
+    """A tunnel's translated ipsec_* options, or why it cannot be loaded (options or
+    credentials)."""
+    translated, option_errors = ike_options.translate(
+        tunnel.ike_options, use_default_crypto=use_default_crypto
+    )
+    errors = option_errors + credential_errors(tunnel, credentials)
+    if errors or translated is None:
+        return None, _invalid(tunnel, errors)
+    return translated, None
+
+
+def plan_peer(
+    remote_ip: str,
+    group: list[Tunnel],
+    settings: Mapping[str, ike_options.IkeSettings],
+    credentials: Credentials,
+    use_default_crypto: bool,
+) -> tuple[ConnSpec, SharedSpec | None, dict[str, InvalidTunnel]]:
+    """The connection (and PSK) of one peer from its admitted tunnels, sorted by name."""
+    members, conflicts = split_conflicts(group, settings)
+    conn = plan_conn(remote_ip, members, credentials, settings, use_default_crypto)
+    return conn, plan_shared(conn, members[0]), conflicts
+
+
+def plan_keys(credentials: Credentials, uses_key: bool) -> dict[str, KeySpec]:
     local = credentials.local
-    if local is not None and any(t.psk is None for g in by_peer.values() for t in g):
-        keys[local.key_digest] = KeySpec(local.key_digest, local.key.pem)
-    return Desired(conns=conns, shared=shared, keys=keys, invalid=invalid)
+    if local is None or not uses_key:
+        return {}
+    return {local.key_digest: KeySpec(local.key_digest, local.key.pem)}
 
 
 def credential_errors(tunnel: Tunnel, credentials: Credentials) -> tuple[Invalid, ...]:
@@ -127,8 +158,11 @@ def credential_errors(tunnel: Tunnel, credentials: Credentials) -> tuple[Invalid
             )
         elif tunnel.remote_name and remote.cn != tunnel.remote_name:
             errors.append(
-                Invalid("remote_name", f"{tunnel.remote_name!r} is not the CN of remote_cert "
-                        f"({remote.cn!r}); remove remote_name or make them agree")
+                Invalid(
+                    "remote_name",
+                    f"{tunnel.remote_name!r} is not the CN of remote_cert "
+                    f"({remote.cn!r}); remove remote_name or make them agree",
+                )
             )
     return tuple(errors)
 

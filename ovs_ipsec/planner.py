@@ -1,0 +1,348 @@
+"""Incremental planning: the parsed model and desired state kept between OVSDB changes, with
+only what a change touches recomputed — by the same pure functions a full plan uses (parse_tunnel,
+admit, plan_peer, protect_*), so both always agree (a property test checks it).
+
+A change to one port re-parses that port, re-plans its peer's connection and its own protection
+policies, and reports exactly those names for the reconciler to diff. A change to other_config
+(certificates, ipsec_skb_mark, fail-open) re-evaluates every IPsec port. Work per change is thus
+proportional to what changed, not to the number of tunnels.
+
+May import: model, parse, credentials, plan, protection, ike_options, stdlib.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ovs_ipsec import ike_options, naming
+from ovs_ipsec.credentials import Credentials, FileContent, resolve
+from ovs_ipsec.model import (
+    AuthMode,
+    Config,
+    GlobalConfig,
+    InterfaceRow,
+    InvalidTunnel,
+    Tunnel,
+)
+from ovs_ipsec.parse import UDP_TUNNEL_PORTS, is_ipsec_port, parse_global, parse_tunnel, row_port
+from ovs_ipsec.plan import ConnSpec, Desired, KeySpec, SharedSpec, admit, plan_keys, plan_peer
+from ovs_ipsec.protection import (
+    PolicySpec,
+    protect_invalid,
+    protect_skb_mark,
+    protect_tunnel,
+)
+
+PSK = AuthMode.PSK
+ReadFiles = Callable[[Iterable[str]], Mapping[str, FileContent]]
+
+
+@dataclass
+class Delta:
+    """What one update may have changed: the reconciler diffs only these."""
+
+    conns: set[str] = field(default_factory=set)
+    shared: set[str] = field(default_factory=set)
+    keys: bool = False
+    tunnels: set[str] = field(default_factory=set)
+    policies_added: set[PolicySpec] = field(default_factory=set)
+    policies_removed: set[PolicySpec] = field(default_factory=set)
+
+    def merge(self, other: Delta) -> None:
+        self.conns |= other.conns
+        self.shared |= other.shared
+        self.keys = self.keys or other.keys
+        self.tunnels |= other.tunnels
+        self.policies_added |= other.policies_added
+        self.policies_removed |= other.policies_removed
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.conns or self.shared or self.keys or self.tunnels
+            or self.policies_added or self.policies_removed
+        )  # fmt: skip
+
+
+class Planner:
+    def __init__(self, read_files: ReadFiles, *, use_default_crypto: bool = False) -> None:
+        self.read_files = read_files
+        self.use_default_crypto = use_default_crypto
+        self.rows: dict[str, InterfaceRow] = {}  # by OVSDB row uuid
+        self.row_of: dict[str, str] = {}  # interface name -> row uuid
+        self.other_config: Mapping[str, str] = {}
+        self.global_config = GlobalConfig()
+        self.credentials = Credentials()
+        self.file_contents: Mapping[str, FileContent] = {}
+        self.warnings: tuple[str, ...] = ()
+        self._resolved = False
+        # Parse results of IPsec ports, and the views a Config is made of.
+        self.tunnels: dict[str, Tunnel] = {}
+        self.parse_invalid: dict[str, InvalidTunnel] = {}
+        self.port_counts: Counter[int] = Counter()
+        # Admission (options, credentials) and per-peer plans.
+        self.settings: dict[str, ike_options.IkeSettings] = {}
+        self.rejected: dict[str, InvalidTunnel] = {}
+        self.peer_of: dict[str, str] = {}
+        self.members: dict[str, set[str]] = {}
+        self.conflicts: dict[str, dict[str, InvalidTunnel]] = {}
+        self.conns: dict[str, ConnSpec] = {}
+        self.shared: dict[str, SharedSpec] = {}
+        self.keys: dict[str, KeySpec] = {}
+        self.invalid: dict[str, InvalidTunnel] = {}
+        # Protection: policies per IPsec port (counted: two ports may want the same policy).
+        self.tunnel_policies: dict[str, tuple[PolicySpec, ...]] = {}
+        self.mark_policies: tuple[PolicySpec, ...] = ()
+        self.policy_counts: Counter[PolicySpec] = Counter()
+
+    # -- views ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return Config(
+            global_config=self.global_config,
+            tunnels=self.tunnels,
+            invalid=self.parse_invalid,
+            tunnel_ports=tuple(sorted(p for p, n in self.port_counts.items() if n > 0)),
+        )
+
+    @property
+    def desired(self) -> Desired:
+        return Desired(conns=self.conns, shared=self.shared, keys=self.keys, invalid=self.invalid)
+
+    @property
+    def policies(self) -> frozenset[PolicySpec]:
+        return frozenset(self.policy_counts)
+
+    # -- updates ----------------------------------------------------------------------------
+
+    def update(
+        self,
+        changed_rows: Mapping[str, InterfaceRow | None],
+        other_config: Mapping[str, str] | None,
+        now: dt.datetime,
+        *,
+        reread_files: bool = False,
+    ) -> Delta:
+        """Apply changed Interface rows (uuid -> row, None for a deleted row) and, when given,
+        the new other_config. `reread_files` checks certificate files for new contents."""
+        delta = Delta()
+        affected: set[str] = set()
+        everything = False
+        ports_before = set(self.port_counts)
+
+        if other_config is not None and other_config != self.other_config:
+            self.other_config = dict(other_config)
+            global_config = parse_global(other_config)
+            if global_config != self.global_config:
+                self.global_config = global_config
+                everything = True
+
+        for uuid, row in changed_rows.items():
+            old = self.rows.pop(uuid, None)
+            if old is not None:
+                affected.add(old.name)
+                self._count_port(old, -1)
+                if self.row_of.get(old.name) == uuid:
+                    del self.row_of[old.name]
+            if row is not None:
+                self.rows[uuid] = row
+                self.row_of[row.name] = uuid
+                affected.add(row.name)
+                self._count_port(row, +1)
+
+        if everything:
+            affected |= set(self.tunnels) | set(self.parse_invalid)
+            affected |= {r.name for r in self.rows.values() if is_ipsec_port(r.options)}
+
+        def cert_names() -> set[str]:
+            return {n for n in affected if n in self.tunnels and self.tunnels[n].auth is not PSK}
+
+        # A certificate tunnel coming, going or changing may need other files.
+        cert_touched = bool(cert_names())
+        for name in affected:
+            self._reparse(name)
+        cert_touched = cert_touched or bool(cert_names())
+        if (everything or cert_touched or reread_files) and self._refresh_credentials(now):
+            affected |= {n for n, t in self.tunnels.items() if t.auth is not PSK}
+
+        peers: set[str] = set()
+        for name in affected:
+            peers |= self._readmit(name)
+        for peer in peers:
+            self._replan_peer(peer, delta)
+        self._refresh_invalid(affected | {n for p in peers for n in self.members.get(p, ())}, delta)
+        self._refresh_keys(delta)
+
+        if everything:
+            affected |= set(self.tunnel_policies)
+        for name in affected:
+            self._reprotect(name, delta)
+        if everything or set(self.port_counts) != ports_before:
+            self._reprotect_marks(delta)
+        delta.tunnels |= affected
+        return delta
+
+    def reset_rows(self, rows: Mapping[str, InterfaceRow]) -> dict[str, InterfaceRow | None]:
+        """The changes that turn the known rows into `rows` (a full snapshot)."""
+        changes: dict[str, InterfaceRow | None] = {
+            uuid: None for uuid in self.rows if uuid not in rows
+        }
+        changes.update({uuid: row for uuid, row in rows.items() if self.rows.get(uuid) != row})
+        return changes
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _count_port(self, row: InterfaceRow, sign: int) -> None:
+        port = row_port(row)
+        if port is not None:
+            self.port_counts[port] += sign
+            if self.port_counts[port] <= 0:
+                del self.port_counts[port]
+
+    def _reparse(self, name: str) -> None:
+        self.tunnels.pop(name, None)
+        self.parse_invalid.pop(name, None)
+        uuid = self.row_of.get(name)
+        row = self.rows.get(uuid) if uuid is not None else None
+        if row is None or not is_ipsec_port(row.options):
+            return
+        parsed = parse_tunnel(row, self.global_config)
+        if isinstance(parsed, Tunnel):
+            self.tunnels[name] = parsed
+        else:
+            self.parse_invalid[name] = parsed
+
+    def _refresh_credentials(self, now: dt.datetime) -> bool:
+        """Re-read the certificate files in use; True if the credentials changed."""
+        paths = set()
+        cert_tunnels = [t for t in self.tunnels.values() if t.auth is not AuthMode.PSK]
+        if cert_tunnels:
+            g = self.global_config
+            paths.update(p for p in (g.certificate, g.private_key, g.ca_cert) if p)
+            paths.update(t.remote_cert for t in cert_tunnels if t.remote_cert)
+        contents = self.read_files(sorted(paths)) if paths else {}
+        if contents == self.file_contents and self._resolved:
+            return False
+        self.file_contents = contents
+        self._resolved = True
+        credentials = resolve(self.config, contents, now)
+        self.warnings = credentials.warnings
+        if credentials == self.credentials:
+            return False
+        self.credentials = credentials
+        return True
+
+    def _readmit(self, name: str) -> set[str]:
+        """Re-decide whether `name` is loadable; returns the peers whose plan may change."""
+        peers = set()
+        old_peer = self.peer_of.pop(name, None)
+        if old_peer is not None:
+            self.members[old_peer].discard(name)
+            peers.add(old_peer)
+        self.settings.pop(name, None)
+        self.rejected.pop(name, None)
+        tunnel = self.tunnels.get(name)
+        if tunnel is None:
+            return peers
+        translated, rejected = admit(tunnel, self.credentials, self.use_default_crypto)
+        if rejected is not None:
+            self.rejected[name] = rejected
+            return peers
+        assert translated is not None
+        self.settings[name] = translated
+        self.peer_of[name] = tunnel.remote_ip
+        self.members.setdefault(tunnel.remote_ip, set()).add(name)
+        peers.add(tunnel.remote_ip)
+        return peers
+
+    def _replan_peer(self, peer: str, delta: Delta) -> None:
+        conn_name = naming.conn_name(peer)
+        secret_id = naming.shared_id(peer)
+        names = sorted(self.members.get(peer, ()))
+        if not names:
+            self.members.pop(peer, None)
+            self.conflicts.pop(peer, None)
+            if self.conns.pop(conn_name, None) is not None:
+                delta.conns.add(conn_name)
+            if self.shared.pop(secret_id, None) is not None:
+                delta.shared.add(secret_id)
+            return
+        group = [self.tunnels[n] for n in names]
+        conn, secret, conflicts = plan_peer(
+            peer, group, self.settings, self.credentials, self.use_default_crypto
+        )
+        self.conflicts[peer] = conflicts
+        if self.conns.get(conn_name) != conn:
+            self.conns[conn_name] = conn
+            delta.conns.add(conn_name)
+        if secret is None:
+            if self.shared.pop(secret_id, None) is not None:
+                delta.shared.add(secret_id)
+        elif self.shared.get(secret_id) != secret:
+            self.shared[secret_id] = secret
+            delta.shared.add(secret_id)
+
+    def _refresh_invalid(self, names: set[str], delta: Delta) -> None:
+        for name in names:
+            peer = self.peer_of.get(name)
+            entry = (
+                self.parse_invalid.get(name)
+                or self.rejected.get(name)
+                or (self.conflicts.get(peer, {}).get(name) if peer is not None else None)
+            )
+            if entry is None:
+                if self.invalid.pop(name, None) is not None:
+                    delta.tunnels.add(name)
+            elif self.invalid.get(name) != entry:
+                self.invalid[name] = entry
+                delta.tunnels.add(name)
+
+    def _refresh_keys(self, delta: Delta) -> None:
+        uses_key = any(
+            self.tunnels[n].auth is not AuthMode.PSK
+            for names in self.members.values()
+            for n in names
+        ) if self.credentials.local is not None else False  # fmt: skip
+        keys = plan_keys(self.credentials, uses_key)
+        if keys != self.keys:
+            self.keys = keys
+            delta.keys = True
+
+    def _reprotect(self, name: str, delta: Delta) -> None:
+        old = self.tunnel_policies.pop(name, ())
+        new: tuple[PolicySpec, ...] = ()
+        if not self.global_config.fail_open:
+            if name in self.tunnels:
+                new = protect_tunnel(self.tunnels[name])
+            elif name in self.parse_invalid:
+                new = protect_invalid(self.parse_invalid[name])
+        if new:
+            self.tunnel_policies[name] = new
+        if old != new:
+            self._recount(old, new, delta)
+
+    def _reprotect_marks(self, delta: Delta) -> None:
+        mark = self.global_config.skb_mark
+        new = protect_skb_mark(mark, self.port_counts) if mark is not None else ()
+        if new != self.mark_policies:
+            self._recount(self.mark_policies, new, delta)
+            self.mark_policies = new
+
+    def _recount(self, old: Iterable[PolicySpec], new: Iterable[PolicySpec], delta: Delta) -> None:
+        for spec in old:
+            self.policy_counts[spec] -= 1
+            if self.policy_counts[spec] <= 0:
+                del self.policy_counts[spec]
+                delta.policies_removed.add(spec)
+                delta.policies_added.discard(spec)
+        for spec in new:
+            if self.policy_counts[spec] == 0:
+                delta.policies_added.add(spec)
+                delta.policies_removed.discard(spec)
+            self.policy_counts[spec] += 1
+
+
+__all__ = ["Delta", "Planner", "UDP_TUNNEL_PORTS"]
