@@ -12,6 +12,7 @@ May import: model, parse, credentials, plan, protection, ike_options, stdlib.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,14 @@ class Delta:
             self.conns or self.shared or self.keys or self.tunnels
             or self.policies_added or self.policies_removed
         )  # fmt: skip
+
+
+def keep_valid_mark(new: GlobalConfig, current: GlobalConfig) -> GlobalConfig:
+    """A malformed ipsec_skb_mark is reported (it stays in `errors`) and the mark in force stays:
+    a typo must never silently remove protection that is in place."""
+    if any(e.key == "ipsec_skb_mark" for e in new.errors):
+        return dataclasses.replace(new, skb_mark=current.skb_mark)
+    return new
 
 
 class Planner:
@@ -135,7 +144,7 @@ class Planner:
 
         if other_config is not None and other_config != self.other_config:
             self.other_config = dict(other_config)
-            global_config = parse_global(other_config)
+            global_config = keep_valid_mark(parse_global(other_config), self.global_config)
             if global_config != self.global_config:
                 self.global_config = global_config
                 everything = True

@@ -12,7 +12,7 @@ May import: plan, model, stdlib.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,29 +95,41 @@ class Applied:
     keys: dict[str, str] = field(default_factory=dict)
 
 
-def diff(desired: Desired, applied: Applied) -> list[Action]:
+def diff(
+    desired: Desired,
+    applied: Applied,
+    conns: Iterable[str] | None = None,
+    shared: Iterable[str] | None = None,
+) -> list[Action]:
+    """Actions that turn `applied` into `desired`. With `conns`/`shared`, only those names are
+    compared (the incremental planner says which may have changed); keys are always compared
+    (there is at most one)."""
+    conn_names = set(desired.conns) | set(applied.conns) if conns is None else set(conns)
+    secret_ids = set(desired.shared) | set(applied.shared) if shared is None else set(shared)
     actions: list[Action] = []
-    for spec in desired.shared.values():
-        if spec.id not in applied.shared or applied.shared[spec.id] != spec.secret:
+    for secret_id in sorted(secret_ids):
+        spec = desired.shared.get(secret_id)
+        if spec is None:
+            if secret_id in applied.shared:
+                actions.append(UnloadShared(secret_id))
+        elif secret_id not in applied.shared or applied.shared[secret_id] != spec.secret:
             actions.append(LoadShared(spec))
-            previous = applied.shared.get(spec.id)
+            previous = applied.shared.get(secret_id)
             if previous is not None and spec.conn in applied.conns:
                 actions.append(TerminateIke(spec.conn))
     for key in desired.keys.values():
         if key.digest not in applied.keys:
             actions.append(LoadKey(key))
-    for spec in desired.conns.values():
-        if spec.name not in applied.conns or applied.conns[spec.name] != spec.body:
-            actions.append(LoadConn(spec))
-    for name in applied.conns:
-        if name not in desired.conns:
-            actions.append(UnloadConn(name))
-    for secret_id in applied.shared:
-        if secret_id not in desired.shared:
-            actions.append(UnloadShared(secret_id))
     for digest, key_id in applied.keys.items():
         if digest not in desired.keys:
             actions.append(UnloadKey(digest, key_id))
+    for name in sorted(conn_names):
+        conn = desired.conns.get(name)
+        if conn is None:
+            if name in applied.conns:
+                actions.append(UnloadConn(name))
+        elif name not in applied.conns or applied.conns[name] != conn.body:
+            actions.append(LoadConn(conn))
     return sorted(actions, key=lambda action: action.phase)
 
 

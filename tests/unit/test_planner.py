@@ -10,13 +10,13 @@ from collections.abc import Iterable, Mapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec.model import InterfaceRow, Snapshot
-from ovs_ipsec.parse import parse_config
+from ovs_ipsec.model import InterfaceRow, SkbMark, Snapshot
+from ovs_ipsec.parse import parse_config, parse_skb_mark
 from ovs_ipsec.plan import plan
 from ovs_ipsec.planner import Planner
 from ovs_ipsec.protection import plan_protection
 
-NOW = dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
 
 def no_files(paths: Iterable[str]) -> Mapping[str, bytes | str]:
@@ -60,11 +60,16 @@ steps = st.lists(
 )  # fmt: skip
 
 
-def full(table: Mapping[str, InterfaceRow], other_config: Mapping[str, str]) -> tuple:
+def full(
+    table: Mapping[str, InterfaceRow], other_config: Mapping[str, str], mark: SkbMark | None
+) -> tuple:
     # OVSDB's index keeps interface names unique; the generator may not, so the last row with
     # a name wins in both the planner and here.
     by_name = {row.name: row for row in table.values()}
     config = parse_config(Snapshot(tuple(by_name.values()), other_config))
+    config = dataclasses.replace(
+        config, global_config=dataclasses.replace(config.global_config, skb_mark=mark)
+    )
     planner = Planner(no_files)
     planner.update(dict(table), other_config, NOW)
     desired = plan(config, planner.credentials)
@@ -83,6 +88,7 @@ def test_incremental_equals_full(sequence: list) -> None:
     previous = planner.desired
     previous_conns, previous_shared = dict(previous.conns), dict(previous.shared)
     previous_policies = planner.policies
+    mark: SkbMark | None = None
     for kind, a, b in sequence:
         if kind == "row":
             changes: dict[str, InterfaceRow | None] = {a: b}
@@ -97,8 +103,13 @@ def test_incremental_equals_full(sequence: list) -> None:
             delta = planner.update(changes, None, NOW)
         else:
             other_config = dict(a)
+            parsed, error = (
+                parse_skb_mark(a["ipsec_skb_mark"]) if "ipsec_skb_mark" in a else (None, None)
+            )
+            # A malformed mark keeps the one in force (see planner.keep_valid_mark).
+            mark = mark if error else parsed
             delta = planner.update({}, other_config, NOW)
-        desired, policies = full(table, other_config)
+        desired, policies = full(table, other_config, mark)
         assert dict(planner.conns) == dict(desired.conns)
         assert dict(planner.shared) == dict(desired.shared)
         assert dict(planner.keys) == dict(desired.keys)
