@@ -67,7 +67,8 @@ class Ovsdb:
 
     def run(self) -> None:
         self.idl.run()
-        connected = bool(self.idl.is_connected())
+        # MONITORING is reached again after every reconnect, once the contents are re-read.
+        connected = self.idl.state == self.idl.IDL_S_MONITORING
         if connected and not self._was_connected:
             self.needs_full_read = True
         self._was_connected = connected
@@ -85,7 +86,7 @@ class Ovsdb:
 
     @property
     def connected(self) -> bool:
-        return bool(self.idl.is_connected())
+        return self.idl.state == self.idl.IDL_S_MONITORING
 
     def changed(self) -> bool:
         return self.idl.change_seqno != self.seen_seqno
