@@ -9,9 +9,11 @@ May import: ovs.db.idl, model, stdlib.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import ovs.db.idl
+import ovs.jsonrpc
 import ovs.poller
 
 from ovs_ipsec.model import InterfaceRow, Snapshot
@@ -36,6 +38,57 @@ SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+def complete_utf8(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII): does its sequence fit?
+            need = 1 if byte < 0x80 else 2 if byte >> 5 == 6 else 3 if byte >> 4 == 14 else 4
+            return len(data) if need <= back else len(data) - back
+    return len(data)
+
+
+class _Utf8BoundaryStream:
+    """Hands the jsonrpc connection only whole UTF-8 characters.
+
+    ovs.jsonrpc.Connection.recv (ovs 4.0.0) decodes each read with a fresh UTF-8 decoder, so a
+    read that ends inside a multibyte character (any non-ASCII option value longer than a few KiB
+    can do that) fails with EILSEQ and drops the OVSDB session. The tail is kept for the next
+    read instead.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._tail = b""
+
+    def recv(self, n: int) -> tuple[int, bytes | None]:
+        error, data = self._stream.recv(n)
+        if error or not data:
+            if self._tail and not error:
+                data, self._tail = self._tail, b""  # EOF: let the decoder see what is left
+                return 0, data
+            return error, data
+        data = self._tail + data
+        cut = complete_utf8(data)
+        data, self._tail = data[:cut], data[cut:]
+        return (0, data) if data else (errno.EAGAIN, None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+_library_recv = ovs.jsonrpc.Connection.recv
+
+
+def _recv_whole_characters(connection: Any) -> Any:
+    if not isinstance(connection.stream, _Utf8BoundaryStream):
+        connection.stream = _Utf8BoundaryStream(connection.stream)
+    return _library_recv(connection)
+
+
+ovs.jsonrpc.Connection.recv = _recv_whole_characters
 
 
 class _TrackingIdl(ovs.db.idl.Idl):

@@ -52,7 +52,7 @@ from ovs_ipsec.model import (
 #     nothing for that traffic.
 #   * Priority is not part of the kernel's policy key (selector + direction + mark [+ type,
 #     if_id]), so distinct priorities alone would not keep us apart from charon: the keys differ
-#     too. Fail-closed policies always have a `0.0.0.0/0` or `::/0` side while charon's transport
+#     too. Fail-closed policies always have a /1 side (see _ANY_HALVES) while charon's transport
 #     policies are /32<->/32 or /128<->/128; the skb-mark policies are `0/0 <-> 0/0` like a VICI
 #     drop shunt, and the daemon never loads VICI drop shunts (a shunt with the same selector and
 #     mark would adopt our policy and delete it when unloaded).
@@ -68,6 +68,11 @@ DIRECTIONS = ("out", "in")
 # The UDP tunnel ports ipsec_skb_mark always covers, whatever OVSDB holds (VXLAN, Geneve).
 _ALWAYS_UDP_PORTS = tuple(sorted(DEFAULT_DST_PORT.values()))
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
+# "Any address" as two halves. charon installs a trap as `0.0.0.0/0 <-> peer/32` when it cannot
+# tell its own address for a peer (no route yet, local_ip unset); one `0/0` block of ours would
+# then have the very same kernel key (selector + direction + mark; priority is not part of it),
+# and the two would overwrite each other. charon never uses /1, so the halves never collide.
+_ANY_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 _HOST_BITS = {4: 32, 6: 128}
 _PROTO_NAMES = {IPPROTO_GRE: "gre", IPPROTO_UDP: "udp"}
 _PURPOSE = {FAIL_CLOSED_PRIORITY: "fail-closed", SKB_MARK_PRIORITY: "ipsec_skb_mark"}
@@ -314,19 +319,20 @@ def _fail_closed(remote_ip: str, targets: Iterable[tuple[int, int | None]]) -> l
         if dport is not None and not _valid_port(dport):
             continue
         for direction in DIRECTIONS:
-            src, dst = (_ANY[family], remote) if direction == "out" else (remote, _ANY[family])
-            specs.append(
-                PolicySpec(
-                    direction=direction,
-                    family=family,
-                    src=src,
-                    dst=dst,
-                    proto=proto,
-                    sport=None,
-                    dport=dport,
-                    mark=0,
-                    mask=0,
-                    priority=FAIL_CLOSED_PRIORITY,
+            for half in _ANY_HALVES[family]:
+                src, dst = (half, remote) if direction == "out" else (remote, half)
+                specs.append(
+                    PolicySpec(
+                        direction=direction,
+                        family=family,
+                        src=src,
+                        dst=dst,
+                        proto=proto,
+                        sport=None,
+                        dport=dport,
+                        mark=0,
+                        mask=0,
+                        priority=FAIL_CLOSED_PRIORITY,
+                    )
                 )
-            )
     return specs

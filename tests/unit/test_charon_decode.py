@@ -107,3 +107,15 @@ def test_decode_nested_reply() -> None:
 def test_decode_values(value: object, expected: object) -> None:
     """Bytes become str (invalid UTF-8 replaced); other values pass through unchanged."""
     assert decode(value) == expected
+
+
+def test_complete_utf8_never_splits_a_character() -> None:
+    """The OVSDB stream wrapper hands on only whole UTF-8 characters, whatever the cut."""
+    from ovs_ipsec.ovsdb import complete_utf8
+
+    text = "aé€😀z".encode()
+    for cut in range(len(text) + 1):
+        head = text[:cut]
+        keep = complete_utf8(head)
+        head[:keep].decode("utf-8")  # never raises
+        assert cut - keep < 4

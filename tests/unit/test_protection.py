@@ -77,8 +77,10 @@ def both(remote, proto, dport=None):
     """OUT any -> remote and IN remote -> any, fail-closed."""
     family = 6 if ":" in remote else 4
     host = f"{remote}/{32 if family == 4 else 128}"
-    anyp = "0.0.0.0/0" if family == 4 else "::/0"
-    return {fc("out", anyp, host, proto, dport), fc("in", host, anyp, proto, dport)}
+    halves = ("0.0.0.0/1", "128.0.0.0/1") if family == 4 else ("::/1", "8000::/1")
+    return {fc("out", h, host, proto, dport) for h in halves} | {
+        fc("in", host, h, proto, dport) for h in halves
+    }
 
 
 # --- fail-closed per tunnel ---------------------------------------------------------------------
@@ -87,9 +89,9 @@ def both(remote, proto, dport=None):
 def test_gre_tunnel_blocks_its_peer_both_ways_without_mark():
     plan = plan_protection(config([tunnel("gre0", TunnelType.GRE, "10.0.0.2")]))
     assert plan == both("10.0.0.2", GRE)
-    out = next(s for s in plan if s.direction == "out")
+    out = min(s for s in plan if s.direction == "out")
     assert (out.src, out.dst, out.sport, out.dport, out.mark, out.mask) == (
-        "0.0.0.0/0",
+        "0.0.0.0/1",
         "10.0.0.2/32",
         None,
         None,
@@ -118,7 +120,12 @@ def test_udp_tunnel_blocks_destination_port_both_ways(kind, dst_port, port):
 def test_ipv6_tunnel_uses_canonical_prefixes():
     plan = plan_protection(config([tunnel("g6", TunnelType.GENEVE, "FD77:0:0::2")]))
     assert plan == both("fd77::2", UDP, 6081)
-    assert {(s.src, s.dst) for s in plan} == {("::/0", "fd77::2/128"), ("fd77::2/128", "::/0")}
+    assert {(s.src, s.dst) for s in plan} == {
+        ("::/1", "fd77::2/128"),
+        ("8000::/1", "fd77::2/128"),
+        ("fd77::2/128", "::/1"),
+        ("fd77::2/128", "8000::/1"),
+    }
     assert {s.family for s in plan} == {6}
 
 
@@ -132,7 +139,18 @@ def test_two_tunnels_to_one_peer_share_nothing_but_dedupe_identical_specs():
     )
     assert plan_protection(cfg) == both("10.0.0.2", GRE) | both("10.0.0.2", UDP, 6081)
     reasons = explain_protection(cfg)
-    assert reasons[fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE)] == ("tunnel gre0", "tunnel gre1")
+    assert reasons[fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)] == ("tunnel gre0", "tunnel gre1")
+
+
+def test_fail_closed_keys_never_equal_a_charon_trap_without_local_address():
+    """charon installs `0.0.0.0/0 <-> peer/32` when it cannot tell its own address; the kernel
+    keys policies by selector, direction and mark (not priority), so ours must differ."""
+    plan = plan_protection(config([tunnel("gre0", TunnelType.GRE, "10.0.0.2")]))
+    charon = {
+        fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE).key(),
+        fc("in", "10.0.0.2/32", "0.0.0.0/0", GRE).key(),
+    }
+    assert not {spec.key() for spec in plan} & charon
 
 
 def test_invalid_tunnel_without_remote_ip_blocks_nothing():
