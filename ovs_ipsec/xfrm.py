@@ -463,6 +463,11 @@ class Xfrm:
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    def policy_count(self) -> str:
+        """The kernel's policy counters (`ip xfrm policy count`): a cheap fingerprint. A periodic
+        check lists every policy only when this changed since the last listing."""
+        return " ".join(self._ip_text("xfrm", "policy", "count").split())
+
     def _ip_text(self, *args: str) -> str:
         result = self._ip_run(list(args), None)
         if result.returncode != 0:
