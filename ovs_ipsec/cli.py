@@ -6,6 +6,7 @@ May import: daemon, control, adapters, ovs.daemon, ovs.vlog, stdlib.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -19,20 +20,26 @@ from ovs_ipsec import PROGRAM_NAME, __version__
 from ovs_ipsec.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
+from ovs_ipsec.events import Events
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.sdnotify import notify
 from ovs_ipsec.xfrm import Xfrm
 
-# Flags that only meant something to upstream's Libreswan or stroke backends: accepted so
-# existing units and `ovs-ctl start-ovs-ipsec` keep working, and ignored with a notice.
+# Flags that only meant something to upstream's Libreswan or stroke backends, or to its
+# restarting of the IKE daemon: accepted so that existing units, containers and
+# `ovs-ctl start-ovs-ipsec` keep working, and ignored with a one-line notice each.
+_LIBRESWAN = "Libreswan only; nothing is written for an IKE daemon, charon is driven over VICI"
 IGNORED_FLAGS = {
-    "no_restart_ike_daemon": "--no-restart-ike-daemon (this daemon never restarts charon)",
-    "root_prefix": "--root-prefix",
-    "ipsec_conf": "--ipsec-conf",
-    "root_ipsec_conf": "--root-ipsec-conf",
-    "ipsec_d": "--ipsec-d",
-    "ipsec_secrets": "--ipsec-secrets",
-    "ipsec_ctl": "--ipsec-ctl",
+    "no_restart_ike_daemon": ("--no-restart-ike-daemon", "this daemon never restarts charon"),
+    "root_prefix": (
+        "--root-prefix",
+        "no IKE daemon files are written, so there is nothing to prefix",
+    ),
+    "ipsec_conf": ("--ipsec-conf", _LIBRESWAN),
+    "root_ipsec_conf": ("--root-ipsec-conf", _LIBRESWAN),
+    "ipsec_d": ("--ipsec-d", _LIBRESWAN),
+    "ipsec_secrets": ("--ipsec-secrets", _LIBRESWAN),
+    "ipsec_ctl": ("--ipsec-ctl", _LIBRESWAN),
 }
 STARTUP_TIMEOUT = 30.0
 
@@ -80,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often to check that charon still holds our configuration (default: %(default)s)",
     )
+    parser.add_argument(
+        "--use-default-crypto",
+        action="store_true",
+        help="let charon choose the IKE and ESP proposals instead of upstream's defaults",
+    )
     parser.add_argument("--no-restart-ike-daemon", action="store_true", help=argparse.SUPPRESS)
     for flag in (
         "--root-prefix",
@@ -119,9 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     # never reach a log, so that module stays at info whatever -v asks for.
     ovs.vlog.Vlog.set_level("jsonrpc", "any", "info")
     ovs.daemon.handle_args(args)
-    for attr, flag in IGNORED_FLAGS.items():
+    if args.pidfile is None:
+        # `ovs-appctl -t ovs-monitor-ipsec` (and ovs-ctl, logrotate) find the control socket
+        # only through <rundir>/ovs-monitor-ipsec.pid, so there is one even without --pidfile.
+        if os.path.isdir(ovs.dirs.RUNDIR):
+            ovs.daemon.set_pidfile(None)
+        else:
+            vlog.warn(
+                f"no pidfile: {ovs.dirs.RUNDIR} does not exist (set OVS_RUNDIR or --pidfile); "
+                f"ovs-appctl -t {PROGRAM_NAME} will not find this daemon"
+            )
+    for attr, (flag, why) in IGNORED_FLAGS.items():
         if getattr(args, attr):
-            vlog.info(f"ignoring {flag}: it only applies to upstream's Libreswan/stroke backends")
+            vlog.info(f"ignoring {flag}: {why}")
 
     settings = Settings(
         database=args.database,
@@ -129,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         command_timeout=args.command_timeout,
         reconcile_interval=args.reconcile_interval,
         unixctl_path=args.unixctl,
+        use_default_crypto=args.use_default_crypto,
     )
     ovs.daemon.daemonize_start()
     charon = Charon(path, settings.command_timeout)
@@ -137,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         Ovsdb(settings.database),
         charon,
         Xfrm(timeout=settings.command_timeout),
+        events=Events(path, settings.command_timeout),
     )
     try:
         control = Control(daemon, settings.unixctl_path)
@@ -157,6 +181,8 @@ def run_loop(daemon: Daemon, control: Control) -> None:
         while True:
             control.run()
             daemon.run()
+            # tunnels/show requests that waited for the SAs daemon.run() just listed.
+            control.flush()
             if not ready and (
                 daemon.converged_once or time.monotonic() - started > STARTUP_TIMEOUT
             ):

@@ -1,26 +1,64 @@
 """The control socket (`ovs-appctl -t ovs-monitor-ipsec ...`): registers the commands once and
-binds them to the daemon. Handlers only call render functions and reply.
+binds them to the daemon. Handlers only ask the daemon for data, call render and reply.
 
-May import: ovs.unixctl, render, status, daemon types, stdlib.
+Handlers never call charon: they also run while the daemon waits for a slow charon (the
+charon adapter's on_wait), and a hung charon must not hang ovs-appctl. `tunnels/show` wants
+SA counters that are current, so when the last `list-sas` is older than FRESH_SAS it asks the
+daemon for a new one and answers once the loop has done it (`flush()`), or once charon turns
+out to be unreachable or slow.
+
+Status commands answer text by default, JSON with `--json`, and a JSON value (not a string) to
+a client that said `set-options --format json` (`ovs-appctl --format json`, OVS 3.4+; the
+library has that command from OVS 3.3 on). The shapes are in docs/status-json.md.
+
+May import: ovs.unixctl, ovs.vlog, render, status, xfrm (parsers), daemon types, stdlib.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
+import ovs.poller
 import ovs.unixctl
 import ovs.unixctl.server
 import ovs.util
 import ovs.version
+import ovs.vlog
 
 from ovs_ipsec import __version__, render
 from ovs_ipsec.daemon import Daemon
+from ovs_ipsec.errors import XfrmError
+from ovs_ipsec.xfrm import parse_policies
+
+vlog = ovs.vlog.Vlog("control")
+
+# tunnels/show waits for a new list-sas when the last one is older than this.
+FRESH_SAS = 1.0
+JSON_FLAG = "--json"
 
 
 def version_text() -> str:
     # ovs-ctl reads the last word of the first line as an OVS version and sends `exit` only when
     # it is at least 2.5.90, so the first line keeps OVS's format with the OVS library's version.
     return f"{ovs.util.PROGRAM_NAME} (Open vSwitch) {ovs.version.VERSION}\novs-ipsec {__version__}"
+
+
+def help_text() -> str:
+    """`help`/`list-commands`: the format of OVS's own (ovs/unixctl/__init__.py)."""
+    lines = ["The available commands are:"]
+    for name in sorted(ovs.unixctl.commands):
+        usage = ovs.unixctl.commands[name].usage
+        lines.append(f"  {name:<23} {usage}" if usage else f"  {name}")
+    return "\n".join(lines) + "\n"
+
+
+def wants_json_value(conn: Any) -> bool:
+    """True when the client asked for JSON replies with `set-options --format json`. The
+    library keeps that per connection in a private field; older libraries have neither."""
+    output_format = getattr(ovs.unixctl, "UnixctlOutputFormat", None)
+    return output_format is not None and getattr(conn, "_fmt", None) == output_format.JSON
 
 
 class Control:
@@ -30,34 +68,61 @@ class Control:
         if error:
             raise OSError(error, f"could not create the control socket {path or ''}")
         self.server = server
+        # tunnels/show requests waiting for a fresh list-sas: (connection, argv, asked at).
+        self._pending: list[tuple[Any, list[str], float]] = []
         self._register()
 
     def _register(self) -> None:
-        commands: list[tuple[str, str, int, int, Any]] = [
+        commands: list[tuple[str, str, int, int, Callable[[Any, list[str], Any], None]]] = [
             ("version", "", 0, 0, self._version),
             ("exit", "[--no-cleanup]", 0, 1, self._exit),
             ("refresh", "", 0, 0, self._refresh),
             ("tunnels/show", "[--json]", 0, 1, self._tunnels_show),
             ("ipsec/status", "[--json]", 0, 1, self._ipsec_status),
+            ("xfrm/policies", "[--json]", 0, 1, self._xfrm_policies),
+            ("xfrm/state", "[--json]", 0, 1, self._xfrm_state),
+            # OVS's C daemons answer both names; the Python library registers only `help`.
+            ("list-commands", "", 0, 0, self._help),
         ]
         # UnixctlServer.create() registered the library's own `version`; ours adds a line.
         ovs.unixctl.commands.pop("version", None)
         for name, usage, min_args, max_args, callback in commands:
-            ovs.unixctl.command_register(name, usage, min_args, max_args, callback, None)
+            ovs.unixctl.command_register(name, usage, min_args, max_args, _guarded(callback), None)
 
     def run(self) -> None:
         self.server.run()
+        self.flush()
 
-    def wait(self, poller: Any) -> None:
+    def flush(self) -> None:
+        """Answer the tunnels/show requests whose fresh SAs the daemon has listed (or cannot)."""
+        if not self._pending:
+            return
+        waiting = []
+        for conn, argv, asked in self._pending:
+            if self.daemon.sas_settled(asked):
+                _guarded(self._answer_tunnels)(conn, argv, None)
+            else:
+                waiting.append((conn, argv, asked))
+        self._pending = waiting
+
+    def wait(self, poller: ovs.poller.Poller) -> None:
         self.server.wait(poller)
+        if self._pending:
+            poller.timer_wait(100)  # bounded: sas_settled() gives up after --command-timeout
 
     def close(self) -> None:
+        for conn, argv, _ in self._pending:
+            _guarded(self._answer_tunnels)(conn, argv, None)
+        self._pending = []
         self.server.close()
 
-    # -- handlers -------------------------------------------------------------------------
+    # -- handlers ---------------------------------------------------------------------------
 
     def _version(self, conn: Any, argv: list[str], aux: Any) -> None:
         conn.reply(version_text())
+
+    def _help(self, conn: Any, argv: list[str], aux: Any) -> None:
+        conn.reply(help_text())
 
     def _exit(self, conn: Any, argv: list[str], aux: Any) -> None:
         if argv and argv[0] != "--no-cleanup":
@@ -68,26 +133,96 @@ class Control:
         conn.reply(None)
 
     def _refresh(self, conn: Any, argv: list[str], aux: Any) -> None:
+        vlog.info("refresh requested over the control socket")
         self.daemon.request_refresh()
         conn.reply(None)
 
     def _tunnels_show(self, conn: Any, argv: list[str], aux: Any) -> None:
-        if not self._format_ok(conn, argv):
+        if not _format_ok(conn, argv):
             return
-        statuses = self.daemon.statuses()
-        if argv:
-            conn.reply(render.to_json(render.tunnels_json(self.daemon.config, statuses)))
-        else:
-            conn.reply(render.tunnels_text(self.daemon.config, statuses, self.daemon.health))
+        age = self.daemon.sas_age()
+        if age is not None and age > FRESH_SAS:
+            self.daemon.request_sas()
+            self._pending.append((conn, argv, self.daemon.clock()))
+            return
+        self._answer_tunnels(conn, argv, aux)
+
+    def _answer_tunnels(self, conn: Any, argv: list[str], aux: Any) -> None:
+        daemon = self.daemon
+        statuses = daemon.statuses()
+        protection = daemon.protection()
+        _reply(
+            conn,
+            argv,
+            lambda: render.tunnels_json(daemon.config, statuses, protection),
+            lambda: render.tunnels_text(daemon.config, statuses, daemon.health, protection),
+        )
 
     def _ipsec_status(self, conn: Any, argv: list[str], aux: Any) -> None:
-        if not self._format_ok(conn, argv):
+        if not _format_ok(conn, argv):
             return
-        conn.reply(render.to_json(render.ipsec_status_json(self.daemon.statuses())))
+        status = render.ipsec_status_json(self.daemon.statuses())
+        # Dict-shaped in every form, like upstream's reply, so that `{}` stays `{}`.
+        _reply(conn, argv, lambda: status, lambda: render.to_json(status))
 
-    @staticmethod
-    def _format_ok(conn: Any, argv: list[str]) -> bool:
-        if argv and argv != ["--json"]:
-            conn.reply_error(f"unrecognized parameter: {argv[0]}")
-            return False
-        return True
+    def _xfrm_policies(self, conn: Any, argv: list[str], aux: Any) -> None:
+        if not _format_ok(conn, argv):
+            return
+        try:
+            observed = parse_policies(self.daemon.xfrm.policies_text())
+        except XfrmError as exc:
+            conn.reply_error(f"cannot list XFRM policies: {exc}")
+            return
+        explained = self.daemon.explained_policies()
+        _reply(
+            conn,
+            argv,
+            lambda: render.policies_json(observed, explained),
+            lambda: render.policies_text(observed, explained),
+        )
+
+    def _xfrm_state(self, conn: Any, argv: list[str], aux: Any) -> None:
+        if not _format_ok(conn, argv):
+            return
+        try:
+            text = self.daemon.xfrm.states_text()  # keys already redacted by the adapter
+        except XfrmError as exc:
+            conn.reply_error(f"cannot list XFRM states: {exc}")
+            return
+        _reply(conn, argv, lambda: render.states_json(text), lambda: render.states_text(text))
+
+
+def _format_ok(conn: Any, argv: list[str]) -> bool:
+    if argv and argv != [JSON_FLAG]:
+        conn.reply_error(f"unrecognized parameter: {argv[0]} (the only option is {JSON_FLAG})")
+        return False
+    return True
+
+
+def _reply(
+    conn: Any, argv: list[str], as_json: Callable[[], Any], as_text: Callable[[], str]
+) -> None:
+    if wants_json_value(conn):
+        conn.reply_json(as_json())
+    elif argv:
+        conn.reply(render.to_json(as_json()))
+    else:
+        conn.reply(as_text())
+
+
+def _guarded(
+    callback: Callable[[Any, list[str], Any], None],
+) -> Callable[[Any, list[str], Any], None]:
+    """A bug in one command must cost that command, not the daemon (an exception escaping
+    UnixctlServer.run() would reach the main loop and restart the process)."""
+
+    def guarded(conn: Any, argv: list[str], aux: Any) -> None:
+        try:
+            callback(conn, argv, aux)
+        except Exception as exc:
+            vlog.exception(f"control command failed: {argv}")
+            # If the handler replied before failing, there is nothing left to answer.
+            with contextlib.suppress(Exception):
+                conn.reply_error(f"internal error: {type(exc).__name__}")
+
+    return guarded

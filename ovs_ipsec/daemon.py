@@ -17,15 +17,22 @@ import ovs.poller
 import ovs.vlog
 
 from ovs_ipsec import naming
+from ovs_ipsec.causes import Cause
 from ovs_ipsec.charon import Charon
 from ovs_ipsec.credentials import needed_paths, resolve
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
+from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
 from ovs_ipsec.files import read_files
 from ovs_ipsec.model import Config, SkbMark
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.parse import parse_config
 from ovs_ipsec.plan import Desired, plan
-from ovs_ipsec.protection import PolicySpec, diff_policies, plan_protection
+from ovs_ipsec.protection import (
+    PolicySpec,
+    diff_policies,
+    explain_protection,
+    plan_protection,
+)
 from ovs_ipsec.reconcile import (
     Action,
     Applied,
@@ -40,12 +47,25 @@ from ovs_ipsec.reconcile import (
     diff,
     record,
 )
-from ovs_ipsec.status import TunnelStatus, fold
+from ovs_ipsec.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
+from ovs_ipsec.status import (
+    Protection,
+    Tracker,
+    TunnelStatus,
+    View,
+    fold,
+    protection_by_tunnel,
+)
 from ovs_ipsec.xfrm import Xfrm
 
 vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 
 MAX_BACKOFF = 8.0
+# list-sas after events at most this often: a burst of events costs one listing.
+SAS_MIN_INTERVAL = 0.5
+# Listings that may still miss an SA an event announced (noblock skips busy SAs) before the
+# listing is believed.
+SAS_RECHECKS = 10
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,7 @@ class Settings:
     command_timeout: float = 5.0
     reconcile_interval: float = 15.0
     unixctl_path: str | None = None
+    use_default_crypto: bool = False
 
 
 @dataclass
@@ -80,11 +101,21 @@ class Daemon:
         xfrm: Xfrm,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        events: Events | None = None,
     ) -> None:
         self.settings = settings
         self.ovsdb = ovsdb
         self.charon = charon
         self.xfrm = xfrm
+        # charon's event session (None: SAs are only polled); its outcomes and the last list-sas.
+        self.events = events
+        self.tracker = Tracker()
+        self.sas: dict[str, tuple[IkeSa, ...]] = {}
+        self._sas_at: float | None = None
+        self._sas_due: float | None = None
+        self._sas_expected: dict[tuple[str, int], bool] = {}
+        self._sas_rechecks = 0
+        self._reported_states: dict[str, tuple[str, str]] = {}
         self.clock = clock
         self.wall_clock = wall_clock
         self.config = Config()
@@ -112,7 +143,9 @@ class Daemon:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """One turn: read OVSDB, and reconcile when something changed or a check is due."""
+        """One turn: charon's events, then OVSDB, and reconcile when something changed or a
+        check is due; then SAs and tunnel states."""
+        self._run_events()
         self.ovsdb.run()
         if not self.ovsdb.ready:
             return
@@ -127,13 +160,22 @@ class Daemon:
             self._plan()
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
+        self._run_sas()
+        self._log_state_changes()
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         self.ovsdb.wait(poller)
+        if self.events is not None:
+            self.events.wait(poller)
         now = self.clock()
-        deadline = self._next_check
+        # A check already due waits for its retry time only: the check time has passed, and
+        # waking for it again would spin until charon is back.
+        deadline = self._retry_at if self._check_due else self._next_check
         if self._dirty:
             deadline = min(deadline, self._retry_at)
+        sas_due = self._sas_deadline()
+        if sas_due is not None:
+            deadline = min(deadline, sas_due)
         poller.timer_wait(max(0, int((deadline - now) * 1000)))
 
     def _keep_protection(self, config: Config) -> Config:
@@ -167,9 +209,12 @@ class Daemon:
             self._dirty = True
 
     def request_refresh(self) -> None:
-        """Re-list charon and converge now (the `refresh` command)."""
+        """Re-read the certificate files, re-list charon and converge now (the `refresh`
+        command); the SAs are listed again too."""
         self._check_due = True
+        self._replan = True
         self._retry_at = 0.0
+        self.request_sas()
 
     # -- one reconcile pass -----------------------------------------------------------------
 
@@ -260,13 +305,9 @@ class Daemon:
                 f"at {self.settings.vici_path}"
             )
         since = str(self.charon.stats().get("uptime", {}).get("since", ""))
-        if self.health.charon_since and since != self.health.charon_since:
+        if _restarted(self.health.charon_since, since):
             vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
             self.applied = Applied()
-        self.desired_policies: frozenset[PolicySpec] = frozenset()
-        # Our block policies in the kernel as last observed or applied; None: look first.
-        self.policies: frozenset[PolicySpec] | None = None
-        self._last_good_mark: SkbMark | None = None
         self.health.charon_since = since
         key_ids = self.charon.key_ids() if self.applied.keys else frozenset()
         listed = adopt(self.charon.owned_conns(), self.charon.owned_shared(), self.applied, key_ids)
@@ -294,6 +335,7 @@ class Daemon:
                     failures[conn] = f"charon refused {exc.command}: {exc.errmsg}"
                 continue
             record(self.applied, action, key_id)
+            self._forget_outcomes(action)
             if isinstance(action, LoadConn):
                 failures.pop(action.spec.name, None)
             vlog.info(f"[{pass_id}] {_describe(action)}")
@@ -324,6 +366,14 @@ class Daemon:
 
     def _charon_lost(self, pass_id: int, exc: CharonUnreachable) -> None:
         self.charon.close()
+        # Both sessions go: a charon that came back is a new one (SAs and loaded state lost),
+        # and events are subscribed again once the command session has resynchronised.
+        if self.events is not None:
+            self.events.close()
+        self.tracker.reset()
+        self.sas = {}
+        self._sas_expected = {}
+        self._sas_at = self._sas_due = None
         first = self.health.charon_reachable or not self.health.charon_error
         self.health.charon_reachable = False
         self.health.charon_error = exc.cause
@@ -348,16 +398,160 @@ class Daemon:
     # -- reporting and exit -----------------------------------------------------------------
 
     def statuses(self) -> dict[str, TunnelStatus]:
-        failures = dict(self.health.failures)
-        if not self.health.charon_reachable:
-            for conn in self.desired.conns:
-                failures.setdefault(conn, f"charon unreachable: {self.health.charon_error}")
         loaded = frozenset(
             name
             for name, body in self.applied.conns.items()
             if name in self.desired.conns and body == self.desired.conns[name].body
         )
-        return fold(self.desired, loaded, failures)
+        charon_error = None
+        if not self.health.charon_reachable:
+            charon_error = self.health.charon_error or "not connected yet"
+        view = View(
+            desired=self.desired,
+            loaded=loaded,
+            refusals={c: why for c, why in self.health.failures.items() if c in self.desired.conns},
+            charon_error=charon_error,
+            sas=self.sas,
+            outcomes=self.tracker.outcomes(),
+        )
+        return fold(view)
+
+    def explained_policies(self) -> dict[PolicySpec, tuple[str, ...]]:
+        """Every protection policy wanted now, with the tunnels (or ipsec_skb_mark) it is for;
+        the same config _plan() protects, invalid tunnels found while planning included."""
+        return explain_protection(dataclasses.replace(self.config, invalid=self.desired.invalid))
+
+    def protection(self) -> dict[str, Protection]:
+        """Per tunnel: are our block policies for it in the kernel? Looked up live (one
+        `ip xfrm policy`), since someone may have flushed them since the last pass."""
+        try:
+            installed = self.xfrm.observe()
+        except XfrmError as exc:
+            vlog.warn(f"kernel XFRM: listing policies for status failed: {exc}")
+            installed = self.policies or frozenset()
+        names = set(self.config.tunnels) | set(self.desired.invalid)
+        fail_open = self.config.global_config.fail_open
+        return protection_by_tunnel(self.explained_policies(), installed, sorted(names), fail_open)
+
+    # -- charon's events and SAs -------------------------------------------------------------
+
+    def request_sas(self) -> None:
+        """List the SAs as soon as the rate bound allows (status commands, `refresh`)."""
+        self._schedule_sas()
+
+    def sas_age(self) -> float | None:
+        """Seconds since the last list-sas; None when there is none (charon not reachable)."""
+        return None if self._sas_at is None else self.clock() - self._sas_at
+
+    def sas_settled(self, since: float) -> bool:
+        """True once the SAs were listed after `since`, or cannot be listed now."""
+        if self._sas_at is not None and self._sas_at >= since:
+            return True
+        reachable = self.health.charon_reachable and self.charon.connected
+        return not reachable or self.clock() - since > self.settings.command_timeout
+
+    def _schedule_sas(self) -> None:
+        now = self.clock()
+        due = now if self._sas_at is None else max(now, self._sas_at + SAS_MIN_INTERVAL)
+        self._sas_due = due if self._sas_due is None else min(self._sas_due, due)
+
+    def _sas_deadline(self) -> float | None:
+        if not (self.health.charon_reachable and self.charon.connected):
+            return None
+        if self.events is not None and not self.events.connected:
+            return self.clock()  # subscribe (in _run_sas) as soon as the loop turns
+        periodic = None
+        if self._sas_at is not None:
+            # Without events for what charon does on its own (expiry, DPD), look now and then.
+            periodic = self._sas_at + self.settings.reconcile_interval
+        candidates = [t for t in (self._sas_due, periodic) if t is not None]
+        return min(candidates) if candidates else self.clock()
+
+    def _run_events(self) -> None:
+        if self.events is None or not self.events.connected:
+            return
+        received = self.events.receive()
+        changed = False
+        for name, body in received.events:
+            if self.tracker.feed(name, body):
+                changed = True
+                self.sas, expected = fold_sa_event(self.sas, name, body)
+                self._sas_expected.update(expected)
+        if changed:
+            self._sas_rechecks = 0
+            self._schedule_sas()
+        if received.lost is not None:
+            # EOF here is how a charon restart or crash shows up first: at once, not at the
+            # next request. Reconnection and the reload follow the usual back-off.
+            self._charon_lost(self.health.passes, CharonUnreachable("events", received.lost))
+
+    def _connect_events(self) -> None:
+        assert self.events is not None
+        try:
+            registered = self.events.connect(REQUIRED_EVENTS, ((ALERT_EVENT, LOG_EVENT),))
+        except CharonUnreachable as exc:
+            self._charon_lost(self.health.passes, exc)
+            return
+        except CharonError as exc:
+            vlog.err(f"charon's events unavailable ({exc.errmsg}); tunnel states are polled only")
+            self.events = None
+            return
+        how = "alerts" if ALERT_EVENT in registered else "log messages (no alert event)"
+        vlog.info(f"listening to charon's events ({', '.join(registered)}); failure causes "
+                  f"from {how}")  # fmt: skip
+        # Whatever happened before the subscription is only in charon's SAs: list them now.
+        self._sas_at = None
+        self._schedule_sas()
+
+    def _run_sas(self) -> None:
+        if not (self.health.charon_reachable and self.charon.connected) or self.charon.busy:
+            return
+        if self.events is not None and not self.events.connected:
+            self._connect_events()
+        deadline = self._sas_deadline()
+        if deadline is None or self.clock() < deadline:
+            return
+        try:
+            entries = self.charon.list_sas()
+        except CharonUnreachable as exc:
+            self._charon_lost(self.health.passes, exc)
+            return
+        except CharonError as exc:
+            vlog.warn(f"charon refused list-sas: {exc.errmsg}")
+            entries = []
+        self.sas, self._sas_expected = merge_listing(
+            parse_sas(entries), self.sas, self._sas_expected
+        )
+        self._sas_at = self.clock()
+        self._sas_due = None
+        if self._sas_expected:
+            self._sas_rechecks += 1
+            if self._sas_rechecks < SAS_RECHECKS:
+                self._schedule_sas()
+            else:
+                self._sas_expected = {}
+
+    def _forget_outcomes(self, action: Action) -> None:
+        """A (re)loaded connection or secret makes earlier failures of that peer history."""
+        if isinstance(action, LoadConn):
+            self.tracker.forget(action.spec.name)
+        elif isinstance(action, LoadShared):
+            self.tracker.forget(action.spec.conn)
+        elif isinstance(action, (TerminateIke, UnloadConn)):
+            self.tracker.forget(action.conn)
+
+    def _log_state_changes(self) -> None:
+        """Each tunnel's state and reason, logged when they change (charon-wide causes are
+        already logged once, so they go to the debug level)."""
+        current = {}
+        for name, status in self.statuses().items():
+            key = (status.state.value, status.reason)
+            current[name] = key
+            if self._reported_states.get(name) != key:
+                log = vlog.dbg if status.cause in (Cause.CHARON, Cause.CONFIG) else vlog.info
+                log(f"{name}: {status.state.value}" + (f": {status.reason}" if status.reason
+                                                        else ""))  # fmt: skip
+        self._reported_states = current
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and logs."""
@@ -388,6 +582,21 @@ class Daemon:
             vlog.info(f"cleanup: removed {len(owned)} protection policies")
         except XfrmError as exc:
             vlog.warn(f"cleanup of protection policies incomplete: {exc}")
+
+
+def _restarted(before: str, now: str) -> bool:
+    """Has charon restarted, judging by two `stats` uptime.since values? charon computes since
+    as time(NULL) minus its monotonic uptime, both whole seconds, so the same charon reports
+    values a second apart; a restart moves it by at least the seconds charon was down and took
+    to start, which is more."""
+    if not before or before == now:
+        return False
+    try:
+        then = dt.datetime.strptime(before, "%b %d %H:%M:%S %Y")
+        later = dt.datetime.strptime(now, "%b %d %H:%M:%S %Y")
+    except ValueError:
+        return True  # not the format charon uses: trust any change
+    return abs((later - then).total_seconds()) > 1
 
 
 def _target(action: Action) -> str:

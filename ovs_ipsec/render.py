@@ -1,37 +1,89 @@
 """Status -> text and JSON for ovs-appctl. All redaction happens here: no secret is ever part
-of what these functions return.
+of what these functions return. The JSON shapes are documented in docs/status-json.md; a change
+there is a change of a public interface.
 
-May import: model, status, stdlib.
+Text keeps upstream's labels where they still mean something ("Interface name:", "Tunnel Type:",
+"Remote IP:", "PSK:", "IPsec connections that are active:" ...), and is correct where upstream's
+was not: each kernel policy is listed once, inbound ones under the peer they come from.
+
+May import: model, protection, sas, status, stdlib.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Mapping
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from ovs_ipsec.model import Config
-from ovs_ipsec.status import TunnelStatus
+from ovs_ipsec.protection import PolicySpec, is_owned
+from ovs_ipsec.sas import ChildSa, IkeSa
+from ovs_ipsec.status import Protection, Selector, TunnelStatus
 
 REDACTED = "<redacted>"
+_PROTO_NAMES = {47: "gre", 17: "udp", 6: "tcp", 1: "icmp", 50: "esp", 58: "ipv6-icmp"}
+# An `ip xfrm state` key is at least 16 bytes (32 hex digits); SPIs and marks are 8 digits.
+# xfrm.redact_states() already removes the key lines it knows; this catches any other layout.
+_LONG_HEX = re.compile(r"0x[0-9a-fA-F]{32,}")
+_TS = re.compile(r"^dynamic\[(?P<proto>\d+)(?:/(?P<port>\d+))?\]$")
+
+
+class HealthLike(Protocol):
+    charon_reachable: bool
+    charon_error: str
+
+
+class PolicyLike(Protocol):
+    """A kernel XFRM policy as xfrm.parse_policies() returns it (render never imports the
+    adapter: it gets plain objects with these fields)."""
+
+    direction: str
+    family: int
+    src: str
+    dst: str
+    proto: int | None
+    sport: int | None
+    dport: int | None
+    action: str
+    priority: int
+    ptype: str
+    socket: bool
+    mark: int
+    mask: int
+    templates: tuple[str, ...]
+
+    def to_spec(self) -> PolicySpec | None: ...
 
 
 def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
 
 
+# -- tunnels/show -------------------------------------------------------------------------------
+
+
 def tunnel_config_json(config: Config, name: str) -> dict[str, Any]:
+    """The tunnel's configuration as parsed from OVSDB, secrets redacted."""
     tunnel = config.tunnels.get(name)
+    g = config.global_config
     if tunnel is not None:
+        uses_certs = tunnel.psk is None
         return {
             "type": tunnel.type.value,
             "remote_ip": tunnel.remote_ip,
             "local_ip": tunnel.local_ip,
+            "address_family": f"IPv{tunnel.family}",
             "dst_port": tunnel.dst_port,
             "auth": tunnel.auth.value,
             "psk": REDACTED if tunnel.psk is not None else None,
+            "certificate": g.certificate if uses_certs else None,
+            "private_key": g.private_key if uses_certs else None,
+            "ca_cert": g.ca_cert if uses_certs else None,
             "remote_cert": tunnel.remote_cert,
             "remote_name": tunnel.remote_name,
+            "skb_mark": str(g.skb_mark) if g.skb_mark is not None else None,
         }
     invalid = config.invalid.get(name)
     if invalid is not None:
@@ -44,37 +96,258 @@ def tunnel_config_json(config: Config, name: str) -> dict[str, Any]:
     return {}
 
 
-def tunnels_json(config: Config, statuses: Mapping[str, TunnelStatus]) -> dict[str, Any]:
+def _selector_text(selector: Selector) -> str:
+    return f"{_ts_text(selector.local_ts)} === {_ts_text(selector.remote_ts)}"
+
+
+def _ts_text(ts: Sequence[str]) -> str:
+    """`dynamic[17/6081]` -> `udp/6081` (our IKE address, that protocol and port)."""
+    words = []
+    for item in ts:
+        match = _TS.match(item)
+        if match is None:
+            words.append(item)
+            continue
+        proto = int(match["proto"])
+        name = _PROTO_NAMES.get(proto, f"proto {proto}")
+        words.append(f"{name}/{match['port']}" if match["port"] else name)
+    return ", ".join(words) or "any"
+
+
+def ike_sa_json(sa: IkeSa) -> dict[str, Any]:
+    return {
+        "name": sa.name,
+        "uniqueid": sa.uniqueid,
+        "state": sa.state,
+        "established_seconds": sa.established,
+        "rekey_seconds": sa.rekey_time,
+        "initiator": sa.initiator,
+        "local": {"host": sa.local_host, "port": sa.local_port, "id": sa.local_id},
+        "remote": {"host": sa.remote_host, "port": sa.remote_port, "id": sa.remote_id},
+        "nat": {"local": sa.nat_local, "remote": sa.nat_remote, "any": sa.nat_any},
+    }
+
+
+def child_sa_json(sa: ChildSa) -> dict[str, Any]:
+    return {
+        "name": sa.name,
+        "uniqueid": sa.uniqueid,
+        "state": sa.state,
+        "mode": sa.mode,
+        "protocol": sa.protocol,
+        "encap": sa.encap,
+        "spi_in": sa.spi_in,
+        "spi_out": sa.spi_out,
+        "bytes_in": sa.bytes_in,
+        "bytes_out": sa.bytes_out,
+        "packets_in": sa.packets_in,
+        "packets_out": sa.packets_out,
+        "rekey_seconds": sa.rekey_time,
+        "life_seconds": sa.life_time,
+        "installed_seconds": sa.install_time,
+        "local_ts": list(sa.local_ts),
+        "remote_ts": list(sa.remote_ts),
+    }
+
+
+def protection_json(protection: Protection | None) -> dict[str, Any] | None:
+    if protection is None:
+        return None
+
+    def kind(counts: tuple[int, int] | None) -> dict[str, int] | None:
+        return None if counts is None else {"installed": counts[0], "wanted": counts[1]}
+
+    return {
+        "active": protection.active,
+        "fail_closed": kind(protection.fail_closed),
+        "skb_mark": kind(protection.skb_mark),
+    }
+
+
+def tunnels_json(
+    config: Config,
+    statuses: Mapping[str, TunnelStatus],
+    protection: Mapping[str, Protection] | None = None,
+) -> dict[str, Any]:
+    protection = protection or {}
     return {
         name: {
             "state": status.state.value,
             "reason": status.reason,
+            "cause": status.cause.value if status.cause else None,
             "connection": status.conn,
             "config": tunnel_config_json(config, name),
+            "auth": {
+                "mode": status.auth or None,
+                "local_id": status.local_id or None,
+                "remote_id": status.remote_id or None,
+            }
+            if status.conn
+            else None,
+            "selectors": [
+                {
+                    "child": s.child,
+                    "local_ts": list(s.local_ts),
+                    "remote_ts": list(s.remote_ts),
+                    "text": _selector_text(s),
+                }
+                for s in status.selectors
+            ],
+            "ike_sa": ike_sa_json(status.ike_sa) if status.ike_sa else None,
+            "child_sas": [child_sa_json(c) for c in status.child_sas],
+            "rekeys": {"ike": status.ike_rekeys, "child": status.child_rekeys},
+            "protection": protection_json(protection.get(name)),
         }
         for name, status in statuses.items()
     }
 
 
-def tunnels_text(config: Config, statuses: Mapping[str, TunnelStatus], health: Any) -> str:
-    if not statuses:
-        return "No tunnels configured with IPsec\n"
+def _value(value: Any) -> str:
+    return "None" if value is None else str(value)
+
+
+def _ago(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    return f" {_duration(seconds)} ago"
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    if seconds < 7200:
+        return f"{seconds // 60} minutes"
+    return f"{seconds // 3600} hours"
+
+
+def _protection_text(protection: Protection | None) -> str:
+    if protection is None:
+        return "unknown"
+    parts = []
+    if protection.fail_closed is not None:
+        installed, wanted = protection.fail_closed
+        parts.append(f"fail-closed {installed}/{wanted}")
+    if protection.skb_mark is not None:
+        installed, wanted = protection.skb_mark
+        parts.append(f"ipsec_skb_mark {installed}/{wanted}")
+    if protection.fail_closed == (0, 0) and protection.skb_mark is None:
+        return "none (nothing known to block: no usable remote_ip)"
+    if not parts:
+        return "off (ipsec_fail_open=true and no ipsec_skb_mark)"
+    state = "active" if protection.active else "INCOMPLETE"
+    return f"{state} ({', '.join(parts)} block policies installed)"
+
+
+def _ike_line(sa: IkeSa) -> str:
+    """Like swanctl's: `ovs-10.0.0.2[1]: ESTABLISHED 2 seconds ago, a[id]...b[id]`."""
+    extras = []
+    if sa.initiator:
+        extras.append("initiator")
+    if sa.nat_any:
+        nat = [side for side, on in (("local", sa.nat_local), ("remote", sa.nat_remote)) if on]
+        extras.append(f"NAT ({', '.join(nat) or 'detected'})")
+    if sa.rekey_time is not None:
+        extras.append(f"rekeying in {_duration(max(0, sa.rekey_time))}")
+    ends = (
+        f"{sa.local_host}[{sa.local_id}]...{sa.remote_host}"
+        + (f":{sa.remote_port}" if sa.remote_port not in (None, 500) else "")
+        + f"[{sa.remote_id}]"
+    )
+    return f"{sa.name}[{sa.uniqueid}]: {sa.state}{_ago(sa.established)}, {ends}" + "".join(
+        f", {e}" for e in extras
+    )
+
+
+def _child_lines(sa: ChildSa) -> list[str]:
+    head = f"{sa.name}{{{sa.uniqueid}}}: {sa.state}, {sa.mode}"
+    if sa.encap:
+        head += ", UDP-encapsulated"
+    head += (
+        f", {sa.protocol} SPIs: {sa.spi_in}_i {sa.spi_out}_o, "
+        f"{sa.bytes_in} bytes_i ({sa.packets_in} pkts), "
+        f"{sa.bytes_out} bytes_o ({sa.packets_out} pkts)"
+    )
+    if sa.rekey_time is not None:
+        head += f", rekeying in {_duration(max(0, sa.rekey_time))}"
+    ts = f"{', '.join(sa.local_ts)} === {', '.join(sa.remote_ts)}"
+    return [head, f"  {ts}"]
+
+
+def tunnels_text(
+    config: Config,
+    statuses: Mapping[str, TunnelStatus],
+    health: HealthLike,
+    protection: Mapping[str, Protection] | None = None,
+) -> str:
+    protection = protection or {}
     lines: list[str] = []
+    if not statuses:
+        lines.append("No tunnels configured with IPsec")
     for name, status in statuses.items():
-        lines.append(f"Interface name: {name} ({status.state.value})")
-        if status.reason:
-            lines.append(f"  Reason:         {status.reason}")
-        for key, value in tunnel_config_json(config, name).items():
-            if key == "errors":
-                continue
-            label = key.replace("_", " ").capitalize() + ":"
-            lines.append(f"  {label:<16}{'' if value is None else value}")
-        if status.conn:
-            lines.append(f"  Connection:     {status.conn}")
-        lines.append("")
+        lines += _tunnel_lines(config, name, status, protection.get(name))
+    for error in config.global_config.errors:
+        lines.append(f"other_config:{error.key}: invalid: {error.reason}")
     if not health.charon_reachable:
         lines.append(f"charon unreachable: {health.charon_error}")
     return "\n".join(lines) + "\n"
+
+
+def _tunnel_lines(
+    config: Config, name: str, status: TunnelStatus, protection: Protection | None
+) -> list[str]:
+    def row(label: str, value: Any) -> str:
+        return f"  {label + ':':<16}{_value(value)}"
+
+    lines = [f"Interface name: {name} ({status.state.value.upper()})"]
+    if status.reason:
+        lines.append(row("Reason", status.reason))
+    cfg = tunnel_config_json(config, name)
+    lines.append(row("Tunnel Type", cfg.get("type")))
+    if "errors" in cfg:
+        lines.append(row("Remote IP", cfg.get("remote_ip")))
+        if cfg.get("dst_port") is not None:
+            lines.append(row("Dst port", cfg["dst_port"]))
+        lines += [row("Config error", f"{e['key']}: {e['reason']}") for e in cfg["errors"]]
+        lines.append(row("Protection", _protection_text(protection)))
+        return [*lines, ""]
+    certs = status.auth == "pubkey"
+    lines += [
+        row("Local IP", cfg["local_ip"] or "%any"),
+        row("Remote IP", cfg["remote_ip"]),
+        row("Address Family", cfg["address_family"]),
+    ]
+    if cfg["dst_port"] is not None:
+        lines.append(row("Dst port", cfg["dst_port"]))
+    lines += [
+        row("Auth mode", cfg["auth"]),
+        row("SKB mark", cfg["skb_mark"]),
+        row("Local cert", cfg["certificate"]),
+        row("Local name", status.local_id if certs else None),
+        row("Local key", cfg["private_key"]),
+        row("Remote cert", cfg["remote_cert"]),
+        row("Remote name", cfg["remote_name"]),
+        row("CA cert", cfg["ca_cert"]),
+        row("PSK", cfg["psk"]),
+        row("Connection", status.conn),
+        row("Local id", status.local_id or "(our IKE address)"),
+        row("Remote id", status.remote_id),
+    ]
+    lines += [row("Selectors", f"{s.child}: {_selector_text(s)}") for s in status.selectors]
+    lines += [
+        row("Rekeys", f"IKE {status.ike_rekeys}, CHILD {status.child_rekeys}"),
+        row("Protection", _protection_text(protection)),
+        "IPsec connections that are active:",
+    ]
+    if status.ike_sa is None:
+        lines.append("  none")
+    else:
+        lines.append(f"  {_ike_line(status.ike_sa)}")
+        for child in status.child_sas:
+            lines += [f"  {line}" for line in _child_lines(child)]
+    return [*lines, ""]
+
+
+# -- ipsec/status --------------------------------------------------------------------------------
 
 
 def ipsec_status_json(statuses: Mapping[str, TunnelStatus]) -> dict[str, Any]:
@@ -83,3 +356,166 @@ def ipsec_status_json(statuses: Mapping[str, TunnelStatus]) -> dict[str, Any]:
         name: {"state": status.state.value, "reason": status.reason}
         for name, status in statuses.items()
     }
+
+
+# -- xfrm/policies -------------------------------------------------------------------------------
+
+
+def _proto(proto: int | None) -> str | None:
+    if proto is None:
+        return None
+    return _PROTO_NAMES.get(proto, str(proto))
+
+
+def _peer(policy: PolicyLike) -> str | None:
+    """The remote end of a policy: where outbound traffic goes, where inbound comes from."""
+    side = policy.dst if policy.direction == "out" else policy.src
+    try:
+        net = ipaddress.ip_network(side, strict=False)
+    except ValueError:
+        return None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else None
+
+
+def _spec_json(spec: PolicySpec, reasons: Sequence[str], installed: bool) -> dict[str, Any]:
+    return {
+        "direction": spec.direction,
+        "family": spec.family,
+        "src": spec.src,
+        "dst": spec.dst,
+        "proto": _proto(spec.proto),
+        "sport": spec.sport,
+        "dport": spec.dport,
+        "mark": f"{spec.mark:#x}/{spec.mask:#x}" if spec.mask else None,
+        "action": spec.action,
+        "priority": spec.priority,
+        "purpose": spec.purpose,
+        "reasons": list(reasons),
+        "installed": installed,
+        "wanted": bool(reasons),
+    }
+
+
+def policies_json(
+    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[str, ...]]
+) -> dict[str, Any]:
+    """Our protection policies (installed, and wanted but missing) apart from everybody else's
+    (charon's traps and SAs, foreign ones), each kernel policy once."""
+    ours: list[tuple[PolicySpec, dict[str, Any]]] = []
+    others: list[dict[str, Any]] = []
+    seen: set[PolicySpec] = set()
+    for policy in observed:
+        spec = policy.to_spec() if is_owned(policy) else None
+        if spec is not None:
+            seen.add(spec)
+            ours.append((spec, _spec_json(spec, explained.get(spec, ()), True)))
+            continue
+        others.append(
+            {
+                "peer": _peer(policy),
+                "direction": policy.direction,
+                "family": policy.family,
+                "src": policy.src,
+                "dst": policy.dst,
+                "proto": _proto(policy.proto),
+                "sport": policy.sport,
+                "dport": policy.dport,
+                "mark": f"{policy.mark:#x}/{policy.mask:#x}" if policy.mask else None,
+                "action": policy.action,
+                "priority": policy.priority,
+                "type": policy.ptype,
+                "socket": policy.socket,
+                "templates": list(policy.templates),
+            }
+        )
+    for spec, reasons in explained.items():
+        if spec not in seen:
+            ours.append((spec, _spec_json(spec, reasons, False)))
+    ours.sort(key=lambda item: item[0].sort_key())
+    others.sort(key=lambda p: (p["peer"] or "~", p["direction"], p["src"], p["dst"]))
+    return {"protection": [entry for _, entry in ours], "other": others}
+
+
+def _policy_line(p: Mapping[str, Any]) -> str:
+    ports = "".join(f" {k} {p[k]}" for k in ("sport", "dport") if p.get(k) is not None)
+    mark = f" mark {p['mark']}" if p.get("mark") else ""
+    proto = f" {p['proto']}" if p.get("proto") else ""
+    return f"{p['direction']:<3} {p['src']} -> {p['dst']}{proto}{ports}{mark}: {p['action']}"
+
+
+def policies_text(
+    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[str, ...]]
+) -> str:
+    data = policies_json(observed, explained)
+    lines = ["Protection policies (ovs-monitor-ipsec's own blocks):"]
+    if not data["protection"]:
+        lines.append("  none")
+    for p in data["protection"]:
+        why = ", ".join(p["reasons"]) or "no longer wanted"
+        missing = "" if p["installed"] else "MISSING: "
+        lines.append(
+            f"  {missing}{_policy_line(p)} (priority {p['priority']}, {p['purpose']}) [{why}]"
+        )
+    lines.append("Other policies (charon's and others'), by peer:")
+    if not data["other"]:
+        lines.append("  none")
+    peer: object = object()
+    for p in data["other"]:
+        if p["peer"] != peer:
+            peer = p["peer"]
+            lines.append(f"  {peer or 'no single peer'}:")
+        extra = f" (priority {p['priority']}" + (", socket" if p["socket"] else "") + ")"
+        tmpl = "".join(f"; {t}" for t in p["templates"])
+        lines.append(f"    {_policy_line(p)}{extra}{tmpl}")
+    return "\n".join(lines) + "\n"
+
+
+# -- xfrm/state ----------------------------------------------------------------------------------
+
+_STATE_HEAD = re.compile(r"^src (?P<src>\S+) dst (?P<dst>\S+)")
+_STATE_IDS = re.compile(
+    r"proto (?P<proto>\S+) spi (?P<spi>0x[0-9a-fA-F]+)(?: reqid (?P<reqid>\d+))?"
+    r"(?: mode (?P<mode>\S+))?"
+)
+_STATE_SEL = re.compile(r"^\s*sel (?P<sel>.+?)\s*$", re.MULTILINE)
+
+
+def redact_hex(text: str) -> str:
+    return _LONG_HEX.sub(REDACTED, text)
+
+
+def states_json(text: str) -> dict[str, Any]:
+    """`ip xfrm state` output (keys already redacted) as a list of SAs."""
+    states = []
+    for block in _blocks(redact_hex(text)):
+        head = _STATE_HEAD.match(block)
+        ids = _STATE_IDS.search(block)
+        sel = _STATE_SEL.search(block)
+        states.append(
+            {
+                "src": head["src"] if head else None,
+                "dst": head["dst"] if head else None,
+                "proto": ids["proto"] if ids else None,
+                "spi": ids["spi"] if ids else None,
+                "reqid": int(ids["reqid"]) if ids and ids["reqid"] else None,
+                "mode": ids["mode"] if ids else None,
+                "selector": sel["sel"] if sel else None,
+                "text": block,
+            }
+        )
+    return {"states": states}
+
+
+def states_text(text: str) -> str:
+    text = redact_hex(text)
+    return text if text.strip() else "No XFRM states\n"
+
+
+def _blocks(text: str) -> list[str]:
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("src "):
+            blocks.append([line])
+        elif blocks and line.strip():
+            blocks[-1].append(line)
+    return ["\n".join(block) for block in blocks]

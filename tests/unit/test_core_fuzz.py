@@ -21,7 +21,7 @@ from ovs_ipsec.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapsh
 from ovs_ipsec.parse import is_ipsec_port, parse_config
 from ovs_ipsec.plan import plan
 from ovs_ipsec.reconcile import Applied, LoadKey, diff, record
-from ovs_ipsec.status import fold
+from ovs_ipsec.status import View, fold
 
 PSK_MARK = "Zq9PSK"
 
@@ -167,8 +167,15 @@ def run_pipeline(snapshot: Snapshot, data: st.DataObject) -> dict[str, Any]:
     failures = (
         data.draw(st.dictionaries(st.sampled_from(conns), st.text(max_size=20))) if conns else {}
     )
-    statuses = fold(desired, loaded, failures)
     health = Health(data.draw(st.booleans()), "connection refused")
+    statuses = fold(
+        View(
+            desired,
+            loaded,
+            failures,
+            charon_error=None if health.charon_reachable else health.charon_error,
+        )
+    )
     actions = diff(desired, Applied())
     applied = Applied()
     for action in actions:

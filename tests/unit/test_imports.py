@@ -21,13 +21,15 @@ CORE = [
     "plan",
     "reconcile",
     "status",
+    "sas",
+    "causes",
     "render",
     "protection",
     "pki",
     "credentials",
     "ike_options",
 ]
-SHELL = ["charon", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli"]
+SHELL = ["charon", "events", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli"]
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
 FORBIDDEN = {
     "ovs",

@@ -1,0 +1,275 @@
+"""charon's SAs as plain data: `list-sas` replies and SA events parsed, and the events folded
+into the last listing. Pure.
+
+charon's events carry the SA they are about; folding them into the last listing keeps states
+current between listings. `list-sas` with noblock (which never waits for an SA a charon thread
+holds) skips an SA that is checked out, which it is while the exchange that raised the event is
+still being processed: so what an event said is kept until a listing agrees with it
+(`merge_listing`).
+
+May import: naming, stdlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ovs_ipsec import naming
+
+UNNAMED = "(unnamed)"  # charon's name for an IKE_SA before a connection is chosen for it
+# IKE_SA states with working keys. REKEYED is the old half of a rekeying: last resort.
+ESTABLISHED_RANK = {"ESTABLISHED": 4, "REKEYING": 3, "PASSIVE": 2, "REKEYED": 1}
+CONNECTING_STATES = frozenset({"CREATED", "CONNECTING"})
+
+
+@dataclass(frozen=True)
+class ChildSa:
+    name: str
+    uniqueid: int
+    state: str
+    mode: str = ""
+    protocol: str = ""
+    encap: bool = False
+    spi_in: str = ""
+    spi_out: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    rekey_time: int | None = None  # seconds until charon rekeys it
+    life_time: int | None = None  # seconds until it expires
+    install_time: int | None = None  # seconds since it was installed
+    local_ts: tuple[str, ...] = ()
+    remote_ts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IkeSa:
+    name: str
+    uniqueid: int
+    state: str
+    local_host: str = ""
+    local_port: int | None = None
+    local_id: str = ""
+    remote_host: str = ""
+    remote_port: int | None = None
+    remote_id: str = ""
+    initiator: bool = False
+    nat_local: bool = False
+    nat_remote: bool = False
+    nat_any: bool = False
+    established: int | None = None  # seconds since it was established
+    rekey_time: int | None = None  # seconds until charon rekeys it
+    children: tuple[ChildSa, ...] = ()
+
+    @property
+    def is_established(self) -> bool:
+        return self.state in ESTABLISHED_RANK
+
+
+def as_int(value: Any) -> int | None:
+    try:
+        return int(str(value), 10)
+    except ValueError:
+        return None
+
+
+def as_text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def as_texts(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def parse_child(sa: Mapping[str, Any]) -> ChildSa:
+    return ChildSa(
+        name=as_text(sa.get("name")),
+        uniqueid=as_int(sa.get("uniqueid")) or 0,
+        state=as_text(sa.get("state")),
+        mode=as_text(sa.get("mode")),
+        protocol=as_text(sa.get("protocol")),
+        encap=sa.get("encap") == "yes",
+        spi_in=as_text(sa.get("spi-in")),
+        spi_out=as_text(sa.get("spi-out")),
+        bytes_in=as_int(sa.get("bytes-in")) or 0,
+        bytes_out=as_int(sa.get("bytes-out")) or 0,
+        packets_in=as_int(sa.get("packets-in")) or 0,
+        packets_out=as_int(sa.get("packets-out")) or 0,
+        rekey_time=as_int(sa.get("rekey-time")),
+        life_time=as_int(sa.get("life-time")),
+        install_time=as_int(sa.get("install-time")),
+        local_ts=as_texts(sa.get("local-ts")),
+        remote_ts=as_texts(sa.get("remote-ts")),
+    )
+
+
+def parse_ike(name: str, sa: Mapping[str, Any]) -> IkeSa:
+    children = sa.get("child-sas")
+    return IkeSa(
+        name=name,
+        uniqueid=as_int(sa.get("uniqueid")) or 0,
+        state=as_text(sa.get("state")),
+        local_host=as_text(sa.get("local-host")),
+        local_port=as_int(sa.get("local-port")),
+        local_id=as_text(sa.get("local-id")),
+        remote_host=as_text(sa.get("remote-host")),
+        remote_port=as_int(sa.get("remote-port")),
+        remote_id=as_text(sa.get("remote-id")),
+        initiator=sa.get("initiator") == "yes",
+        nat_local=sa.get("nat-local") == "yes",
+        nat_remote=sa.get("nat-remote") == "yes",
+        nat_any=sa.get("nat-any") == "yes",
+        established=as_int(sa.get("established")),
+        rekey_time=as_int(sa.get("rekey-time")),
+        children=tuple(
+            sorted(
+                (parse_child(c) for c in children.values() if isinstance(c, Mapping)),
+                key=lambda c: (c.name, c.uniqueid),
+            )
+        )
+        if isinstance(children, Mapping)
+        else (),
+    )
+
+
+def parse_sas(entries: Iterable[Mapping[str, Any]]) -> dict[str, tuple[IkeSa, ...]]:
+    """A decoded `list-sas` reply -> our connections' IKE_SAs, oldest first. Others' are left
+    out: we neither report nor touch them."""
+    found: dict[str, list[IkeSa]] = {}
+    for entry in entries:
+        for name, sa in entry.items():
+            if naming.is_owned_conn(name) and isinstance(sa, Mapping):
+                found.setdefault(name, []).append(parse_ike(name, sa))
+    return {
+        name: tuple(sorted(sas, key=lambda sa: sa.uniqueid)) for name, sas in sorted(found.items())
+    }
+
+
+def current_ike(sas: Iterable[IkeSa]) -> IkeSa | None:
+    """The IKE_SA that speaks for a connection: the newest established one, else the newest
+    one being negotiated; SAs being deleted do not count."""
+    best: tuple[int, int] | None = None
+    chosen = None
+    for sa in sas:
+        if sa.is_established:
+            rank = 10 + ESTABLISHED_RANK[sa.state]
+        elif sa.state in CONNECTING_STATES:
+            rank = 1
+        else:
+            continue
+        if best is None or (rank, sa.uniqueid) > best:
+            best, chosen = (rank, sa.uniqueid), sa
+    return chosen
+
+
+Expected = dict[tuple[str, int], bool]  # (connection, IKE_SA unique id) -> present
+
+
+def _replace_ike(sas: list[IkeSa], new: IkeSa, keep_children: bool) -> list[IkeSa]:
+    old = next((sa for sa in sas if sa.uniqueid == new.uniqueid), None)
+    if old is not None and keep_children and not new.children:
+        new = dataclasses.replace(new, children=old.children)
+    return [sa for sa in sas if sa.uniqueid != new.uniqueid] + [new]
+
+
+def fold_sa_event(
+    sas: Mapping[str, tuple[IkeSa, ...]], name: str, body: Mapping[str, Any]
+) -> tuple[dict[str, tuple[IkeSa, ...]], Expected]:
+    """The snapshot after an ike-updown, child-updown, ike-rekey or child-rekey event, and what
+    a listing should now show."""
+    result = {conn: list(found) for conn, found in sas.items()}
+    expected: Expected = {}
+    up = body.get("up") == "yes"
+    for conn, sa in body.items():
+        if not naming.is_owned_conn(conn) or not isinstance(sa, Mapping):
+            continue
+        current = result.setdefault(conn, [])
+        if name == "ike-updown":
+            ike = parse_ike(conn, sa)
+            if up:
+                result[conn] = _replace_ike(current, ike, keep_children=True)
+            else:
+                result[conn] = [s for s in current if s.uniqueid != ike.uniqueid]
+            expected[(conn, ike.uniqueid)] = up
+        elif name == "child-updown":
+            ike = parse_ike(conn, sa)
+            old = next((s for s in current if s.uniqueid == ike.uniqueid), None)
+            children = {c.uniqueid: c for c in (old.children if old else ())}
+            for child in ike.children:
+                if up:
+                    children[child.uniqueid] = child
+                else:
+                    children.pop(child.uniqueid, None)
+            ike = dataclasses.replace(
+                ike, children=tuple(sorted(children.values(), key=lambda c: (c.name, c.uniqueid)))
+            )
+            result[conn] = _replace_ike(current, ike, keep_children=False)
+            if up:
+                expected[(conn, ike.uniqueid)] = True
+        elif name == "ike-rekey":
+            old_sa, new_sa = sa.get("old"), sa.get("new")
+            if isinstance(old_sa, Mapping) and isinstance(new_sa, Mapping):
+                old = parse_ike(conn, old_sa)
+                previous = next((s for s in current if s.uniqueid == old.uniqueid), None)
+                new = parse_ike(conn, new_sa)
+                if previous is not None:  # the CHILD_SAs move over to the new IKE_SA
+                    new = dataclasses.replace(new, children=previous.children)
+                kept = [s for s in current if s.uniqueid != old.uniqueid]
+                result[conn] = _replace_ike(kept, new, keep_children=True)
+                expected[(conn, old.uniqueid)] = False
+                expected[(conn, new.uniqueid)] = True
+        elif name == "child-rekey":
+            ike = parse_ike(conn, {k: v for k, v in sa.items() if k != "child-sas"})
+            old = next((s for s in current if s.uniqueid == ike.uniqueid), None)
+            children = {c.uniqueid: c for c in (old.children if old else ())}
+            pairs = sa.get("child-sas")
+            for pair in (pairs.values() if isinstance(pairs, Mapping) else ()):
+                if not isinstance(pair, Mapping):
+                    continue
+                for key, present in (("old", False), ("new", True)):
+                    if isinstance(pair.get(key), Mapping):
+                        child = parse_child(pair[key])
+                        children.pop(child.uniqueid, None)
+                        if present:
+                            children[child.uniqueid] = child
+            ike = dataclasses.replace(
+                ike, children=tuple(sorted(children.values(), key=lambda c: (c.name, c.uniqueid)))
+            )
+            result[conn] = _replace_ike(current, ike, keep_children=False)
+    return _normalized(result), expected
+
+
+def merge_listing(
+    listed: Mapping[str, tuple[IkeSa, ...]],
+    previous: Mapping[str, tuple[IkeSa, ...]],
+    expected: Expected,
+) -> tuple[dict[str, tuple[IkeSa, ...]], Expected]:
+    """A new listing, corrected by what events said and it does not show yet; returns the
+    snapshot and the expectations still unmet (list again a little later)."""
+    result = {conn: list(found) for conn, found in listed.items()}
+    unmet: Expected = {}
+    for (conn, uid), present in expected.items():
+        found = any(sa.uniqueid == uid for sa in result.get(conn, ()))
+        if found == present:
+            continue
+        unmet[(conn, uid)] = present
+        if present:
+            kept = [sa for sa in previous.get(conn, ()) if sa.uniqueid == uid]
+            result.setdefault(conn, []).extend(kept)
+        else:
+            result[conn] = [sa for sa in result.get(conn, []) if sa.uniqueid != uid]
+    return _normalized(result), unmet
+
+
+def _normalized(sas: Mapping[str, list[IkeSa]]) -> dict[str, tuple[IkeSa, ...]]:
+    return {
+        conn: tuple(sorted(found, key=lambda sa: sa.uniqueid))
+        for conn, found in sorted(sas.items())
+        if found
+    }
+
+

@@ -1,0 +1,452 @@
+"""Tunnel states and their reasons: charon's events (recorded from a real 5.9.8 charon, and
+synthetic ones for 6.0's `alert`) folded by `Tracker`, SAs folded by sas.py, and `fold()`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, Scope
+from ovs_ipsec.model import InterfaceRow, Snapshot
+from ovs_ipsec.parse import parse_config
+from ovs_ipsec.plan import plan
+from ovs_ipsec.protection import explain_protection
+from ovs_ipsec.sas import IkeSa, current_ike, fold_sa_event, merge_listing, parse_sas
+from ovs_ipsec.status import (
+    ConnOutcome,
+    Outcome,
+    Protection,
+    State,
+    Tracker,
+    View,
+    fold,
+    protection_by_tunnel,
+)
+
+RECORDED = json.loads(
+    (Path(__file__).parent / "data" / "charon-5.9.8-events.json").read_text()
+)
+H1_CONN = "ovs-10.77.0.2"  # h1's connection to h2
+H2_CONN = "ovs-10.77.0.1"
+
+
+def replay(scenario: str, host: str, only: Iterable[str] | None = None) -> Tracker:
+    tracker = Tracker()
+    for name, body in RECORDED[scenario][host]:
+        if only is None or name in only:
+            tracker.feed(name, body)
+    return tracker
+
+
+def log(msg: str, ike: str | None = H1_CONN, uid: int | None = 1) -> dict[str, str]:
+    body = {"group": "IKE", "level": "1", "thread": "7", "msg": msg}
+    if ike is not None:
+        body["ikesa-name"] = ike
+    if uid is not None:
+        body["ikesa-uniqueid"] = str(uid)
+    return body
+
+
+def ike_sa(uid: int, state: str = "ESTABLISHED", **extra: Any) -> dict[str, Any]:
+    return {"uniqueid": str(uid), "state": state, "local-host": "10.77.0.1",
+            "remote-host": "10.77.0.2", "local-id": "10.77.0.1", "remote-id": "10.77.0.2",
+            **extra}  # fmt: skip
+
+
+def child_sa(name: str, uid: int, state: str = "INSTALLED") -> dict[str, Any]:
+    return {"name": name, "uniqueid": str(uid), "state": state, "mode": "TRANSPORT",
+            "protocol": "ESP", "spi-in": "c0671655", "spi-out": "cdfed6bc",
+            "bytes-in": "120", "bytes-out": "240", "packets-in": "1", "packets-out": "2",
+            "rekey-time": "3000", "local-ts": ["10.77.0.1/32[gre]"],
+            "remote-ts": ["10.77.0.2/32[gre]"]}  # fmt: skip
+
+
+# -- recorded 5.9.8 runs ------------------------------------------------------------------------
+
+
+def test_kernel_refusal_is_the_responders_reason_and_no_proposal_the_initiators() -> None:
+    """Success in this lab: the IKE_SA comes up, and the responder's kernel refuses the ESP SA
+    (with the netlink error); the initiator only learns that the peer refused the CHILD_SA."""
+    h2 = replay("ok", "h2").outcomes()[H2_CONN]
+    assert h2.failure is None
+    assert h2.child_failure is not None and h2.child_failure.cause is Cause.KERNEL
+    assert h2.child_failure.reason.startswith("kernel refused the SA")
+    assert "Function not implemented (38)" in h2.child_failure.reason
+    h1 = replay("ok", "h1").outcomes()[H1_CONN]
+    assert h1.failure is None and h1.child_failure is not None
+    assert "refused the CHILD_SA (NO_PROPOSAL_CHOSEN)" in h1.child_failure.reason
+
+
+def test_wrong_psk_names_the_side_and_the_identity() -> None:
+    """The initiator was rejected by its peer (as which identity); the responder saw a peer
+    that did not prove the PSK (which peer)."""
+    h1 = replay("wrongpsk", "h1").outcomes()[H1_CONN].failure
+    assert h1 is not None and h1.cause is Cause.AUTHENTICATION
+    assert "peer 10.77.0.2 rejected us as '10.77.0.1'" in h1.reason
+    h2 = replay("wrongpsk", "h2").outcomes()[H2_CONN].failure
+    assert h2 is not None and h2.cause is Cause.AUTHENTICATION
+    assert "peer '10.77.0.1' did not prove our pre-shared key" in h2.reason
+
+
+def test_absent_peer_is_unreachable_while_charon_keeps_trying() -> None:
+    failure = replay("absent", "h1").outcomes()["ovs-10.77.0.99"].failure
+    assert failure is not None and failure.cause is Cause.UNREACHABLE
+    assert failure.reason.startswith("peer 10.77.0.99 unreachable")
+
+
+def test_expired_and_untrusted_certificates_are_told_apart() -> None:
+    expired = replay("expired", "h1").outcomes()[H1_CONN].failure
+    assert expired is not None and expired.cause is Cause.CERTIFICATE
+    assert "expired or not yet valid" in expired.reason and '"CN=h2"' in expired.reason
+    untrusted = replay("otherca", "h1").outcomes()[H1_CONN].failure
+    assert untrusted is not None and untrusted.cause is Cause.CERTIFICATE
+    assert 'issued by "CN=other CA"' in untrusted.reason
+    assert "not a trusted CA (ca_cert)" in untrusted.reason
+
+
+def test_unnamed_responder_failure_is_filed_under_the_peer_and_names_its_identity() -> None:
+    """charon cannot name the IKE_SA of a peer no connection accepts; the failure is filed by
+    the peer's address and says which identity it presented."""
+    tracker = Tracker()
+    for name, body in RECORDED["wrongname"]["h1"]:
+        uid = body.get("ikesa-uniqueid") or next(
+            (sa.get("uniqueid") for sa in body.values() if isinstance(sa, dict)), None
+        )
+        if uid == "1":
+            tracker.feed(name, body)
+    failure = tracker.outcomes()[H1_CONN].failure
+    assert failure is not None and failure.cause is Cause.AUTHENTICATION
+    assert "presented identity 'h3'" in failure.reason
+
+
+def test_later_attempt_replaces_an_earlier_ones_reason() -> None:
+    """In `wrongname` h2 first fails as initiator (uid 1), then rejects h1 (uid 2): the
+    outcome is the last attempt's."""
+    failure = replay("wrongname", "h1").outcomes()[H1_CONN].failure
+    assert failure is not None and failure.ike_id == 2
+    assert "rejected us as 'h1'" in failure.reason
+
+
+def test_event_order_does_not_matter_for_the_reason() -> None:
+    """5.9.8 raises ike-updown (down) before the log line that says why: the specific reason
+    replaces the generic one whatever the order."""
+    events = RECORDED["wrongpsk"]["h1"]
+    updown = [e for e in events if e[0] == "ike-updown"]
+    logs = [e for e in events if e[0] != "ike-updown"]
+    first, last = Tracker(), Tracker()
+    for name, body in updown + logs:
+        first.feed(name, body)
+    for name, body in logs + updown:
+        last.feed(name, body)
+    assert first.outcomes()[H1_CONN].failure == last.outcomes()[H1_CONN].failure
+    assert "rejected us as '10.77.0.1'" in str(first.outcomes()[H1_CONN].failure)
+
+
+# -- the pattern table --------------------------------------------------------------------------
+
+# One real message per pattern (5.9.8 wording) and the cause it must give (None: context only).
+SAMPLES = [
+    ("10.77.0.1 is initiating an IKE_SA", None),
+    ("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2", None),
+    ("looking for peer configs matching 10.77.0.2[h2]...10.77.0.1[h1]", None),
+    ("authentication of 'h1' (myself) with ECDSA_WITH_SHA256_DER successful", None),
+    ("IKE_SA ovs-10.77.0.2[1] established between 10.77.0.1[h1]...10.77.0.2[h2]", None),
+    ("received netlink error: Function not implemented (38)", None),
+    ('received end entity cert "CN=h2"', None),
+    ('no issuer certificate found for "CN=h2"', Cause.CERTIFICATE),
+    ('  issuer is "CN=other CA"', Cause.CERTIFICATE),
+    ("tried 1 shared key for '10.77.0.2' - '10.77.0.1', but MAC mismatched",
+     Cause.AUTHENTICATION),
+    ("no shared key found for '10.77.0.1' - '10.77.0.2'", Cause.AUTHENTICATION),
+    ("no private key found for 'h1'", Cause.AUTHENTICATION),
+    ("no matching peer config found", Cause.AUTHENTICATION),
+    ("constraint check failed: identity 'h2' required ", Cause.AUTHENTICATION),
+    ("subject certificate invalid (valid from Nov 17 11:11:31 2026 to Nov 26 11:11:31 2026)",
+     Cause.CERTIFICATE),
+    ("certificate was revoked on Nov 17 11:11:31 UTC 2026, reason: key compromise",
+     Cause.CERTIFICATE),
+    ("no trusted ECDSA public key found for 'h2'", Cause.AUTHENTICATION),
+    ("received AUTHENTICATION_FAILED notify error", Cause.AUTHENTICATION),
+    ("received NO_PROPOSAL_CHOSEN notify error", Cause.PROPOSAL),
+    ("received proposals unacceptable", Cause.PROPOSAL),
+    ("no acceptable proposal found", Cause.PROPOSAL),
+    ("traffic selectors 10.0.0.2/32[gre] === 10.0.0.1/32[gre] unacceptable", Cause.SELECTORS),
+    ("no acceptable traffic selectors found", Cause.SELECTORS),
+    ("unable to install inbound and outbound IPsec SA (SAD) in kernel", Cause.KERNEL),
+    ("unable to install IPsec policies (SPD) in kernel", Cause.KERNEL),
+    ("received NO_PROPOSAL_CHOSEN notify, no CHILD_SA built", Cause.NEGOTIATION),
+    ("peer not responding, trying again (2/0)", Cause.UNREACHABLE),
+    ("establishing IKE_SA failed, peer not responding", Cause.UNREACHABLE),
+    ("giving up after 5 retransmits", Cause.UNREACHABLE),
+    ("failed to establish CHILD_SA, keeping IKE_SA", Cause.NEGOTIATION),
+    ("received INVALID_SYNTAX notify error", Cause.NEGOTIATION),
+]  # fmt: skip
+
+
+def test_every_pattern_has_a_sample_that_it_is_the_first_match_for() -> None:
+    """The table is small and each entry is reachable: its sample message is matched by it
+    and by no earlier pattern, with the cause it declares."""
+    assert len(SAMPLES) == len(LOG_PATTERNS)
+    for pattern, (message, cause) in zip(LOG_PATTERNS, SAMPLES, strict=True):
+        first = next(p for p in LOG_PATTERNS if p.regex.search(message))
+        assert first is pattern, message
+        assert pattern.cause is cause, message
+        if cause is not None:
+            assert pattern.reason and pattern.scope is not Scope.CONTEXT
+
+
+@pytest.mark.parametrize("message,cause", [s for s in SAMPLES if s[1] is not None])
+def test_every_cause_pattern_yields_a_formatted_reason(message: str, cause: Cause) -> None:
+    """Each reason formats completely (no braces left), and an IKE failure is the connection's
+    failure while a CHILD one is its child failure."""
+    tracker = Tracker()
+    tracker.feed("log", log("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2"))
+    tracker.feed("log", log(message))
+    outcome = tracker.outcomes()[H1_CONN]
+    found = outcome.failure or outcome.child_failure
+    assert found is not None and found.cause is cause
+    assert "{" not in found.reason and "}" not in found.reason
+
+
+def test_messages_about_other_ike_sas_or_none_or_from_chatty_groups_are_ignored() -> None:
+    tracker = Tracker()
+    tracker.feed("log", {**log("received AUTHENTICATION_FAILED notify error"), "group": "NET"})
+    tracker.feed("log", log("received AUTHENTICATION_FAILED notify error", ike="office-vpn"))
+    tracker.feed("log", log("received AUTHENTICATION_FAILED notify error", ike=None, uid=None))
+    tracker.feed("log", log("added vici connection: ovs-10.77.0.2", ike=None, uid=None))
+    assert tracker.outcomes() == {}
+
+
+def test_failed_candidate_before_success_is_not_a_failure() -> None:
+    """charon logs a failed candidate key before trying the next one; once the IKE_SA is
+    established, such IKE-level messages are not failures, but a lost peer still is."""
+    tracker = Tracker()
+    tracker.feed("ike-updown", {"up": "yes", H1_CONN: ike_sa(3)})
+    tracker.feed("log", log("no trusted RSA public key found for 'h2'", uid=3))
+    assert tracker.outcomes()[H1_CONN].failure is None
+    tracker.feed("log", log("giving up after 5 retransmits", uid=3))
+    failure = tracker.outcomes()[H1_CONN].failure
+    assert failure is not None and failure.cause is Cause.UNREACHABLE
+
+
+def test_up_clears_failures_and_priority_keeps_the_specific_reason() -> None:
+    tracker = Tracker()
+    tracker.feed("log", log("tried 1 shared key for 'a' - 'b', but MAC mismatched", uid=1))
+    tracker.feed("log", log("received INVALID_SYNTAX notify error", uid=1))  # less specific
+    failure = tracker.outcomes()[H1_CONN].failure
+    assert failure is not None and "pre-shared key" in failure.reason
+    tracker.feed("ike-updown", {H1_CONN: ike_sa(2, "CONNECTING")})  # a later attempt fails
+    failure = tracker.outcomes()[H1_CONN].failure
+    assert failure is not None and failure.ike_id == 2 and failure.cause is Cause.NEGOTIATION
+    tracker.feed("ike-updown", {"up": "yes", H1_CONN: ike_sa(3)})
+    assert tracker.outcomes()[H1_CONN].failure is None
+
+
+def test_forget_and_reset_and_bounded_context() -> None:
+    tracker = Tracker(max_attempts=4)
+    for uid in range(1, 20):
+        tracker.feed("log", log("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2", uid=uid))
+    assert len(tracker._attempts) == 4
+    tracker.feed("log", log("no acceptable proposal found", uid=19))
+    assert tracker.outcomes()[H1_CONN].failure is not None
+    tracker.forget(H1_CONN)
+    assert H1_CONN not in tracker.outcomes()
+    tracker.feed("log", log("no acceptable proposal found", uid=19))
+    tracker.reset()
+    assert tracker.outcomes() == {} and not tracker._attempts
+
+
+def test_alerts_of_strongswan_6_classify_without_log_messages() -> None:
+    tracker = Tracker()
+    sa = ike_sa(5, "CONNECTING", **{"remote-id": "h2"})
+    tracker.feed("alert", {"type": "peer-auth-failed", "ike-sa": {H1_CONN: sa}})
+    failure = tracker.outcomes()[H1_CONN].failure
+    assert failure is not None and failure.cause is Cause.AUTHENTICATION
+    assert "'h2'" in failure.reason
+    tracker.feed("alert", {"type": "install-child-sa-failed", "ike-sa": {H1_CONN: ike_sa(6)}})
+    child = tracker.outcomes()[H1_CONN].child_failure
+    assert child is not None and child.reason.startswith("kernel refused the SA")
+    tracker.feed("alert", {"type": "shutdown-signal"})  # no IKE_SA, not a tunnel's cause
+    tracker.feed("alert", {"type": "cert-expired", "ike-sa": {"office-vpn": ike_sa(7)}})
+    assert set(tracker.outcomes()) == {H1_CONN}
+    for template in (t for _, _, t in ALERTS.values()):
+        assert template.count("{") == template.count("}")
+
+
+def test_rekey_events_count_and_only_sa_events_ask_for_a_listing() -> None:
+    tracker = Tracker()
+    assert tracker.feed("ike-rekey", {H1_CONN: {"old": ike_sa(1), "new": ike_sa(2)}})
+    assert tracker.feed("child-rekey", {H1_CONN: {**ike_sa(2), "child-sas": {"ovs-t0": {}}}})
+    assert not tracker.feed("log", log("no acceptable proposal found"))
+    assert not tracker.feed("ike-updown", {"up": "yes", "office-vpn": ike_sa(9)})
+    outcome = tracker.outcomes()[H1_CONN]
+    assert (outcome.ike_rekeys, outcome.child_rekeys) == (1, 1)
+
+
+# -- SAs -----------------------------------------------------------------------------------------
+
+
+def listing(*sas: tuple[str, dict[str, Any]]) -> dict[str, tuple[IkeSa, ...]]:
+    return parse_sas([{name: sa} for name, sa in sas])
+
+
+def test_parse_sas_keeps_only_ours_and_survives_garbage() -> None:
+    sas = listing(
+        (H1_CONN, {**ike_sa(1), "established": "12", "child-sas": {
+            "ovs-t0-2": child_sa("ovs-t0", 2)}}),
+        ("office-vpn", ike_sa(3)),
+        ("ovs-10.77.0.3", {"uniqueid": "x", "state": 7, "child-sas": ["junk"]}),
+    )  # fmt: skip
+    assert set(sas) == {H1_CONN, "ovs-10.77.0.3"}
+    ike = sas[H1_CONN][0]
+    assert (ike.uniqueid, ike.established, ike.remote_id) == (1, 12, "10.77.0.2")
+    child = ike.children[0]
+    assert (child.spi_in, child.bytes_out, child.packets_out, child.rekey_time) == (
+        "c0671655", 240, 2, 3000)  # fmt: skip
+    assert sas["ovs-10.77.0.3"][0].uniqueid == 0 and sas["ovs-10.77.0.3"][0].children == ()
+
+
+def test_current_ike_prefers_the_newest_established_and_ignores_deleting() -> None:
+    sas = listing((H1_CONN, ike_sa(1)), (H1_CONN, ike_sa(2, "CONNECTING")),
+                  (H1_CONN, ike_sa(3, "DELETING")))  # fmt: skip
+    current = current_ike(sas[H1_CONN])
+    assert current is not None and current.uniqueid == 1
+    assert current_ike(listing((H1_CONN, ike_sa(3, "DELETING")))[H1_CONN]) is None
+
+
+def test_events_update_the_snapshot_until_a_listing_agrees() -> None:
+    """ike-updown adds or removes the IKE_SA at once; a noblock listing that does not show it
+    yet (charon was still busy with it) does not undo that, and says to look again."""
+    sas, expected = fold_sa_event({}, "ike-updown", {"up": "yes", H1_CONN: ike_sa(4)})
+    assert [sa.uniqueid for sa in sas[H1_CONN]] == [4]
+    assert expected == {(H1_CONN, 4): True}
+    sas, unmet = merge_listing({}, sas, expected)
+    assert [sa.uniqueid for sa in sas[H1_CONN]] == [4] and unmet == expected
+    sas, unmet = merge_listing(listing((H1_CONN, ike_sa(4))), sas, unmet)
+    assert unmet == {}
+    body = {"up": "yes", H1_CONN: {**ike_sa(4), "child-sas": {"x": child_sa("ovs-t0", 5)}}}
+    sas, _ = fold_sa_event(sas, "child-updown", body)
+    assert [c.name for c in sas[H1_CONN][0].children] == ["ovs-t0"]
+    sas, _ = fold_sa_event(sas, "child-updown", {H1_CONN: body[H1_CONN]})
+    assert sas[H1_CONN][0].children == ()
+    sas, expected = fold_sa_event(sas, "ike-updown", {H1_CONN: ike_sa(4, "DELETING")})
+    assert sas == {} and expected == {(H1_CONN, 4): False}
+    sas, unmet = merge_listing(listing((H1_CONN, ike_sa(4))), {}, expected)
+    assert sas == {} and unmet == expected
+
+
+def test_rekeys_move_children_to_the_new_sa() -> None:
+    body = {"up": "yes", H1_CONN: {**ike_sa(1), "child-sas": {"x": child_sa("ovs-t0", 2)}}}
+    sas, _ = fold_sa_event({}, "child-updown", body)
+    sas, expected = fold_sa_event(sas, "ike-rekey", {H1_CONN: {"old": ike_sa(1),
+                                                               "new": ike_sa(7)}})  # fmt: skip
+    assert [(sa.uniqueid, [c.uniqueid for c in sa.children]) for sa in sas[H1_CONN]] == [(7, [2])]
+    assert expected == {(H1_CONN, 1): False, (H1_CONN, 7): True}
+    pair = {"old": child_sa("ovs-t0", 2), "new": child_sa("ovs-t0", 8)}
+    sas, _ = fold_sa_event(sas, "child-rekey", {H1_CONN: {**ike_sa(7), "child-sas": {"x": pair}}})
+    assert [c.uniqueid for c in sas[H1_CONN][0].children] == [8]
+
+
+# -- the fold ------------------------------------------------------------------------------------
+
+ROWS = (
+    InterfaceRow("g0", "gre", {"remote_ip": "10.77.0.2", "psk": "Zq9PSK-status"}),
+    InterfaceRow("v0", "vxlan", {"remote_ip": "10.77.0.2", "psk": "Zq9PSK-status"}),
+    InterfaceRow("bad", "gre", {"psk": "Zq9PSK-status"}),
+)
+CONFIG = parse_config(Snapshot(ROWS, {}))
+DESIRED = plan(CONFIG)
+
+
+def states(view: View) -> dict[str, tuple[State, str]]:
+    return {name: (s.state, s.reason) for name, s in fold(view).items()}
+
+
+def test_invalid_refused_unreachable_and_not_loaded() -> None:
+    loaded = frozenset(DESIRED.conns)
+    result = fold(View(DESIRED, loaded))
+    assert result["bad"].state is State.INVALID and result["bad"].reason.startswith("remote_ip")
+    assert result["bad"].cause is Cause.CONFIG
+    refused = fold(View(DESIRED, loaded, refusals={H1_CONN: "charon refused load-conn: x"}))
+    assert refused["g0"].state is State.FAILED and refused["g0"].cause is Cause.CHARON
+    down = fold(View(DESIRED, loaded, charon_error="connection refused"))
+    assert down["v0"].reason == "charon unreachable: connection refused"
+    assert fold(View(DESIRED))["g0"].reason == "not loaded into charon yet"
+
+
+def test_configured_connecting_failed_ike_up_and_up() -> None:
+    loaded = frozenset(DESIRED.conns)
+    assert fold(View(DESIRED, loaded))["g0"].state is State.CONFIGURED
+    connecting = listing((H1_CONN, ike_sa(2, "CONNECTING")))
+    result = fold(View(DESIRED, loaded, sas=connecting))
+    assert result["g0"].state is State.CONNECTING
+    unreachable = Outcome(Cause.UNREACHABLE, "peer 10.77.0.2 unreachable", 2, 3)
+    outcomes = {H1_CONN: ConnOutcome(failure=unreachable)}
+    result = fold(View(DESIRED, loaded, sas=connecting, outcomes=outcomes))
+    assert (result["g0"].state, result["g0"].cause) == (State.FAILED, Cause.UNREACHABLE)
+    newer = listing((H1_CONN, ike_sa(3, "CONNECTING")))
+    result = fold(View(DESIRED, loaded, sas=newer, outcomes=outcomes))
+    assert result["g0"].state is State.CONNECTING
+    assert "previous attempt failed" in result["g0"].reason
+    assert fold(View(DESIRED, loaded, outcomes=outcomes))["g0"].state is State.FAILED
+
+    children = {"a": child_sa("ovs-g0", 4), "b": child_sa("ovs-v0-out", 5)}
+    up = listing((H1_CONN, {**ike_sa(3), "child-sas": children}))
+    result = fold(View(DESIRED, loaded, sas=up))
+    assert result["g0"].state is State.UP and result["g0"].reason == ""
+    assert [c.name for c in result["g0"].child_sas] == ["ovs-g0"]
+    assert result["v0"].state is State.IKE_UP
+    assert "ovs-v0-in not installed (the other direction is)" in result["v0"].reason
+    refused = Outcome(Cause.KERNEL, "kernel refused the SA: x", 3, 4)
+    result = fold(View(DESIRED, loaded, sas=up, outcomes={H1_CONN: ConnOutcome(
+        child_failure=refused)}))  # fmt: skip
+    assert (result["v0"].state, result["v0"].reason) == (State.IKE_UP, refused.reason)
+    stale = Outcome(Cause.KERNEL, "kernel refused the SA: x", 1, 4)  # of an older IKE_SA
+    result = fold(View(DESIRED, loaded, sas=up, outcomes={H1_CONN: ConnOutcome(
+        child_failure=stale)}))  # fmt: skip
+    assert result["v0"].reason != stale.reason
+
+
+def test_identities_and_selectors_come_from_the_loaded_connection() -> None:
+    status = fold(View(DESIRED, frozenset(DESIRED.conns)))["v0"]
+    assert (status.auth, status.local_id, status.remote_id) == ("psk", "", "10.77.0.2")
+    assert [(s.child, s.local_ts, s.remote_ts) for s in status.selectors] == [
+        ("ovs-v0-in", ("dynamic[17/4789]",), ("dynamic[17]",)),
+        ("ovs-v0-out", ("dynamic[17]",), ("dynamic[17/4789]",)),
+    ]
+
+
+def test_every_state_but_up_has_a_reason() -> None:
+    loaded = frozenset(DESIRED.conns)
+    views = [View(DESIRED), View(DESIRED, loaded), View(DESIRED, loaded, charon_error="x"),
+             View(DESIRED, loaded, sas=listing((H1_CONN, ike_sa(1, "CONNECTING")))),
+             View(DESIRED, loaded, sas=listing((H1_CONN, ike_sa(1))))]  # fmt: skip
+    for view in views:
+        for status in fold(view).values():
+            assert (status.state is State.UP) == (status.reason == ""), status
+
+
+def test_protection_counts_per_tunnel() -> None:
+    config = parse_config(Snapshot(ROWS, {"ipsec_skb_mark": "1/1"}))
+    explained = explain_protection(config)
+    g0 = {spec for spec, why in explained.items() if "tunnel g0" in why}
+    skb = {spec for spec, why in explained.items() if "ipsec_skb_mark" in why}
+    result = protection_by_tunnel(explained, frozenset(g0 | skb), ["g0", "v0", "bad"])
+    assert result["g0"] == Protection((len(g0), len(g0)), (len(skb), len(skb)))
+    assert result["g0"].active and len(g0) >= 2
+    assert result["v0"].fail_closed[0] == 0 and not result["v0"].active
+    assert result["bad"].fail_closed == (0, 0)  # no remote_ip: nothing known to block
+    open_config = parse_config(Snapshot(ROWS, {"ipsec_fail_open": "true"}))
+    result = protection_by_tunnel(explain_protection(open_config), frozenset(), ["g0"], True)
+    assert result["g0"] == Protection(None, None) and not result["g0"].active
+
+
+def test_outcomes_mapping_is_a_copy() -> None:
+    tracker = Tracker()
+    outcomes: Mapping[str, ConnOutcome] = tracker.outcomes()
+    tracker.feed("log", log("no acceptable proposal found"))
+    assert outcomes == {}
