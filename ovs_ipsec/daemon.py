@@ -19,19 +19,17 @@ import ovs.vlog
 from ovs_ipsec import naming
 from ovs_ipsec.causes import Cause
 from ovs_ipsec.charon import Charon
-from ovs_ipsec.credentials import needed_paths, resolve
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
 from ovs_ipsec.files import read_files
-from ovs_ipsec.model import Config, SkbMark
+from ovs_ipsec.model import Config
 from ovs_ipsec.ovsdb import Ovsdb
-from ovs_ipsec.parse import parse_config
-from ovs_ipsec.plan import Desired, plan
+from ovs_ipsec.plan import Desired
+from ovs_ipsec.planner import Delta, Planner
 from ovs_ipsec.protection import (
     PolicySpec,
     diff_policies,
     explain_protection,
-    plan_protection,
 )
 from ovs_ipsec.reconcile import (
     Action,
@@ -118,13 +116,15 @@ class Daemon:
         self._reported_states: dict[str, tuple[str, str]] = {}
         self.clock = clock
         self.wall_clock = wall_clock
-        self.config = Config()
-        self.desired = Desired()
+        # Parsed OVSDB contents and desired state, updated in proportion to each change.
+        self.planner = Planner(read_files, use_default_crypto=settings.use_default_crypto)
+        # What changed since the last pass that completed (the next pass diffs only that).
+        self.pending = Delta()
+        self._full_diff = True
+        self._policy_fingerprint: str | None = None
         self.applied = Applied()
-        self.desired_policies: frozenset[PolicySpec] = frozenset()
         # Our block policies in the kernel as last observed or applied; None: look first.
         self.policies: frozenset[PolicySpec] | None = None
-        self._last_good_mark: SkbMark | None = None
         self.health = Health()
         self.exiting = False
         self.cleanup_on_exit = False
@@ -138,7 +138,18 @@ class Daemon:
         self._backoff = 0.0
         self._reported_invalid: dict[str, str] = {}
         self._reported_warnings: tuple[str, ...] = ()
-        self._replan = False
+
+    @property
+    def config(self) -> Config:
+        return self.planner.config
+
+    @property
+    def desired(self) -> Desired:
+        return self.planner.desired
+
+    @property
+    def desired_policies(self) -> frozenset[PolicySpec]:
+        return self.planner.policies
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -149,15 +160,19 @@ class Daemon:
         self.ovsdb.run()
         if not self.ovsdb.ready:
             return
-        if self.ovsdb.changed():
-            self.config = self._keep_protection(parse_config(self.ovsdb.snapshot()))
-            self._replan = True
+        if self.ovsdb.needs_full_read:
+            self._absorb(self._read_everything(reread_files=False))
+        elif self.ovsdb.changed():
+            rows, other_config = self.ovsdb.changes()
+            self._absorb(self.planner.update(rows, other_config, self.wall_clock()))
         now = self.clock()
         if now >= self._next_check and not self._check_due:
             self._check_due = True
-            self._replan = True  # certificate files may have changed at the same paths
-        if self._replan:
-            self._plan()
+            self._full_diff = True
+            # The periodic check also re-reads OVSDB's contents whole (cheap, and it repairs
+            # anything a missed notification left behind) and the certificate files, which may
+            # have changed at the same paths.
+            self._absorb(self._read_everything(reread_files=True))
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
         self._run_sas()
@@ -178,41 +193,26 @@ class Daemon:
             deadline = min(deadline, sas_due)
         poller.timer_wait(max(0, int((deadline - now) * 1000)))
 
-    def _keep_protection(self, config: Config) -> Config:
-        """A malformed ipsec_skb_mark is reported, and the last valid one stays in force: a typo
-        must never silently remove protection that is in place."""
-        global_config = config.global_config
-        if any(e.key == "ipsec_skb_mark" for e in global_config.errors):
-            if self._last_good_mark is not None:
-                kept = dataclasses.replace(global_config, skb_mark=self._last_good_mark)
-                return dataclasses.replace(config, global_config=kept)
-            return config
-        self._last_good_mark = global_config.skb_mark
-        return config
+    def _read_everything(self, *, reread_files: bool) -> Delta:
+        rows = self.planner.reset_rows(self.ovsdb.all_rows())
+        return self.planner.update(
+            rows, self.ovsdb.other_config(), self.wall_clock(), reread_files=reread_files
+        )
 
-    def _plan(self) -> None:
-        self._replan = False
-        files = read_files(needed_paths(self.config))
-        credentials = resolve(self.config, files, self.wall_clock())
-        if credentials.warnings != self._reported_warnings:
-            for warning in credentials.warnings:
+    def _absorb(self, delta: Delta) -> None:
+        if self.planner.warnings != self._reported_warnings:
+            for warning in self.planner.warnings:
                 vlog.warn(f"other_config: {warning}")
-            self._reported_warnings = credentials.warnings
-        desired = plan(self.config, credentials)
-        if desired != self.desired:
-            self.desired = desired
-            self._dirty = True
-        # Invalid tunnels found while planning (conflicts, bad certificates) are blocked too.
-        policies = plan_protection(dataclasses.replace(self.config, invalid=desired.invalid))
-        if policies != self.desired_policies:
-            self.desired_policies = policies
+            self._reported_warnings = self.planner.warnings
+        if delta:
+            self.pending.merge(delta)
             self._dirty = True
 
     def request_refresh(self) -> None:
         """Re-read the certificate files, re-list charon and converge now (the `refresh`
         command); the SAs are listed again too."""
-        self._check_due = True
-        self._replan = True
+        self._check_due = False
+        self._next_check = 0.0
         self._retry_at = 0.0
         self.request_sas()
 
@@ -229,10 +229,20 @@ class Daemon:
         try:
             if self._check_due or not self.charon.connected:
                 self._sync_with_charon(pass_id)
-            self._execute(pass_id, diff(self.desired, self.applied))
+                self._full_diff = True  # the believed state was re-listed: compare everything
+            if self._full_diff:
+                actions = diff(self.desired, self.applied)
+            else:
+                actions = diff(
+                    self.desired, self.applied, self.pending.conns, self.pending.shared
+                )
+            self._execute(pass_id, actions)
         except CharonUnreachable as exc:
+            self._full_diff = True
             self._charon_lost(pass_id, exc)
         else:
+            self.pending = Delta()
+            self._full_diff = False
             self.converged_once = True
             self._dirty = False
             self._check_due = False
@@ -249,15 +259,30 @@ class Daemon:
     ) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
         if self.policies is None or self._check_due:
             try:
-                observed = self.xfrm.observe()
+                # Listing thousands of policies costs; the kernel's counters are a cheap
+                # fingerprint of whether anything changed since the last listing.
+                fingerprint = self.xfrm.policy_count()
+                if self.policies is None or fingerprint != self._policy_fingerprint:
+                    observed = self.xfrm.observe()
+                    if self.policies is not None and observed != self.policies:
+                        vlog.warn(
+                            f"[{pass_id}] protection policies changed behind our back; restoring"
+                        )
+                    self.policies = observed
+                    self._policy_fingerprint = self.xfrm.policy_count()
             except XfrmError as exc:
                 self._xfrm_failed(pass_id, "listing policies", exc)
                 # Unknown kernel state: (re)add everything desired, remove nothing.
                 return tuple(sorted(self.desired_policies)), ()
-            if self.policies is not None and observed != self.policies:
-                vlog.warn(f"[{pass_id}] protection policies changed behind our back; restoring")
-            self.policies = observed
-        to_add, to_remove = diff_policies(self.desired_policies, self.policies)
+            to_add, to_remove = diff_policies(self.desired_policies, self.policies)
+        else:
+            wanted = self.pending.policies_added
+            unwanted = self.pending.policies_removed
+            to_add, to_remove = diff_policies(
+                (self.policies - unwanted) | wanted, self.policies
+            )
+        self.pending.policies_added = set()
+        self.pending.policies_removed = set()
         return tuple(to_add), tuple(to_remove)
 
     def _apply_policies(
@@ -278,6 +303,7 @@ class Daemon:
         current.update(add)
         current.difference_update(remove)
         self.policies = frozenset(current)
+        self._policy_fingerprint = None  # our own change: list again at the next check
         self.health.xfrm_error = ""
         verb = "installed" if add else "removed"
         vlog.info(
@@ -418,7 +444,7 @@ class Daemon:
 
     def explained_policies(self) -> dict[PolicySpec, tuple[str, ...]]:
         """Every protection policy wanted now, with the tunnels (or ipsec_skb_mark) it is for;
-        the same config _plan() protects, invalid tunnels found while planning included."""
+        the same config the planner protects, invalid tunnels found while planning included."""
         return explain_protection(dataclasses.replace(self.config, invalid=self.desired.invalid))
 
     def protection(self) -> dict[str, Protection]:
