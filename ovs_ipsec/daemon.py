@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,16 @@ from ovs_ipsec.xfrm import Xfrm
 vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 
 MAX_BACKOFF = 8.0
+BULK_ACTIONS = 10
+_PLURAL = {
+    "LoadShared": "secrets loaded",
+    "LoadKey": "keys loaded",
+    "LoadConn": "connections loaded",
+    "TerminateIke": "IKE_SAs closed",
+    "UnloadConn": "connections unloaded",
+    "UnloadShared": "secrets unloaded",
+    "UnloadKey": "keys unloaded",
+}
 # list-sas after events at most this often: a burst of events costs one listing.
 SAS_MIN_INTERVAL = 0.5
 # Listings that may still miss an SA an event announced (noblock skips busy SAs) before the
@@ -138,6 +149,9 @@ class Daemon:
         self._backoff = 0.0
         self._reported_invalid: dict[str, str] = {}
         self._reported_warnings: tuple[str, ...] = ()
+        # Tunnel states are folded (O(tunnels)) only when one of their inputs moved.
+        self._state_version = 0
+        self._logged_version = 0
 
     @property
     def config(self) -> Config:
@@ -176,7 +190,9 @@ class Daemon:
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
         self._run_sas()
-        self._log_state_changes()
+        if self._state_version != self._logged_version:
+            self._logged_version = self._state_version
+            self._log_state_changes()
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         self.ovsdb.wait(poller)
@@ -219,6 +235,7 @@ class Daemon:
     # -- one reconcile pass -----------------------------------------------------------------
 
     def reconcile(self) -> None:
+        self._state_version += 1
         started = self.clock()
         self.health.passes += 1
         pass_id = self.health.passes
@@ -233,9 +250,7 @@ class Daemon:
             if self._full_diff:
                 actions = diff(self.desired, self.applied)
             else:
-                actions = diff(
-                    self.desired, self.applied, self.pending.conns, self.pending.shared
-                )
+                actions = diff(self.desired, self.applied, self.pending.conns, self.pending.shared)
             self._execute(pass_id, actions)
         except CharonUnreachable as exc:
             self._full_diff = True
@@ -278,9 +293,7 @@ class Daemon:
         else:
             wanted = self.pending.policies_added
             unwanted = self.pending.policies_removed
-            to_add, to_remove = diff_policies(
-                (self.policies - unwanted) | wanted, self.policies
-            )
+            to_add, to_remove = diff_policies((self.policies - unwanted) | wanted, self.policies)
         self.pending.policies_added = set()
         self.pending.policies_removed = set()
         return tuple(to_add), tuple(to_remove)
@@ -350,6 +363,11 @@ class Daemon:
         failures: dict[str, str] = {
             conn: why for conn, why in self.health.failures.items() if conn in self.desired.conns
         }
+        # A bulk load (start-up, a big transaction, charon's return) logs one summary line;
+        # each object still goes to the debug log.
+        bulk = len(actions) > BULK_ACTIONS
+        log = vlog.dbg if bulk else vlog.info
+        done: Counter[str] = Counter()
         for action in actions:
             try:
                 key_id = self._perform(action)
@@ -364,8 +382,12 @@ class Daemon:
             self._forget_outcomes(action)
             if isinstance(action, LoadConn):
                 failures.pop(action.spec.name, None)
-            vlog.info(f"[{pass_id}] {_describe(action)}")
+            log(f"[{pass_id}] {_describe(action)}")
+            done[type(action).__name__] += 1
         self.health.failures = failures
+        if bulk:
+            summary = ", ".join(f"{n} {_PLURAL[kind]}" for kind, n in sorted(done.items()))
+            vlog.info(f"[{pass_id}] {summary or 'nothing'} ({len(actions)} actions)")
 
     def _perform(self, action: Action) -> str:
         if isinstance(action, LoadKey):
@@ -391,6 +413,7 @@ class Daemon:
         return ""
 
     def _charon_lost(self, pass_id: int, exc: CharonUnreachable) -> None:
+        self._state_version += 1
         self.charon.close()
         # Both sessions go: a charon that came back is a new one (SAs and loaded state lost),
         # and events are subscribed again once the command session has resynchronised.
@@ -497,6 +520,8 @@ class Daemon:
         if self.events is None or not self.events.connected:
             return
         received = self.events.receive()
+        if received.events or received.lost is not None:
+            self._state_version += 1
         changed = False
         for name, body in received.events:
             if self.tracker.feed(name, body):
@@ -550,6 +575,7 @@ class Daemon:
         )
         self._sas_at = self.clock()
         self._sas_due = None
+        self._state_version += 1
         if self._sas_expected:
             self._sas_rechecks += 1
             if self._sas_rechecks < SAS_RECHECKS:
