@@ -21,6 +21,9 @@ from ovs_ipsec.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
 from ovs_ipsec.events import Events
+from ovs_ipsec.http_server import Handler, HttpServer, parse_address
+from ovs_ipsec.metrics import CONTENT_TYPE
+from ovs_ipsec.metrics import render as render_metrics
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.sdnotify import notify
 from ovs_ipsec.xfrm import Xfrm
@@ -91,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--use-default-crypto",
         action="store_true",
         help="let charon choose the IKE and ESP proposals instead of upstream's defaults",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        metavar="[HOST]:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
     )
     parser.add_argument("--no-restart-ike-daemon", action="store_true", help=argparse.SUPPRESS)
     for flag in (
@@ -167,19 +175,44 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         vlog.err(str(exc))
         sys.exit(1)
-    # A hung charon must not make the control socket hang with it.
-    charon.on_wait = control.run
+    metrics = None
+    if args.metrics_address:
+        try:
+            metrics = HttpServer(parse_address(args.metrics_address), metrics_handler(daemon))
+        except (OSError, ValueError) as exc:
+            vlog.err(f"--metrics-address={args.metrics_address}: {exc}")
+            sys.exit(1)
+        vlog.info(f"serving metrics on {args.metrics_address} (/metrics)")
+
+    def serve_while_waiting() -> None:
+        # A hung charon must not make the control socket (or a scrape) hang with it.
+        control.run()
+        if metrics is not None:
+            metrics.run()
+
+    charon.on_wait = serve_while_waiting
     vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
-    run_loop(daemon, control)
+    run_loop(daemon, control, metrics)
 
 
-def run_loop(daemon: Daemon, control: Control) -> None:
+def metrics_handler(daemon: Daemon) -> Handler:
+    def handle(path: str) -> tuple[str, str, bytes]:
+        if path in ("/metrics", "/"):
+            return "200 OK", CONTENT_TYPE, render_metrics(daemon.metrics_snapshot())
+        return "404 Not Found", "text/plain", b"not found; try /metrics\n"
+
+    return handle
+
+
+def run_loop(daemon: Daemon, control: Control, metrics: HttpServer | None = None) -> None:
     started = time.monotonic()
     completed = False
     ready = False
     try:
         while True:
             control.run()
+            if metrics is not None:
+                metrics.run()
             daemon.run()
             # tunnels/show requests that waited for the SAs daemon.run() just listed.
             control.flush()
@@ -202,6 +235,8 @@ def run_loop(daemon: Daemon, control: Control) -> None:
                 break
             poller = ovs.poller.Poller()
             control.wait(poller)
+            if metrics is not None:
+                metrics.wait(poller)
             daemon.wait(poller)
             poller.block()
     except Exception:
@@ -213,4 +248,6 @@ def run_loop(daemon: Daemon, control: Control) -> None:
     vlog.info("exiting" + ("" if daemon.cleanup_on_exit else " (IPsec state left in place)"))
     control.run()
     control.close()
+    if metrics is not None:
+        metrics.close()
     daemon.ovsdb.close()

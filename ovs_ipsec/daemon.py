@@ -20,9 +20,11 @@ import ovs.vlog
 from ovs_ipsec import naming
 from ovs_ipsec.causes import Cause
 from ovs_ipsec.charon import Charon
+from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
 from ovs_ipsec.files import read_files
+from ovs_ipsec.metrics import MetricsSnapshot, TunnelMetrics
 from ovs_ipsec.model import Config
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.plan import Desired
@@ -49,6 +51,7 @@ from ovs_ipsec.reconcile import (
 from ovs_ipsec.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
 from ovs_ipsec.status import (
     Protection,
+    State,
     Tracker,
     TunnelStatus,
     View,
@@ -151,6 +154,7 @@ class Daemon:
         self._reported_warnings: tuple[str, ...] = ()
         # Tunnel states are folded (O(tunnels)) only when one of their inputs moved.
         self._state_version = 0
+        self.failure_counts: Counter[str] = Counter()  # tunnels entering "failed", by cause
         self._logged_version = 0
 
     @property
@@ -600,10 +604,65 @@ class Daemon:
             key = (status.state.value, status.reason)
             current[name] = key
             if self._reported_states.get(name) != key:
+                if status.state is State.FAILED:
+                    self.failure_counts[(status.cause or Cause.NEGOTIATION).value] += 1
                 log = vlog.dbg if status.cause in (Cause.CHARON, Cause.CONFIG) else vlog.info
                 log(f"{name}: {status.state.value}" + (f": {status.reason}" if status.reason
                                                         else ""))  # fmt: skip
         self._reported_states = current
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """Everything /metrics reports, from state the daemon already holds (nothing here
+        calls charon, so a scrape never waits for it)."""
+        statuses = self.statuses()
+        installed = self.policies or frozenset()
+        names = sorted(set(self.config.tunnels) | set(self.desired.invalid))
+        protection = protection_by_tunnel(
+            self.explained_policies(), installed, names, self.config.global_config.fail_open
+        )
+        tunnels = []
+        for name, status in statuses.items():
+            tunnel = self.config.tunnels.get(name)
+            invalid = self.desired.invalid.get(name)
+            kind = tunnel.type if tunnel else invalid.type if invalid else None
+            children = [c for c in status.child_sas if c.state == "INSTALLED"]
+            tunnels.append(
+                TunnelMetrics(
+                    interface=name,
+                    remote_ip=(
+                        tunnel.remote_ip if tunnel else invalid.remote_ip if invalid else None
+                    )
+                    or "",
+                    type=kind.value if kind else "",
+                    auth=tunnel.auth.value if tunnel else "",
+                    state=status.state.value,
+                    ike_sa_up=status.ike_sa is not None and status.ike_sa.state == "ESTABLISHED",
+                    child_sas_up=len(children),
+                    bytes_in=sum(c.bytes_in for c in status.child_sas),
+                    bytes_out=sum(c.bytes_out for c in status.child_sas),
+                    packets_in=sum(c.packets_in for c in status.child_sas),
+                    packets_out=sum(c.packets_out for c in status.child_sas),
+                    rekeys=status.child_rekeys,
+                    protected=protection[name].active if name in protection else False,
+                )
+            )
+        try:
+            xfrm_stat = self.xfrm.read_xfrm_stat()
+        except XfrmError:
+            xfrm_stat = {}
+        return MetricsSnapshot(
+            tunnels=tuple(tunnels),
+            failures=dict(self.failure_counts),
+            protection_policies=dict(Counter(spec.purpose or "other" for spec in installed)),
+            xfrm_stat=xfrm_stat,
+            certificate_expiry=certificate_expiry(
+                self.planner.credentials, self.config, self.wall_clock()
+            ),
+            reconcile_seconds=self.health.last_pass_seconds,
+            reconciles=self.health.passes,
+            charon_up=self.health.charon_reachable,
+            ovsdb_up=self.ovsdb.connected,
+        )
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and logs."""
@@ -649,6 +708,25 @@ def _restarted(before: str, now: str) -> bool:
     except ValueError:
         return True  # not the format charon uses: trust any change
     return abs((later - then).total_seconds()) > 1
+
+
+def certificate_expiry(
+    credentials: Credentials, config: Config, now: dt.datetime
+) -> dict[tuple[str, str], float]:
+    """Seconds until each certificate in use expires, by (role, file)."""
+    g = config.global_config
+    expiry: dict[tuple[str, str], float] = {}
+    if credentials.local is not None and g.certificate:
+        expiry[("certificate", g.certificate)] = (
+            credentials.local.cert.not_after - now
+        ).total_seconds()
+    if credentials.cas and g.ca_cert:
+        # The bundle works until its last CA expires.
+        last = max(ca.not_after for ca in credentials.cas)
+        expiry[("ca_cert", g.ca_cert)] = (last - now).total_seconds()
+    for path, cert in credentials.remote_certs.items():
+        expiry[("remote_cert", path)] = (cert.not_after - now).total_seconds()
+    return expiry
 
 
 def _target(action: Action) -> str:
