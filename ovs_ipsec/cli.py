@@ -22,8 +22,6 @@ from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
 from ovs_ipsec.events import Events
 from ovs_ipsec.http_server import Handler, HttpServer, parse_address
-from ovs_ipsec.metrics import CONTENT_TYPE
-from ovs_ipsec.metrics import render as render_metrics
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.sdnotify import notify
 from ovs_ipsec.xfrm import Xfrm
@@ -196,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def metrics_handler(daemon: Daemon) -> Handler:
+    # prometheus-client costs about 10 MiB of memory: loaded only when metrics are served.
+    from ovs_ipsec.metrics import CONTENT_TYPE
+    from ovs_ipsec.metrics import render as render_metrics
+
     def handle(path: str) -> tuple[str, str, bytes]:
         if path in ("/metrics", "/"):
             return "200 OK", CONTENT_TYPE, render_metrics(daemon.metrics_snapshot())

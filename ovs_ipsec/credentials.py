@@ -12,9 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ovs_ipsec import pki
 from ovs_ipsec.model import Config, Invalid
+
+if TYPE_CHECKING:
+    # At run time pki (and with it `cryptography`, about 14 MiB of memory) is imported only
+    # once a certificate file has to be read: PSK-only hosts never load it.
+    from ovs_ipsec import pki
 
 # Bytes of a file, or why it could not be read.
 FileContent = bytes | str
@@ -55,6 +60,10 @@ def needed_paths(config: Config) -> frozenset[str]:
 def resolve(
     config: Config, files: Mapping[str, FileContent], now: dt.datetime, warn_days: int = 30
 ) -> Credentials:
+    if not files:
+        return Credentials()
+    from ovs_ipsec import pki  # noqa: F811 - see the note at the imports
+
     g = config.global_config
     warnings: list[str] = []
 
@@ -110,6 +119,8 @@ def _resolve_local(
     warn_days: int,
     warnings: list[str],
 ) -> tuple[LocalCredentials | None, list[Invalid]]:
+    from ovs_ipsec import pki  # noqa: F811
+
     errors: list[Invalid] = []
     cert, error = _resolve_host_cert(cert_content, "certificate", now, warn_days, warnings)
     if error:
@@ -134,6 +145,8 @@ def _resolve_local(
 def _resolve_host_cert(
     content: FileContent, key: str, now: dt.datetime, warn_days: int, warnings: list[str]
 ) -> tuple[pki.CertInfo | None, Invalid | None]:
+    from ovs_ipsec import pki  # noqa: F811
+
     if isinstance(content, str):
         return None, Invalid(key, content)
     infos, error = pki.parse_certs(content, key=key)

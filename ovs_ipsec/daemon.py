@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import ovs.poller
 import ovs.vlog
@@ -24,7 +25,6 @@ from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
 from ovs_ipsec.files import read_files
-from ovs_ipsec.metrics import MetricsSnapshot, TunnelMetrics
 from ovs_ipsec.model import Config
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.plan import Desired
@@ -59,6 +59,9 @@ from ovs_ipsec.status import (
     protection_by_tunnel,
 )
 from ovs_ipsec.xfrm import Xfrm
+
+if TYPE_CHECKING:
+    from ovs_ipsec.metrics import MetricsSnapshot
 
 vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 
@@ -614,6 +617,8 @@ class Daemon:
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Everything /metrics reports, from state the daemon already holds (nothing here
         calls charon, so a scrape never waits for it)."""
+        # prometheus-client costs about 10 MiB of memory: loaded only when metrics are served.
+        from ovs_ipsec.metrics import MetricsSnapshot, TunnelMetrics
         statuses = self.statuses()
         installed = self.policies or frozenset()
         names = sorted(set(self.config.tunnels) | set(self.desired.invalid))

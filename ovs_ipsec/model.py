@@ -62,7 +62,7 @@ class Secret:
         raise TypeError("secrets are not serialisable")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Invalid:
     """Why one OVSDB key made a tunnel (or the global config) unusable."""
 
@@ -77,14 +77,14 @@ class Invalid:
 # Input: OVSDB snapshot as plain data (built by the ovsdb adapter).
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InterfaceRow:
     name: str
     type: str
     options: Mapping[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     interfaces: tuple[InterfaceRow, ...]
     other_config: Mapping[str, str]
@@ -94,7 +94,7 @@ class Snapshot:
 # Parsed model.
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SkbMark:
     value: int
     mask: int
@@ -103,7 +103,7 @@ class SkbMark:
         return f"{self.value:#x}/{self.mask:#x}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GlobalConfig:
     certificate: str | None = None
     private_key: str | None = None
@@ -113,7 +113,7 @@ class GlobalConfig:
     errors: tuple[Invalid, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tunnel:
     """A valid IPsec tunnel, as far as OVSDB alone can tell."""
 
@@ -133,7 +133,7 @@ class Tunnel:
         return 6 if ":" in self.remote_ip else 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InvalidTunnel:
     """A port that asked for IPsec but cannot have it; what is known of its traffic stays known.
 
@@ -152,7 +152,7 @@ class InvalidTunnel:
         return "; ".join(f"{e.key}: {e.reason}" for e in self.errors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole parsed OVSDB state that concerns IPsec."""
 

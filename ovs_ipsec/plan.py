@@ -35,7 +35,7 @@ ESP_PROPOSALS = ike_options.ESP_PROPOSALS
 VICI = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnSpec:
     """One VICI connection (`load-conn` message body) and the tunnels it carries."""
 
@@ -45,7 +45,7 @@ class ConnSpec:
     body: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SharedSpec:
     """One `load-shared` secret."""
 

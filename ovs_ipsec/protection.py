@@ -85,7 +85,7 @@ def canonical_prefix(text: str) -> str:
     return f"{net.network_address.compressed}/{net.prefixlen}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class PolicySpec:
     """One kernel XFRM policy, as the daemon wants it and as `Xfrm.observe()` reports it.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -359,7 +360,7 @@ def test_diff_adds_missing_removes_stale_sorted():
 
 def test_diff_does_not_remove_a_key_that_is_being_replaced():
     old = fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE)
-    new = PolicySpec(**{**old.__dict__, "priority": FAIL_CLOSED_PRIORITY + 2})
+    new = dataclasses.replace(old, priority=FAIL_CLOSED_PRIORITY + 2)
     assert old.key() == new.key()
     # `update` replaces the policy in place; deleting the old key afterwards would delete it.
     assert diff_policies(frozenset({new}), frozenset({old})) == ((new,), ())
@@ -424,9 +425,9 @@ def test_spec_rejects_non_canonical_values(kwargs):
 def test_is_owned_needs_block_and_our_priority():
     spec = fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE)
     assert is_owned(spec)
-    assert not is_owned(PolicySpec(**{**spec.__dict__, "action": "allow"}))
-    assert not is_owned(PolicySpec(**{**spec.__dict__, "priority": FAIL_CLOSED_PRIORITY + 1}))
-    assert not is_owned(PolicySpec(**{**spec.__dict__, "priority": 366_976}))
+    assert not is_owned(dataclasses.replace(spec, action="allow"))
+    assert not is_owned(dataclasses.replace(spec, priority=FAIL_CLOSED_PRIORITY + 1))
+    assert not is_owned(dataclasses.replace(spec, priority=366_976))
 
 
 def test_canonical_prefix():
