@@ -25,6 +25,7 @@ import vici.protocol
 from ovs_ipsec import naming
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 from ovs_ipsec.plan import ConnSpec, KeySpec, SharedSpec
+from ovs_ipsec.vicidata import decode
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
 
@@ -103,17 +104,6 @@ class _BoundedTransport(vici.protocol.Transport):
 
 def struct_length(packet: bytes) -> bytes:
     return len(packet).to_bytes(4, "big")
-
-
-def decode(value: Any) -> Any:
-    """VICI replies carry bytes everywhere; the rest of the daemon works with str."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, Mapping):
-        return {str(k): decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
 
 
 class Charon:

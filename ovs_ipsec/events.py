@@ -20,7 +20,7 @@ import errno
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from vici.exception import DeserializationException
 from vici.protocol import Message, Packet
 
 from ovs_ipsec.errors import CharonError, CharonUnreachable
+from ovs_ipsec.vicidata import decode
 
 # What the daemon folds into tunnel states. `alert` (strongSwan 6.0) names failure causes
 # directly; 5.9.8 answers EVENT_UNKNOWN for it, and then `log` is where the causes are.
@@ -53,17 +54,6 @@ class Received:
 
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     lost: str | None = None
-
-
-def decode(value: Any) -> Any:
-    """VICI messages carry bytes everywhere; the daemon works with str."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, Mapping):
-        return {str(k): decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
 
 
 class Events:

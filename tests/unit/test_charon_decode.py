@@ -6,7 +6,8 @@ from collections import OrderedDict
 
 import pytest
 
-from ovs_ipsec.charon import DEFAULT_VICI_URI, decode, vici_path
+from ovs_ipsec.charon import DEFAULT_VICI_URI, vici_path
+from ovs_ipsec.vicidata import decode
 
 
 @pytest.mark.parametrize(

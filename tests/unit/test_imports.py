@@ -20,6 +20,7 @@ CORE = [
     "naming",
     "plan",
     "reconcile",
+    "vicidata",
     "status",
     "sas",
     "causes",
