@@ -190,10 +190,13 @@ class Daemon:
         if now >= self._next_check and not self._check_due:
             self._check_due = True
             self._full_diff = True
-            # The periodic check also re-reads OVSDB's contents whole (cheap, and it repairs
-            # anything a missed notification left behind) and the certificate files, which may
-            # have changed at the same paths.
-            self._absorb(self._read_everything(reread_files=True))
+            # The periodic check re-reads the certificate files, which may have changed at the
+            # same paths. OVSDB needs no re-read: the IDL reports every row change, and after a
+            # reconnect (when it cannot) the whole contents are read again.
+            self._absorb(
+                self.planner.update({}, self.ovsdb.other_config(), self.wall_clock(),
+                                    reread_files=True)
+            )  # fmt: skip
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
         self._run_sas()
@@ -242,7 +245,6 @@ class Daemon:
     # -- one reconcile pass -----------------------------------------------------------------
 
     def reconcile(self) -> None:
-        self._state_version += 1
         started = self.clock()
         self.health.passes += 1
         pass_id = self.health.passes
@@ -363,6 +365,8 @@ class Daemon:
         if lost:
             vlog.warn(f"[{pass_id}] {len(lost)} of our objects vanished from charon; restoring")
         self.applied = listed
+        if not self.health.charon_reachable or lost:
+            self._state_version += 1
         self.health.charon_reachable = True
         self.health.charon_error = ""
 
@@ -372,6 +376,8 @@ class Daemon:
         }
         # A bulk load (start-up, a big transaction, charon's return) logs one summary line;
         # each object still goes to the debug log.
+        if actions:
+            self._state_version += 1
         bulk = len(actions) > BULK_ACTIONS
         log = vlog.dbg if bulk else vlog.info
         done: Counter[str] = Counter()
@@ -577,12 +583,14 @@ class Daemon:
         except CharonError as exc:
             vlog.warn(f"charon refused list-sas: {exc.errmsg}")
             entries = []
+        previous = self.sas
         self.sas, self._sas_expected = merge_listing(
             parse_sas(entries), self.sas, self._sas_expected
         )
+        if self.sas != previous:
+            self._state_version += 1
         self._sas_at = self.clock()
         self._sas_due = None
-        self._state_version += 1
         if self._sas_expected:
             self._sas_rechecks += 1
             if self._sas_rechecks < SAS_RECHECKS:
