@@ -23,3 +23,9 @@ bench: setup
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache
+
+# Full-kernel end-to-end tier (e2e/README.md): boots a Debian kernel under qemu once and runs every
+# scenario with real ESP on the wire. `make test` runs it too (tests/e2e). E2E_SCENARIOS=1,5 picks.
+.PHONY: e2e
+e2e: setup
+	$(PY) e2e/run.py

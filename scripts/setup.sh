@@ -11,6 +11,7 @@ DEB_PACKAGES=(
   libcharon-extra-plugins libstrongswan-extra-plugins
   iproute2 tcpdump nftables iputils-ping openssl procps
   python3-venv python3-pip systemd
+  qemu-system-x86 busybox-static cpio kmod strongswan-starter python3-openvswitch
 )
 
 missing=()
