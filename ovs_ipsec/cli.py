@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="let charon choose the IKE and ESP proposals instead of upstream's defaults",
     )
     parser.add_argument(
+        "--protection-linger",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="keep a removed port's fail-closed block policies this long, so that a port OVS "
+        "re-creates never sends in clear before IPsec is back (default: %(default)s; 0: off)",
+    )
+    parser.add_argument(
         "--metrics-address",
         metavar="[HOST]:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         reconcile_interval=args.reconcile_interval,
         unixctl_path=args.unixctl,
         use_default_crypto=args.use_default_crypto,
+        protection_linger=max(0.0, args.protection_linger),
     )
     ovs.daemon.daemonize_start()
     charon = Charon(path, settings.command_timeout)

@@ -30,6 +30,7 @@ from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.plan import Desired
 from ovs_ipsec.planner import Delta, Planner
 from ovs_ipsec.protection import (
+    FAIL_CLOSED_PRIORITY,
     PolicySpec,
     diff_policies,
     explain_protection,
@@ -91,6 +92,10 @@ class Settings:
     reconcile_interval: float = 15.0
     unixctl_path: str | None = None
     use_default_crypto: bool = False
+    # Fail-closed blocks of a port that went away stay this long: OVS re-creates a re-added
+    # port (or all ports, when it restarts) from the same OVSDB transaction that tells us, and
+    # sends at once; without the linger its first packets would leave in clear.
+    protection_linger: float = 30.0
 
 
 @dataclass
@@ -139,6 +144,7 @@ class Daemon:
         self.pending = Delta()
         self._full_diff = True
         self._policy_fingerprint: str | None = None
+        self._lingering: dict[PolicySpec, float] = {}  # fail-closed blocks kept until then
         self.applied = Applied()
         # Our block policies in the kernel as last observed or applied; None: look first.
         self.policies: frozenset[PolicySpec] | None = None
@@ -197,6 +203,11 @@ class Daemon:
                 self.planner.update({}, self.ovsdb.other_config(), self.wall_clock(),
                                     reread_files=True)
             )  # fmt: skip
+        if self._lingering and now >= min(self._lingering.values()):
+            self._dirty = True
+            self.pending.policies_removed |= {
+                spec for spec, at in self._lingering.items() if now >= at
+            }
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
         self._run_sas()
@@ -217,6 +228,8 @@ class Daemon:
         sas_due = self._sas_deadline()
         if sas_due is not None:
             deadline = min(deadline, sas_due)
+        if self._lingering:
+            deadline = min(deadline, min(self._lingering.values()))
         poller.timer_wait(max(0, int((deadline - now) * 1000)))
 
     def _read_everything(self, *, reread_files: bool) -> Delta:
@@ -305,7 +318,29 @@ class Daemon:
             to_add, to_remove = diff_policies((self.policies - unwanted) | wanted, self.policies)
         self.pending.policies_added = set()
         self.pending.policies_removed = set()
-        return tuple(to_add), tuple(to_remove)
+        return tuple(to_add), self._linger(to_remove)
+
+    def _linger(self, to_remove: tuple[PolicySpec, ...]) -> tuple[PolicySpec, ...]:
+        """Fail-closed blocks leave only `protection_linger` seconds after they stopped being
+        wanted; every other removal happens now."""
+        now = self.clock()
+        wanted = self.desired_policies
+        for spec in [s for s in self._lingering if s in wanted]:
+            del self._lingering[spec]
+        remove = []
+        for spec in to_remove:
+            if spec.priority != FAIL_CLOSED_PRIORITY or self.settings.protection_linger <= 0:
+                remove.append(spec)
+                continue
+            deadline = self._lingering.setdefault(spec, now + self.settings.protection_linger)
+            if now >= deadline:
+                del self._lingering[spec]
+                remove.append(spec)
+        for spec, deadline in list(self._lingering.items()):
+            if now >= deadline and spec not in remove and spec in (self.policies or ()):
+                del self._lingering[spec]
+                remove.append(spec)
+        return tuple(remove)
 
     def _apply_policies(
         self,
