@@ -235,7 +235,15 @@ def protect_invalid(invalid: InvalidTunnel) -> tuple[PolicySpec, ...]:
 
 
 def protect_skb_mark(skb_mark: SkbMark, tunnel_ports: Iterable[int]) -> tuple[PolicySpec, ...]:
-    """ipsec_skb_mark blocks: GRE and every tunnel UDP port, both directions, IPv4 and IPv6."""
+    """ipsec_skb_mark blocks: GRE and every tunnel UDP port, IPv4 and IPv6, outbound.
+
+    Outbound only: a received packet meets the kernel's inbound policy check before anything
+    could mark it, so its mark is always 0. An inbound rule would thus drop every plain
+    tunnel's traffic under `0/1` (no flow or egress_pkt_mark could ever let it in, against the
+    OVS document's promise that marking enables non-IPsec tunnels) and nothing under `1/1`.
+    Plaintext arriving from an IPsec peer is dropped per tunnel by the fail-closed blocks (and
+    by charon's inbound trap policies) instead.
+    """
     mask = skb_mark.mask & 0xFFFFFFFF
     value = skb_mark.value & mask  # what the kernel would store anyway
     ports = set(_ALWAYS_UDP_PORTS) | set(tunnel_ports)
@@ -256,7 +264,7 @@ def protect_skb_mark(skb_mark: SkbMark, tunnel_ports: Iterable[int]) -> tuple[Po
             priority=SKB_MARK_PRIORITY,
         )
         for family in (4, 6)
-        for direction in DIRECTIONS
+        for direction in ("out",)
         for proto, dport in targets
     )
 

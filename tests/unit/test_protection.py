@@ -189,18 +189,19 @@ def test_fail_open_drops_per_tunnel_blocks_but_keeps_skb_mark():
 # --- ipsec_skb_mark ------------------------------------------------------------------------------
 
 
-def test_skb_mark_covers_gre_and_every_tunnel_port_both_directions_both_families():
+def test_skb_mark_covers_gre_and_every_tunnel_port_outbound_both_families():
+    """Outbound only: received packets carry no mark at the inbound check, so an inbound rule
+    would block every plain tunnel under 0/1 (see protect_skb_mark)."""
     cfg = config(skb_mark=SkbMark(1, 1), fail_open=True, tunnel_ports=(4789, 5555))
     plan = plan_protection(cfg)
     targets = {(GRE, None), (UDP, 4789), (UDP, 5555), (UDP, 6081)}
     want = {
-        PolicySpec(d, f, a, a, p, None, port, 1, 1, SKB_MARK_PRIORITY)
-        for d in ("out", "in")
+        PolicySpec("out", f, a, a, p, None, port, 1, 1, SKB_MARK_PRIORITY)
         for f, a in ((4, "0.0.0.0/0"), (6, "::/0"))
         for p, port in targets
     }
     assert plan == want
-    assert len(plan) == 16
+    assert len(plan) == 8
     assert set(explain_protection(cfg).values()) == {("ipsec_skb_mark",)}
 
 
