@@ -66,16 +66,11 @@ class Scenario:
 
 # Known daemon defects that an e2e case exposes: the case is reported XFAIL (not failing the run)
 # while the defect shows, XPASS once it does not. Remove an entry when its defect is fixed.
-KNOWN_BUGS = {
-    "plaintext while the port is re-added": (
-        "the daemon removes a tunnel's fail-closed policies with its last port and installs them "
-        "again only after OVS has re-created the port: OVS can send in that window"
-    ),
-    "0/1: plain vxlan with egress_pkt_mark=1 flows": (
-        "the daemon's ipsec_skb_mark block policies include dir in; received packets carry no "
-        "skb mark, so a plain tunnel's inbound packets are dropped whatever egress_pkt_mark says"
-    ),
-}
+# Cases that show a known daemon defect: they report XFAIL instead of failing the run, and XPASS
+# once the defect is gone. Both found so far are fixed (ipsec_skb_mark blocks inbound plain
+# tunnels; plaintext while a port is re-added): the daemon's protection policies are outbound-
+# only for the mark and linger after a port goes.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 class Pair:
