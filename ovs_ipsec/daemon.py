@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -68,6 +69,7 @@ vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 
 MAX_BACKOFF = 8.0
 BULK_ACTIONS = 10
+LINGER_GRAIN = 5.0
 _PLURAL = {
     "LoadShared": "secrets loaded",
     "LoadKey": "keys loaded",
@@ -332,7 +334,12 @@ class Daemon:
             if spec.priority != FAIL_CLOSED_PRIORITY or self.settings.protection_linger <= 0:
                 remove.append(spec)
                 continue
-            deadline = self._lingering.setdefault(spec, now + self.settings.protection_linger)
+            # Deadlines are rounded up to LINGER_GRAIN, so a burst of removals expires in one
+            # pass instead of waking the loop once per port.
+            due = now + self.settings.protection_linger
+            deadline = self._lingering.setdefault(
+                spec, math.ceil(due / LINGER_GRAIN) * LINGER_GRAIN
+            )
             if now >= deadline:
                 del self._lingering[spec]
                 remove.append(spec)
@@ -662,6 +669,7 @@ class Daemon:
         calls charon, so a scrape never waits for it)."""
         # prometheus-client costs about 10 MiB of memory: loaded only when metrics are served.
         from ovs_ipsec.metrics import MetricsSnapshot, TunnelMetrics
+
         statuses = self.statuses()
         installed = self.policies or frozenset()
         names = sorted(set(self.config.tunnels) | set(self.desired.invalid))
