@@ -197,7 +197,6 @@ class Daemon:
         now = self.clock()
         if now >= self._next_check and not self._check_due:
             self._check_due = True
-            self._full_diff = True
             # The periodic check re-reads the certificate files, which may have changed at the
             # same paths. OVSDB needs no re-read: the IDL reports every row change, and after a
             # reconnect (when it cannot) the whole contents are read again.
@@ -268,9 +267,10 @@ class Daemon:
         to_add, to_remove = self._protection_diff(pass_id)
         self._apply_policies(pass_id, add=to_add)
         try:
-            if self._check_due or not self.charon.connected:
-                self._sync_with_charon(pass_id)
-                self._full_diff = True  # the believed state was re-listed: compare everything
+            if (self._check_due or not self.charon.connected) and self._sync_with_charon(pass_id):
+                self._full_diff = True  # charon's listing differs from what we believed
+            if self._check_due and self.health.failures:
+                self._full_diff = True  # retry what charon refused
             if self._full_diff:
                 actions = diff(self.desired, self.applied)
             else:
@@ -383,10 +383,12 @@ class Daemon:
         self._retry_at = max(self._retry_at, self.clock() + 1.0)
         vlog.err(f"[{pass_id}] kernel XFRM: {what} failed: {exc}")
 
-    def _sync_with_charon(self, pass_id: int) -> None:
+    def _sync_with_charon(self, pass_id: int) -> bool:
         """Re-list our objects in charon: after a (re)connect, a charon restart or an external
         unload (`swanctl --load-all`), the believed state must follow what charon really has."""
+        changed = False
         if not self.charon.connected:
+            changed = True
             self.charon.connect()
             version = self.charon.version()
             self.health.charon_version = f"{version.get('daemon', '')} {version.get('version', '')}"
@@ -398,6 +400,7 @@ class Daemon:
         if _restarted(self.health.charon_since, since):
             vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
             self.applied = Applied()
+            changed = True
         self.health.charon_since = since
         key_ids = self.charon.key_ids() if self.applied.keys else frozenset()
         listed = adopt(self.charon.owned_conns(), self.charon.owned_shared(), self.applied, key_ids)
@@ -406,11 +409,17 @@ class Daemon:
         )
         if lost:
             vlog.warn(f"[{pass_id}] {len(lost)} of our objects vanished from charon; restoring")
+        changed = changed or (
+            set(listed.conns) != set(self.applied.conns)
+            or set(listed.shared) != set(self.applied.shared)
+            or listed.keys != self.applied.keys
+        )
         self.applied = listed
         if not self.health.charon_reachable or lost:
             self._state_version += 1
         self.health.charon_reachable = True
         self.health.charon_error = ""
+        return changed
 
     def _execute(self, pass_id: int, actions: list[Action]) -> None:
         failures: dict[str, str] = {
