@@ -70,6 +70,7 @@ vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 MAX_BACKOFF = 8.0
 BULK_ACTIONS = 10
 LINGER_GRAIN = 5.0
+LISTING_EVERY = 4
 _PLURAL = {
     "LoadShared": "secrets loaded",
     "LoadKey": "keys loaded",
@@ -146,6 +147,7 @@ class Daemon:
         self.pending = Delta()
         self._full_diff = True
         self._policy_fingerprint: str | None = None
+        self._checks_since_listing = 0
         self._lingering: dict[PolicySpec, float] = {}  # fail-closed blocks kept until then
         self.applied = Applied()
         # Our block policies in the kernel as last observed or applied; None: look first.
@@ -301,7 +303,15 @@ class Daemon:
                 # Listing thousands of policies costs; the kernel's counters are a cheap
                 # fingerprint of whether anything changed since the last listing.
                 fingerprint = self.xfrm.policy_count()
-                if self.policies is None or fingerprint != self._policy_fingerprint:
+                self._checks_since_listing += 1
+                # Counters miss a change that keeps them (one of ours replaced in place by
+                # someone's `ip xfrm policy update`), so every LISTING_EVERY-th check lists anyway.
+                if (
+                    self.policies is None
+                    or fingerprint != self._policy_fingerprint
+                    or self._checks_since_listing >= LISTING_EVERY
+                ):
+                    self._checks_since_listing = 0
                     observed = self.xfrm.observe()
                     if self.policies is not None and observed != self.policies:
                         vlog.warn(

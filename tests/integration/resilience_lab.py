@@ -26,6 +26,10 @@ from ovs_ipsec.lab import Host, wait_for
 PROTECTION_PRIORITIES = frozenset({430_001, 430_003})
 FAIL_CLOSED_PRIORITY = 430_001
 SKB_MARK_PRIORITY = 430_003
+# "Any address" in the daemon's fail-closed policies: two /1 halves, so that they never share a
+# kernel key (selector + direction + mark) with the `0.0.0.0/0 <-> peer/32` trap charon installs
+# when it cannot tell its own address.
+ANY_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 
 
 # -- OVSDB --------------------------------------------------------------------------------------
@@ -238,6 +242,19 @@ def protection(host: Host) -> frozenset[Policy]:
         p for p in xfrm_policies(host)
         if p.action == "block" and p.priority in PROTECTION_PRIORITIES
     )  # fmt: skip
+
+
+def fail_closed_selectors(remote: str, match: str) -> set[str]:
+    """The selectors (as `ip -s xfrm policy` prints them) of the daemon's four fail-closed
+    policies for one tunnel to `remote`; `match` is e.g. "proto gre" or "proto udp dport 4790"."""
+    family = 6 if ":" in remote else 4
+    host = f"{remote}/{128 if family == 6 else 32}"
+    return {
+        selector
+        for half in ANY_HALVES[family]
+        for selector in (f"src {half} dst {host} {match} uid 0",
+                         f"src {host} dst {half} {match} uid 0")
+    }  # fmt: skip
 
 
 def traps(host: Host, address: str | None = None) -> frozenset[Policy]:

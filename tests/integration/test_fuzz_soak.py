@@ -475,8 +475,10 @@ def test_churn_soak_leaves_nothing_behind_and_memory_flat(make_lab: Callable[...
     resident set after the last cycle is within 2 MiB + 5 % of what it was after the first. The
     allowance covers the allocator's arenas and the bounded caches (address parsing, the IDL's
     row objects) settling over the first few cycles (about 0.7 MiB here); state kept by mistake
-    at even 1 KiB per tunnel per cycle would add about 5 MiB over the default ~25 cycles."""
-    lab = make_lab(1, daemon_args=["--reconcile-interval=1"])
+    at even 1 KiB per tunnel per cycle would add about 5 MiB over the default ~25 cycles.
+    Fail-closed blocks of removed or changed ports linger for a second (--protection-linger=1),
+    so the lingering itself is churned too and must leave nothing behind either."""
+    lab = make_lab(1, daemon_args=["--reconcile-interval=1", "--protection-linger=1"])
     a = lab.hosts[0]
     pid = a.daemon_pid
     assert pid is not None

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from ovs_ipsec.daemon import LINGER_GRAIN
 from ovs_ipsec.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -44,6 +45,10 @@ CONTROL_PORT = 7777  # never a tunnel port: the unprotected control
 CUSTOM_PORT = 5555  # dst_port of a plain VXLAN tunnel: ipsec_skb_mark must cover it
 WAIT = 10.0
 FAST = ["--reconcile-interval=1"]
+# Fail-closed blocks of a port that went away linger (--protection-linger, 30 s by default);
+# tests about what the daemon owns right after a removal turn that off, and
+# test_removed_ports_blocks_linger_then_go checks the linger itself.
+NO_LINGER = ["--protection-linger=0"]
 
 
 # --- policies as `ip xfrm policy` prints them -----------------------------------------------------
@@ -70,8 +75,10 @@ def others(host: Host) -> list[str]:
     return sorted(b for b in policy_blocks(host) if not OWN.search(b))
 
 
-def _any(addr: str) -> str:
-    return "::/0" if ":" in addr else "0.0.0.0/0"
+def _any_halves(addr: str) -> tuple[str, str]:
+    """Any address, as the daemon's fail-closed policies spell it: two /1 halves, never the /0
+    that charon uses for a trap when it cannot tell its own address."""
+    return ("::/1", "8000::/1") if ":" in addr else ("0.0.0.0/1", "128.0.0.0/1")
 
 
 def _hostnet(addr: str) -> str:
@@ -88,19 +95,24 @@ def block(direction: str, src: str, dst: str, target: str | int, prio: int, mark
 
 
 def fail_closed(remote: str, target: str | int) -> set[str]:
-    """The two policies the daemon owns for one IPsec tunnel to `remote`."""
+    """The four policies the daemon owns for one IPsec tunnel to `remote`: out and in, each for
+    both halves of the address space."""
     return {
-        block("out", _any(remote), _hostnet(remote), target, FAIL_CLOSED),
-        block("in", _hostnet(remote), _any(remote), target, FAIL_CLOSED),
+        policy
+        for half in _any_halves(remote)
+        for policy in (
+            block("out", half, _hostnet(remote), target, FAIL_CLOSED),
+            block("in", _hostnet(remote), half, target, FAIL_CLOSED),
+        )
     }
 
 
 def skb_mark(mark: str, ports: tuple[int, ...] = (4789, 6081)) -> set[str]:
-    """The ipsec_skb_mark policies: IPv4 and IPv6, out and in, GRE and every tunnel UDP port."""
+    """The ipsec_skb_mark policies: IPv4 and IPv6, GRE and every tunnel UDP port, outbound only
+    (a received packet meets the inbound policy check with mark 0, whatever OVS would do)."""
     return {
-        block(direction, anynet, anynet, target, SKB_MARK, mark)
+        block("out", anynet, anynet, target, SKB_MARK, mark)
         for anynet in ("0.0.0.0/0", "::/0")
-        for direction in ("out", "in")
         for target in ("gre", *ports)
     }
 
@@ -466,16 +478,18 @@ TARGETS: list[str | int] = ["gre", 4789, 6081, CUSTOM_PORT]
 MARKS = (0, 1, 2, 3)
 
 
-def test_skb_mark_blocks_matching_marks_both_ways_and_goes_with_its_key(
+def test_skb_mark_blocks_matching_marks_outbound_and_goes_with_its_key(
     make_lab: Callable[..., Lab], net: Net
 ) -> None:
     """ipsec_skb_mark=0/1, then 1/1, set with ovs-vsctl: for GRE, VXLAN (4789), Geneve (6081)
     and a dst_port that only a plain tunnel in OVSDB uses (5555), over IPv4 and IPv6, an outbound
     send whose SO_MARK matches VALUE/MASK is refused (EPERM, XfrmOutPolBlock rises by exactly the
-    number refused) and every other mark reaches the peer; inbound plaintext from the peer (skb
-    mark 0) is dropped (XfrmInPolBlock, the socket gets nothing) under 0/1 and accepted under
-    1/1. Other ports are never touched. Removing the key removes exactly the ipsec_skb_mark
-    policies; the fail-closed ones of an unrelated IPsec tunnel stay."""
+    number refused) and every other mark reaches the peer. Inbound, plaintext from this plain
+    (non-IPsec) peer is accepted under both values, XfrmInPolBlock unmoved: a received packet
+    meets the policy check with skb mark 0, so an inbound rule would cut every plain tunnel off
+    under 0/1 (an IPsec peer's plaintext is dropped by its tunnel's fail-closed blocks instead).
+    Other ports are never touched. Removing the key removes exactly the ipsec_skb_mark policies;
+    the fail-closed ones of an unrelated IPsec tunnel stay."""
     lab = make_lab(2)
     a, b = lab.hosts
     # An IPsec tunnel to an address nobody probes, and the plain tunnel with the custom port.
@@ -507,14 +521,10 @@ def test_skb_mark_blocks_matching_marks_both_ways_and_goes_with_its_key(
             for family in (4, 6)
             for target in [*TARGETS, CONTROL_PORT]
         }
-        drop = "dropped" if value == 0 else "received"  # inbound skbs carry mark 0
         assert inbound == {
-            (family, target): drop if target != CONTROL_PORT else "received"
-            for family in (4, 6)
-            for target in [*TARGETS, CONTROL_PORT]
+            (family, target): "received" for family in (4, 6) for target in [*TARGETS, CONTROL_PORT]
         }, f"ipsec_skb_mark={value}/{mask}"
-        dropped = sum(o == "dropped" for o in inbound.values())
-        assert stat(a, "XfrmInPolBlock") - in_blocks == dropped
+        assert stat(a, "XfrmInPolBlock") == in_blocks
 
     set_global(a, "ipsec_skb_mark", None)
     wait_own(a, tunnel_policies)
@@ -578,7 +588,7 @@ def test_ipsec_tunnels_fail_closed_until_charon_traps_them(
     down, before the first load), instead of losing connectivity; the test shows exactly that
     leak.
     """
-    lab = make_lab(3, daemon_args=FAST)
+    lab = make_lab(3, daemon_args=FAST + NO_LINGER)
     a, b, c = lab.hosts
     add_tunnel(a, "t4", "gre", b.ipv4, psk="swordfish")
     add_tunnel(a, "t6", "geneve", b.ipv6, psk="swordfish")
@@ -707,7 +717,7 @@ def test_no_plaintext_leaks_while_tunnels_daemon_and_charon_churn(
     captured packet at all is a leak. B is not configured: acquires fail at IKE, so every
     packet that passes a trap is dropped as a larval-state miss, never sent in clear.
     """
-    lab = make_lab(2, daemon_args=FAST)
+    lab = make_lab(2, daemon_args=FAST + NO_LINGER)
     a, b = lab.hosts
     protected: set[str] = set()
 
@@ -800,14 +810,14 @@ FOREIGN = [
     # unmarked, our ipsec_skb_mark 0/1 selector: what `ip xfrm policy delete ... mark 0 mask 1`
     # would wrongly delete
     "src 0.0.0.0/0 dst 0.0.0.0/0 proto gre dir out action block priority 600001",
-    "src ::/0 dst ::/0 proto udp dport 6081 dir in action block priority 600001",
+    "src ::/0 dst ::/0 proto udp dport 6081 dir out action block priority 600001",
     # our ipsec_skb_mark selector, another mark, a neighbouring priority
     "src 0.0.0.0/0 dst 0.0.0.0/0 proto udp dport 4789 dir out mark 0x2 mask 0x2 action block "
     "priority 430002",
-    # our fail-closed selectors for g4, marked
-    "src 0.0.0.0/0 dst 10.77.0.2/32 proto gre dir out mark 0x20 mask 0xf0 action block "
+    # our fail-closed selectors for g4 (one of each half), marked
+    "src 0.0.0.0/1 dst 10.77.0.2/32 proto gre dir out mark 0x20 mask 0xf0 action block "
     "priority 1000",
-    "src 10.77.0.2/32 dst 0.0.0.0/0 proto gre dir in mark 0x1 mask 0x1 action block "
+    "src 10.77.0.2/32 dst 128.0.0.0/1 proto gre dir in mark 0x1 mask 0x1 action block "
     "priority 430005",
 ]
 FOREIGN_PRIORITIES = re.compile(r"\bpriority (600001|430002|1000|430005)\b")
@@ -827,7 +837,7 @@ def test_restart_adopts_own_policies_without_gap_and_removes_only_stale_ones(
     dead loses exactly its own policies at start (stale ones of our own), and the adopted set is
     then maintained as usual: removing another tunnel removes its policies at once, not only at
     the next periodic check (the default 15 s interval, on purpose)."""
-    lab = make_lab(2)
+    lab = make_lab(2, daemon_args=NO_LINGER)
     a, b = lab.hosts
     expected = adoption_config(a, b)
     for spec in FOREIGN:
@@ -854,8 +864,9 @@ def test_restart_adopts_own_policies_without_gap_and_removes_only_stale_ones(
     a.vsctl("del-port", "x4")
     start = len(a.daemon_log())
     a.start_daemon()
-    expected -= fail_closed(b.ipv4, 4790)
-    expected -= {p for p in skb_mark("0/0x1", (4790,)) if "dport 4790" in p}
+    stale = fail_closed(b.ipv4, 4790) | {p for p in skb_mark("0/0x1", (4790,)) if "dport 4790" in p}
+    assert len(stale) == 6  # 4 fail-closed, 2 ipsec_skb_mark (outbound, IPv4 and IPv6)
+    expected -= stale
     wait_own(a, expected, timeout=3)
     assert hand_added(a) == hand_before
     wait_for(
@@ -870,6 +881,52 @@ def test_restart_adopts_own_policies_without_gap_and_removes_only_stale_ones(
     a.vsctl("del-port", "n6")
     wait_own(a, expected - fail_closed(b.ipv6, 6081), timeout=5)
     assert hand_added(a) == hand_before
+
+
+def test_removed_ports_blocks_linger_then_go(make_lab: Callable[..., Lab], net: Net) -> None:
+    """--protection-linger=L: an IPsec port deleted from OVSDB keeps its fail-closed blocks for L
+    seconds (OVS re-creates a re-added port, or every port when it restarts, from the same
+    transaction that tells the daemon, and sends at once): once its connection has left charon
+    its plaintext is refused. A port re-added within L keeps its blocks, past L. A port deleted
+    for good loses its four blocks, and nothing else, L to L + LINGER_GRAIN seconds later
+    (deadlines are rounded up to LINGER_GRAIN steps so that a burst of removals expires in one
+    pass) -- with the periodic check at its default (15 s), so that it is not what removes them.
+    ipsec_skb_mark policies never linger."""
+    linger = 3.0
+    lab = make_lab(2, daemon_args=[f"--protection-linger={linger:g}"])
+    a, b = lab.hosts
+    add_tunnel(a, "g4", "gre", b.ipv4, psk="swordfish")
+    add_tunnel(a, "n6", "geneve", b.ipv6, psk="swordfish")
+    set_global(a, "ipsec_skb_mark", "1/1")
+    g4, n6, marks = fail_closed(b.ipv4, "gre"), fail_closed(b.ipv6, 6081), skb_mark("0x1/0x1")
+    everything = wait_own(a, g4 | n6 | marks)
+    conn4, conn6 = f"ovs-{b.ipv4}", f"ovs-{b.ipv6}"
+    wait_conns(a, lambda cs: {conn4, conn6} <= set(cs), "connections loaded")
+
+    # Deleted, then re-added within the linger: the blocks never leave.
+    a.vsctl("del-port", "g4")
+    deleted = time.monotonic()
+    wait_conns(a, lambda cs: conn4 not in cs, "g4's connection unloaded")
+    assert probe_out(net, a, b, b.ipv4, "gre") == "blocked", diag(a)
+    assert own(a) == everything
+    add_tunnel(a, "g4", "gre", b.ipv4, psk="swordfish")
+    wait_conns(a, lambda cs: conn4 in cs, "g4's connection loaded again")
+    while time.monotonic() < deleted + linger + LINGER_GRAIN + 1:  # past the first deadline
+        assert own(a) == everything, f"g4 re-added, yet\n{diag(a)}"
+        time.sleep(0.2)
+
+    # Deleted for good: refused while the blocks linger, then they go, and only they.
+    a.vsctl("del-port", "n6")
+    deleted = time.monotonic()
+    wait_conns(a, lambda cs: conn6 not in cs, "n6's connection unloaded")
+    assert probe_out(net, a, b, b.ipv6, 6081) == "blocked", diag(a)
+    wait_own(a, g4 | marks, timeout=linger + LINGER_GRAIN + 5)
+    took = time.monotonic() - deleted
+    assert took >= linger - 0.3, f"n6's blocks left {took:.1f} s after the port (linger {linger:g})"
+
+    # ipsec_skb_mark removed: its policies go at once.
+    set_global(a, "ipsec_skb_mark", None)
+    wait_own(a, g4, timeout=linger - 1)
 
 
 def test_refresh_never_changes_the_protection(make_lab: Callable[..., Lab], net: Net) -> None:
@@ -897,7 +954,7 @@ def test_foreign_policies_survive_everything_and_exit_cleanup_takes_only_ours(
     ipsec_skb_mark changes and removal, `exit --no-cleanup`, SIGTERM, daemon restarts and `exit`
     (cleanup). Our own policies are kept by `exit --no-cleanup` and SIGTERM (and adopted by the
     next start), and removed -- all of them, nothing else -- by `exit`."""
-    lab = make_lab(2)
+    lab = make_lab(2, daemon_args=NO_LINGER)
     a, b = lab.hosts
     for spec in FOREIGN:
         ip_xfrm(a, f"add {spec}")

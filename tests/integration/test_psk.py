@@ -53,8 +53,20 @@ def established(host: Host, conn: str) -> list[dict[str, Any]]:
     return [sa for sa in ike_sas(host, conn) if sa["state"] == b"ESTABLISHED"]
 
 
+# The daemon's own block policies (fail-closed, ipsec_skb_mark) carry these priorities.
+OWN_PRIORITY = re.compile(r"\bpriority (430001|430003)\b")
+
+
 def policies(host: Host) -> str:
-    return host.run(["ip", "xfrm", "policy"]).stdout
+    """charon's policies in `ip xfrm policy` (the daemon's own blocks left out: they are
+    test_protection_daemon.py's business, and a removed port's linger a while)."""
+    blocks: list[list[str]] = []
+    for line in host.run(["ip", "xfrm", "policy"]).stdout.splitlines():
+        if line.startswith("src "):
+            blocks.append([])
+        if blocks:
+            blocks[-1].append(line)
+    return "".join("\n".join(b) + "\n" for b in blocks if not OWN_PRIORITY.search(" ".join(b)))
 
 
 def send_probe(host: Host, dst: str, kind: str, port: int | None = None) -> None:

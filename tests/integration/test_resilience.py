@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import pytest
 from resilience_lab import (
+    FAIL_CLOSED_PRIORITY,
     IkeEvents,
     LogCursor,
     add_tunnel,
@@ -29,6 +30,7 @@ from resilience_lab import (
     conns,
     cpu_seconds,
     established,
+    fail_closed_selectors,
     initiate,
     load_foreign,
     load_secret,
@@ -195,7 +197,7 @@ def two_tunnels(make_lab: Callable[..., Lab], *daemon_args: str) -> Lab:
     wait_loaded(a, f"ovs-{b.ipv4}", {"ovs-tb"})
     wait_loaded(a, "ovs-10.77.0.99", {"ovs-tx-in", "ovs-tx-out"})
     wait_loaded(b, f"ovs-{a.ipv4}", {"ovs-ta"})
-    wait_for(lambda: len(protection(a)) == 4, 5, what="fail-closed policies of both tunnels")
+    wait_for(lambda: len(protection(a)) == 8, 5, what="fail-closed policies of both tunnels")
     return lab
 
 
@@ -324,33 +326,103 @@ def test_periodic_check_never_replaces_a_trap_of_a_peer_without_route(
     make_lab: Callable[..., Lab],
 ) -> None:
     """A tunnel without local_ip to a peer the host has no route to (yet): charon cannot resolve
-    its own address and installs the trap as `0.0.0.0/0 <-> peer/32`, the very kernel key of our
-    fail-closed block policy. Periodic checks leave charon's trap in place (traffic, once a route
-    exists, hits the trap and is held for IKE instead of failing with EPERM), and when the tunnel
-    turns invalid its plaintext is blocked at once, not only at a later check."""
+    its own address and installs the trap as `0.0.0.0/0 <-> peer/32`. Our fail-closed blocks for
+    the same peer and protocol are the two /1 halves of that `0.0.0.0/0`, so the kernel (which
+    keys policies by selector, direction and mark, not priority) holds both side by side: neither
+    overwrites the other. Periodic checks leave charon's trap and our blocks in place, the same
+    kernel objects (traffic, once a route exists, hits the trap and is held for IKE instead of
+    failing with EPERM), and when the tunnel turns invalid its plaintext is blocked at once by the
+    blocks that were there all along, not only at a later check."""
     lab = make_lab(1, daemon_args=["--reconcile-interval=0.5"])
     a = lab.hosts[0]
     peer = "10.88.1.1"
     add_tunnel(a, "t1", "gre", peer, psk="one")
     wait_loaded(a, f"ovs-{peer}", {"ovs-t1"})
-    time.sleep(0.3)
-    trap = traps(a, peer)
-    assert {p.selector for p in trap} == {
+    trap_selectors = {
         f"src 0.0.0.0/0 dst {peer}/32 proto gre uid 0",
         f"src {peer}/32 dst 0.0.0.0/0 proto gre uid 0",
-    }, trap
-    time.sleep(1.5)  # three periodic checks
-    now = sorted((p.dir, p.action, p.priority) for p in xfrm_policies(a))
-    assert traps(a, peer) == trap, f"charon's trap was replaced by a block; policies now {now}"
+    }
+    block_selectors = fail_closed_selectors(peer, "proto gre")
+    wait_for(
+        lambda: {p.selector for p in traps(a, peer)} == trap_selectors
+        and {p.selector for p in protection(a)} == block_selectors,
+        5, what="charon's no-route trap and our four fail-closed blocks side by side",
+    )  # fmt: skip
+    trap, guard = traps(a, peer), protection(a)
+    assert {(p.dir, p.action, p.priority) for p in guard} == {
+        (d, "block", FAIL_CLOSED_PRIORITY) for d in ("out", "in")
+    }, guard
+    assert all(p.action != "block" and p.priority < FAIL_CLOSED_PRIORITY for p in trap), trap
+
+    # Three periodic checks (each asks charon for its stats), with both in the kernel.
+    log = LogCursor(a)
+    charon_log = len(a.charon_log())
+    wait_for(lambda: a.charon_log()[charon_log:].count("requests: stats") >= 3, 10,
+             what="three periodic checks")  # fmt: skip
+    now = sorted((p.selector, p.dir, p.action, p.priority) for p in xfrm_policies(a))
+    assert traps(a, peer) == trap, f"charon's trap was replaced; policies now {now}"
+    assert protection(a) == guard, f"our blocks were replaced; policies now {now}"
+    new = log.new()
+    assert "behind our back" not in new, new
+    assert not re.search(r"(installed|removed) \d+ protection polic", new), new
     a.run(["ip", "route", "add", "10.88.0.0/16", "dev", "eth0"])
     assert a.send_probe(peer, "gre") == "sent", "plaintext to a loaded tunnel blocked, not trapped"
 
     a.vsctl("set", "interface", "t1", 'options:psk=""')
     wait_for(lambda: f"ovs-{peer}" not in conn_names(a), 5, what="connection unloaded")
-    time.sleep(0.1)
     assert a.send_probe(peer, "gre") == "EPERM", (
         f"an invalid tunnel's plaintext is not blocked: policies {xfrm_policies(a)}"
     )
+    assert protection(a) == guard, "our blocks were replaced when the tunnel turned invalid"
+    assert not traps(a, peer), traps(a, peer)
+
+
+# A periodic check lists the policies when `ip xfrm policy count` moved, and at least every
+# LISTING_EVERY-th check (4) anyway: a change that keeps every count (one of ours replaced in
+# place, or swapped for another policy) is restored within five checks.
+@pytest.mark.parametrize(
+    "tamper",
+    ["delete", "update", "swap"],
+)
+def test_periodic_check_restores_our_blocks_changed_behind_our_back(
+    make_lab: Callable[..., Lab], tamper: str
+) -> None:
+    """One of our fail-closed blocks goes behind the daemon's back: deleted; replaced in place
+    (same kernel key) by an allow policy with `ip xfrm policy update`; or deleted while an
+    unrelated policy is added, so that every policy count stays the same. Within a few periodic
+    checks it is back, and the daemon says so in its log."""
+    lab = make_lab(1, daemon_args=[f"--reconcile-interval={CHECK:g}"])
+    a = lab.hosts[0]
+    peer = "10.77.0.91"
+    add_tunnel(a, "t1", "gre", peer, psk="one")
+    wait_loaded(a, f"ovs-{peer}", {"ovs-t1"})
+    expected = fail_closed_selectors(peer, "proto gre")
+    wait_for(lambda: {p.selector for p in protection(a)} == expected, 5, what="t1's blocks")
+    guard = frozenset(p.key for p in protection(a))
+
+    def checks_since(offset: int) -> int:
+        return a.charon_log()[offset:].count("requests: stats")
+
+    start = len(a.charon_log())
+    wait_for(lambda: checks_since(start) >= 2, 10, what="periodic checks after the install")
+    log = LogCursor(a)
+    victim = f"src 0.0.0.0/1 dst {peer}/32 proto gre dir out".split()
+    if tamper == "update":
+        a.run(["ip", "xfrm", "policy", "update", *victim, "action", "allow", "priority", "5"])
+    else:
+        a.run(["ip", "xfrm", "policy", "delete", *victim])
+    if tamper == "swap":
+        a.run(["ip", "xfrm", "policy", "add", "src", "10.9.9.9/32", "dst", "10.9.9.8/32",
+               "dir", "out", "action", "allow", "priority", "7"])  # fmt: skip
+    assert len(protection(a)) == 3
+    start = len(a.charon_log())
+    wait_for(lambda: len(protection(a)) == 4 or checks_since(start) >= 5, 20,
+             what="our block restored, or five periodic checks")  # fmt: skip
+    assert frozenset(p.key for p in protection(a)) == guard, (
+        f"not restored after {checks_since(start)} periodic checks: {sorted(protection(a))}\n"
+        f"{log.new()}"
+    )
+    assert "behind our back" in log.new()
 
 
 def test_refresh_restores_at_once_and_never_touches_protection(
@@ -383,8 +455,9 @@ def test_ovsdb_server_away_tears_nothing_down_and_reconnect_applies_only_differe
     """ovsdb-server stopped: while it is away (several periodic checks) every connection, secret
     and block policy stays, and the daemon keeps answering. A change made to the database file
     meanwhile (offline, with ovsdb-tool) is applied once ovsdb-server is back, and only it: the
-    one changed connection is loaded, nothing else is loaded, unloaded or replaced."""
-    lab = make_lab(1, daemon_args=[f"--reconcile-interval={CHECK:g}"])
+    one changed connection is loaded, nothing else is loaded, unloaded or replaced. (The old
+    port's fail-closed blocks leave at once: --protection-linger=0.)"""
+    lab = make_lab(1, daemon_args=[f"--reconcile-interval={CHECK:g}", "--protection-linger=0"])
     a = lab.hosts[0]
     add_tunnel(a, "t1", "gre", "10.77.0.91", psk="one")
     add_tunnel(a, "t2", "vxlan", "10.77.0.92", psk="two")
@@ -392,7 +465,7 @@ def test_ovsdb_server_away_tears_nothing_down_and_reconnect_applies_only_differe
     for n, children in ((1, {"ovs-t1"}), (2, {"ovs-t2-in", "ovs-t2-out"}),
                         (3, {"ovs-t3-in", "ovs-t3-out"})):  # fmt: skip
         wait_loaded(a, f"ovs-10.77.0.9{n}", children)
-    wait_for(lambda: len(protection(a)) == 6, 5, what="fail-closed policies")
+    wait_for(lambda: len(protection(a)) == 12, 5, what="fail-closed policies")
     before = charon_state(a)
     guard = protection(a)
     log = LogCursor(a)
@@ -424,10 +497,10 @@ def test_ovsdb_server_away_tears_nothing_down_and_reconnect_applies_only_differe
     after = protection(a)
     unchanged = {p for p in guard if "10.77.0.92" not in p.selector}
     assert unchanged <= after, "the other tunnels' block policies were replaced"
-    assert {p.selector for p in after - guard} == {
-        "src 0.0.0.0/0 dst 10.77.0.92/32 proto udp dport 4790 uid 0",
-        "src 10.77.0.92/32 dst 0.0.0.0/0 proto udp dport 4790 uid 0",
-    }
+    new_blocks = fail_closed_selectors("10.77.0.92", "proto udp dport 4790")
+    assert {p.selector for p in after - guard} == new_blocks
+    # ... and the blocks for the old port went with it.
+    assert {p.selector for p in after if "10.77.0.92" in p.selector} == new_blocks
     for n in (1, 3):
         assert conns(a)[f"ovs-10.77.0.9{n}"] == before[0][f"ovs-10.77.0.9{n}"]
 

@@ -323,15 +323,20 @@ FOREIGN = [
     "src 0.0.0.0/0 dst 0.0.0.0/0 proto udp sport 6081 dir fwd mark 1 mask 1 action block "
     "priority 599679",
     # blocks that look like ours but are not: other priority, allow, extra selector parts
-    "src 0.0.0.0/0 dst 10.77.0.9/32 proto gre dir out action block priority 430002",
-    "src 0.0.0.0/0 dst 10.77.0.8/32 proto gre dir out action allow priority 430001",
-    "src 0.0.0.0/0 dst 10.77.0.7/32 proto gre dir out action block priority 430001 ptype sub",
-    "src 0.0.0.0/0 dst 10.77.0.6/32 dev lo dir out action block priority 430001",
+    "src 0.0.0.0/1 dst 10.77.0.9/32 proto gre dir out action block priority 430002",
+    "src 128.0.0.0/1 dst 10.77.0.8/32 proto gre dir out action allow priority 430001",
+    "src 0.0.0.0/1 dst 10.77.0.7/32 proto gre dir out action block priority 430001 ptype sub",
+    "src 128.0.0.0/1 dst 10.77.0.6/32 dev lo dir out action block priority 430001",
+    "src fd77::9/128 dst ::/1 proto gre dir in action block priority 430001 if_id 5",
     "src ::/0 dst fd77::9/128 proto gre dir in action block priority 430003 if_id 5",
+    # charon's trap for a peer it has no route to (its own address unknown): `0.0.0.0/0`
+    "src 0.0.0.0/0 dst 10.77.0.2/32 proto gre dir out priority 383360 "
+    "tmpl proto esp mode transport",
+    "src 10.77.0.2/32 dst 0.0.0.0/0 proto gre dir in priority 383360 tmpl proto esp mode transport",
     # Same selector as our ipsec_skb_mark 0/1 policies, unmarked: `ip xfrm policy delete ... mark
     # 0 mask 1` (iproute2 6.1) would delete these instead of ours.
     "src 0.0.0.0/0 dst 0.0.0.0/0 proto gre dir out action allow priority 5",
-    "src ::/0 dst ::/0 proto udp dport 6081 dir in action block priority 100",
+    "src ::/0 dst ::/0 proto udp dport 6081 dir out action block priority 100",
 ]
 
 
@@ -353,8 +358,10 @@ def test_apply_errors_are_per_policy(host):
     plan = sorted(plan_protection(rich_config()), key=PolicySpec.sort_key)
     unmarked = [s for s in plan if not s.mask]  # removed with `delete` inside the batch
     marked = [s for s in plan if s.mask]  # mark 0/1: removed one by one, by index
-    assert len(unmarked) == 14 and len(marked) == 20
-    keep, gone = unmarked[:7], unmarked[7:]
+    # fail-closed: 7 targets x 2 directions x 2 halves; ipsec_skb_mark: 5 targets x 2 families,
+    # outbound only
+    assert len(unmarked) == 28 and len(marked) == 10
+    keep, gone = unmarked[:14], unmarked[14:]
     host.apply(add=plan)
     host.apply(remove=gone + marked[:4])
     assert host.observe() == frozenset(keep + marked[4:])
@@ -365,7 +372,7 @@ def test_apply_errors_are_per_policy(host):
     assert host.observe() == frozenset(keep[2:] + marked[4:])
 
     # A change iproute2 refuses ("dport" with proto gre) fails alone; the rest still happens.
-    bad = PolicySpec("out", 4, "0.0.0.0/0", "10.77.0.2/32", 47, None, 4789, 0, 0, 430001)
+    bad = PolicySpec("out", 4, "0.0.0.0/1", "10.77.0.2/32", 47, None, 4789, 0, 0, 430001)
     with pytest.raises(XfrmApplyError) as info:
         host.apply(add=[gone[0], bad, gone[1]], remove=keep[2:4] + marked[4:6])
     assert [(f.operation.kind, f.operation.spec) for f in info.value.failures] == [("add", bad)]
@@ -381,7 +388,9 @@ def test_thousands_of_policies_in_one_batch(host):
     tunnels += [tunnel(f"v{i}", TunnelType.VXLAN, f"fd78::{i + 1:x}") for i in range(1000)]
     cfg = config(tunnels, skb_mark=SkbMark(0, 1))
     plan = plan_protection(cfg)
-    assert len(plan) == 4000 + 12  # 2 families x 2 directions x (gre, 4789, 6081)
+    # 2000 tunnels x 2 directions x 2 halves; ipsec_skb_mark: 2 families x (gre, 4789, 6081),
+    # outbound only
+    assert len(plan) == 8000 + 6
     t0 = time.monotonic()
     host.apply(*diff_policies(plan, host.observe()))
     t1 = time.monotonic()
@@ -390,7 +399,8 @@ def test_thousands_of_policies_in_one_batch(host):
     host.apply(remove=plan)
     t3 = time.monotonic()
     assert host.observe() == frozenset()
-    print(f"\n4012 policies: apply {t1 - t0:.3f}s, observe {t2 - t1:.3f}s, remove {t3 - t2:.3f}s")
+    print(f"\n{len(plan)} policies: apply {t1 - t0:.3f}s, observe {t2 - t1:.3f}s, "
+          f"remove {t3 - t2:.3f}s")  # fmt: skip
     assert t1 - t0 < 3 and t2 - t1 < 3 and t3 - t2 < 3
 
 
@@ -425,11 +435,13 @@ def test_skb_mark_inbound(hosts, family, value, mask):
     a.converge(config(skb_mark=SkbMark(value, mask), tunnel_ports=(CUSTOM_PORT,)))
     before = a.stat("XfrmInPolBlock")
     outcomes = {t: probe_in(a, b, family, t) for t in TARGETS + [OPEN_PORT]}
-    # Inbound packets carry skb mark 0: 0/1 drops all plaintext tunnel traffic, 1/1 none.
-    dropped = "dropped:XfrmInPolBlock"
-    expect = {t: dropped if (0 & mask) == value else "received" for t in TARGETS}
-    assert outcomes == {**expect, OPEN_PORT: "received"}
-    assert a.stat("XfrmInPolBlock") - before == sum(o == dropped for o in outcomes.values())
+    # Inbound packets carry skb mark 0 when the policy check meets them, so no mark could ever
+    # let a plain tunnel's traffic in under 0/1: ipsec_skb_mark has no inbound policies, and
+    # plaintext from a peer is accepted under both values (an IPsec peer's is dropped by its
+    # tunnel's fail-closed blocks instead).
+    assert a.observe() and all(s.direction == "out" for s in a.observe())
+    assert outcomes == {t: "received" for t in TARGETS + [OPEN_PORT]}
+    assert a.stat("XfrmInPolBlock") == before
 
 
 # --- fail-closed per tunnel, and charon's trap winning ------------------------------------------
@@ -508,3 +520,53 @@ def test_fail_closed_blocks_until_a_trap_takes_over(hosts, family):
     assert a.observe() == frozenset()
     assert probe_out(a, b, family, "gre", 0, 0) == "received"
     assert probe_out(a, b, family, 4790, 0, 1) == "received"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_no_route_trap_and_the_fail_closed_blocks_never_share_a_kernel_key(hosts, family):
+    """charon, unable to tell its own address for a peer, installs its trap as `any <-> peer`
+    (with XFRM_MSG_UPDPOLICY, which replaces a policy of the same key). The kernel keys policies by
+    selector, direction and mark -- not priority -- so a fail-closed block spelled `any <-> peer`
+    would be replaced by that trap, and would replace it in turn when re-added. Ours are the two
+    /1 halves: the trap goes in next to them, wins while it is there, and leaves them untouched;
+    once it is gone our blocks refuse the traffic again."""
+    a, b = hosts
+    cfg = config([tunnel("gre0", TunnelType.GRE, b.addr(family))])
+    a.converge(cfg)
+    plan = plan_protection(cfg)
+    assert len(plan) == 4
+    assert {s.src if s.direction == "out" else s.dst for s in plan} == (
+        {"0.0.0.0/1", "128.0.0.0/1"} if family == 4 else {"::/1", "8000::/1"}
+    )
+    assert probe_out(a, b, family, "gre", 0) == "blocked"
+
+    anynet, bits = ("0.0.0.0/0", 32) if family == 4 else ("::/0", 128)
+    peer = f"{b.addr(family)}/{bits}"
+
+    def no_route_trap(op: str, direction: str) -> None:
+        src, dst = (anynet, peer) if direction == "out" else (peer, anynet)
+        args = ["xfrm", "policy", op, "src", src, "dst", dst, "proto", "gre", "dir", direction]
+        if op == "update":
+            prio = "383360" if family == 4 else "334208"  # what charon 5.9 uses for GRE
+            args += ["priority", prio, "tmpl", "proto", "esp", "mode", "transport"]
+        ip("-n", a.ns, *args)
+
+    before = {p.text for p in a.observe_all()}
+    for direction in ("out", "in"):
+        no_route_trap("update", direction)
+    assert a.observe() == plan  # ours untouched
+    after = {p.text for p in a.observe_all()}
+    assert before < after and len(after - before) == 2, after - before  # the trap, beside them
+    no_states = a.stat("XfrmOutNoStates")
+    assert probe_out(a, b, family, "gre", 0) == "trapped"
+    assert a.stat("XfrmOutNoStates") == no_states + 1
+
+    # Re-applying our plan (what a periodic check would do) changes nothing of charon's.
+    a.apply(add=sorted(plan, key=PolicySpec.sort_key))
+    assert {p.text for p in a.observe_all()} == after
+    assert probe_out(a, b, family, "gre", 0) == "trapped"
+
+    for direction in ("out", "in"):
+        no_route_trap("delete", direction)
+    assert a.observe() == plan
+    assert probe_out(a, b, family, "gre", 0) == "blocked"
