@@ -6,7 +6,10 @@
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
 mount -t proc proc /proc; mount -t sysfs sys /sys
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs -o mode=0755 run /run; mkdir -p /run/lock /run/netns; mount -t tmpfs tmpfs /tmp
+mount -t tmpfs -o mode=0755 run /run; mkdir -p /run/lock /run/netns
+# /tmp stays on the root tmpfs: a tmpfs mounted over it would hide a checkout (or a CI clone)
+# that stage 1 exported under /tmp at its host path.
+mkdir -p /tmp; chmod 1777 /tmp
 hostname e2e-guest
 ip link set lo up
 arg() { sed -n "s/.*\<$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
