@@ -338,6 +338,9 @@ class Node:
             "unix:/run/openvswitch/db.sock", "--vici=unix:///run/charon.vici",
             f"--pidfile={self.monitor_pidfile}", f"--log-file={self.dir}/ovs-monitor-ipsec.log",
             f"--unixctl={self.monitor_ctl}", "--detach",
+            # Shorter than the default 30 s, so that a scenario's cleanup check (which waits 30 s
+            # for every policy to go) passes, yet longer than scenario 5's 3 s port re-add.
+            "--protection-linger=10",
         ]
         out = os.path.join(self.dir, "ovs-monitor-ipsec.stdout")
         with open(out, "ab") as f:
