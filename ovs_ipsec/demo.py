@@ -182,10 +182,11 @@ def main() -> int:
                 say(line)
             traps = host.xfrm_policies().count("proto esp")
             say(f"  kernel: {traps} charon trap/IPsec policies (ip xfrm policy)")
-        say("\nWhat you see: every tunnel is 'configured' (its connection and trap are loaded) and")
-        say("each IKE SA is ESTABLISHED. The CHILD_SA count is 0 because this machine's kernel has")
-        say("no ESP: charon negotiated the CHILD_SA and the kernel refused to install it (see")
-        say("`make e2e` for encrypted traffic through a full Debian kernel). PSKs appear nowhere.")
+        say("\nWhat you see: every tunnel's connection and trap are loaded and its IKE SA is")
+        say("ESTABLISHED, so the daemon reports it 'ike-up'. The CHILD_SA count is 0 because this")
+        say("machine's kernel has no ESP: charon negotiated the CHILD_SA and the kernel refused to")
+        say("install it; `ovs-appctl tunnels/show` gives that reason per tunnel. `make e2e` shows")
+        say("encrypted traffic through a full Debian kernel. PSKs appear nowhere.")
     say(f"\nDone in {time.monotonic() - started:.1f} s; everything was torn down.")
     return 0
 
