@@ -271,8 +271,12 @@ class Daemon:
         try:
             if (self._check_due or not self.charon.connected) and self._sync_with_charon(pass_id):
                 self._full_diff = True  # charon's listing differs from what we believed
-            if self._check_due and self.health.failures:
-                self._full_diff = True  # retry what charon refused
+            if self._check_due and (
+                self.health.failures
+                or set(self.applied.conns) - set(self.desired.conns)
+                or set(self.applied.shared) - set(self.desired.shared)
+            ):
+                self._full_diff = True  # retry what charon refused or left behind
             if self._full_diff:
                 actions = diff(self.desired, self.applied)
             else:
@@ -475,8 +479,13 @@ class Daemon:
         elif isinstance(action, TerminateIke):
             self.charon.terminate_ike(action.conn)
         elif isinstance(action, UnloadConn):
-            # unload-conn removes the trap policies but leaves SAs set up through them.
-            self.charon.terminate_ike(action.conn)
+            # unload-conn removes the trap policies but leaves SAs set up through them. charon
+            # may refuse to close an SA a thread still holds ("not all matching SAs could be
+            # terminated"); the connection must go anyway, so that refusal is only logged.
+            try:
+                self.charon.terminate_ike(action.conn)
+            except CharonError as exc:
+                vlog.warn(f"charon refused terminate for {action.conn}: {exc.errmsg}")
             try:
                 self.charon.unload_conn(action.conn)
             except CharonError as exc:
