@@ -16,7 +16,11 @@ from hypothesis import strategies as st
 
 from ovs_ipsec import pki, pki_tool
 
-NOW = dt.datetime.now(dt.UTC)
+
+def now() -> dt.datetime:
+    """The time of the check, not of the import: the suite runs for minutes and certificates made
+    here are backdated by only a few."""
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +70,7 @@ def secret_lines(path: Path) -> list[str]:
 
 def assert_ovs_host_cert(cert_path: Path, key_path: Path, cn: str) -> pki.CertInfo:
     info = cert_info(cert_path)
-    assert pki.check_host_cert(info, NOW, key="certificate")[0] == []
+    assert pki.check_host_cert(info, now(), key="certificate")[0] == []
     assert info.cn == cn and info.san_dns == (cn,)
     assert pki.key_matches_cert(key_info(key_path), info)
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -95,7 +99,7 @@ def test_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert info.is_ca and info.self_issued and info.subject == "CN=ovs-ipsec CA"
     assert info.key_description == "EC P-256"
     assert info.not_after - info.not_before == dt.timedelta(days=3650) + pki_tool.BACKDATE
-    assert pki.check_ca_certs([info], NOW) == ((info,), [], [])
+    assert pki.check_ca_certs([info], now()) == ((info,), [], [])
     assert pki.key_matches_cert(key_info(cakey), info)
     out = capsys.readouterr().out
     assert "cakey.pem (private key, mode 0600)" in out
@@ -285,7 +289,7 @@ def test_show_ca_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_show_rollover_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     old = pki_tool.make_ca(
-        "old", not_before=NOW - dt.timedelta(days=99), not_after=NOW - dt.timedelta(days=1)
+        "old", not_before=now() - dt.timedelta(days=99), not_after=now() - dt.timedelta(days=1)
     )
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(old.cert_pem + pki_tool.make_ca("new").cert_pem)
@@ -337,7 +341,7 @@ def test_show_combined_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ({"subject": "O=lab"}, "certificate subject 'O=lab' has no CN"),
         ({"version": 1}, "certificate is X.509 v1"),
         (
-            {"not_before": NOW - dt.timedelta(days=9), "not_after": NOW - dt.timedelta(days=1)},
+            {"not_before": now() - dt.timedelta(days=9), "not_after": now() - dt.timedelta(days=1)},
             "certificate expired on",
         ),
     ],
@@ -490,5 +494,5 @@ def test_san_entry_kinds() -> None:
     body=st.binary(max_size=512),
 )
 def test_describe_never_raises(prefix: bytes, body: bytes) -> None:
-    lines, ok = pki_tool.describe(prefix + body, NOW)
+    lines, ok = pki_tool.describe(prefix + body, now())
     assert lines or ok
