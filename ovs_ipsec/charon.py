@@ -14,7 +14,8 @@ import contextlib
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -48,6 +49,11 @@ def vici_path(uri: str) -> str:
 
 # While waiting for a reply, the daemon's other duties (the control socket) run this often.
 WAIT_SLICE = 0.1
+# Requests written ahead of their replies in `pipeline`: enough to keep charon busy while we
+# encode the next ones, few enough that a refused batch is never far behind what was sent.
+PIPELINE_WINDOW = 32
+
+Request = tuple[str, Mapping[str, Any]]
 
 
 class _BoundedTransport(vici.protocol.Transport):
@@ -178,6 +184,41 @@ class Charon:
         finally:
             self._busy = False
 
+    def pipeline(self, requests: Sequence[Request]) -> list[dict[str, Any] | CharonError]:
+        """Send simple (non-streamed) requests without waiting for each reply before the next.
+
+        charon handles the requests of one session in order and answers in order, so the
+        outcome is that of calling them one by one: one reply or refusal per request, in the
+        requests' order. Only the round trips overlap (charon works on one while we encode the
+        next). `CharonUnreachable` if the session fails; what charon did before it is found by
+        listing it again."""
+        if not requests:
+            return []
+        session = self._require(requests[0][0])
+        transport = session.transport
+        self._busy = True
+        outcomes: list[dict[str, Any] | CharonError] = []
+        in_flight: deque[str] = deque()
+        try:
+            for command, message in requests:
+                transport.send(
+                    vici.protocol.Packet.request(
+                        command, vici.protocol.Message.serialize(dict(message))
+                    )
+                )
+                in_flight.append(command)
+                if len(in_flight) >= PIPELINE_WINDOW:
+                    outcomes.append(_reply(in_flight.popleft(), transport.receive()))
+            while in_flight:
+                outcomes.append(_reply(in_flight.popleft(), transport.receive()))
+        except (OSError, vici.exception.SessionException) as exc:
+            self.close()
+            raise CharonUnreachable(in_flight[0] if in_flight else requests[0][0],
+                                    str(exc) or type(exc).__name__) from exc  # fmt: skip
+        finally:
+            self._busy = False
+        return outcomes
+
     def _require(self, command: str) -> vici.Session:
         # on_wait runs other handlers while a call is outstanding; one of them calling charon
         # on this session would interleave two requests on one socket.
@@ -220,21 +261,13 @@ class Charon:
     # -- writes ---------------------------------------------------------------------------
 
     def load_conn(self, spec: ConnSpec) -> None:
-        self._call("load-conn", {spec.name: spec.body})
+        self._call(*load_conn_request(spec))
 
     def unload_conn(self, name: str) -> None:
         self._call("unload-conn", {"name": name})
 
     def load_shared(self, spec: SharedSpec) -> None:
-        self._call(
-            "load-shared",
-            {
-                "id": spec.id,
-                "type": "IKE",
-                "data": spec.secret.reveal(),
-                "owners": list(spec.owners),
-            },
-        )
+        self._call(*load_shared_request(spec))
 
     def load_key(self, spec: KeySpec) -> str:
         """Load a private key; returns charon's id for it (its public key's digest)."""
@@ -248,7 +281,7 @@ class Charon:
         return frozenset(self._call("get-keys").get("keys", []))
 
     def unload_shared(self, secret_id: str) -> None:
-        self._call("unload-shared", {"id": secret_id})
+        self._call(*unload_shared_request(secret_id))
 
     def terminate_ike(self, conn: str) -> None:
         """Close every IKE_SA of `conn` without waiting (timeout -1: charon answers at once)."""
@@ -262,6 +295,36 @@ class Charon:
     def initiate(self, child: str, ike: str) -> None:
         """Start negotiating without waiting for the outcome (events and list-sas tell it)."""
         self._stream("initiate", "control-log", {"child": child, "ike": ike, "timeout": "-1"})
+
+
+def load_conn_request(spec: ConnSpec) -> Request:
+    return "load-conn", {spec.name: spec.body}
+
+
+def load_shared_request(spec: SharedSpec) -> Request:
+    return "load-shared", {
+        "id": spec.id,
+        "type": "IKE",
+        "data": spec.secret.reveal(),
+        "owners": list(spec.owners),
+    }
+
+
+def unload_shared_request(secret_id: str) -> Request:
+    return "unload-shared", {"id": secret_id}
+
+
+def _reply(command: str, payload: bytes) -> dict[str, Any] | CharonError:
+    """One reply of `pipeline`, judged as vici.Session.request judges it."""
+    packet = vici.protocol.Packet.parse(payload)
+    if packet.response_type != vici.protocol.Packet.CMD_RESPONSE:
+        raise vici.exception.SessionException(
+            f"{command}: unexpected response type {packet.response_type}"
+        )
+    reply = decode(vici.protocol.Message.deserialize(packet.payload))
+    if reply.get("success", "yes") != "yes":
+        return CharonError(command, str(reply.get("errmsg", "")))
+    return reply
 
 
 def _errmsg(exc: Exception) -> str:

@@ -81,6 +81,7 @@ class Control:
             ("ipsec/status", "[--json]", 0, 1, self._ipsec_status),
             ("xfrm/policies", "[--json]", 0, 1, self._xfrm_policies),
             ("xfrm/state", "[--json]", 0, 1, self._xfrm_state),
+            ("memory/show", "", 0, 0, self._memory_show),
             # OVS's C daemons answer both names; the Python library registers only `help`.
             ("list-commands", "", 0, 0, self._help),
         ]
@@ -190,6 +191,32 @@ class Control:
             conn.reply_error(f"cannot list XFRM states: {exc}")
             return
         _reply(conn, argv, lambda: render.states_json(text), lambda: render.states_text(text))
+
+
+    def _memory_show(self, conn: Any, argv: list[str], aux: Any) -> None:
+        conn.reply(render.memory_text(self.daemon.memory_counts(), _status_memory(),
+                                      _allocation_sites()))  # fmt: skip
+
+
+def _status_memory() -> dict[str, str]:
+    """VmRSS and VmHWM of this process, as /proc says them."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if line.startswith("Vm"))
+    except OSError:
+        return {}
+    return {key: fields[key].strip() for key in ("VmRSS", "VmHWM") if key in fields}
+
+
+def _allocation_sites(limit: int = 15) -> list[tuple[str, int, int]]:
+    """The largest live Python allocations by source file, when the daemon runs with
+    PYTHONTRACEMALLOC=1 (or -X tracemalloc): (file, bytes, blocks). Empty otherwise."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return []
+    stats = tracemalloc.take_snapshot().statistics("filename")
+    return [(str(s.traceback[0].filename), s.size, s.count) for s in stats[:limit]]
 
 
 def _format_ok(conn: Any, argv: list[str]) -> bool:

@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,13 @@ import ovs.vlog
 
 from ovs_ipsec import naming
 from ovs_ipsec.causes import Cause
-from ovs_ipsec.charon import Charon
+from ovs_ipsec.charon import (
+    Charon,
+    Request,
+    load_conn_request,
+    load_shared_request,
+    unload_shared_request,
+)
 from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
@@ -446,17 +452,17 @@ class Daemon:
         bulk = len(actions) > BULK_ACTIONS
         log = vlog.dbg if bulk else vlog.info
         done: Counter[str] = Counter()
-        for action in actions:
-            try:
-                key_id = self._perform(action)
-            except CharonError as exc:
+        for action, outcome in self._outcomes(actions):
+            if isinstance(outcome, CharonError):
                 target = _target(action)
-                vlog.warn(f"[{pass_id}] charon refused {exc.command} for {target}: {exc.errmsg}")
+                vlog.warn(
+                    f"[{pass_id}] charon refused {outcome.command} for {target}: {outcome.errmsg}"
+                )
                 if isinstance(action, (LoadConn, LoadShared)):
                     conn = action.spec.name if isinstance(action, LoadConn) else action.spec.conn
-                    failures[conn] = f"charon refused {exc.command}: {exc.errmsg}"
+                    failures[conn] = f"charon refused {outcome.command}: {outcome.errmsg}"
                 continue
-            record(self.applied, action, key_id)
+            record(self.applied, action, outcome)
             self._forget_outcomes(action)
             if isinstance(action, LoadConn):
                 failures.pop(action.spec.name, None)
@@ -466,6 +472,26 @@ class Daemon:
         if bulk:
             summary = ", ".join(f"{n} {_PLURAL[kind]}" for kind, n in sorted(done.items()))
             vlog.info(f"[{pass_id}] {summary or 'nothing'} ({len(actions)} actions)")
+
+    def _outcomes(self, actions: list[Action]) -> Iterator[tuple[Action, str | CharonError]]:
+        """Carry out `actions` in order; per action, charon's refusal or "" (or the key id
+        load-key returned). Runs of simple loads and unloads are pipelined: at thousands of
+        tunnels the round trips, not charon's work, are what a sequential load waits for."""
+        run: list[Action] = []
+        for action in [*actions, None]:
+            if isinstance(action, PIPELINED):
+                run.append(action)
+                continue
+            if run:
+                replies = self.charon.pipeline([_request(a) for a in run])
+                for done, reply in zip(run, replies, strict=True):
+                    yield done, reply if isinstance(reply, CharonError) else ""
+                run = []
+            if action is not None:
+                try:
+                    yield action, self._perform(action)
+                except CharonError as exc:
+                    yield action, exc
 
     def _perform(self, action: Action) -> str:
         if isinstance(action, LoadKey):
@@ -748,6 +774,19 @@ class Daemon:
             ovsdb_up=self.ovsdb.connected,
         )
 
+    def memory_counts(self) -> dict[str, int]:
+        """What the daemon holds, counted (`memory/show`)."""
+        return {
+            "ports": len(self.planner.rows),
+            "tunnels": len(self.config.tunnels),
+            "invalid": len(self.desired.invalid),
+            "conns": len(self.desired.conns),
+            "secrets": len(self.desired.shared),
+            "policies": len(self.policies or ()),
+            "lingering": len(self._lingering),
+            "ike_sas": sum(len(sas) for sas in self.sas.values()),
+        }
+
     def summary(self) -> str:
         """One line for systemd's STATUS= and logs."""
         counts: dict[str, int] = {}
@@ -811,6 +850,18 @@ def certificate_expiry(
     for path, cert in credentials.remote_certs.items():
         expiry[("remote_cert", path)] = (cert.not_after - now).total_seconds()
     return expiry
+
+
+PIPELINED = (LoadShared, LoadConn, UnloadShared)
+
+
+def _request(action: Action) -> Request:
+    if isinstance(action, LoadShared):
+        return load_shared_request(action.spec)
+    if isinstance(action, LoadConn):
+        return load_conn_request(action.spec)
+    assert isinstance(action, UnloadShared)
+    return unload_shared_request(action.id)
 
 
 def _target(action: Action) -> str:

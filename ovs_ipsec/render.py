@@ -519,3 +519,17 @@ def _blocks(text: str) -> list[str]:
         elif blocks and line.strip():
             blocks[-1].append(line)
     return ["\n".join(block) for block in blocks]
+
+
+def memory_text(
+    counts: Mapping[str, int], vm: Mapping[str, str], sites: Sequence[tuple[str, int, int]]
+) -> str:
+    """`memory/show`: OVS daemons' `name:count` line, then the process's memory and, when
+    tracemalloc is on, where the Python heap is."""
+    lines = [" ".join(f"{name}:{n}" for name, n in counts.items())]
+    lines += [f"{key}: {value}" for key, value in vm.items()]
+    if sites:
+        lines.append("largest Python allocations by file (tracemalloc):")
+        lines += [f"  {size / 1024:10.1f} KiB {blocks:8d} blocks  {path}"
+                  for path, size, blocks in sites]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -177,6 +177,11 @@ def test_metrics_follow_ike_success_failure_and_blocked_plaintext(
     b.vsctl("set", "interface", "t0", "options:psk=metrics-secret-2")
     a.vsctl("set", "interface", "t0", "options:psk=metrics-secret-3")
     wait_for(lambda: ike_sa(a, b) is None, 10, what="SA closed")
+    # b's change can close the SA before a's daemon has taken its own; a's new key, loaded after
+    # the failure, would make the failure history (and never counted).
+    for host, peer in ((a, b), (b, a)):
+        wait_for(lambda h=host, p=peer: h.daemon_log().count(
+            f"loaded shared secret ovs-psk-{p.ipv4}") >= 2, 10, what="new keys loaded")  # fmt: skip
     initiate(a, b)
     wait_for(
         lambda: scrape(a).get(("ovs_ipsec_tunnel_failures_total",

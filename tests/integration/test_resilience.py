@@ -154,7 +154,10 @@ def test_daemon_restarts_leave_sas_alone_apply_offline_changes_and_spare_foreign
         assert not traps(a, "10.77.0.98") and not traps(a, "10.77.0.97")
         assert_sa_untouched("after SIGTERM and start")
         assert_foreigners_intact(a, foreign_traps)
-        # The PSK changed offline is the one a's charon now authenticates c with.
+        # The PSK changed offline is the one a's charon now authenticates c with (once c's own
+        # daemon, which was running, has loaded c's side of the change).
+        wait_for(lambda: c.daemon_log().count(f"loaded shared secret ovs-psk-{a.ipv4}") >= 2,
+                 5, what="c's daemon loaded the new PSK")  # fmt: skip
         initiate(a, conn_c, "ovs-tc")
         assert established(a, conn_c), "IKE_SA a-c with the PSK changed while the daemon was down"
 

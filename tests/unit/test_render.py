@@ -242,3 +242,16 @@ def test_states_never_show_a_key_and_parse_the_ids() -> None:
     for output in (json.dumps(data), render.states_text(STATES)):
         assert "00112233445566778899" not in output
     assert render.states_text("") == "No XFRM states\n"
+
+
+def test_memory_text() -> None:
+    text = render.memory_text(
+        {"ports": 3, "conns": 2}, {"VmRSS": "20000 kB"}, [("/x/ovs_ipsec/plan.py", 2048, 7)]
+    )
+    assert text.splitlines() == [
+        "ports:3 conns:2",
+        "VmRSS: 20000 kB",
+        "largest Python allocations by file (tracemalloc):",
+        "         2.0 KiB        7 blocks  /x/ovs_ipsec/plan.py",
+    ]
+    assert render.memory_text({"ports": 0}, {}, []) == "ports:0\n"
