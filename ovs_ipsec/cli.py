@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="keep a removed port's fail-closed block policies this long, so that a port OVS "
-        "re-creates never sends in clear before IPsec is back (default: %(default)s; 0: off)",
+        help="keep the fail-closed block policies of a port deleted from OVSDB this long, so "
+        "that a port OVS re-creates never sends in clear before IPsec is back "
+        "(default: %(default)s; 0: off)",
     )
     parser.add_argument(
         "--metrics-address",

@@ -58,6 +58,7 @@ from ovs_ipsec.reconcile import (
 )
 from ovs_ipsec.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
 from ovs_ipsec.status import (
+    FoldMemo,
     Protection,
     State,
     Tracker,
@@ -76,7 +77,7 @@ vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 MAX_BACKOFF = 8.0
 BULK_ACTIONS = 10
 LINGER_GRAIN = 5.0
-LISTING_EVERY = 4
+LISTING_EVERY = 20
 _PLURAL = {
     "LoadShared": "secrets loaded",
     "LoadKey": "keys loaded",
@@ -101,7 +102,7 @@ class Settings:
     reconcile_interval: float = 15.0
     unixctl_path: str | None = None
     use_default_crypto: bool = False
-    # Fail-closed blocks of a port that went away stay this long: OVS re-creates a re-added
+    # Fail-closed blocks of a port deleted from OVSDB stay this long: OVS re-creates a re-added
     # port (or all ports, when it restarts) from the same OVSDB transaction that tells us, and
     # sends at once; without the linger its first packets would leave in clear.
     protection_linger: float = 30.0
@@ -173,6 +174,7 @@ class Daemon:
         self._reported_warnings: tuple[str, ...] = ()
         # Tunnel states are folded (O(tunnels)) only when one of their inputs moved.
         self._state_version = 0
+        self._fold_memo: FoldMemo = {}
         self.failure_counts: Counter[str] = Counter()  # tunnels entering "failed", by cause
         self._logged_version = 0
 
@@ -205,6 +207,9 @@ class Daemon:
         now = self.clock()
         if now >= self._next_check and not self._check_due:
             self._check_due = True
+            # Without events for what charon does on its own (expiry, DPD), the SAs are listed
+            # at each check too: in the same wake-up, not in one of their own.
+            self._schedule_sas()
             # The periodic check re-reads the certificate files, which may have changed at the
             # same paths. OVSDB needs no re-read: the IDL reports every row change, and after a
             # reconnect (when it cannot) the whole contents are read again.
@@ -338,20 +343,29 @@ class Daemon:
             wanted = self.pending.policies_added
             unwanted = self.pending.policies_removed
             to_add, to_remove = diff_policies((self.policies - unwanted) | wanted, self.policies)
+        of_deleted = self.pending.policies_of_deleted
         self.pending.policies_added = set()
         self.pending.policies_removed = set()
-        return tuple(to_add), self._linger(to_remove)
+        self.pending.policies_of_deleted = set()
+        return tuple(to_add), self._linger(to_remove, of_deleted)
 
-    def _linger(self, to_remove: tuple[PolicySpec, ...]) -> tuple[PolicySpec, ...]:
-        """Fail-closed blocks leave only `protection_linger` seconds after they stopped being
-        wanted; every other removal happens now."""
+    def _linger(
+        self, to_remove: tuple[PolicySpec, ...], of_deleted: set[PolicySpec]
+    ) -> tuple[PolicySpec, ...]:
+        """The fail-closed blocks of ports deleted from OVSDB leave only `protection_linger`
+        seconds later; every other removal (a port made plain, fail-open set, a remote_ip
+        changed) is what the operator asked for, and happens now."""
         now = self.clock()
         wanted = self.desired_policies
         for spec in [s for s in self._lingering if s in wanted]:
             del self._lingering[spec]
         remove = []
         for spec in to_remove:
-            if spec.priority != FAIL_CLOSED_PRIORITY or self.settings.protection_linger <= 0:
+            if (
+                spec.priority != FAIL_CLOSED_PRIORITY
+                or self.settings.protection_linger <= 0
+                or (spec not in of_deleted and spec not in self._lingering)
+            ):
                 remove.append(spec)
                 continue
             # Deadlines are rounded up to LINGER_GRAIN, so a burst of removals expires in one
@@ -556,10 +570,11 @@ class Daemon:
     # -- reporting and exit -----------------------------------------------------------------
 
     def statuses(self) -> dict[str, TunnelStatus]:
+        desired = self.desired.conns
         loaded = frozenset(
             name
             for name, body in self.applied.conns.items()
-            if name in self.desired.conns and body == self.desired.conns[name].body
+            if name in desired and (body is desired[name].body or body == desired[name].body)
         )
         charon_error = None
         if not self.health.charon_reachable:
@@ -572,7 +587,7 @@ class Daemon:
             sas=self.sas,
             outcomes=self.tracker.outcomes(),
         )
-        return fold(view)
+        return fold(view, self._fold_memo)
 
     def explained_policies(self) -> dict[PolicySpec, tuple[str, ...]]:
         """Every protection policy wanted now, with the tunnels (or ipsec_skb_mark) it is for;
@@ -618,12 +633,9 @@ class Daemon:
             return None
         if self.events is not None and not self.events.connected:
             return self.clock()  # subscribe (in _run_sas) as soon as the loop turns
-        periodic = None
-        if self._sas_at is not None:
-            # Without events for what charon does on its own (expiry, DPD), look now and then.
-            periodic = self._sas_at + self.settings.reconcile_interval
-        candidates = [t for t in (self._sas_due, periodic) if t is not None]
-        return min(candidates) if candidates else self.clock()
+        if self._sas_due is None and self._sas_at is None:
+            return self.clock()  # never listed yet
+        return self._sas_due
 
     def _run_events(self) -> None:
         if self.events is None or not self.events.connected:

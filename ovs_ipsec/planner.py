@@ -51,6 +51,9 @@ class Delta:
     tunnels: set[str] = field(default_factory=set)
     policies_added: set[PolicySpec] = field(default_factory=set)
     policies_removed: set[PolicySpec] = field(default_factory=set)
+    # The removed policies that belonged to ports deleted from OVSDB (and only to them): those
+    # are the ones worth keeping a while, for a port OVS may be re-creating.
+    policies_of_deleted: set[PolicySpec] = field(default_factory=set)
 
     def merge(self, other: Delta) -> None:
         self.conns |= other.conns
@@ -59,6 +62,7 @@ class Delta:
         self.tunnels |= other.tunnels
         self.policies_added |= other.policies_added
         self.policies_removed |= other.policies_removed
+        self.policies_of_deleted |= other.policies_of_deleted
 
     def __bool__(self) -> bool:
         return bool(
@@ -187,8 +191,9 @@ class Planner:
 
         if everything:
             affected |= set(self.tunnel_policies)
+        deleted = {name for name in affected if name not in self.row_of}
         for name in affected:
-            self._reprotect(name, delta)
+            self._reprotect(name, delta, deleted=name in deleted)
         if everything or set(self.port_counts) != ports_before:
             self._reprotect_marks(delta)
         delta.tunnels |= affected
@@ -320,7 +325,7 @@ class Planner:
             self.keys = keys
             delta.keys = True
 
-    def _reprotect(self, name: str, delta: Delta) -> None:
+    def _reprotect(self, name: str, delta: Delta, *, deleted: bool = False) -> None:
         old = self.tunnel_policies.pop(name, ())
         new: tuple[PolicySpec, ...] = ()
         if not self.global_config.fail_open:
@@ -331,7 +336,9 @@ class Planner:
         if new:
             self.tunnel_policies[name] = new
         if old != new:
-            self._recount(old, new, delta)
+            removed = self._recount(old, new, delta)
+            if deleted:
+                delta.policies_of_deleted |= removed
 
     def _reprotect_marks(self, delta: Delta) -> None:
         mark = self.global_config.skb_mark
@@ -340,18 +347,26 @@ class Planner:
             self._recount(self.mark_policies, new, delta)
             self.mark_policies = new
 
-    def _recount(self, old: Iterable[PolicySpec], new: Iterable[PolicySpec], delta: Delta) -> None:
+    def _recount(
+        self, old: Iterable[PolicySpec], new: Iterable[PolicySpec], delta: Delta
+    ) -> set[PolicySpec]:
+        """Count `old` out and `new` in; returns the policies no port wants any more."""
+        removed = set()
         for spec in old:
             self.policy_counts[spec] -= 1
             if self.policy_counts[spec] <= 0:
                 del self.policy_counts[spec]
                 delta.policies_removed.add(spec)
                 delta.policies_added.discard(spec)
+                removed.add(spec)
         for spec in new:
             if self.policy_counts[spec] == 0:
                 delta.policies_added.add(spec)
                 delta.policies_removed.discard(spec)
+                delta.policies_of_deleted.discard(spec)
+                removed.discard(spec)
             self.policy_counts[spec] += 1
+        return removed
 
 
 __all__ = ["Delta", "Planner", "UDP_TUNNEL_PORTS"]

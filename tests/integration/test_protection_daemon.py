@@ -891,7 +891,7 @@ def test_removed_ports_blocks_linger_then_go(make_lab: Callable[..., Lab], net: 
     for good loses its four blocks, and nothing else, L to L + LINGER_GRAIN seconds later
     (deadlines are rounded up to LINGER_GRAIN steps so that a burst of removals expires in one
     pass) -- with the periodic check at its default (15 s), so that it is not what removes them.
-    ipsec_skb_mark policies never linger."""
+    ipsec_skb_mark policies never linger, nor do the blocks of a port made plain."""
     linger = 3.0
     lab = make_lab(2, daemon_args=[f"--protection-linger={linger:g}"])
     a, b = lab.hosts
@@ -927,6 +927,13 @@ def test_removed_ports_blocks_linger_then_go(make_lab: Callable[..., Lab], net: 
     # ipsec_skb_mark removed: its policies go at once.
     set_global(a, "ipsec_skb_mark", None)
     wait_own(a, g4, timeout=linger - 1)
+
+    # A port made plain (its psk removed) stays in OVSDB: the operator asked for plaintext, and
+    # gets it at once, not after the linger.
+    a.vsctl("remove", "interface", "g4", "options", "psk")
+    wait_own(a, frozenset(), timeout=linger - 1)
+    wait_conns(a, lambda cs: conn4 not in cs, "g4's connection unloaded")
+    assert probe_out(net, a, b, b.ipv4, "gre") == "received", diag(a)
 
 
 def test_refresh_never_changes_the_protection(make_lab: Callable[..., Lab], net: Net) -> None:

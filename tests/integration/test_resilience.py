@@ -42,6 +42,7 @@ from resilience_lab import (
     xfrm_policies,
 )
 
+from ovs_ipsec.daemon import LISTING_EVERY
 from ovs_ipsec.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -380,9 +381,10 @@ def test_periodic_check_never_replaces_a_trap_of_a_peer_without_route(
     assert not traps(a, peer), traps(a, peer)
 
 
-# A periodic check lists the policies when `ip xfrm policy count` moved, and at least every
-# LISTING_EVERY-th check (4) anyway: a change that keeps every count (one of ours replaced in
-# place, or swapped for another policy) is restored within five checks.
+# A periodic check lists the policies when the kernel's policy counts moved, and at least every
+# LISTING_EVERY-th check anyway: a change that keeps every count (one of ours replaced in place,
+# or swapped for another policy) is restored within LISTING_EVERY + 1 checks.
+FAST_CHECK = 0.5
 @pytest.mark.parametrize(
     "tamper",
     ["delete", "update", "swap"],
@@ -394,7 +396,7 @@ def test_periodic_check_restores_our_blocks_changed_behind_our_back(
     (same kernel key) by an allow policy with `ip xfrm policy update`; or deleted while an
     unrelated policy is added, so that every policy count stays the same. Within a few periodic
     checks it is back, and the daemon says so in its log."""
-    lab = make_lab(1, daemon_args=[f"--reconcile-interval={CHECK:g}"])
+    lab = make_lab(1, daemon_args=[f"--reconcile-interval={FAST_CHECK:g}"])
     a = lab.hosts[0]
     peer = "10.77.0.91"
     add_tunnel(a, "t1", "gre", peer, psk="one")
@@ -419,8 +421,10 @@ def test_periodic_check_restores_our_blocks_changed_behind_our_back(
                "dir", "out", "action", "allow", "priority", "7"])  # fmt: skip
     assert len(protection(a)) == 3
     start = len(a.charon_log())
-    wait_for(lambda: len(protection(a)) == 4 or checks_since(start) >= 5, 20,
-             what="our block restored, or five periodic checks")  # fmt: skip
+    checks = LISTING_EVERY + 1
+    wait_for(lambda: len(protection(a)) == 4 or checks_since(start) >= checks,
+             checks * FAST_CHECK * 3,
+             what=f"our block restored, or {checks} periodic checks")  # fmt: skip
     assert frozenset(p.key for p in protection(a)) == guard, (
         f"not restored after {checks_since(start)} periodic checks: {sorted(protection(a))}\n"
         f"{log.new()}"

@@ -298,6 +298,23 @@ def test_apply_plan_then_observe_round_trips_ipv4_and_ipv6(host):
     assert time.monotonic() - start < 2
 
 
+def test_policy_count_over_netlink_agrees_with_ip(host):
+    """The periodic check's fingerprint: netlink counters that follow every add and remove, the
+    same numbers `ip xfrm policy count` prints."""
+    plan = sorted(plan_protection(rich_config()), key=PolicySpec.sort_key)
+    with inside(host.ns):
+        empty = host.xfrm.policy_count()
+        host.xfrm.apply(add=plan)
+        full = host.xfrm.policy_count()
+        printed = ip("xfrm", "policy", "count").split()
+        host.xfrm.apply(remove=plan[:1])
+        one_less = host.xfrm.policy_count()
+    assert len({empty, full, one_less}) == 3
+    counts = [int(n) for n in full.split()]
+    assert sum(counts) == len(plan)
+    assert [int(w) for w in printed if w.isdigit()] == counts[:3]
+
+
 def test_change_replaces_old_policies(host):
     host.converge(rich_config(DEFAULT_DENY))
     changed = config(

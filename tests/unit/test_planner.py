@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ovs_ipsec.model import InterfaceRow, SkbMark, Snapshot
-from ovs_ipsec.parse import parse_config, parse_skb_mark
+from ovs_ipsec.parse import parse_config, parse_skb_mark, parse_tunnel
 from ovs_ipsec.plan import plan
 from ovs_ipsec.planner import Planner
-from ovs_ipsec.protection import plan_protection
+from ovs_ipsec.protection import plan_protection, protect_tunnel
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
@@ -127,6 +127,9 @@ def test_incremental_equals_full(sequence: list) -> None:
         assert changed_shared <= delta.shared
         assert policies - previous_policies <= delta.policies_added
         assert previous_policies - policies <= delta.policies_removed
+        assert delta.policies_of_deleted <= delta.policies_removed
+        if kind == "global":
+            assert not delta.policies_of_deleted  # nothing was deleted
         previous_conns, previous_shared = dict(desired.conns), dict(desired.shared)
         previous_policies = policies
 
@@ -147,3 +150,30 @@ def test_one_change_touches_one_peer() -> None:
     assert delta.shared == {"ovs-psk-10.1.0.8"}
     assert delta.tunnels == {"t7"}
     assert not delta.policies_added and not delta.policies_removed
+
+
+def test_only_ports_deleted_from_ovsdb_report_their_policies_as_deleted() -> None:
+    """The daemon keeps a while only the blocks of ports that left OVSDB: a port made plain (its
+    psk removed) or moved to another remote_ip loses its blocks for good."""
+    planner = Planner(no_files)
+    g1 = InterfaceRow("g1", "gre", {"remote_ip": "10.0.0.2", "psk": "s"})
+    g2 = InterfaceRow("g2", "geneve", {"remote_ip": "10.0.0.3", "psk": "s"})
+    planner.update({"u1": g1, "u2": g2}, {}, NOW)
+    g1_blocks, g2_blocks = planner.tunnel_policies["g1"], planner.tunnel_policies["g2"]
+
+    plain = InterfaceRow("g1", "gre", {"remote_ip": "10.0.0.2"})
+    delta = planner.update({"u1": plain}, None, NOW)
+    assert delta.policies_removed == set(g1_blocks) and not delta.policies_of_deleted
+
+    moved = InterfaceRow("g2", "geneve", {"remote_ip": "10.0.0.4", "psk": "s"})
+    delta = planner.update({"u2": moved}, None, NOW)
+    assert delta.policies_removed == set(g2_blocks) and not delta.policies_of_deleted
+
+    delta = planner.update({"u2": None}, None, NOW)
+    assert delta.policies_of_deleted == delta.policies_removed
+    assert delta.policies_removed == set(protect_tunnel(parse_tunnel(moved, planner.global_config)))
+
+    # Deleted and re-created under a new row uuid in one transaction: not deleted.
+    planner.update({"u3": g2}, None, NOW)
+    delta = planner.update({"u3": None, "u4": g2}, None, NOW)
+    assert not delta.policies_removed and not delta.policies_of_deleted

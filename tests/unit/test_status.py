@@ -450,3 +450,35 @@ def test_outcomes_mapping_is_a_copy() -> None:
     outcomes: Mapping[str, ConnOutcome] = tracker.outcomes()
     tracker.feed("log", log("no acceptable proposal found"))
     assert outcomes == {}
+
+
+def test_memoised_fold_equals_a_fresh_fold_and_reuses_unmoved_connections() -> None:
+    rows = tuple(
+        InterfaceRow(f"t{i}", "gre", {"remote_ip": f"10.77.1.{i + 1}", "psk": "Zq9PSK-memo"})
+        for i in range(4)
+    )
+    desired = plan(parse_config(Snapshot(rows, {})))
+    one, other = "ovs-10.77.1.1", "ovs-10.77.1.2"
+    body = {"up": "yes", one: {**ike_sa(1), "child-sas": {"x": child_sa("ovs-t0", 2)}}}
+    sas, _ = fold_sa_event({}, "child-updown", body)
+    memo: dict = {}
+    views = [
+        View(desired),
+        View(desired, frozenset(desired.conns)),
+        View(desired, frozenset(desired.conns), sas=sas),
+        View(desired, frozenset(desired.conns), sas=sas, refusals={other: "refused: x"}),
+        View(desired, frozenset(desired.conns), sas=sas, charon_error="gone"),
+        View(desired, frozenset(desired.conns), sas=sas),
+    ]
+    previous: dict = {}
+    for view in views:
+        previous = fold(view, memo)
+        assert previous == fold(view)
+        assert set(memo) == set(desired.conns)
+    # Folding the same view again reuses every status object; moving one connection's SAs
+    # refolds that connection's tunnels only.
+    again = fold(views[-1], memo)
+    assert all(again[name] is previous[name] for name in again)
+    moved = fold(View(desired, frozenset(desired.conns), sas={}), memo)
+    assert moved["t0"] is not again["t0"] and moved["t3"] is again["t3"]
+    assert moved["t0"].state is State.CONFIGURED and again["t0"].state is State.UP
