@@ -30,7 +30,7 @@ CORE = [
     "credentials",
     "ike_options",
 ]
-SHELL = ["charon", "events", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli"]
+SHELL = ["charon", "events", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli", "entry"]
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
 FORBIDDEN = {
     "ovs",
