@@ -156,6 +156,9 @@ class Daemon:
         self._policy_fingerprint: str | None = None
         self._checks_since_listing = 0
         self._lingering: dict[PolicySpec, float] = {}  # fail-closed blocks kept until then
+        # (desired, in the kernel) as last found equal: a periodic check that finds the same two
+        # objects skips comparing thousands of policies.
+        self._in_line: tuple[frozenset[PolicySpec], frozenset[PolicySpec]] | None = None
         self.applied = Applied()
         # Our block policies in the kernel as last observed or applied; None: look first.
         self.policies: frozenset[PolicySpec] | None = None
@@ -338,7 +341,13 @@ class Daemon:
                 self._xfrm_failed(pass_id, "listing policies", exc)
                 # Unknown kernel state: (re)add everything desired, remove nothing.
                 return tuple(sorted(self.desired_policies)), ()
-            to_add, to_remove = diff_policies(self.desired_policies, self.policies)
+            desired = self.desired_policies
+            if self._in_line == (desired, self.policies):
+                to_add, to_remove = (), ()  # the very sets found equal last time
+            else:
+                to_add, to_remove = diff_policies(desired, self.policies)
+                if not to_add and not to_remove:
+                    self._in_line = (desired, self.policies)
         else:
             wanted = self.pending.policies_added
             unwanted = self.pending.policies_removed

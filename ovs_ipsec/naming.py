@@ -11,6 +11,7 @@ May import: stdlib.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -41,9 +42,11 @@ def _encode(name: str) -> str:
     return encoded
 
 
+@functools.lru_cache(maxsize=16384)
 def _is_ip(text: str) -> bool:
     """A canonical address spelling, as conn_name() writes it (so `ovs-2001:DB8::1`, which we
-    never create, is not taken for ours)."""
+    never create, is not taken for ours). Cached: each periodic check asks it again for every
+    connection and secret charon lists."""
     try:
         return str(ipaddress.ip_address(text)) == text
     except ValueError:

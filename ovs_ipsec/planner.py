@@ -109,6 +109,7 @@ class Planner:
         self.tunnel_policies: dict[str, tuple[PolicySpec, ...]] = {}
         self.mark_policies: tuple[PolicySpec, ...] = ()
         self.policy_counts: Counter[PolicySpec] = Counter()
+        self._policies: frozenset[PolicySpec] | None = None
 
     # -- views ------------------------------------------------------------------------------
 
@@ -127,7 +128,10 @@ class Planner:
 
     @property
     def policies(self) -> frozenset[PolicySpec]:
-        return frozenset(self.policy_counts)
+        """The same object until a policy comes or goes (callers may test identity)."""
+        if self._policies is None:
+            self._policies = frozenset(self.policy_counts)
+        return self._policies
 
     # -- updates ----------------------------------------------------------------------------
 
@@ -355,12 +359,14 @@ class Planner:
         for spec in old:
             self.policy_counts[spec] -= 1
             if self.policy_counts[spec] <= 0:
+                self._policies = None
                 del self.policy_counts[spec]
                 delta.policies_removed.add(spec)
                 delta.policies_added.discard(spec)
                 removed.add(spec)
         for spec in new:
             if self.policy_counts[spec] == 0:
+                self._policies = None
                 delta.policies_added.add(spec)
                 delta.policies_removed.discard(spec)
                 delta.policies_of_deleted.discard(spec)

@@ -32,7 +32,7 @@ import ipaddress
 import re
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ovs_ipsec import proc
@@ -123,22 +123,37 @@ class ObservedPolicy:
 
 def parse_policies(text: str) -> list[ObservedPolicy]:
     """Parse `ip [-s] xfrm policy [list]` output. Unrecognisable blocks are skipped."""
-    policies = []
+    return list(iter_policies(text))
+
+
+def iter_policies(text: str) -> Iterator[ObservedPolicy]:
+    """`parse_policies`, one policy at a time: a caller that keeps few of thousands never holds
+    them all (their peak would stay in the process's resident memory)."""
     block: list[str] = []
-    for line in text.splitlines():
+    for line in _lines(text):
         if line.startswith("src "):
-            if block:
-                policies.append(_parse_block(block))
+            if block and (policy := _parse_block(block)) is not None:
+                yield policy
             block = [line]
         elif block and line[:1].isspace():
             block.append(line)
         elif line.strip():
-            if block:
-                policies.append(_parse_block(block))
+            if block and (policy := _parse_block(block)) is not None:
+                yield policy
             block = []  # stray top-level text: not a policy
-    if block:
-        policies.append(_parse_block(block))
-    return [p for p in policies if p is not None]
+    if block and (policy := _parse_block(block)) is not None:
+        yield policy
+
+
+def _lines(text: str) -> Iterator[str]:
+    """text.splitlines(), lazily (without a list, or a copy, of the whole text)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            end = len(text)
+        yield text[start:end]
+        start = end + 1
 
 
 def _parse_block(lines: list[str]) -> ObservedPolicy | None:
@@ -393,7 +408,10 @@ class Xfrm:
         A block at our priority that carries something we never set (a device, a template, a
         sub policy type, an ICMP type...) is not something we created, so it is not ours either.
         """
-        return owned_specs(self.observe_all())
+        # Ours are all blocks: `ip` leaves everything else (charon's traps and SAs' policies,
+        # thousands of them) out before we parse.
+        blocks = self._ip_text("xfrm", "policy", "list", "action", "block")
+        return owned_specs(iter_policies(blocks))
 
     def read_xfrm_stat(self) -> dict[str, int]:
         try:
