@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import ovs.poller
 import ovs.vlog
 
-from ovs_ipsec import naming
+from ovs_ipsec import heap, naming
 from ovs_ipsec.causes import Cause
 from ovs_ipsec.charon import (
     Charon,
@@ -159,6 +159,7 @@ class Daemon:
         # (desired, in the kernel) as last found equal: a periodic check that finds the same two
         # objects skips comparing thousands of policies.
         self._in_line: tuple[frozenset[PolicySpec], frozenset[PolicySpec]] | None = None
+        self._trim_after_burst = False  # a pass handled thousands of objects: trim the heap
         self.applied = Applied()
         # Our block policies in the kernel as last observed or applied; None: look first.
         self.policies: frozenset[PolicySpec] | None = None
@@ -312,6 +313,9 @@ class Daemon:
             self.first_pass_done = True
             self.health.last_pass_seconds = self.clock() - started
             self._log_invalid_changes()
+            if self._trim_after_burst:
+                self._trim_after_burst = False
+                heap.trim()
 
     def _protection_diff(
         self, pass_id: int
@@ -330,6 +334,7 @@ class Daemon:
                     or self._checks_since_listing >= LISTING_EVERY
                 ):
                     self._checks_since_listing = 0
+                    self._trim_after_burst = True
                     observed = self.xfrm.observe()
                     if self.policies is not None and observed != self.policies:
                         vlog.warn(
@@ -495,6 +500,7 @@ class Daemon:
         if bulk:
             summary = ", ".join(f"{n} {_PLURAL[kind]}" for kind, n in sorted(done.items()))
             vlog.info(f"[{pass_id}] {summary or 'nothing'} ({len(actions)} actions)")
+            self._trim_after_burst = True
 
     def _outcomes(self, actions: list[Action]) -> Iterator[tuple[Action, str | CharonError]]:
         """Carry out `actions` in order; per action, charon's refusal or "" (or the key id

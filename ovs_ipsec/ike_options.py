@@ -63,7 +63,7 @@ VICIValue = str | tuple[str, ...]
 # Public result.
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSettings:
     """What a tunnel's ipsec_* options ask of charon, as VICI keys and values.
 

@@ -292,7 +292,10 @@ class Planner:
         conn, secret, conflicts = plan_peer(
             peer, group, self.settings, self.credentials, self.use_default_crypto
         )
-        self.conflicts[peer] = conflicts
+        if conflicts:
+            self.conflicts[peer] = conflicts
+        else:
+            self.conflicts.pop(peer, None)  # thousands of peers, nearly all without conflicts
         if self.conns.get(conn_name) != conn:
             self.conns[conn_name] = conn
             delta.conns.add(conn_name)

@@ -386,14 +386,14 @@ def protection_by_tunnel(
 # -- the fold ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Selector:
     child: str
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TunnelStatus:
     name: str
     state: State

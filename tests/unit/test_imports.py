@@ -30,7 +30,8 @@ CORE = [
     "credentials",
     "ike_options",
 ]
-SHELL = ["charon", "events", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli", "entry"]
+SHELL = ["charon", "events", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli", "entry",
+         "heap"]
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
 FORBIDDEN = {
     "ovs",
