@@ -340,7 +340,12 @@ class Daemon:
                         vlog.warn(
                             f"[{pass_id}] protection policies changed behind our back; restoring"
                         )
-                    self.policies = observed
+                    # The wanted policies' own objects stand for the equal observed ones, so
+                    # that thousands of policies are not held twice.
+                    wanted = self.desired_policies
+                    self.policies = frozenset(
+                        {spec for spec in wanted if spec in observed} | (observed - wanted)
+                    )
                     self._policy_fingerprint = self.xfrm.policy_count()
             except XfrmError as exc:
                 self._xfrm_failed(pass_id, "listing policies", exc)
@@ -422,8 +427,12 @@ class Daemon:
             f"[{pass_id}] {verb} {len(add or remove)} protection policies "
             f"({len(self.policies)} in place)"
         )
-        for spec in add or remove:
-            vlog.dbg(f"[{pass_id}]   {verb}: {spec.describe()}")
+        if len(add or remove) > BULK_ACTIONS:
+            described = "; ".join(spec.describe() for spec in add or remove)
+            vlog.dbg(f"[{pass_id}]   {verb}: {described}")
+        else:
+            for spec in add or remove:
+                vlog.dbg(f"[{pass_id}]   {verb}: {spec.describe()}")
 
     def _xfrm_failed(self, pass_id: int, what: str, exc: XfrmError) -> None:
         self.health.xfrm_error = str(exc)
@@ -473,13 +482,14 @@ class Daemon:
         failures: dict[str, str] = {
             conn: why for conn, why in self.health.failures.items() if conn in self.desired.conns
         }
-        # A bulk load (start-up, a big transaction, charon's return) logs one summary line;
-        # each object still goes to the debug log.
+        # A bulk load (start-up, a big transaction, charon's return) logs one summary line,
+        # and the objects of each kind in one debug line (a log call per object would cost
+        # more than charon's work on it).
         if actions:
             self._state_version += 1
         bulk = len(actions) > BULK_ACTIONS
-        log = vlog.dbg if bulk else vlog.info
         done: Counter[str] = Counter()
+        names: dict[str, list[str]] = {}
         for action, outcome in self._outcomes(actions):
             if isinstance(outcome, CharonError):
                 target = _target(action)
@@ -494,12 +504,17 @@ class Daemon:
             self._forget_outcomes(action)
             if isinstance(action, LoadConn):
                 failures.pop(action.spec.name, None)
-            log(f"[{pass_id}] {_describe(action)}")
+            if bulk:
+                names.setdefault(type(action).__name__, []).append(_target(action))
+            else:
+                vlog.info(f"[{pass_id}] {_describe(action)}")
             done[type(action).__name__] += 1
         self.health.failures = failures
         if bulk:
             summary = ", ".join(f"{n} {_PLURAL[kind]}" for kind, n in sorted(done.items()))
             vlog.info(f"[{pass_id}] {summary or 'nothing'} ({len(actions)} actions)")
+            for kind, targets in sorted(names.items()):
+                vlog.dbg(f"[{pass_id}] {_PLURAL[kind]}: {', '.join(targets)}")
             self._trim_after_burst = True
 
     def _outcomes(self, actions: list[Action]) -> Iterator[tuple[Action, str | CharonError]]:
