@@ -40,6 +40,7 @@ from ovs_ipsec.protection import (
     FAIL_CLOSED_PRIORITY,
     PolicySpec,
     diff_policies,
+    diff_policy_change,
     explain_protection,
 )
 from ovs_ipsec.reconcile import (
@@ -359,9 +360,9 @@ class Daemon:
                 if not to_add and not to_remove:
                     self._in_line = (desired, self.policies)
         else:
-            wanted = self.pending.policies_added
-            unwanted = self.pending.policies_removed
-            to_add, to_remove = diff_policies((self.policies - unwanted) | wanted, self.policies)
+            to_add, to_remove = diff_policy_change(
+                self.policies, self.pending.policies_added, self.pending.policies_removed
+            )
         of_deleted = self.pending.policies_of_deleted
         self.pending.policies_added = set()
         self.pending.policies_removed = set()

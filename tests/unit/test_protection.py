@@ -29,6 +29,7 @@ from ovs_ipsec.protection import (
     PolicySpec,
     canonical_prefix,
     diff_policies,
+    diff_policy_change,
     explain_protection,
     is_owned,
     plan_protection,
@@ -438,3 +439,24 @@ def test_canonical_prefix():
     with pytest.raises(ValueError):
         canonical_prefix("10.0.0.1/24")
     assert str(ipaddress.ip_network(canonical_prefix("0.0.0.0/0"))) == "0.0.0.0/0"
+
+
+_SPECS = [
+    PolicySpec(direction=d, family=4, src=src, dst="10.0.0.2/32", proto=47, sport=None,
+               dport=None, mark=0, mask=0, priority=prio)
+    for d in ("in", "out")
+    for src in ("0.0.0.0/1", "128.0.0.0/1")
+    for prio in (430001, 430003)
+]  # fmt: skip
+_SPEC_SETS = st.frozensets(st.sampled_from(_SPECS))
+
+
+@given(current=_SPEC_SETS, wanted=_SPEC_SETS, unwanted=_SPEC_SETS)
+def test_diff_policy_change_equals_the_full_diff(
+    current: frozenset[PolicySpec], wanted: frozenset[PolicySpec], unwanted: frozenset[PolicySpec]
+) -> None:
+    """The incremental diff of one pass gives what a full diff of the resulting wish gives,
+    including keys replaced in place (the same selector at two priorities)."""
+    assert diff_policy_change(current, wanted, unwanted) == diff_policies(
+        (current - unwanted) | wanted, current
+    )
