@@ -176,6 +176,7 @@ class Daemon:
         self._retry_at = 0.0
         self._backoff = 0.0
         self._reported_invalid: dict[str, str] = {}
+        self._reported_caveats: dict[str, str] = {}
         self._reported_warnings: tuple[str, ...] = ()
         # Tunnel states are folded (O(tunnels)) only when one of their inputs moved.
         self._state_version = 0
@@ -597,6 +598,12 @@ class Daemon:
             if self._reported_invalid.get(name) != reason:
                 vlog.warn(f"{name}: invalid IPsec configuration: {reason}")
         self._reported_invalid = current
+        caveats = self.planner.caveats
+        if caveats != self._reported_caveats:
+            for name, warning in caveats.items():
+                if self._reported_caveats.get(name) != warning:
+                    vlog.warn(f"{name}: {warning}")
+            self._reported_caveats = dict(caveats)
 
     # -- reporting and exit -----------------------------------------------------------------
 

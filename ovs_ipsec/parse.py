@@ -240,6 +240,15 @@ def _parse_auth(
     return mode, None
 
 
+def caveat(tunnel: Tunnel) -> str | None:
+    """What makes a valid configuration carry nothing, though its IPsec works (logged once and
+    shown by tunnels/show; the tunnel is still protected and loaded)."""
+    if tunnel.type is TunnelType.GRE and tunnel.family == 6:
+        return ("type=gre to an IPv6 remote_ip carries no traffic: Open vSwitch sends GRE over "
+                "IPv4 only (IPv6 needs type=ip6gre)")  # fmt: skip
+    return None
+
+
 def tunnel_ports(interfaces: tuple[InterfaceRow, ...]) -> tuple[int, ...]:
     """Every UDP destination port an OVSDB tunnel uses, IPsec or not (for ipsec_skb_mark)."""
     return tuple(sorted({p for p in map(row_port, interfaces) if p is not None}))

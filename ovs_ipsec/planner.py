@@ -28,7 +28,14 @@ from ovs_ipsec.model import (
     InvalidTunnel,
     Tunnel,
 )
-from ovs_ipsec.parse import UDP_TUNNEL_PORTS, is_ipsec_port, parse_global, parse_tunnel, row_port
+from ovs_ipsec.parse import (
+    UDP_TUNNEL_PORTS,
+    caveat,
+    is_ipsec_port,
+    parse_global,
+    parse_tunnel,
+    row_port,
+)
 from ovs_ipsec.plan import ConnSpec, Desired, KeySpec, SharedSpec, admit, plan_keys, plan_peer
 from ovs_ipsec.protection import (
     PolicySpec,
@@ -94,6 +101,7 @@ class Planner:
         # Parse results of IPsec ports, and the views a Config is made of.
         self.tunnels: dict[str, Tunnel] = {}
         self.parse_invalid: dict[str, InvalidTunnel] = {}
+        self.caveats: dict[str, str] = {}  # valid tunnels that will carry nothing, and why
         self.port_counts: Counter[int] = Counter()
         # Admission (options, credentials) and per-peer plans.
         self.settings: dict[str, ike_options.IkeSettings] = {}
@@ -223,6 +231,7 @@ class Planner:
     def _reparse(self, name: str) -> None:
         self.tunnels.pop(name, None)
         self.parse_invalid.pop(name, None)
+        self.caveats.pop(name, None)
         uuid = self.row_of.get(name)
         row = self.rows.get(uuid) if uuid is not None else None
         if row is None or not is_ipsec_port(row.options):
@@ -230,6 +239,8 @@ class Planner:
         parsed = parse_tunnel(row, self.global_config)
         if isinstance(parsed, Tunnel):
             self.tunnels[name] = parsed
+            if (warning := caveat(parsed)) is not None:
+                self.caveats[name] = warning
         else:
             self.parse_invalid[name] = parsed
 

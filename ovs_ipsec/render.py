@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ovs_ipsec.model import Config
+from ovs_ipsec.parse import caveat
 from ovs_ipsec.protection import PolicySpec, is_owned
 from ovs_ipsec.sas import ChildSa, IkeSa
 from ovs_ipsec.status import Protection, Selector, TunnelStatus
@@ -84,6 +85,7 @@ def tunnel_config_json(config: Config, name: str) -> dict[str, Any]:
             "remote_cert": tunnel.remote_cert,
             "remote_name": tunnel.remote_name,
             "skb_mark": str(g.skb_mark) if g.skb_mark is not None else None,
+            "warning": caveat(tunnel),
         }
     invalid = config.invalid.get(name)
     if invalid is not None:
@@ -302,6 +304,8 @@ def _tunnel_lines(
     if status.reason:
         lines.append(row("Reason", status.reason))
     cfg = tunnel_config_json(config, name)
+    if cfg.get("warning"):
+        lines.append(row("Warning", cfg["warning"]))
     lines.append(row("Tunnel Type", cfg.get("type")))
     if "errors" in cfg:
         lines.append(row("Remote IP", cfg.get("remote_ip")))

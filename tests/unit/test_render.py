@@ -255,3 +255,19 @@ def test_memory_text() -> None:
         "         2.0 KiB        7 blocks  /x/ovs_ipsec/plan.py",
     ]
     assert render.memory_text({"ports": 0}, {}, []) == "ports:0\n"
+
+
+def test_gre_to_an_ipv6_peer_is_shown_with_a_warning() -> None:
+    rows = (
+        InterfaceRow("g6", "gre", {"remote_ip": "fd00::2", "psk": "Zq9PSK-warn"}),
+        InterfaceRow("g4", "gre", {"remote_ip": "10.0.0.2", "psk": "Zq9PSK-warn"}),
+        InterfaceRow("n6", "geneve", {"remote_ip": "fd00::3", "psk": "Zq9PSK-warn"}),
+    )
+    config = parse_config(Snapshot(rows, {}))
+    warnings = {name: render.tunnel_config_json(config, name)["warning"] for name in config.tunnels}
+    assert warnings["g4"] is None and warnings["n6"] is None
+    assert warnings["g6"] is not None and "ip6gre" in warnings["g6"]
+    statuses = fold(View(plan(config)))
+    text = render.tunnels_text(config, statuses, Health())
+    assert text.count("Warning:") == 1
+    assert "  Warning:        type=gre to an IPv6 remote_ip carries no traffic" in text
