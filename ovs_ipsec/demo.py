@@ -37,7 +37,7 @@ TUNNELS = (
     DemoTunnel(2, 3, "geneve", 4, 6081),
     DemoTunnel(1, 3, "vxlan", 4, 4789),
     DemoTunnel(1, 2, "geneve", 6, 6081),
-    DemoTunnel(2, 3, "gre", 6, None, "ca-signed"),
+    DemoTunnel(2, 3, "vxlan", 6, 4789, "ca-signed"),
     DemoTunnel(1, 3, "geneve", 6, 6081, "self-signed"),
 )
 
