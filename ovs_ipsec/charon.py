@@ -5,7 +5,7 @@ failures become `CharonError` (charon said no; the message is its `errmsg`) or
 `CharonUnreachable` (no socket, timeout, EOF: the session is closed and must be reopened).
 Secrets are unwrapped only here, at the VICI call.
 
-May import: vici, naming, plan and reconcile types, errors, stdlib.
+May import: vici, vici_socket, naming, plan and reconcile types, errors, stdlib.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import vici.protocol
 from ovs_ipsec import naming
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 from ovs_ipsec.plan import ConnSpec, KeySpec, SharedSpec
+from ovs_ipsec.vici_socket import open_vici
 from ovs_ipsec.vicidata import decode
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
@@ -132,13 +133,7 @@ class Charon:
 
     def connect(self) -> None:
         self.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError as exc:
-            sock.close()
-            raise CharonUnreachable("connect", f"{self.path}: {exc.strerror or exc}") from exc
+        sock = open_vici(self.path, self.timeout, "connect")
         session = vici.Session(sock)
         session.transport = _BoundedTransport(sock, self.timeout, self._waiting)
         self._session, self._socket = session, sock

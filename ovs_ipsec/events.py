@@ -10,7 +10,7 @@ that stops (or restarts) is noticed as soon as the loop wakes up, not at the nex
 Framing is vici.protocol's: a 4-byte big-endian length, then a `Packet` whose EVENT payload is
 a `Message`. Values are decoded from bytes to str here, like `Charon` does for replies.
 
-May import: vici.protocol, errors, ovs.poller, stdlib.
+May import: vici.protocol, errors, vici_socket, ovs.poller, stdlib.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from vici.exception import DeserializationException
 from vici.protocol import Message, Packet
 
 from ovs_ipsec.errors import CharonError, CharonUnreachable
+from ovs_ipsec.vici_socket import open_vici
 from ovs_ipsec.vicidata import decode
 
 # What the daemon folds into tunnel states. `alert` (strongSwan 6.0) names failure causes
@@ -84,14 +85,7 @@ class Events:
         answers EVENT_UNKNOWN for an event it does not have (that is how a 5.9.8 charon, which
         has no `alert`, is told from a 6.0 one); for a required event that is a CharonError."""
         self.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError as exc:
-            sock.close()
-            raise CharonUnreachable("events", f"{self.path}: {exc.strerror or exc}") from exc
-        self._socket = sock
+        sock = self._socket = open_vici(self.path, self.timeout, "events")
         registered: list[str] = []
         try:
             for name in required:

@@ -31,7 +31,7 @@ CORE = [
     "ike_options",
 ]
 SHELL = ["charon", "events", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli", "entry",
-         "heap"]
+         "heap", "vici_socket"]
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
 FORBIDDEN = {
     "ovs",
