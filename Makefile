@@ -13,7 +13,8 @@ unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: setup
-	.venv/bin/ruff check ovs_ipsec tests bench
+	.venv/bin/ruff check ovs_ipsec tests bench e2e
+	.venv/bin/ruff format --check ovs_ipsec tests bench e2e
 
 demo: setup
 	$(PY) -m ovs_ipsec.demo

@@ -56,16 +56,23 @@ def main() -> int:
     started = time.monotonic()
     for conn in desired.conns.values():
         secret = shared_of[conn.name]
-        v.load_shared({"id": secret.id, "type": "IKE", "data": secret.secret.reveal(),
-                       "owners": list(secret.owners)})
+        v.load_shared(
+            {
+                "id": secret.id,
+                "type": "IKE",
+                "data": secret.secret.reveal(),
+                "owners": list(secret.owners),
+            }
+        )
         v.load_conn({conn.name: conn.body})
     reply(f"loaded {time.monotonic() - started:.6f}")
     for line in sys.stdin:
         words = line.split()
         if words[:1] == ["change"] and len(words) == 3:
             iface, remote = words[1], words[2]
-            (conn,) = workload.desired([(iface, {"remote_ip": remote, "psk": psks[iface]})]) \
-                .conns.values()
+            (conn,) = workload.desired(
+                [(iface, {"remote_ip": remote, "psk": psks[iface]})]
+            ).conns.values()
             v.load_conn({conn.name: conn.body})
             reply("done")
         elif words[:1] == ["quit"]:

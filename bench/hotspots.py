@@ -41,13 +41,30 @@ from ovs_ipsec import naming  # noqa: E402
 from ovs_ipsec.lab import Lab  # noqa: E402
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
-WAITS = ("recv", "recv_into", "poll", "select", "block", "_communicate", "read", "wait",
-         "_wait", "communicate", "_try_wait", "waitpid", "readinto", "sleep", "connect")
+WAITS = (
+    "recv",
+    "recv_into",
+    "poll",
+    "select",
+    "block",
+    "_communicate",
+    "read",
+    "wait",
+    "_wait",
+    "communicate",
+    "_try_wait",
+    "waitpid",
+    "readinto",
+    "sleep",
+    "connect",
+)
 
 
 def pyspy() -> str:
-    for candidate in (os.path.join(os.path.dirname(sys.executable), "py-spy"),
-                      shutil.which("py-spy")):
+    for candidate in (
+        os.path.join(os.path.dirname(sys.executable), "py-spy"),
+        shutil.which("py-spy"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     sys.exit("py-spy not found: .venv/bin/pip install py-spy")
@@ -57,9 +74,23 @@ class Recording:
     def __init__(self, pid: int, path: str, rate: int) -> None:
         self.path = path
         self.proc = subprocess.Popen(
-            [pyspy(), "record", "--idle", "--nonblocking", "-r", str(rate), "-f", "raw", "-o", path,
-             "-p", str(pid)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                pyspy(),
+                "record",
+                "--idle",
+                "--nonblocking",
+                "-r",
+                str(rate),
+                "-f",
+                "raw",
+                "-o",
+                path,
+                "-p",
+                str(pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(1.0)  # py-spy needs a moment to attach
 
@@ -119,8 +150,9 @@ def summarise(path: str, top: int) -> str:
 def _in_main_poll(frames: list[str]) -> bool:
     """Idle in the daemon's main loop: Poller.block() called straight from run_loop()."""
     names = [f.split(" ")[0] for f in frames]
-    return any(a == "run_loop" and b == "Poller.block"
-               for a, b in zip(names, names[1:], strict=False))
+    return any(
+        a == "run_loop" and b == "Poller.block" for a, b in zip(names, names[1:], strict=False)
+    )
 
 
 def main() -> int:
@@ -171,8 +203,13 @@ def main() -> int:
             recording.stop()
             recording = None
             latencies.sort()
-            results.append((f"{args.changes} remote_ip changes at N={n} (median "
-                            f"{latencies[len(latencies) // 2]:.0f} ms)", changes))
+            results.append(
+                (
+                    f"{args.changes} remote_ip changes at N={n} (median "
+                    f"{latencies[len(latencies) // 2]:.0f} ms)",
+                    changes,
+                )
+            )
 
             check = os.path.join(args.out, "check.txt")
             recording = Recording(pid, check, args.rate)

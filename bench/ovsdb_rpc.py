@@ -65,13 +65,15 @@ class OvsdbClient:
     def call(self, method: str, params: list[Any]) -> Any:
         self._id += 1
         request_id = self._id
-        self.sock.sendall(json.dumps({"method": method, "params": params, "id": request_id})
-                          .encode())
+        self.sock.sendall(
+            json.dumps({"method": method, "params": params, "id": request_id}).encode()
+        )
         while True:
             msg = self._recv_message()
             if msg.get("method") == "echo":
-                self.sock.sendall(json.dumps({"result": msg["params"], "error": None,
-                                              "id": msg["id"]}).encode())
+                self.sock.sendall(
+                    json.dumps({"result": msg["params"], "error": None, "id": msg["id"]}).encode()
+                )
                 continue
             if msg.get("id") != request_id:
                 continue
@@ -95,8 +97,14 @@ class OvsdbClient:
 
     def port_uuid(self, name: str) -> str | None:
         (result,), _ = self.transact(
-            [{"op": "select", "table": "Port", "where": [["name", "==", name]],
-              "columns": ["_uuid"]}]
+            [
+                {
+                    "op": "select",
+                    "table": "Port",
+                    "where": [["name", "==", name]],
+                    "columns": ["_uuid"],
+                }
+            ]
         )
         rows = result["rows"]
         return rows[0]["_uuid"][1] if rows else None
@@ -106,28 +114,57 @@ def options_map(options: dict[str, str]) -> list[Any]:
     return ["map", sorted(options.items())]
 
 
-def add_tunnels_ops(tunnels: Sequence[tuple[str, dict[str, str]]], bridge: str = "br0"
-                    ) -> list[dict[str, Any]]:
+def add_tunnels_ops(
+    tunnels: Sequence[tuple[str, dict[str, str]]], bridge: str = "br0"
+) -> list[dict[str, Any]]:
     """Insert GRE interfaces (name, options) with a port each and attach them to `bridge`."""
     ops: list[dict[str, Any]] = []
     ports = []
     for i, (name, options) in enumerate(tunnels):
-        ops.append({"op": "insert", "table": "Interface", "uuid-name": f"i{i}",
-                    "row": {"name": name, "type": "gre", "options": options_map(options)}})
-        ops.append({"op": "insert", "table": "Port", "uuid-name": f"p{i}",
-                    "row": {"name": name, "interfaces": ["named-uuid", f"i{i}"]}})
+        ops.append(
+            {
+                "op": "insert",
+                "table": "Interface",
+                "uuid-name": f"i{i}",
+                "row": {"name": name, "type": "gre", "options": options_map(options)},
+            }
+        )
+        ops.append(
+            {
+                "op": "insert",
+                "table": "Port",
+                "uuid-name": f"p{i}",
+                "row": {"name": name, "interfaces": ["named-uuid", f"i{i}"]},
+            }
+        )
         ports.append(["named-uuid", f"p{i}"])
-    ops.append({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
-                "mutations": [["ports", "insert", ["set", ports]]]})
+    ops.append(
+        {
+            "op": "mutate",
+            "table": "Bridge",
+            "where": [["name", "==", bridge]],
+            "mutations": [["ports", "insert", ["set", ports]]],
+        }
+    )
     return ops
 
 
 def keep_only_ports_ops(keep_uuids: Sequence[str], bridge: str = "br0") -> list[dict[str, Any]]:
     """Detach every port but `keep_uuids` from `bridge`; OVSDB garbage-collects the rest."""
-    return [{"op": "update", "table": "Bridge", "where": [["name", "==", bridge]],
-             "row": {"ports": ["set", [["uuid", u] for u in keep_uuids]]}}]
+    return [
+        {
+            "op": "update",
+            "table": "Bridge",
+            "where": [["name", "==", bridge]],
+            "row": {"ports": ["set", [["uuid", u] for u in keep_uuids]]},
+        }
+    ]
 
 
 def set_options_op(name: str, options: dict[str, str]) -> dict[str, Any]:
-    return {"op": "update", "table": "Interface", "where": [["name", "==", name]],
-            "row": {"options": options_map(options)}}
+    return {
+        "op": "update",
+        "table": "Interface",
+        "where": [["name", "==", name]],
+        "row": {"options": options_map(options)},
+    }

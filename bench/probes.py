@@ -72,8 +72,9 @@ class SpdCounter:
     def counts(self) -> tuple[int, int, int]:
         self.seq += 1
         payload = struct.pack("=I", 0xFFFFFFFF)
-        header = struct.pack("=IHHII", 16 + len(payload), XFRM_MSG_GETSPDINFO, NLM_F_REQUEST,
-                             self.seq, 0)
+        header = struct.pack(
+            "=IHHII", 16 + len(payload), XFRM_MSG_GETSPDINFO, NLM_F_REQUEST, self.seq, 0
+        )
         self.sock.send(header + payload)
         while True:
             data = self.sock.recv(65536)
@@ -113,8 +114,9 @@ class PolicyCensus:
 
 
 def policy_census(ns: str) -> PolicyCensus:
-    text = subprocess.run(["ip", "-n", ns, "xfrm", "policy"], capture_output=True, text=True,
-                          check=True, timeout=60).stdout
+    text = subprocess.run(
+        ["ip", "-n", ns, "xfrm", "policy"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     # Per-socket policies (charon's IKE socket bypasses) are not in the SPD counts either.
     blocks = [b for b in text.split("\nsrc ") if b.strip() and "\tsocket " not in b]
     return PolicyCensus(

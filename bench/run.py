@@ -125,8 +125,9 @@ def converge(
     return samples[-1][0] - t0
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
-               interval: float = CHANGE_POLL) -> float:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = CHANGE_POLL
+) -> float:
     """Poll `predicate`; return the time.monotonic() at which it was first seen true."""
     deadline = time.monotonic() + timeout
     while True:
@@ -300,8 +301,12 @@ class Bench:
         self.ours, self.floor_host, self.up_host = lab[1], lab[2], lab[3]
         self.db_ours = Db(self.ours)
         self.db_up = Db(self.up_host)
-        self.upstream = Upstream(self.up_host.ns, self.up_host.dir, self.up_host.db,
-                                 keep_pids=tuple(p for p in (self.up_host.ovsdb_pid,) if p))
+        self.upstream = Upstream(
+            self.up_host.ns,
+            self.up_host.dir,
+            self.up_host.db,
+            keep_pids=tuple(p for p in (self.up_host.ovsdb_pid,) if p),
+        )
         self.spd = {h.ns: SpdCounter(h.ns) for h in (self.ours, self.floor_host, self.up_host)}
         self.floor_proc: subprocess.Popen[str] | None = None
         self._change_counter = 0
@@ -350,6 +355,7 @@ class Bench:
 
         vici = Vici(h.vici_path)
         try:
+
             def alive() -> None:
                 if errors:
                     raise errors[0]
@@ -374,8 +380,9 @@ class Bench:
         vici = Vici(h.vici_path)
         try:
             sent = self.db_ours.add(workload.tunnels(n))
-            return converge(self.spd[h.ns], h.ns, n, sent.mono, self.args.timeout, vici,
-                            self.ours_alive)
+            return converge(
+                self.spd[h.ns], h.ns, n, sent.mono, self.args.timeout, vici, self.ours_alive
+            )
         finally:
             vici.close()
 
@@ -392,10 +399,12 @@ class Bench:
                 k = (i * n) // self.args.changes
                 old, new = current[k], self.next_change_ip()
                 old_conn, new_conn = naming.conn_name(old), naming.conn_name(new)
-                sent = self.db_ours.change(workload.name(k),
-                                           {"remote_ip": new, "psk": workload.psk(k)})
-                seen = wait_until(lambda c=new_conn, r=new: vici.has_conn(c, r), 10,
-                                  f"{new_conn} in charon")
+                sent = self.db_ours.change(
+                    workload.name(k), {"remote_ip": new, "psk": workload.psk(k)}
+                )
+                seen = wait_until(
+                    lambda c=new_conn, r=new: vici.has_conn(c, r), 10, f"{new_conn} in charon"
+                )
                 records.append(ChangeRecord(new_conn, sent, seen - sent.mono))
                 wait_until(lambda c=old_conn: not vici.has_conn(c), 10, f"{old_conn} unloaded")
                 current[k] = new
@@ -419,8 +428,14 @@ class Bench:
         argv = [sys.executable, os.path.join(HERE, "floor.py"), self.floor_host.vici_path, str(n)]
         if wait:
             argv.append("--wait")
-        self.floor_proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                           text=True, bufsize=1, start_new_session=True)
+        self.floor_proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         return self.floor_proc
 
     def stop_floor(self) -> None:
@@ -536,10 +551,12 @@ class Bench:
                 new = self.next_change_ip()
                 old_conn = f"{workload.name(k)}-{version[k]}"
                 new_conn = f"{workload.name(k)}-{version[k] + 1}"
-                sent = self.db_up.change(workload.name(k),
-                                         {"remote_ip": new, "psk": workload.psk(k)})
-                seen = wait_until(lambda c=new_conn, r=new: vici.has_conn(c, r), 30,
-                                  f"upstream {new_conn}")
+                sent = self.db_up.change(
+                    workload.name(k), {"remote_ip": new, "psk": workload.psk(k)}
+                )
+                seen = wait_until(
+                    lambda c=new_conn, r=new: vici.has_conn(c, r), 30, f"upstream {new_conn}"
+                )
                 records.append(ChangeRecord(new_conn, sent, seen - sent.mono))
                 wait_until(lambda c=old_conn: not vici.has_conn(c), 30, f"{old_conn} gone")
                 version[k] += 1
@@ -584,25 +601,35 @@ class Bench:
                 add("floor", {"cold_s": seconds})
                 log(f"{tag}: floor cold start {seconds:.3f} s")
             if self.args.upstream and up_ok["cold"]:
-                up_ok["cold"] = attempt("upstream", "cold start", lambda: {
-                    "cold_s": self.upstream_cold(n, restart=True)})
+                up_ok["cold"] = attempt(
+                    "upstream",
+                    "cold start",
+                    lambda: {"cold_s": self.upstream_cold(n, restart=True)},
+                )
                 if up_ok["cold"]:
                     log(f"{tag}: upstream cold start {res['upstream']['cold_s'][-1]:.3f} s")
             if self.args.upstream and up_ok["norestart"]:
-                up_ok["norestart"] = attempt("upstream_norestart", "cold start --no-restart",
-                                             lambda: {"cold_s": self.upstream_cold(n, False)})
+                up_ok["norestart"] = attempt(
+                    "upstream_norestart",
+                    "cold start --no-restart",
+                    lambda: {"cold_s": self.upstream_cold(n, False)},
+                )
                 if up_ok["norestart"]:
-                    log(f"{tag}: upstream cold start (--no-restart-ike-daemon) "
-                        f"{res['upstream_norestart']['cold_s'][-1]:.3f} s")
+                    log(
+                        f"{tag}: upstream cold start (--no-restart-ike-daemon) "
+                        f"{res['upstream_norestart']['cold_s'][-1]:.3f} s"
+                    )
 
             seconds = self.ours_bulk(n)
             add("ours", {"bulk_s": seconds})
             log(f"{tag}: ours bulk add {seconds:.3f} s")
             stats = self.ours_changes(n)
             add("ours", stats)
-            log(f"{tag}: ours one change median {stats['change_med_ms']:.1f} ms, "
+            log(
+                f"{tag}: ours one change median {stats['change_med_ms']:.1f} ms, "
                 f"p95 {stats['change_p95_ms']:.1f} ms; in daemon median "
-                f"{stats.get('internal_med_ms', float('nan')):.1f} ms")
+                f"{stats.get('internal_med_ms', float('nan')):.1f} ms"
+            )
             add("ours", self.memory(self.ours.daemon_pid))
             if self.args.floor:
                 seconds = self.floor_bulk(n)
@@ -612,14 +639,17 @@ class Bench:
                 add("floor", stats)
                 log(f"{tag}: floor one change median {stats['change_med_ms']:.1f} ms")
             if self.args.upstream and up_ok["bulk"]:
-                up_ok["bulk"] = attempt("upstream", "bulk add", lambda: {
-                    "bulk_s": self.upstream_bulk(n)})
+                up_ok["bulk"] = attempt(
+                    "upstream", "bulk add", lambda: {"bulk_s": self.upstream_bulk(n)}
+                )
                 if up_ok["bulk"]:
                     log(f"{tag}: upstream bulk add {res['upstream']['bulk_s'][-1]:.3f} s")
                     ok = attempt("upstream", "one change", lambda: self.upstream_changes(n))
                     if ok:
-                        log(f"{tag}: upstream one change median "
-                            f"{res['upstream']['change_med_ms'][-1]:.1f} ms")
+                        log(
+                            f"{tag}: upstream one change median "
+                            f"{res['upstream']['change_med_ms'][-1]:.1f} ms"
+                        )
                         add("upstream", self.memory(self.upstream.monitor_pid))
 
         idle = self.idle(n)
@@ -657,9 +687,11 @@ class Bench:
                 out[key]["hwm_mib"] = samples[key][-1].hwm_kib / 1024
         if "ours" in out:
             o = out["ours"]
-            log(f"N={n}: ours idle {o['cpu_s']:.3f} CPU-s (checks {o['check_cpu_s']:.3f}), "
+            log(
+                f"N={n}: ours idle {o['cpu_s']:.3f} CPU-s (checks {o['check_cpu_s']:.3f}), "
                 f"{o['wakeups']} wake-ups ({o['check_wakeups']} checks at {o['check_times']}, "
-                f"{o['other_wakeups']} other)")
+                f"{o['other_wakeups']} other)"
+            )
         return out
 
 
@@ -726,8 +758,7 @@ def target(n: int, metric: str, ours: float | None, floor: float | None) -> str:
     return ""
 
 
-def render(results: dict[int, dict[str, Any]], header: list[str], args: argparse.Namespace
-           ) -> str:
+def render(results: dict[int, dict[str, Any]], header: list[str], args: argparse.Namespace) -> str:
     out = list(header)
     width = (40, 22, 22, 22, 8, 10)
     names = ("figure", "ours", "raw VICI floor", "upstream", "/floor", "/upstream")
@@ -739,8 +770,11 @@ def render(results: dict[int, dict[str, Any]], header: list[str], args: argparse
     for n, result in results.items():
         sysres = result["systems"]
         plural = "s" if args.repeat != 1 else ""
-        out += ["", f"N = {n}  ({args.repeat} repeat{plural}: min / median / max; "
-                    "ratios of medians)", line(list(names), "target (N = 1000)")]
+        out += [
+            "",
+            f"N = {n}  ({args.repeat} repeat{plural}: min / median / max; ratios of medians)",
+            line(list(names), "target (N = 1000)"),
+        ]
         ours_all = sysres["ours"]
         for label, up_key, metric in ROWS:
             ours, floor = ours_all.get(metric), sysres["floor"].get(metric)
@@ -748,41 +782,79 @@ def render(results: dict[int, dict[str, Any]], header: list[str], args: argparse
             if up_key == "upstream_norestart":
                 cells = [label, "", "", spread(up), "", ratio(med(ours), med(up))]
             else:
-                cells = [label, spread(ours), spread(floor) if floor else "-",
-                         spread(up) if up_key else "-",
-                         ratio(med(ours), med(floor)) if floor else "-",
-                         ratio(med(ours), med(up)) if up_key else "-"]
+                cells = [
+                    label,
+                    spread(ours),
+                    spread(floor) if floor else "-",
+                    spread(up) if up_key else "-",
+                    ratio(med(ours), med(floor)) if floor else "-",
+                    ratio(med(ours), med(up)) if up_key else "-",
+                ]
             out.append(line(cells, target(n, metric, med(ours), med(floor))))
         idle = result["idle"]
         scale = 60.0 / args.idle_seconds
         o, u = idle.get("ours"), idle.get("upstream")
         if o:
             cpu = o["cpu_s"] * scale
-            out.append(line(
-                ["idle CPU per 60 s [CPU-s]",
-                 f"{fmt(cpu)} (checks {fmt(o['check_cpu_s'] * scale)})", "-",
-                 fmt(u["cpu_s"] * scale) if u else "n/a", "-", ""],
-                f"<= 0.1: {'met' if cpu <= 0.1 else 'MISSED'}" if n == 1000 else ""))
-            out.append(line(
-                ["idle wake-ups per 60 s",
-                 f"{fmt(o['wakeups'] * scale)} ({fmt(o['check_wakeups'] * scale)} checks)",
-                 "-", fmt(u["wakeups"] * scale) if u else "n/a", "-", ""],
-                f"only the check: {'met' if o['other_wakeups'] == 0 else 'MISSED'}"
-                if n == 1000 else ""))
+            out.append(
+                line(
+                    [
+                        "idle CPU per 60 s [CPU-s]",
+                        f"{fmt(cpu)} (checks {fmt(o['check_cpu_s'] * scale)})",
+                        "-",
+                        fmt(u["cpu_s"] * scale) if u else "n/a",
+                        "-",
+                        "",
+                    ],
+                    f"<= 0.1: {'met' if cpu <= 0.1 else 'MISSED'}" if n == 1000 else "",
+                )
+            )
+            out.append(
+                line(
+                    [
+                        "idle wake-ups per 60 s",
+                        f"{fmt(o['wakeups'] * scale)} ({fmt(o['check_wakeups'] * scale)} checks)",
+                        "-",
+                        fmt(u["wakeups"] * scale) if u else "n/a",
+                        "-",
+                        "",
+                    ],
+                    f"only the check: {'met' if o['other_wakeups'] == 0 else 'MISSED'}"
+                    if n == 1000
+                    else "",
+                )
+            )
             oc, uc = idle.get("ours_charon"), idle.get("upstream_charon")
-            out.append(line(
-                ["  charon's CPU meanwhile, per 60 s",
-                 fmt(oc["cpu_s"] * scale) if oc else "n/a", "-",
-                 fmt(uc["cpu_s"] * scale) if uc else "n/a", "-", ""]))
+            out.append(
+                line(
+                    [
+                        "  charon's CPU meanwhile, per 60 s",
+                        fmt(oc["cpu_s"] * scale) if oc else "n/a",
+                        "-",
+                        fmt(uc["cpu_s"] * scale) if uc else "n/a",
+                        "-",
+                        "",
+                    ]
+                )
+            )
             if o["check_wakeups"]:
                 per_check = o["check_cpu_s"] / o["check_wakeups"] * 1000
-                out.append(line(["  one periodic check [CPU-ms]", fmt(per_check), "-", "-",
-                                 "-", ""]))
-            out.append(line(
-                ["RSS after idling [MiB]", f"{fmt(o['rss_mib'])} (peak {fmt(o['hwm_mib'])})",
-                 "-", f"{fmt(u['rss_mib'])} (peak {fmt(u['hwm_mib'])})" if u else "n/a",
-                 "-", ratio(o["rss_mib"], u["rss_mib"]) if u else "n/a"],
-                f"<= 25 MiB: {'met' if o['rss_mib'] <= 25 else 'MISSED'}" if n == 1000 else ""))
+                out.append(
+                    line(["  one periodic check [CPU-ms]", fmt(per_check), "-", "-", "-", ""])
+                )
+            out.append(
+                line(
+                    [
+                        "RSS after idling [MiB]",
+                        f"{fmt(o['rss_mib'])} (peak {fmt(o['hwm_mib'])})",
+                        "-",
+                        f"{fmt(u['rss_mib'])} (peak {fmt(u['hwm_mib'])})" if u else "n/a",
+                        "-",
+                        ratio(o["rss_mib"], u["rss_mib"]) if u else "n/a",
+                    ],
+                    f"<= 25 MiB: {'met' if o['rss_mib'] <= 25 else 'MISSED'}" if n == 1000 else "",
+                )
+            )
         for note in result["notes"]:
             out.append(f"  n/a: {note.splitlines()[0]}")
     return "\n".join(out)
@@ -791,8 +863,9 @@ def render(results: dict[int, dict[str, Any]], header: list[str], args: argparse
 def machine_header(lab: Lab, args: argparse.Namespace) -> list[str]:
     def run(argv: list[str]) -> str:
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                                  cwd=REPO).stdout.strip()
+            return subprocess.run(
+                argv, capture_output=True, text=True, timeout=30, cwd=REPO
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return "?"
 
@@ -809,8 +882,12 @@ def machine_header(lab: Lab, args: argparse.Namespace) -> list[str]:
     else:
         commit = run(["git", "rev-parse", "--short=10", "HEAD"])
         dirty = run(["git", "status", "--porcelain", "--", "ovs_ipsec"])
-        dirty_note = (f" + uncommitted changes in {len(dirty.splitlines())} file(s) of "
-                      "ovs_ipsec/ (working tree)" if dirty else " (working tree)")
+        dirty_note = (
+            f" + uncommitted changes in {len(dirty.splitlines())} file(s) of "
+            "ovs_ipsec/ (working tree)"
+            if dirty
+            else " (working tree)"
+        )
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     return [
@@ -833,20 +910,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, nargs="+", default=[100, 1000], help="tunnel counts")
     p.add_argument("--repeat", type=int, default=3, help="repeats per N (default 3)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: N=100, 1 repeat, 10 changes, 20 s idle")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: N=100, 1 repeat, 10 changes, 20 s idle"
+    )
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--changes", type=int, default=50, help="changes per repeat (default 50)")
     p.add_argument("--no-upstream", dest="upstream", action="store_false")
     p.add_argument("--no-floor", dest="floor", action="store_false")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="convergence timeout for ours and the floor (s)")
-    p.add_argument("--upstream-timeout", type=float, default=120.0,
-                   help="per-measurement limit for upstream; beyond it the figure is n/a")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="convergence timeout for ours and the floor (s)",
+    )
+    p.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=120.0,
+        help="per-measurement limit for upstream; beyond it the figure is n/a",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab's workdir (logs)")
-    p.add_argument("--commit", metavar="REV",
-                   help="measure this commit (git archive snapshot) instead of the working tree")
+    p.add_argument(
+        "--commit",
+        metavar="REV",
+        help="measure this commit (git archive snapshot) instead of the working tree",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.repeat, args.changes = [100], 1, 10

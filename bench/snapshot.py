@@ -30,14 +30,21 @@ def select(argv: list[str]) -> str | None:
             rev = arg.split("=", 1)[1]
     if rev is None:
         return None
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     dest = tempfile.mkdtemp(prefix=f"ovs-ipsec-bench-{sha[:10]}-")
     atexit.register(shutil.rmtree, dest, True)
-    archive = subprocess.run(["git", "archive", sha, "ovs_ipsec", "bin"], cwd=REPO,
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", sha, "ovs_ipsec", "bin"], cwd=REPO, capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
     sys.path.insert(0, dest)
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (dest, os.environ.get("PYTHONPATH", "")) if p)
+        p for p in (dest, os.environ.get("PYTHONPATH", "")) if p
+    )
     return sha

@@ -98,13 +98,29 @@ class Upstream:
                 (self.swan_d, "/etc/strongswan.d"),
             )
         )
-        return ["ip", "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private",
-                "sh", "-c", f"{mounts} && exec {shlex.join(argv)}"]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.ns,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"{mounts} && exec {shlex.join(argv)}",
+        ]
 
     def _spawn(self, argv: list[str], what: str, log: str) -> subprocess.Popen[bytes]:
         with open(os.path.join(self.dir, log), "ab") as out:
-            popen = subprocess.Popen(self._wrap(argv), stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(
+                self._wrap(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(LabProcess.track(popen.pid, what, popen))
         return popen
 
@@ -129,9 +145,18 @@ class Upstream:
         """Start upstream's monitor (returns at once; `finish_start` waits for the launcher).
 
         With restart (upstream's default) the launcher runs `ipsec restart` before detaching."""
-        argv = ["env", f"OVS_RUNDIR={self.ovs_run}", f"OVS_LOGDIR={self.dir}", PYTHON, SCRIPT,
-                self.db, "--ike-daemon=strongswan", f"--pidfile={self.pidfile}",
-                f"--log-file={self.log_path}", "--detach"]
+        argv = [
+            "env",
+            f"OVS_RUNDIR={self.ovs_run}",
+            f"OVS_LOGDIR={self.dir}",
+            PYTHON,
+            SCRIPT,
+            self.db,
+            "--ike-daemon=strongswan",
+            f"--pidfile={self.pidfile}",
+            f"--log-file={self.log_path}",
+            "--detach",
+        ]
         if not restart:
             argv.append("--no-restart-ike-daemon")
         self._launcher = self._spawn(argv, "upstream monitor launcher", "monitor.out")
@@ -141,8 +166,7 @@ class Upstream:
         try:
             rc = self._launcher.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise UpstreamError(f"upstream's monitor did not detach within {timeout:g} s") \
-                from None
+            raise UpstreamError(f"upstream's monitor did not detach within {timeout:g} s") from None
         if rc != 0:
             raise UpstreamError(f"upstream's monitor launcher exited {rc}; see {self.dir}")
         self._await_charon(timeout)
@@ -193,8 +217,9 @@ class Upstream:
             raise UpstreamError(f"upstream processes survived SIGKILL: {self.procs}")
 
     def _namespace_leftovers(self) -> list[LabProcess]:
-        out = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True,
-                             check=False).stdout
+        out = subprocess.run(
+            ["ip", "netns", "pids", self.ns], capture_output=True, text=True, check=False
+        ).stdout
         pids = [int(p) for p in out.split() if int(p) not in self.keep_pids]
         return [LabProcess.track(pid, f"leftover in {self.ns}") for pid in pids]
 

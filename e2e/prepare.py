@@ -89,8 +89,10 @@ def current_kernel_package() -> str:
             and parts[1][len("linux-image-") :][:1].isdigit()
         ):
             return parts[1]
-    raise PrepareError("apt-cache depends linux-image-amd64 names no linux-image-<abi> package "
-                       "(run apt-get update?)")
+    raise PrepareError(
+        "apt-cache depends linux-image-amd64 names no linux-image-<abi> package "
+        "(run apt-get update?)"
+    )
 
 
 def find_deb(debs: str, package: str) -> str | None:
@@ -132,8 +134,10 @@ def fetch_kernel(cache: str, requested: str | None) -> tuple[str, str]:
         if requested:
             raise
         fallback = current_kernel_package()
-        log(f"WARNING: pinned {package} cannot be had ({e}); using {fallback} "
-            "(update DEFAULT_KERNEL_PACKAGE in e2e/prepare.py)")
+        log(
+            f"WARNING: pinned {package} cannot be had ({e}); using {fallback} "
+            "(update DEFAULT_KERNEL_PACKAGE in e2e/prepare.py)"
+        )
         return fallback, download(debs, fallback)
 
 
@@ -192,7 +196,7 @@ def has_interpreter(path: str) -> bool:
         head = f.read(64)
         if head[:4] != b"\x7fELF" or head[4] != 2:
             raise PrepareError(f"{path}: not an ELF64 file")
-        phoff, = struct.unpack_from("<Q", head, 32)
+        (phoff,) = struct.unpack_from("<Q", head, 32)
         phentsize, phnum = struct.unpack_from("<HH", head, 54)
         f.seek(phoff)
         table = f.read(phentsize * phnum)
@@ -228,12 +232,13 @@ def build_initrd(guest: str, kver: str) -> str:
             order.append(os.path.basename(path))
         with open(os.path.join(root, "lib", "modules", kver, "load-order"), "w") as f:
             f.write("\n".join(order) + "\n")
-        names = subprocess.run(
-            ["find", "."], cwd=root, check=True, capture_output=True
-        ).stdout
+        names = subprocess.run(["find", "."], cwd=root, check=True, capture_output=True).stdout
         cpio = subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names,
-            check=True, capture_output=True,
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            cwd=root,
+            input=names,
+            check=True,
+            capture_output=True,
         ).stdout
     for old in glob.glob(os.path.join(guest, "initrd-*.cpio.gz")):
         os.unlink(old)
@@ -249,7 +254,7 @@ def prepare(cache: str = DEFAULT_CACHE, kernel_package: str | None = None) -> di
     package, deb = fetch_kernel(cache, kernel_package)
     if not package.startswith("linux-image-"):
         raise PrepareError(f"{package}: not a linux-image package")
-    kver = package[len("linux-image-"):]
+    kver = package[len("linux-image-") :]
     guest = os.path.join(cache, "guest", kver)
     stamp = os.path.join(guest, "modules.ready")
     if not os.path.exists(stamp):

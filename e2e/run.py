@@ -66,7 +66,9 @@ def python_mounts(python: str) -> list[str]:
     packages: the interpreter's installation and, for a venv, the venv."""
     out = subprocess.run(
         [python, "-c", "import sys; print(sys.base_prefix); print(sys.prefix)"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split("\n")
     paths = [os.path.realpath(out[0]), os.path.realpath(out[1])]
     return [p for p in paths if not p.startswith(("/usr/", "/etc/")) and p != "/usr"]
@@ -84,8 +86,9 @@ def minimal_cover(paths: list[str]) -> list[str]:
 class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.run_dir = os.path.abspath(args.run_dir or os.path.join(
-            args.cache, "runs", time.strftime("%Y%m%d-%H%M%S")))
+        self.run_dir = os.path.abspath(
+            args.run_dir or os.path.join(args.cache, "runs", time.strftime("%Y%m%d-%H%M%S"))
+        )
         self.console_path = os.path.join(self.run_dir, "console.log")
         self.marks: dict[str, float] = {}
 
@@ -100,8 +103,10 @@ class Runner:
         chosen = [s for s in all_ if s.id in wanted or s.name in wanted]
         unknown = set(wanted) - {s.id for s in chosen} - {s.name for s in chosen}
         if unknown:
-            raise SystemExit(f"e2e: unknown scenarios {sorted(unknown)}; "
-                             f"known: {', '.join(s.id + ':' + s.name for s in all_)}")
+            raise SystemExit(
+                f"e2e: unknown scenarios {sorted(unknown)}; "
+                f"known: {', '.join(s.id + ':' + s.name for s in all_)}"
+            )
         return chosen
 
     def qemu_argv(self, guest: dict[str, str], scenarios: list, guest_timeout: int) -> list[str]:
@@ -113,34 +118,61 @@ class Runner:
         virtfs = []
         mnt_spec = []
         for i, path in enumerate(mounts):
-            virtfs += ["-virtfs", f"local,path={path},mount_tag=m{i},security_model=none,"
-                       "readonly=on,multidevs=remap"]
+            virtfs += [
+                "-virtfs",
+                f"local,path={path},mount_tag=m{i},security_model=none,readonly=on,multidevs=remap",
+            ]
             mnt_spec.append(f"m{i}:{path}")
-        cmdline = " ".join([
-            "console=ttyS0", "panic=-1", "loglevel=4", "quiet",
-            f"e2e.stage2={HERE}/guest/stage2.sh",
-            f"e2e.python={python}",
-            f"e2e.source={self.args.source}",
-            f"e2e.timeout={guest_timeout}",
-            f"e2e.scenarios={','.join(s.id for s in scenarios)}",
-            f"e2e.mnt={','.join(mnt_spec)}",
-            *self.args.kernel_arg,
-        ])
-        accel = ["-accel", "kvm", "-cpu", "host"] if self.args.accel == "kvm" else \
-            ["-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"]
+        cmdline = " ".join(
+            [
+                "console=ttyS0",
+                "panic=-1",
+                "loglevel=4",
+                "quiet",
+                f"e2e.stage2={HERE}/guest/stage2.sh",
+                f"e2e.python={python}",
+                f"e2e.source={self.args.source}",
+                f"e2e.timeout={guest_timeout}",
+                f"e2e.scenarios={','.join(s.id for s in scenarios)}",
+                f"e2e.mnt={','.join(mnt_spec)}",
+                *self.args.kernel_arg,
+            ]
+        )
+        accel = (
+            ["-accel", "kvm", "-cpu", "host"]
+            if self.args.accel == "kvm"
+            else ["-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"]
+        )
         return [
-            QEMU, *accel, "-machine", "q35", "-m", str(self.args.mem), "-smp", str(self.args.smp),
-            "-nographic", "-no-reboot", "-nic", "none",
-            "-kernel", guest["vmlinuz"], "-initrd", guest["initrd"], "-append", cmdline,
-            "-virtfs", "local,path=/usr,mount_tag=usr,security_model=none,readonly=on,"
-            "multidevs=remap",
-            "-virtfs", "local,path=/etc,mount_tag=etc,security_model=none,readonly=on,"
-            "multidevs=remap",
-            "-virtfs", f"local,path={guest['modules']},mount_tag=kmods,security_model=none,"
-            "readonly=on",
-            "-virtfs", f"local,path={self.run_dir},mount_tag=share,security_model=none",
+            QEMU,
+            *accel,
+            "-machine",
+            "q35",
+            "-m",
+            str(self.args.mem),
+            "-smp",
+            str(self.args.smp),
+            "-nographic",
+            "-no-reboot",
+            "-nic",
+            "none",
+            "-kernel",
+            guest["vmlinuz"],
+            "-initrd",
+            guest["initrd"],
+            "-append",
+            cmdline,
+            "-virtfs",
+            "local,path=/usr,mount_tag=usr,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs",
+            "local,path=/etc,mount_tag=etc,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs",
+            f"local,path={guest['modules']},mount_tag=kmods,security_model=none,readonly=on",
+            "-virtfs",
+            f"local,path={self.run_dir},mount_tag=share,security_model=none",
             *virtfs,
-            "-serial", "mon:stdio",
+            "-serial",
+            "mon:stdio",
         ]
 
     def boot(self, argv: list[str], host_timeout: float) -> tuple[int | None, bool]:
@@ -150,8 +182,9 @@ class Runner:
         with open(self.console_path, "wb") as log:
             # qemu stays in our process group: whoever kills that group (pytest's entry does on
             # a timeout) takes qemu with it.
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
             try:
                 return self._stream(proc, log, t0, host_timeout)
             finally:
@@ -159,8 +192,9 @@ class Runner:
                     proc.kill()
                     proc.wait()
 
-    def _stream(self, proc: subprocess.Popen, log, t0: float,
-                host_timeout: float) -> tuple[int | None, bool]:
+    def _stream(
+        self, proc: subprocess.Popen, log, t0: float, host_timeout: float
+    ) -> tuple[int | None, bool]:
         buf = b""
         timed_out = False
         while True:
@@ -179,8 +213,10 @@ class Runner:
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for line in lines:
-                self.console_line(ESCAPES.sub("", line.decode(errors="replace")).rstrip("\r"),
-                                  time.monotonic() - t0)
+                self.console_line(
+                    ESCAPES.sub("", line.decode(errors="replace")).rstrip("\r"),
+                    time.monotonic() - t0,
+                )
         if timed_out:
             self.say(f"HOST TIMEOUT after {host_timeout:.0f}s: killing qemu")
             proc.terminate()
@@ -193,16 +229,23 @@ class Runner:
         return proc.wait(), False
 
     def console_line(self, line: str, t: float) -> None:
-        for key, marker in (("stage1", "e2e-stage1: done"), ("stage2", "e2e-stage2: start"),
-                            ("setup", '"kind": "setup"')):
+        for key, marker in (
+            ("stage1", "e2e-stage1: done"),
+            ("stage2", "e2e-stage2: start"),
+            ("setup", '"kind": "setup"'),
+        ):
             if marker in line and key not in self.marks:
                 self.marks[key] = t
         if self.args.verbose:
             print(line, file=sys.stderr, flush=True)
-        elif ("E2E " in line or "e2e-stage" in line or "Kernel panic" in line) and \
-                "E2E-RESULT" not in line:
-            print(f"  {t:6.1f}s | {line[line.find('E2E') if 'E2E ' in line else 0:]}",
-                  file=sys.stderr, flush=True)
+        elif (
+            "E2E " in line or "e2e-stage" in line or "Kernel panic" in line
+        ) and "E2E-RESULT" not in line:
+            print(
+                f"  {t:6.1f}s | {line[line.find('E2E') if 'E2E ' in line else 0 :]}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def run(self) -> int:
         scenarios = self.select_scenarios()
@@ -217,15 +260,19 @@ class Runner:
             return 3
         t_prep = time.monotonic() - t_start
         os.makedirs(self.run_dir, exist_ok=True)
-        guest_timeout = int(self.args.guest_timeout or min(
-            BOOT_ALLOWANCE + sum(s.budget for s in scenarios), MAX_GUEST_TIMEOUT))
+        guest_timeout = int(
+            self.args.guest_timeout
+            or min(BOOT_ALLOWANCE + sum(s.budget for s in scenarios), MAX_GUEST_TIMEOUT)
+        )
         host_timeout = self.args.host_timeout or guest_timeout + HOST_MARGIN
         argv = self.qemu_argv(guest, scenarios, guest_timeout)
         with open(os.path.join(self.run_dir, "qemu-argv.json"), "w") as f:
             json.dump(argv, f, indent=1)
-        self.say(f"kernel {guest['kver']} ({guest['package']}), prepared in {t_prep:.1f}s; "
-                 f"scenarios {','.join(s.id for s in scenarios)}; "
-                 f"timeouts guest {guest_timeout}s host {host_timeout:.0f}s")
+        self.say(
+            f"kernel {guest['kver']} ({guest['package']}), prepared in {t_prep:.1f}s; "
+            f"scenarios {','.join(s.id for s in scenarios)}; "
+            f"timeouts guest {guest_timeout}s host {host_timeout:.0f}s"
+        )
         self.say(f"run directory {self.run_dir}")
         t_boot = time.monotonic()
         qrc, timed_out = self.boot(argv, host_timeout)
@@ -233,8 +280,9 @@ class Runner:
         maxrss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         return self.report(scenarios, qrc, timed_out, wall, maxrss_mb)
 
-    def report(self, scenarios: list, qrc: int | None, timed_out: bool, wall: float,
-               maxrss_mb: float) -> int:
+    def report(
+        self, scenarios: list, qrc: int | None, timed_out: bool, wall: float, maxrss_mb: float
+    ) -> int:
         console = ESCAPES.sub("", read(self.console_path))
         rc_text = read(os.path.join(self.run_dir, "rc")).strip()
         guest_rc = int(rc_text) if rc_text.lstrip("-").isdigit() else None
@@ -247,12 +295,13 @@ class Runner:
         if panic:
             i = panic.start()
             problems.append("KERNEL PANIC in the guest: " + panic.group(0))
-            print(console[max(0, i - 1500):i + 1500], file=sys.stderr)
+            print(console[max(0, i - 1500) : i + 1500], file=sys.stderr)
         if timed_out:
             problems.append(f"host timeout: qemu killed after {wall:.0f}s")
         if guest_rc is None and not timed_out and not panic:
-            problems.append(f"the guest never wrote its exit code (qemu exit {qrc}); "
-                            "see the end of console.log")
+            problems.append(
+                f"the guest never wrote its exit code (qemu exit {qrc}); see the end of console.log"
+            )
         elif guest_rc == 124:
             problems.append("guest timeout: the scenario runner was killed by stage2's timeout")
         elif guest_rc not in (None, 0):
@@ -267,15 +316,36 @@ class Runner:
 
         rows = [("scenario", "case", "result", "seconds", "detail")]
         if setup:
-            rows.append(("-", "guest kernel setup", setup["result"], f"{setup['seconds']:.1f}",
-                         setup.get("detail", "")))
+            rows.append(
+                (
+                    "-",
+                    "guest kernel setup",
+                    setup["result"],
+                    f"{setup['seconds']:.1f}",
+                    setup.get("detail", ""),
+                )
+            )
         for s in scenarios:
             for c in [c for c in cases if c["scenario"] == s.id]:
-                rows.append((f"{s.id} {s.name}", c["case"], c["result"], f"{c['seconds']:.1f}",
-                             c.get("detail", "")))
+                rows.append(
+                    (
+                        f"{s.id} {s.name}",
+                        c["case"],
+                        c["result"],
+                        f"{c['seconds']:.1f}",
+                        c.get("detail", ""),
+                    )
+                )
             r = per_scn.get(s.id)
-            rows.append((f"{s.id} {s.name}", "= scenario total", r["result"] if r else "NOT RUN",
-                         f"{r['seconds']:.1f}" if r else "-", ""))
+            rows.append(
+                (
+                    f"{s.id} {s.name}",
+                    "= scenario total",
+                    r["result"] if r else "NOT RUN",
+                    f"{r['seconds']:.1f}" if r else "-",
+                    "",
+                )
+            )
         widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
         out = []
         for r in rows:
@@ -283,20 +353,29 @@ class Runner:
             out.append("  ".join(str(r[i]).ljust(widths[i]) for i in range(4)) + "  " + detail)
         print("\n".join(out))
         boot = self.marks.get("stage2")
-        print(f"\nboot to stage 2: {boot:.1f}s" if boot else "\nboot: stage 2 never started",
-              end="")
-        print(f"; qemu wall {wall:.1f}s; qemu max RSS {maxrss_mb:.0f} MB; "
-              f"run directory {self.run_dir}")
+        print(
+            f"\nboot to stage 2: {boot:.1f}s" if boot else "\nboot: stage 2 never started", end=""
+        )
+        print(
+            f"; qemu wall {wall:.1f}s; qemu max RSS {maxrss_mb:.0f} MB; "
+            f"run directory {self.run_dir}"
+        )
         failed = [c for c in cases if c["result"] not in ("PASS", "SKIP", "XFAIL", "XPASS")]
-        ok = not problems and not failed and guest_rc == 0 and \
-            all(per_scn[s.id]["result"] == "PASS" for s in scenarios)
+        ok = (
+            not problems
+            and not failed
+            and guest_rc == 0
+            and all(per_scn[s.id]["result"] == "PASS" for s in scenarios)
+        )
         for p in problems:
             print(f"e2e: {p}")
         n_pass = sum(1 for c in cases if c["result"] == "PASS")
         n_skip = sum(1 for c in cases if c["result"] == "SKIP")
         n_x = sum(1 for c in cases if c["result"] in ("XFAIL", "XPASS"))
-        print(f"e2e: {n_pass} passed, {len(failed)} failed, {n_skip} skipped, "
-              f"{n_x} known daemon bugs (XFAIL/XPASS)")
+        print(
+            f"e2e: {n_pass} passed, {len(failed)} failed, {n_skip} skipped, "
+            f"{n_x} known daemon bugs (XFAIL/XPASS)"
+        )
         if ok and not self.args.keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             print("e2e: all passed; run directory removed (use --keep to keep it)")
@@ -314,23 +393,38 @@ def _terminated(signum: int, frame: object) -> None:
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminated)  # so that qemu is killed on the way out
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-s", "--scenarios", default=os.environ.get("E2E_SCENARIOS", ""),
-                    help="comma-separated ids or names (default: all)")
+    ap.add_argument(
+        "-s",
+        "--scenarios",
+        default=os.environ.get("E2E_SCENARIOS", ""),
+        help="comma-separated ids or names (default: all)",
+    )
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     ap.add_argument("--keep", action="store_true", help="keep the run directory after success")
     ap.add_argument("-v", "--verbose", action="store_true", help="stream the whole console")
     ap.add_argument("--run-dir")
     ap.add_argument("--cache", default=os.environ.get("E2E_CACHE", prepare.DEFAULT_CACHE))
     ap.add_argument("--kernel-package", default=os.environ.get("E2E_KERNEL_PACKAGE"))
-    ap.add_argument("--python", default=default_python(),
-                    help="interpreter for our daemon and the guest runner (default: the venv's)")
-    ap.add_argument("--source", default=os.environ.get("E2E_SOURCE", REPO),
-                    help="checkout of the daemon to test (default: this one)")
+    ap.add_argument(
+        "--python",
+        default=default_python(),
+        help="interpreter for our daemon and the guest runner (default: the venv's)",
+    )
+    ap.add_argument(
+        "--source",
+        default=os.environ.get("E2E_SOURCE", REPO),
+        help="checkout of the daemon to test (default: this one)",
+    )
     ap.add_argument("--mem", type=int, default=int(os.environ.get("E2E_MEM", "1024")))
     ap.add_argument("--smp", type=int, default=int(os.environ.get("E2E_SMP", "2")))
     ap.add_argument("--accel", choices=("tcg", "kvm"), default=os.environ.get("E2E_ACCEL", "tcg"))
-    ap.add_argument("--kernel-arg", action="append", default=[], metavar="ARG",
-                    help="extra kernel command line word (later e2e.* words override earlier)")
+    ap.add_argument(
+        "--kernel-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra kernel command line word (later e2e.* words override earlier)",
+    )
     ap.add_argument("--guest-timeout", type=int)
     ap.add_argument("--host-timeout", type=int)
     args = ap.parse_args()
@@ -345,8 +439,11 @@ def main() -> int:
     try:
         return runner.run()
     except KeyboardInterrupt as e:
-        print(f"e2e: interrupted ({e or 'SIGINT'}); qemu killed; run directory kept: "
-              f"{runner.run_dir}", file=sys.stderr)
+        print(
+            f"e2e: interrupted ({e or 'SIGINT'}); qemu killed; run directory kept: "
+            f"{runner.run_dir}",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -80,8 +80,10 @@ LOG_PATTERNS: tuple[LogPattern, ...] = (
         remember=(("remote_host", "host"),),
     ),
     LogPattern(  # ike_auth.c select_and_load_peer_cfg (responder)
-        _p(r"^looking for peer configs matching \S+?\[(?P<me>[^\]]*)\]\.\.\."
-           r"(?P<host>[^\[\s]+)\[(?P<peer>[^\]]*)\]$"),
+        _p(
+            r"^looking for peer configs matching \S+?\[(?P<me>[^\]]*)\]\.\.\."
+            r"(?P<host>[^\[\s]+)\[(?P<peer>[^\]]*)\]$"
+        ),
         Scope.CONTEXT,
         remember=(("local_id", "me"), ("remote_host", "host"), ("remote_id", "peer")),
     ),  # fmt: skip
@@ -91,11 +93,17 @@ LOG_PATTERNS: tuple[LogPattern, ...] = (
         remember=(("local_id", "me"),),
     ),
     LogPattern(  # ike_sa.c set_state: from here on failures are about CHILD_SAs
-        _p(r"^IKE_SA \S+\[\d+\] established between \S+?\[(?P<me>[^\]]*)\]\.\.\."
-           r"(?P<host>[^\[\s]+)\[(?P<peer>[^\]]*)\]$"),
+        _p(
+            r"^IKE_SA \S+\[\d+\] established between \S+?\[(?P<me>[^\]]*)\]\.\.\."
+            r"(?P<host>[^\[\s]+)\[(?P<peer>[^\]]*)\]$"
+        ),
         Scope.CONTEXT,
-        remember=(("established", ""), ("local_id", "me"), ("remote_host", "host"),
-                  ("remote_id", "peer")),
+        remember=(
+            ("established", ""),
+            ("local_id", "me"),
+            ("remote_host", "host"),
+            ("remote_id", "peer"),
+        ),
     ),  # fmt: skip
     LogPattern(  # kernel_netlink_ipsec.c: the errno behind a refused SA or policy
         _p(r"^received netlink error: (?P<error>.+)$"),
@@ -126,8 +134,10 @@ LOG_PATTERNS: tuple[LogPattern, ...] = (
     ),
     # -- authentication ---------------------------------------------------------------------
     LogPattern(  # psk_authenticator.c process: the peer used another key than ours
-        _p(r"^tried \d+ shared keys? for '(?P<me>[^']*)' - '(?P<peer>[^']*)', "
-           r"but MAC mismatched$"),
+        _p(
+            r"^tried \d+ shared keys? for '(?P<me>[^']*)' - '(?P<peer>[^']*)', "
+            r"but MAC mismatched$"
+        ),
         Scope.IKE,
         Cause.AUTHENTICATION,
         3,
@@ -300,14 +310,12 @@ ALERTS: Mapping[str, tuple[Cause, Scope, str]] = {
     "peer-auth-failed": (
         Cause.AUTHENTICATION,
         Scope.IKE,
-        "authentication failed: peer '{remote_id}' ({remote_host}) could not be authenticated "
-        "here",
+        "authentication failed: peer '{remote_id}' ({remote_host}) could not be authenticated here",
     ),
     "local-auth-failed": (
         Cause.AUTHENTICATION,
         Scope.IKE,
-        "authentication failed: our identity '{local_id}' was not accepted by peer "
-        "{remote_host}",
+        "authentication failed: our identity '{local_id}' was not accepted by peer {remote_host}",
     ),
     "proposal-mismatch-ike": (
         Cause.PROPOSAL,
@@ -333,8 +341,7 @@ ALERTS: Mapping[str, tuple[Cause, Scope, str]] = {
     "cert-no-issuer": (
         Cause.CERTIFICATE,
         Scope.IKE,
-        "certificate untrusted: no trusted CA (ca_cert) issued the certificate of "
-        "'{remote_id}'",
+        "certificate untrusted: no trusted CA (ca_cert) issued the certificate of '{remote_id}'",
     ),
     "cert-untrusted-root": (
         Cause.CERTIFICATE,

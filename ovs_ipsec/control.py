@@ -192,7 +192,6 @@ class Control:
             return
         _reply(conn, argv, lambda: render.states_json(text), lambda: render.states_text(text))
 
-
     def _memory_show(self, conn: Any, argv: list[str], aux: Any) -> None:
         conn.reply(render.memory_text(self.daemon.memory_counts(), _status_memory(),
                                       _allocation_sites()))  # fmt: skip

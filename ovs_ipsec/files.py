@@ -27,5 +27,3 @@ def read_files(paths: Iterable[str]) -> dict[str, bytes | str]:
         else:
             contents[path] = data
     return contents
-
-

@@ -501,19 +501,23 @@ class Host:
             self._check_stopped(terminate([self._daemon], sig))
             self._daemon = None
 
-    def send_probe(
-        self, dst: str, kind: str, port: int | None = None, mark: int = 0
-    ) -> str:
+    def send_probe(self, dst: str, kind: str, port: int | None = None, mark: int = 0) -> str:
         """Send one plaintext tunnel packet from this host: raw GRE (IP protocol 47) or UDP to
         `port`, optionally with SO_MARK standing in for OVS's skb mark. Returns "sent" or the
         error the kernel gave (e.g. "EPERM" when an XFRM block policy dropped it)."""
         family = "AF_INET6" if ":" in dst else "AF_INET"
         if kind == "gre":
-            make, payload, addr = f"socket.socket(socket.{family}, socket.SOCK_RAW, 47)", \
-                "b'\\0\\0\\x65\\x58x'", f"({dst!r}, 0)"
+            make, payload, addr = (
+                f"socket.socket(socket.{family}, socket.SOCK_RAW, 47)",
+                "b'\\0\\0\\x65\\x58x'",
+                f"({dst!r}, 0)",
+            )
         else:
-            make, payload, addr = f"socket.socket(socket.{family}, socket.SOCK_DGRAM)", \
-                "b'x'", f"({dst!r}, {int(port or 0)})"
+            make, payload, addr = (
+                f"socket.socket(socket.{family}, socket.SOCK_DGRAM)",
+                "b'x'",
+                f"({dst!r}, {int(port or 0)})",
+            )
         code = (
             "import errno, socket\n"
             f"s = {make}\n"

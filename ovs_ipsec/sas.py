@@ -227,7 +227,7 @@ def fold_sa_event(
             old = next((s for s in current if s.uniqueid == ike.uniqueid), None)
             children = {c.uniqueid: c for c in (old.children if old else ())}
             pairs = sa.get("child-sas")
-            for pair in (pairs.values() if isinstance(pairs, Mapping) else ()):
+            for pair in pairs.values() if isinstance(pairs, Mapping) else ():
                 if not isinstance(pair, Mapping):
                     continue
                 for key, present in (("old", False), ("new", True)):
@@ -271,5 +271,3 @@ def _normalized(sas: Mapping[str, list[IkeSa]]) -> dict[str, tuple[IkeSa, ...]]:
         for conn, found in sorted(sas.items())
         if found
     }
-
-

@@ -185,9 +185,7 @@ class Tracker:
             child = outcome.child_failure
             if child is not None and child.ike_id != uid:
                 child = None
-            self._conns[conn] = dataclasses.replace(
-                outcome, failure=failure, child_failure=child
-            )
+            self._conns[conn] = dataclasses.replace(outcome, failure=failure, child_failure=child)
         elif not attempt.established and as_text(sa.get("state")) in CONNECTING_STATES:
             # The negotiation ended before the IKE_SA was up. charon's log usually says why
             # within milliseconds (before or after this event); until then, say what we know.
@@ -208,9 +206,7 @@ class Tracker:
     def _child_rekey(self, conn: str, sa: Mapping[str, Any], up: bool) -> None:
         outcome = self._conns.get(conn, ConnOutcome())
         count = len(sa.get("child-sas") or {}) or 1
-        self._conns[conn] = dataclasses.replace(
-            outcome, child_rekeys=outcome.child_rekeys + count
-        )
+        self._conns[conn] = dataclasses.replace(outcome, child_rekeys=outcome.child_rekeys + count)
 
     def _alert(self, body: Mapping[str, Any]) -> None:
         known = ALERTS.get(as_text(body.get("type")))

@@ -78,7 +78,11 @@ def run(
         argv = ["sh", "-c", argv]
     try:
         p = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout,
+            argv,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -127,8 +131,23 @@ def tail(path: str, n: int = 25) -> str:
 
 
 MODULES = [
-    "openvswitch", "esp4", "esp6", "xfrm_user", "ip_gre", "ip6_gre", "gre", "geneve", "vxlan",
-    "veth", "bridge", "aesni_intel", "gcm", "authenc", "seqiv", "echainiv", "af_packet",
+    "openvswitch",
+    "esp4",
+    "esp6",
+    "xfrm_user",
+    "ip_gre",
+    "ip6_gre",
+    "gre",
+    "geneve",
+    "vxlan",
+    "veth",
+    "bridge",
+    "aesni_intel",
+    "gcm",
+    "authenc",
+    "seqiv",
+    "echainiv",
+    "af_packet",
 ]
 
 
@@ -140,9 +159,30 @@ def kernel_setup() -> None:
     # Raw XFRM check in a scratch namespace: the host kernel fails exactly here.
     run(["ip", "netns", "add", "xfrmcheck"])
     try:
-        run(["ip", "-n", "xfrmcheck", "xfrm", "state", "add", "src", "10.9.0.1", "dst", "10.9.0.2",
-             "proto", "esp", "spi", "0x100", "mode", "transport", "aead", "rfc4106(gcm(aes))",
-             "0x" + "11" * 36, "128"])
+        run(
+            [
+                "ip",
+                "-n",
+                "xfrmcheck",
+                "xfrm",
+                "state",
+                "add",
+                "src",
+                "10.9.0.1",
+                "dst",
+                "10.9.0.2",
+                "proto",
+                "esp",
+                "spi",
+                "0x100",
+                "mode",
+                "transport",
+                "aead",
+                "rfc4106(gcm(aes))",
+                "0x" + "11" * 36,
+                "128",
+            ]
+        )
     finally:
         run(["ip", "netns", "del", "xfrmcheck"], check=False)
     run(["ip", "link", "add", UNDERLAY_BRIDGE, "type", "bridge"])
@@ -154,15 +194,27 @@ def warm_up(python: str, source: str) -> threading.Thread:
     otherwise pays for cold 9p reads (the first daemon start took 15 s instead of 5 s)."""
 
     def work() -> None:
-        for prog in ("/usr/sbin/ovs-vswitchd", "/usr/sbin/ovsdb-server", CHARON_SYSTEMD,
-                     "/usr/lib/ipsec/libcharon.so.0", "/usr/lib/ipsec/libstrongswan.so.0"):
+        for prog in (
+            "/usr/sbin/ovs-vswitchd",
+            "/usr/sbin/ovsdb-server",
+            CHARON_SYSTEMD,
+            "/usr/lib/ipsec/libcharon.so.0",
+            "/usr/lib/ipsec/libstrongswan.so.0",
+        ):
             with contextlib.suppress(OSError), open(prog, "rb") as f:
                 while f.read(1 << 20):
                     pass
-        code = (f"import sys; sys.path.insert(0, {source!r}); import ovs_ipsec.cli, "
-                "ovs_ipsec.daemon, ovs_ipsec.pki_tool")
-        subprocess.run([python, "-c", code], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        code = (
+            f"import sys; sys.path.insert(0, {source!r}); import ovs_ipsec.cli, "
+            "ovs_ipsec.daemon, ovs_ipsec.pki_tool"
+        )
+        subprocess.run(
+            [python, "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
@@ -224,12 +276,17 @@ class Node:
             argv = ["sh", "-c", argv]
         return run(self.prefix() + argv, **kw)
 
-    def spawn(self, argv: list[str], logname: str, env: dict[str, str] | None = None
-              ) -> subprocess.Popen:
+    def spawn(
+        self, argv: list[str], logname: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         with open(os.path.join(self.dir, logname), "ab") as out:
             return subprocess.Popen(
-                self.prefix() + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                env=env, start_new_session=True,
+                self.prefix() + argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
             )
 
     def path(self, p: str) -> str:
@@ -244,9 +301,18 @@ class Node:
     def start_namespaces(self) -> None:
         run(["ip", "netns", "add", self.name])
         self.holder = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.name}", "unshare", "--mount",
-             "--propagation", "private", "sleep", "1000000"],
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.name}",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sleep",
+                "1000000",
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         mine = os.readlink("/proc/self/ns/mnt")
 
@@ -256,24 +322,50 @@ class Node:
             return False
 
         wait_for(ready, 10, f"{self.name}: mount namespace")
-        self.x("mount -t tmpfs tmpfs /run && mkdir -p /run/openvswitch /run/lock &&"
-               " mount -t tmpfs tmpfs /var/lib && mkdir -p /var/lib/openvswitch &&"
-               " mount -t tmpfs tmpfs /var/log && mkdir -p /var/log/openvswitch")
+        self.x(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/openvswitch /run/lock &&"
+            " mount -t tmpfs tmpfs /var/lib && mkdir -p /var/lib/openvswitch &&"
+            " mount -t tmpfs tmpfs /var/log && mkdir -p /var/log/openvswitch"
+        )
         # underlay: eth0 in the node, ul-<name> on the underlay bridge
-        run(["ip", "link", "add", "eth0", "netns", self.name, "type", "veth",
-             "peer", "name", self.ul_port])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                self.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.ul_port,
+            ]
+        )
         run(["ip", "link", "set", self.ul_port, "master", UNDERLAY_BRIDGE, "up"])
-        self.x(f"ip link set lo up && ip addr add {self.ip4}/24 dev eth0 &&"
-               f" ip addr add {self.ip6}/64 dev eth0 nodad && ip link set eth0 up")
+        self.x(
+            f"ip link set lo up && ip addr add {self.ip4}/24 dev eth0 &&"
+            f" ip addr add {self.ip6}/64 dev eth0 nodad && ip link set eth0 up"
+        )
 
     def start_ovs(self) -> None:
         self.x(["ovsdb-tool", "create", "/var/lib/openvswitch/conf.db", SCHEMA])
-        self.x(["ovsdb-server", "/var/lib/openvswitch/conf.db",
-                "--remote=punix:/run/openvswitch/db.sock", "--pidfile", "--detach",
-                f"--log-file={self.dir}/ovsdb-server.log"])
+        self.x(
+            [
+                "ovsdb-server",
+                "/var/lib/openvswitch/conf.db",
+                "--remote=punix:/run/openvswitch/db.sock",
+                "--pidfile",
+                "--detach",
+                f"--log-file={self.dir}/ovsdb-server.log",
+            ]
+        )
         self.x(["ovs-vsctl", "--no-wait", "init"])
-        self.x(["ovs-vswitchd", "--pidfile", "--detach", f"--log-file={self.dir}/ovs-vswitchd.log"],
-               timeout=60)
+        self.x(
+            ["ovs-vswitchd", "--pidfile", "--detach", f"--log-file={self.dir}/ovs-vswitchd.log"],
+            timeout=60,
+        )
         vlog = os.path.join(self.dir, "ovs-vswitchd.log")
         if re.search(r"Overriding n-handler-threads to 0", read(vlog)):
             raise Fail(f"{self.name}: ovs-vswitchd started with 0 upcall handlers (OVS 3.1.0 bug)")
@@ -293,8 +385,9 @@ class Node:
                 "charon-systemd {\n  journal {\n    default = -1\n  }\n}\n"
             )
         else:  # stroke: the starter's charon, upstream's ovs.conf is included after this
-            plugins = "".join(f"    {p} {{\n      load = yes\n    }}\n"
-                              for p in STROKE_PLUGINS.split())
+            plugins = "".join(
+                f"    {p} {{\n      load = yes\n    }}\n" for p in STROKE_PLUGINS.split()
+            )
             text = (
                 "charon {\n  load_modular = yes\n"
                 f"  plugins {{\n{plugins}  }}\n{common}{logcfg}"
@@ -309,8 +402,11 @@ class Node:
         self.charon_conf(conf, "vici")
         env = dict(os.environ, STRONGSWAN_CONF=conf)
         self.charon = self.spawn([CHARON_SYSTEMD], "charon.stdout", env=env)
-        wait_for(lambda: os.path.exists(self.path("/run/charon.vici")), 20,
-                 f"{self.name}: charon VICI socket")
+        wait_for(
+            lambda: os.path.exists(self.path("/run/charon.vici")),
+            20,
+            f"{self.name}: charon VICI socket",
+        )
 
     def stop_charon(self) -> None:
         if self.charon is None:
@@ -334,21 +430,28 @@ class Node:
 
     def start_monitor(self) -> None:
         argv = [
-            self.python, os.path.join(self.repo, "bin", "ovs-monitor-ipsec"),
-            "unix:/run/openvswitch/db.sock", "--vici=unix:///run/charon.vici",
-            f"--pidfile={self.monitor_pidfile}", f"--log-file={self.dir}/ovs-monitor-ipsec.log",
-            f"--unixctl={self.monitor_ctl}", "--detach",
+            self.python,
+            os.path.join(self.repo, "bin", "ovs-monitor-ipsec"),
+            "unix:/run/openvswitch/db.sock",
+            "--vici=unix:///run/charon.vici",
+            f"--pidfile={self.monitor_pidfile}",
+            f"--log-file={self.dir}/ovs-monitor-ipsec.log",
+            f"--unixctl={self.monitor_ctl}",
+            "--detach",
             # Shorter than the default 30 s, so that a scenario's cleanup check (which waits 30 s
             # for every policy to go) passes, yet longer than scenario 5's 3 s port re-add.
             "--protection-linger=10",
         ]
         out = os.path.join(self.dir, "ovs-monitor-ipsec.stdout")
         with open(out, "ab") as f:
-            p = subprocess.run(self.prefix() + argv, stdin=subprocess.DEVNULL, stdout=f,
-                               stderr=f, timeout=90)
+            p = subprocess.run(
+                self.prefix() + argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f, timeout=90
+            )
         if p.returncode != 0:
-            raise Fail(f"{self.name}: ovs-monitor-ipsec --detach exited {p.returncode}:\n"
-                       f"{tail(out)}\n{tail(os.path.join(self.dir, 'ovs-monitor-ipsec.log'))}")
+            raise Fail(
+                f"{self.name}: ovs-monitor-ipsec --detach exited {p.returncode}:\n"
+                f"{tail(out)}\n{tail(os.path.join(self.dir, 'ovs-monitor-ipsec.log'))}"
+            )
 
     def monitor_pid(self) -> int | None:
         text = read(self.path(self.monitor_pidfile)).strip()
@@ -359,9 +462,14 @@ class Node:
         if pid is None:
             raise Fail(f"{self.name}: no pid in {self.monitor_pidfile}")
         os.kill(pid, sig)
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
-                 read(f"/proc/{pid}/stat").split(")")[-1].split()[0] in "ZX",
-                 10, f"{self.name}: monitor pid {pid} to exit")
+        wait_for(
+            lambda: (
+                not os.path.exists(f"/proc/{pid}")
+                or read(f"/proc/{pid}/stat").split(")")[-1].split()[0] in "ZX"
+            ),
+            10,
+            f"{self.name}: monitor pid {pid} to exit",
+        )
 
     def appctl_monitor(self, *args: str) -> str:
         return self.x(["ovs-appctl", "-t", self.monitor_ctl, *args], timeout=20).stdout
@@ -374,15 +482,29 @@ class Node:
             open(os.path.join(self.dir, f), "a").close()
         # bind-mount targets must exist; the guest's /etc is a writable overlay
         open("/etc/strongswan.d/ovs.conf", "a").close()
-        self.x(f"mount --bind {conf} /etc/strongswan.conf &&"
-               f" mount --bind {self.dir}/ipsec.conf /etc/ipsec.conf &&"
-               f" mount --bind {self.dir}/ipsec.secrets /etc/ipsec.secrets &&"
-               f" mount --bind {self.dir}/ovs.conf /etc/strongswan.d/ovs.conf")
-        self.x(["/usr/bin/python3", UPSTREAM_MONITOR, "unix:/run/openvswitch/db.sock",
-                "--ike-daemon=strongswan", f"--pidfile={self.monitor_pidfile}",
-                f"--log-file={self.dir}/ovs-monitor-ipsec.log", "--detach"], timeout=60)
-        wait_for(lambda: os.path.exists(self.path("/run/charon.ctl")), 40,
-                 f"{self.name}: starter's charon (stroke socket)")
+        self.x(
+            f"mount --bind {conf} /etc/strongswan.conf &&"
+            f" mount --bind {self.dir}/ipsec.conf /etc/ipsec.conf &&"
+            f" mount --bind {self.dir}/ipsec.secrets /etc/ipsec.secrets &&"
+            f" mount --bind {self.dir}/ovs.conf /etc/strongswan.d/ovs.conf"
+        )
+        self.x(
+            [
+                "/usr/bin/python3",
+                UPSTREAM_MONITOR,
+                "unix:/run/openvswitch/db.sock",
+                "--ike-daemon=strongswan",
+                f"--pidfile={self.monitor_pidfile}",
+                f"--log-file={self.dir}/ovs-monitor-ipsec.log",
+                "--detach",
+            ],
+            timeout=60,
+        )
+        wait_for(
+            lambda: os.path.exists(self.path("/run/charon.ctl")),
+            40,
+            f"{self.name}: starter's charon (stroke socket)",
+        )
 
     def start(self) -> None:
         steps = [("ovs", self.start_ovs)]
@@ -402,15 +524,22 @@ class Node:
         if self.holder is None:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = [int(p) for p in run(["ip", "netns", "pids", self.name], check=False)
-                    .stdout.split() if p.isdigit() and int(p) != self.holder.pid]
+            pids = [
+                int(p)
+                for p in run(["ip", "netns", "pids", self.name], check=False).stdout.split()
+                if p.isdigit() and int(p) != self.holder.pid
+            ]
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             deadline = time.monotonic() + (5 if sig == signal.SIGTERM else 2)
             while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if os.path.exists(f"/proc/{p}") and
-                        read(f"/proc/{p}/stat").split(")")[-1].split()[:1] != ["Z"]]
+                pids = [
+                    p
+                    for p in pids
+                    if os.path.exists(f"/proc/{p}")
+                    and read(f"/proc/{p}/stat").split(")")[-1].split()[:1] != ["Z"]
+                ]
                 time.sleep(0.1)
         for p in (self.charon,):
             if p is not None:
@@ -505,8 +634,9 @@ class Tunnel:
             return None
         return self.dst_port or {"geneve": 6081, "vxlan": 4789}[self.type]
 
-    def iface_args(self, local: Node, remote: Node, extra: dict[str, str] | None = None
-                   ) -> list[str]:
+    def iface_args(
+        self, local: Node, remote: Node, extra: dict[str, str] | None = None
+    ) -> list[str]:
         opts = {"remote_ip": remote.ip(self.family), **dict(self.options), **(extra or {})}
         if self.dst_port:
             opts["dst_port"] = str(self.dst_port)
@@ -517,11 +647,24 @@ class Tunnel:
 
     def add_port(self, local: Node, remote: Node, side: int, **extra: str) -> None:
         """Bridge, port and overlay address on `local`; `extra` overrides options (psk=...)."""
-        local.vsctl("--may-exist", "add-br", self.bridge, "--", "add-port", self.bridge,
-                    self.port, "--", "set", "interface", self.port,
-                    *self.iface_args(local, remote, extra))
-        local.x(f"ip addr replace {self.overlay(side)}/24 dev {self.bridge} &&"
-                f" ip link set {self.bridge} up")
+        local.vsctl(
+            "--may-exist",
+            "add-br",
+            self.bridge,
+            "--",
+            "add-port",
+            self.bridge,
+            self.port,
+            "--",
+            "set",
+            "interface",
+            self.port,
+            *self.iface_args(local, remote, extra),
+        )
+        local.x(
+            f"ip addr replace {self.overlay(side)}/24 dev {self.bridge} &&"
+            f" ip link set {self.bridge} up"
+        )
 
     def delete(self, *nodes: Node) -> None:
         parallel([lambda n=n: n.vsctl("--if-exists", "del-br", self.bridge) for n in nodes])
@@ -536,8 +679,11 @@ class Tunnel:
         the tunnel is loaded. Our block policies always have a /0 side, so they do not match."""
         for local, remote in ((a, b), (b, a)):
             sel = self.selector(local, remote)
-            wait_for(lambda local=local, sel=sel: sel in local.xfrm_policies(), timeout,
-                     f"{local.name}: charon policy '{sel}'")
+            wait_for(
+                lambda local=local, sel=sel: sel in local.xfrm_policies(),
+                timeout,
+                f"{local.name}: charon policy '{sel}'",
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,8 +696,11 @@ def ping_until(node: Node, dst: str, timeout: float) -> float:
     t = time.monotonic()
     deadline = t + timeout
     while (left := deadline - time.monotonic()) > 0:
-        p = node.x(["ping", "-c1", "-i0.2", f"-w{max(1, round(left))}", dst], check=False,
-                   timeout=left + 15)
+        p = node.x(
+            ["ping", "-c1", "-i0.2", f"-w{max(1, round(left))}", dst],
+            check=False,
+            timeout=left + 15,
+        )
         if p.returncode == 0:
             return time.monotonic() - t
     raise Fail(f"{node.name}: no reply from {dst} within {timeout:g}s")
@@ -573,8 +722,9 @@ class BackgroundPing:
         self.node = node
         self.dst = dst
         self.path = os.path.join(node.dir, f"ping-{dst}.log")
-        self.proc = node.spawn(["ping", "-n", "-O", "-i", str(interval), "-W", "1", dst],
-                               os.path.basename(self.path))
+        self.proc = node.spawn(
+            ["ping", "-n", "-O", "-i", str(interval), "-W", "1", dst], os.path.basename(self.path)
+        )
 
     def replies(self) -> list[int]:
         return [int(m) for m in re.findall(r"bytes from .* icmp_seq=(\d+)", read(self.path))]
@@ -587,8 +737,11 @@ class BackgroundPing:
         """Until `more` new replies arrive; returns seconds waited."""
         base = len(self.replies())
         t = time.monotonic()
-        wait_for(lambda: len(self.replies()) >= base + more, timeout,
-                 f"{more} new ping replies {what} ({self.node.name} -> {self.dst})")
+        wait_for(
+            lambda: len(self.replies()) >= base + more,
+            timeout,
+            f"{more} new ping replies {what} ({self.node.name} -> {self.dst})",
+        )
         return time.monotonic() - t
 
     def stop(self) -> None:
@@ -616,11 +769,16 @@ class Capture:
         with open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
                 ["tcpdump", "-U", "-nn", "-i", node.ul_port, "-w", out, "not arp"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
                 start_new_session=True,
             )
-        wait_for(lambda: "listening on" in read(self.err) or self.proc.poll() is not None, 20,
-                 "tcpdump to listen")
+        wait_for(
+            lambda: "listening on" in read(self.err) or self.proc.poll() is not None,
+            20,
+            "tcpdump to listen",
+        )
         if self.proc.poll() is not None:
             raise Fail(f"tcpdump exited: {read(self.err)}")
 
@@ -660,14 +818,20 @@ class Traffic:
         return {p.spi for p in self.packets if p.proto == 50}
 
     def esp(self, src: str | None = None, dst: str | None = None) -> int:
-        return sum(1 for p in self.packets if p.proto == 50 and (src is None or p.src == src)
-                   and (dst is None or p.dst == dst))
+        return sum(
+            1
+            for p in self.packets
+            if p.proto == 50 and (src is None or p.src == src) and (dst is None or p.dst == dst)
+        )
 
     def plaintext(self, udp_ports: Iterable[int] = (6081, 4789)) -> list[Packet]:
         """Tunnel packets in clear: GRE, or UDP from or to a tunnel port."""
         ports = set(udp_ports)
-        return [p for p in self.packets if p.proto == 47 or
-                (p.proto == 17 and (p.dport in ports or p.sport in ports))]
+        return [
+            p
+            for p in self.packets
+            if p.proto == 47 or (p.proto == 17 and (p.dport in ports or p.sport in ports))
+        ]
 
     def describe(self, udp_ports: Iterable[int] = (6081, 4789)) -> str:
         plain = self.plaintext(udp_ports)
@@ -791,29 +955,51 @@ def parse_xfrm_states(text: str) -> list[XfrmState]:
     return states
 
 
-def check_sa(node: Node, local: str, remote: str, seen: set[str] | None = None, *,
-             key_bits: int = 256) -> str:
+def check_sa(
+    node: Node, local: str, remote: str, seen: set[str] | None = None, *, key_bits: int = 256
+) -> str:
     """An ESP SA local->remote in transport mode with AES-GCM-16 (rfc4106) of key_bits; with
     `seen`, only SAs whose SPI was seen on the wire count."""
-    states = [s for s in node.xfrm_states() if s.src == local and s.dst == remote
-              and s.proto == "esp" and s.spi not in ("", "0x00000000")]
+    states = [
+        s
+        for s in node.xfrm_states()
+        if s.src == local
+        and s.dst == remote
+        and s.proto == "esp"
+        and s.spi not in ("", "0x00000000")
+    ]
     if seen is not None:
         states = [s for s in states if s.spi in seen]
     if not states:
-        raise Fail(f"{node.name}: no ESP SA {local} -> {remote}"
-                   + (f" among the SPIs seen on the wire ({', '.join(sorted(seen))})"
-                      if seen is not None else ""))
-    good = [s for s in states if s.mode == "transport" and s.aead == "rfc4106(gcm(aes))"
-            and s.aead_key_bits == key_bits + 32 and s.icv_bits == 128]
+        raise Fail(
+            f"{node.name}: no ESP SA {local} -> {remote}"
+            + (
+                f" among the SPIs seen on the wire ({', '.join(sorted(seen))})"
+                if seen is not None
+                else ""
+            )
+        )
+    good = [
+        s
+        for s in states
+        if s.mode == "transport"
+        and s.aead == "rfc4106(gcm(aes))"
+        and s.aead_key_bits == key_bits + 32
+        and s.icv_bits == 128
+    ]
     if not good:
-        got = ", ".join(f"mode={s.mode} aead={s.aead or '-'} keybits={s.aead_key_bits}"
-                        for s in states)
-        raise Fail(f"{node.name}: SA {local} -> {remote} is not transport/rfc4106(gcm(aes)) "
-                   f"aes{key_bits} icv128: {got}")
+        got = ", ".join(
+            f"mode={s.mode} aead={s.aead or '-'} keybits={s.aead_key_bits}" for s in states
+        )
+        raise Fail(
+            f"{node.name}: SA {local} -> {remote} is not transport/rfc4106(gcm(aes)) "
+            f"aes{key_bits} icv128: {got}"
+        )
     s = good[0]
     return f"SA {s.spi} {s.mode} {s.aead} {s.aead_key_bits - 32}-bit icv{s.icv_bits}"
 
 
 def spis(node: Node) -> set[str]:
-    return {s.spi for s in node.xfrm_states() if s.proto == "esp" and
-            s.spi not in ("", "0x00000000")}
+    return {
+        s.spi for s in node.xfrm_states() if s.proto == "esp" and s.spi not in ("", "0x00000000")
+    }

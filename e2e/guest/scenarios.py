@@ -83,9 +83,17 @@ class Pair:
         self.flavour = (left, right)
         self.name = f"pair{Pair.count}-{left}-{right}"
         self.dir = os.path.join(glab.WORK, self.name)
-        self.nodes = [Node(name=n, index=i, scenario_dir=self.dir, monitor=m,
-                           python=sys.executable, repo=SOURCE)
-                      for n, i, m in (("left", 1, left), ("right", 2, right))]
+        self.nodes = [
+            Node(
+                name=n,
+                index=i,
+                scenario_dir=self.dir,
+                monitor=m,
+                python=sys.executable,
+                repo=SOURCE,
+            )
+            for n, i, m in (("left", 1, left), ("right", 2, right))
+        ]
         self.used_by: list[str] = []
 
     def start(self) -> None:
@@ -101,29 +109,47 @@ class Pair:
             args: list[str] = []
             for br in n.vsctl("list-br").split():
                 args += ["--", "--if-exists", "del-br", br]
-            n.vsctl(*args, "--", "remove", "Open_vSwitch", ".", "other_config", "certificate",
-                    "private_key", "ca_cert", "ipsec_skb_mark")
+            n.vsctl(
+                *args,
+                "--",
+                "remove",
+                "Open_vSwitch",
+                ".",
+                "other_config",
+                "certificate",
+                "private_key",
+                "ca_cert",
+                "ipsec_skb_mark",
+            )
 
         glab.parallel([lambda n=n: clear(n) for n in self.nodes])
         cleared = time.monotonic() - t
 
         def node_leftovers(n: Node) -> str:
-            out = n.x("swanctl --list-conns 2>&1; echo '@@'; ip xfrm state; echo '@@';"
-                      " ip xfrm policy", check=False).stdout.split("@@")
+            out = n.x(
+                "swanctl --list-conns 2>&1; echo '@@'; ip xfrm state; echo '@@'; ip xfrm policy",
+                check=False,
+            ).stdout.split("@@")
             conns = [ln for ln in out[0].splitlines() if re.match(r"\S+: ", ln)]
             states = glab.parse_xfrm_states(out[1] if len(out) > 1 else "")
             # per-socket policies (charon's IKE bypass) print "socket in|out", not "dir"
-            pols = [ln.strip() for ln in (out[2] if len(out) > 2 else "").splitlines()
-                    if ln.strip().startswith("dir ")]
+            pols = [
+                ln.strip()
+                for ln in (out[2] if len(out) > 2 else "").splitlines()
+                if ln.strip().startswith("dir ")
+            ]
             if conns or states or pols:
-                return (f"{n.name}: {len(conns)} conns, {len(states)} SAs, {len(pols)} policies"
-                        f" ({'; '.join(pols[:3])})")
+                return (
+                    f"{n.name}: {len(conns)} conns, {len(states)} SAs, {len(pols)} policies"
+                    f" ({'; '.join(pols[:3])})"
+                )
             return ""
 
         def leftovers() -> str:
             found: dict[str, str] = {}
-            glab.parallel([lambda n=n: found.__setitem__(n.name, node_leftovers(n))
-                           for n in self.nodes])
+            glab.parallel(
+                [lambda n=n: found.__setitem__(n.name, node_leftovers(n)) for n in self.nodes]
+            )
             return "; ".join(v for v in found.values() if v)
 
         first = leftovers()
@@ -132,8 +158,10 @@ class Pair:
                 glab.wait_for(lambda: not leftovers(), 30, "the daemons to clean up", interval=1)
         except Fail:
             return leftovers()
-        log(f"{self.name}: reset in {time.monotonic() - t:.1f}s (OVSDB/vswitchd {cleared:.1f}s)"
-            + (f" (right after the deletion: {first})" if first else ""))
+        log(
+            f"{self.name}: reset in {time.monotonic() - t:.1f}s (OVSDB/vswitchd {cleared:.1f}s)"
+            + (f" (right after the deletion: {first})" if first else "")
+        )
         return None
 
     def stop(self, out: str) -> None:
@@ -146,8 +174,12 @@ class Pair:
 
     def copy_logs(self, out: str) -> None:
         with contextlib.suppress(Exception):
-            shutil.copytree(self.dir, os.path.join(out, self.name), dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("*.sock", "*.ctl"))
+            shutil.copytree(
+                self.dir,
+                os.path.join(out, self.name),
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("*.sock", "*.ctl"),
+            )
 
 
 class Pool:
@@ -182,8 +214,12 @@ class Pool:
         t = time.monotonic()
         left = p.reset()
         if left:
-            ctx.record("cleanup after the scenario", "FAIL", time.monotonic() - t,
-                       f"still there 30s after all tunnels were deleted: {left}")
+            ctx.record(
+                "cleanup after the scenario",
+                "FAIL",
+                time.monotonic() - t,
+                f"still there 30s after all tunnels were deleted: {left}",
+            )
             ctx.diagnose()
             self.drop()
 
@@ -234,8 +270,14 @@ class Ctx:
                 detail = f"{detail} [known daemon bug: {KNOWN_BUGS[case]}]"
             else:
                 detail = f"{detail} [listed as a known daemon bug: remove it from KNOWN_BUGS]"
-        rec = {"kind": "case", "scenario": self.scenario.id, "case": case, "result": result,
-               "seconds": round(seconds, 1), "detail": detail}
+        rec = {
+            "kind": "case",
+            "scenario": self.scenario.id,
+            "case": case,
+            "result": result,
+            "seconds": round(seconds, 1),
+            "detail": detail,
+        }
         emit(self.out, rec)
         self.rows += 1
         if result not in ("PASS", "SKIP", "XFAIL", "XPASS"):
@@ -253,8 +295,12 @@ class Ctx:
             if name not in KNOWN_BUGS:
                 self.diagnose()
         except ScenarioTimeout:
-            self.record(name, "FAIL", time.monotonic() - t,
-                        f"scenario time budget ({self.scenario.budget:g}s) exhausted")
+            self.record(
+                name,
+                "FAIL",
+                time.monotonic() - t,
+                f"scenario time budget ({self.scenario.budget:g}s) exhausted",
+            )
             raise
         except Exception as e:
             self.record(name, "FAIL", time.monotonic() - t, f"error: {e!r}"[:300])
@@ -284,8 +330,9 @@ class Ctx:
                 c.proc.wait()
         self.pool.release(self)
         with contextlib.suppress(Exception):
-            shutil.copytree(self.dir, os.path.join(self.out, os.path.basename(self.dir)),
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                self.dir, os.path.join(self.out, os.path.basename(self.dir)), dirs_exist_ok=True
+            )
 
 
 def emit(out: str, rec: dict) -> None:
@@ -299,9 +346,16 @@ def emit(out: str, rec: dict) -> None:
 # shared checks
 
 
-def check_tunnel(ctx: Ctx, a: Node, b: Node, t: Tunnel, case: str,
-                 ports: tuple[int, ...] = (6081, 4789), keep: bool = False,
-                 side_options: tuple[dict[str, str], dict[str, str]] | None = None) -> None:
+def check_tunnel(
+    ctx: Ctx,
+    a: Node,
+    b: Node,
+    t: Tunnel,
+    case: str,
+    ports: tuple[int, ...] = (6081, 4789),
+    keep: bool = False,
+    side_options: tuple[dict[str, str], dict[str, str]] | None = None,
+) -> None:
     """Ports on both sides (`side_options`: extra options for a's and b's port); pings both ways;
     the capture on a's underlay shows ESP both ways and no plaintext tunnel packet; the SAs seen
     on the wire are transport mode AES-GCM."""
@@ -309,8 +363,9 @@ def check_tunnel(ctx: Ctx, a: Node, b: Node, t: Tunnel, case: str,
         t0 = time.monotonic()
         extra = side_options or ({}, {})
         cap = ctx.wire(a)
-        glab.parallel([lambda: t.add_port(a, b, 1, **extra[0]),
-                       lambda: t.add_port(b, a, 2, **extra[1])])
+        glab.parallel(
+            [lambda: t.add_port(a, b, 1, **extra[0]), lambda: t.add_port(b, a, 2, **extra[1])]
+        )
         t.wait_policies(a, b)
         loaded = time.monotonic() - t0
         since = time.time()
@@ -325,15 +380,19 @@ def check_tunnel(ctx: Ctx, a: Node, b: Node, t: Tunnel, case: str,
         seen = traffic.esp_spis()
         sa = check_sa(a, a.ip(t.family), b.ip(t.family), seen)
         check_sa(b, b.ip(t.family), a.ip(t.family), seen)
-        ctx.passed(case, time.monotonic() - t0,
-                   f"{detail}; loaded {loaded:.1f}s, first reply {first:.1f}s; {sa}")
+        ctx.passed(
+            case,
+            time.monotonic() - t0,
+            f"{detail}; loaded {loaded:.1f}s, first reply {first:.1f}s; {sa}",
+        )
     if not keep:
         with contextlib.suppress(Exception):
             t.delete(a, b)
 
 
-def verify_esp(traffic: Traffic, a: Node, b: Node, family: int, udp_ports: set[int],
-               minimum: int) -> str:
+def verify_esp(
+    traffic: Traffic, a: Node, b: Node, family: int, udp_ports: set[int], minimum: int
+) -> str:
     plain = traffic.plaintext(udp_ports)
     out = traffic.esp(a.ip(family), b.ip(family))
     back = traffic.esp(b.ip(family), a.ip(family))
@@ -341,8 +400,10 @@ def verify_esp(traffic: Traffic, a: Node, b: Node, family: int, udp_ports: set[i
         sample = "; ".join(p.summary for p in plain[:3])
         raise Fail(f"{len(plain)} plaintext tunnel packets on the underlay: {sample}")
     if out < minimum or back < minimum:
-        raise Fail(f"too little ESP on the underlay: {out} out, {back} back "
-                   f"(expected >= {minimum} each way); {traffic.describe(udp_ports)}")
+        raise Fail(
+            f"too little ESP on the underlay: {out} out, {back} back "
+            f"(expected >= {minimum} each way); {traffic.describe(udp_ports)}"
+        )
     return f"ESP {out} out/{back} back, plaintext 0"
 
 
@@ -368,12 +429,17 @@ def s0_control(ctx: Ctx) -> None:
         plain = traffic.plaintext()
         if len(plain) < 6 or traffic.esp():
             raise Fail(f"expected plaintext GRE and no ESP: {traffic.describe()}")
-        ctx.passed("plain gre is seen in clear", time.monotonic() - t0,
-                   f"plaintext GRE {len(plain)}, ESP 0 (the capture check can fail)")
+        ctx.passed(
+            "plain gre is seen in clear",
+            time.monotonic() - t0,
+            f"plaintext GRE {len(plain)}, ESP 0 (the capture check can fail)",
+        )
 
 
-GRE6_SKIP = ("OVS's kernel datapath carries GRE over IPv6 only as type=ip6gre (type=gre with an "
-             "IPv6 remote_ip sends nothing); IPsec is defined for gre/geneve/vxlan only")
+GRE6_SKIP = (
+    "OVS's kernel datapath carries GRE over IPv6 only as type=ip6gre (type=gre with an "
+    "IPv6 remote_ip sends nothing); IPsec is defined for gre/geneve/vxlan only"
+)
 
 
 def s1_psk(ctx: Ctx) -> None:
@@ -409,9 +475,12 @@ def s1_psk(ctx: Ctx) -> None:
         if replied:
             raise Fail("ip6gre with psk carried traffic, yet IPsec does not support it")
         logged = "ip6gre" in glab.read(os.path.join(a.dir, "ovs-monitor-ipsec.log"))
-        ctx.passed(name, time.monotonic() - t0,
-                   f"no reply, plaintext 0, {traffic.esp()} ESP; daemon "
-                   + ("logged the refusal" if logged else "did NOT log a refusal"))
+        ctx.passed(
+            name,
+            time.monotonic() - t0,
+            f"no reply, plaintext 0, {traffic.esp()} ESP; daemon "
+            + ("logged the refusal" if logged else "did NOT log a refusal"),
+        )
         t.delete(a, b)
 
 
@@ -430,8 +499,11 @@ def s3_dst_port(ctx: Ctx) -> None:
             dp = a.x(["ovs-appctl", "dpctl/show"]).stdout
             if vport not in dp:
                 raise Fail(f"{a.name}: no {vport} in dpctl/show:\n{dp}")
-            ctx.passed(f"{t.type} {t.dst_port}: datapath port", time.monotonic() - t0,
-                       f"kernel vport {vport}")
+            ctx.passed(
+                f"{t.type} {t.dst_port}: datapath port",
+                time.monotonic() - t0,
+                f"kernel vport {vport}",
+            )
         t.delete(a, b)
 
 
@@ -451,15 +523,27 @@ def pki(*commands: list[str]) -> None:
 
 
 def set_certs(node: Node, cert: str, key: str, ca: str | None = None) -> None:
-    args = ["set", "Open_vSwitch", ".", f"other_config:certificate={cert}",
-            f"other_config:private_key={key}"]
+    args = [
+        "set",
+        "Open_vSwitch",
+        ".",
+        f"other_config:certificate={cert}",
+        f"other_config:private_key={key}",
+    ]
     if ca:
         args.append(f"other_config:ca_cert={ca}")
     node.vsctl(*args)
 
 
-def expect_no_traffic(ctx: Ctx, a: Node, b: Node, t: Tunnel, name: str, seconds: float = 8,
-                      ports: tuple[int, ...] = (6081, 4789)) -> Traffic:
+def expect_no_traffic(
+    ctx: Ctx,
+    a: Node,
+    b: Node,
+    t: Tunnel,
+    name: str,
+    seconds: float = 8,
+    ports: tuple[int, ...] = (6081, 4789),
+) -> Traffic:
     """Ports on both sides (already added by the caller or here), pings get no reply and the
     underlay shows no plaintext tunnel packet."""
     cap = ctx.wire(a)
@@ -485,20 +569,26 @@ def s2_certs(ctx: Ctx) -> None:
     os.makedirs(ca_dir)
     os.makedirs(ss_dir)
     t0 = time.monotonic()
-    pki(["--dir", ca_dir, "init"],
+    pki(
+        ["--dir", ca_dir, "init"],
         *(["--dir", ca_dir, "host", name] for name in ("left", "right")),
-        *(["--dir", ss_dir, "self-signed", name] for name in ("left", "right")))
+        *(["--dir", ss_dir, "self-signed", name] for name in ("left", "right")),
+    )
     log(f"s2: certificates made with ovs-ipsec-pki in {time.monotonic() - t0:.1f}s")
     a, b = ctx.pair()
 
     for n in (a, b):
-        set_certs(n, f"{ca_dir}/{n.name}-cert.pem", f"{ca_dir}/{n.name}-privkey.pem",
-                  f"{ca_dir}/cacert.pem")
+        set_certs(
+            n,
+            f"{ca_dir}/{n.name}-cert.pem",
+            f"{ca_dir}/{n.name}-privkey.pem",
+            f"{ca_dir}/cacert.pem",
+        )
     by_name = ({"remote_name": b.name}, {"remote_name": a.name})
-    check_tunnel(ctx, a, b, Tunnel("cag", "gre", 4, 20), "ca-signed gre ipv4",
-                 side_options=by_name)
-    check_tunnel(ctx, a, b, Tunnel("cav", "vxlan", 6, 21), "ca-signed vxlan ipv6",
-                 side_options=by_name)
+    check_tunnel(ctx, a, b, Tunnel("cag", "gre", 4, 20), "ca-signed gre ipv4", side_options=by_name)
+    check_tunnel(
+        ctx, a, b, Tunnel("cav", "vxlan", 6, 21), "ca-signed vxlan ipv6", side_options=by_name
+    )
 
     name = "ca-signed, wrong remote_name: no traffic, no plaintext"
     with ctx.case(name):
@@ -512,10 +602,13 @@ def s2_certs(ctx: Ctx) -> None:
 
     for n in (a, b):
         set_certs(n, f"{ss_dir}/{n.name}-cert.pem", f"{ss_dir}/{n.name}-privkey.pem")
-    pinned = ({"remote_cert": f"{ss_dir}/{b.name}-cert.pem"},
-              {"remote_cert": f"{ss_dir}/{a.name}-cert.pem"})
-    check_tunnel(ctx, a, b, Tunnel("ssg", "geneve", 4, 23), "self-signed geneve ipv4",
-                 side_options=pinned)
+    pinned = (
+        {"remote_cert": f"{ss_dir}/{b.name}-cert.pem"},
+        {"remote_cert": f"{ss_dir}/{a.name}-cert.pem"},
+    )
+    check_tunnel(
+        ctx, a, b, Tunnel("ssg", "geneve", 4, 23), "self-signed geneve ipv4", side_options=pinned
+    )
 
 
 def in_pol_blocks(n: Node) -> int:
@@ -550,15 +643,20 @@ def s4_skb_mark(ctx: Ctx) -> None:
             ping_until(a, plain.overlay(2), 10)
             ping_count(a, plain.overlay(2), 3)
         except Fail as e:
-            raise Fail(f"{e}; {b.name}: XfrmInPolBlock +{in_pol_blocks(b) - blocked0} (inbound "
-                       "plain tunnel packets dropped by an IN policy?)") from None
+            raise Fail(
+                f"{e}; {b.name}: XfrmInPolBlock +{in_pol_blocks(b) - blocked0} (inbound "
+                "plain tunnel packets dropped by an IN policy?)"
+            ) from None
         finally:
             traffic = cap.window(since)
         clear = traffic.plaintext()
         if len(clear) < 6:
             raise Fail(f"expected the marked plain tunnel in clear: {traffic.describe()}")
-        ctx.passed(name, time.monotonic() - t0,
-                   f"{len(clear)} plain VXLAN packets, as configured (the mark exempts them)")
+        ctx.passed(
+            name,
+            time.monotonic() - t0,
+            f"{len(clear)} plain VXLAN packets, as configured (the mark exempts them)",
+        )
     plain.delete(a, b)
     ips.delete(a, b)
 
@@ -589,8 +687,9 @@ def s4_skb_mark(ctx: Ctx) -> None:
         finally:
             traffic = cap.window(since)
         detail = verify_esp(traffic, a, b, 4, {6081, 4789}, minimum=6)
-        ctx.passed("1/1: daemon back, the marked tunnel is encrypted", time.monotonic() - t0,
-                   detail)
+        ctx.passed(
+            "1/1: daemon back, the marked tunnel is encrypted", time.monotonic() - t0, detail
+        )
 
 
 def s5_faults(ctx: Ctx) -> None:
@@ -619,10 +718,15 @@ def s5_faults(ctx: Ctx) -> None:
             ping.wait_replies(3, 15, "after our daemon restarted")
             after = (spis(a), spis(b))
             if after != before:
-                raise Fail(f"the SAs were renegotiated by the daemon restart: "
-                           f"{sorted(before[0])} -> {sorted(after[0])}")
-            ctx.passed("kill -9 daemon, restart", time.monotonic() - t0,
-                       f"SAs kept ({len(before[0])} SPIs), traffic continued")
+                raise Fail(
+                    f"the SAs were renegotiated by the daemon restart: "
+                    f"{sorted(before[0])} -> {sorted(after[0])}"
+                )
+            ctx.passed(
+                "kill -9 daemon, restart",
+                time.monotonic() - t0,
+                f"SAs kept ({len(before[0])} SPIs), traffic continued",
+            )
 
         with ctx.case("charon restart"):
             t0 = time.monotonic()
@@ -634,9 +738,11 @@ def s5_faults(ctx: Ctx) -> None:
             new = spis(a) - old
             if not new:
                 raise Fail("traffic flows but no new SA after charon restarted")
-            ctx.passed("charon restart", time.monotonic() - t0,
-                       f"recovered {took:.1f}s after charon was back; "
-                       + check_sa(a, a.ip4, b.ip4, new))
+            ctx.passed(
+                "charon restart",
+                time.monotonic() - t0,
+                f"recovered {took:.1f}s after charon was back; " + check_sa(a, a.ip4, b.ip4, new),
+            )
 
         with ctx.case("psk change on both sides"):
             t0 = time.monotonic()
@@ -647,8 +753,11 @@ def s5_faults(ctx: Ctx) -> None:
             b.vsctl("set", "interface", t.port, f"options:psk={psk}")
             glab.wait_for(lambda: spis(a) - old, 60, "a new SA after the PSK change")
             took = ping.wait_replies(3, 30, "after the PSK change")
-            ctx.passed("psk change on both sides", time.monotonic() - t0,
-                       f"new SA, traffic recovered in {took:.1f}s")
+            ctx.passed(
+                "psk change on both sides",
+                time.monotonic() - t0,
+                f"new SA, traffic recovered in {took:.1f}s",
+            )
 
         with ctx.case("port removed and re-added"):
             t0 = time.monotonic()
@@ -658,15 +767,19 @@ def s5_faults(ctx: Ctx) -> None:
             phases.append(("port re-add", time.time()))
             # A burst of traffic while the port comes back: anything OVS sends before the
             # daemon's policies are in place shows on the wire (ARP is still cached).
-            burst = a.spawn(["ping", "-q", "-i", "0.01", "-c", "400", t.overlay(2)],
-                            "ping-burst.log")
+            burst = a.spawn(
+                ["ping", "-q", "-i", "0.01", "-c", "400", t.overlay(2)], "ping-burst.log"
+            )
             t.add_port(a, b, 1, psk=psk)
             t.wait_policies(a, b)
             took = ping.wait_replies(3, 60, "after the port came back")
             with contextlib.suppress(subprocess.TimeoutExpired):
                 burst.wait(10)
-            ctx.passed("port removed and re-added", time.monotonic() - t0,
-                       f"traffic recovered {took:.1f}s after re-adding")
+            ctx.passed(
+                "port removed and re-added",
+                time.monotonic() - t0,
+                f"traffic recovered {took:.1f}s after re-adding",
+            )
     finally:
         ping.stop()
         traffic = cap.stop()
@@ -686,16 +799,23 @@ def s5_faults(ctx: Ctx) -> None:
     readd = by_phase.pop("port re-add", [])
     with ctx.case("zero plaintext during the faults"):
         if by_phase:
-            raise Fail("plaintext tunnel packets: " + "; ".join(
-                f"{k}: {len(v)} (first {v[0].summary})" for k, v in by_phase.items()))
+            raise Fail(
+                "plaintext tunnel packets: "
+                + "; ".join(f"{k}: {len(v)} (first {v[0].summary})" for k, v in by_phase.items())
+            )
         detail = f"ESP {traffic.esp()}, plaintext 0 outside the re-add; ping {replies}/{sent}"
         if traffic.esp() < 20:
             raise Fail(f"too little ESP: {detail}")
         ctx.passed("zero plaintext during the faults", 0, detail)
     name = "plaintext while the port is re-added"
     if readd:
-        ctx.record(name, "FAIL", 0, f"{len(readd)} plaintext packets, first {readd[0].summary} "
-                   f"at +{readd[0].ts - dict(phases)['port re-add']:.3f}s after the re-add began")
+        ctx.record(
+            name,
+            "FAIL",
+            0,
+            f"{len(readd)} plaintext packets, first {readd[0].summary} "
+            f"at +{readd[0].ts - dict(phases)['port re-add']:.3f}s after the re-add began",
+        )
     else:
         ctx.record(name, "PASS", 0, "no plaintext while the port was re-added")
 
@@ -727,35 +847,60 @@ def s7_scale(ctx: Ctx) -> None:
             args = ["--", "add-br", "br-scale"]
             for i in range(n):
                 port = f"s{i}"
-                args += ["--", "add-port", "br-scale", port, "--", "set", "interface", port,
-                         "type=gre", f"options:remote_ip=10.1.1.{100 + i}",
-                         f"options:psk={PSK}-{i}"]
+                args += [
+                    "--",
+                    "add-port",
+                    "br-scale",
+                    port,
+                    "--",
+                    "set",
+                    "interface",
+                    port,
+                    "type=gre",
+                    f"options:remote_ip=10.1.1.{100 + i}",
+                    f"options:psk={PSK}-{i}",
+                ]
             a.vsctl(*args[1:], timeout=60)
 
             def loaded() -> bool:
                 pols = a.xfrm_policies()
-                return sum(f"dst 10.1.1.{100 + i}/32 proto gre" in pols and
-                           f"src {a.ip4}/32 dst 10.1.1.{100 + i}/32" in pols
-                           for i in range(n)) == n
+                return (
+                    sum(
+                        f"dst 10.1.1.{100 + i}/32 proto gre" in pols
+                        and f"src {a.ip4}/32 dst 10.1.1.{100 + i}/32" in pols
+                        for i in range(n)
+                    )
+                    == n
+                )
 
             glab.wait_for(loaded, 90, f"charon policies for all {n} absent peers", interval=1)
             took = time.monotonic() - t0
-            conns = [ln for ln in a.x(["swanctl", "--list-conns"]).stdout.splitlines()
-                     if re.match(r"ovs-[0-9a-f.:]+: ", ln)]
+            conns = [
+                ln
+                for ln in a.x(["swanctl", "--list-conns"]).stdout.splitlines()
+                if re.match(r"ovs-[0-9a-f.:]+: ", ln)
+            ]
             if len(conns) != n + 1:
                 raise Fail(f"expected {n + 1} connections in charon, found {len(conns)}")
-            ctx.passed(f"{n} tunnels to absent peers load", took,
-                       f"{len(conns)} connections and their policies in {took:.1f}s")
+            ctx.passed(
+                f"{n} tunnels to absent peers load",
+                took,
+                f"{len(conns)} connections and their policies in {took:.1f}s",
+            )
         with ctx.case("real tunnel keeps flowing"):
             t0 = time.monotonic()
             ping.wait_replies(10, 30, "after the load")
             sent, got = ping.sent() - sent0, len(ping.replies()) - got0
             loss = 1 - got / max(sent, 1)
             if loss > 0.2:
-                raise Fail(f"ping loss {loss:.0%} ({got}/{sent}) on the real tunnel "
-                           "during the load")
-            ctx.passed("real tunnel keeps flowing", time.monotonic() - t0,
-                       f"{got}/{sent} replies during load ({loss:.0%} loss)")
+                raise Fail(
+                    f"ping loss {loss:.0%} ({got}/{sent}) on the real tunnel during the load"
+                )
+            ctx.passed(
+                "real tunnel keeps flowing",
+                time.monotonic() - t0,
+                f"{got}/{sent} replies during load ({loss:.0%} loss)",
+            )
     finally:
         ping.stop()
 
@@ -765,11 +910,13 @@ SCENARIOS = [
     # failure); faults and interop get their own.
     Scenario("0", "control", "negative control: plain GRE is visible", s0_control, 120, True),
     Scenario("1", "psk", "PSK over GRE/Geneve/VXLAN, IPv4 and IPv6", s1_psk, 360, True),
-    Scenario("2", "certs", "certificates (ovs-ipsec-pki): CA-signed, self-signed", s2_certs,
-             300, True),
+    Scenario(
+        "2", "certs", "certificates (ovs-ipsec-pki): CA-signed, self-signed", s2_certs, 300, True
+    ),
     Scenario("3", "dst-port", "custom dst_port (VXLAN, Geneve)", s3_dst_port, 180, True),
-    Scenario("4", "skb-mark", "ipsec_skb_mark with IPsec and plain tunnels", s4_skb_mark, 240,
-             True),
+    Scenario(
+        "4", "skb-mark", "ipsec_skb_mark with IPsec and plain tunnels", s4_skb_mark, 240, True
+    ),
     Scenario("7", "scale", "50 tunnels to absent peers", s7_scale, 240, True),
     Scenario("5", "faults", "faults during traffic", s5_faults, 300),
     Scenario("6", "interop", "upstream ovs-monitor-ipsec <-> ours", s6_interop, 240),
@@ -797,8 +944,10 @@ def main() -> int:
     todo = [s for s in SCENARIOS if s.id in wanted or s.name in wanted]
     unknown = set(wanted) - {s.id for s in todo} - {s.name for s in todo}
     os.makedirs(args.out, exist_ok=True)
-    log(f"runner: python {sys.executable} {sys.version.split()[0]}, daemon from {SOURCE}, "
-        f"scenarios {[s.id for s in todo]}")
+    log(
+        f"runner: python {sys.executable} {sys.version.split()[0]}, daemon from {SOURCE}, "
+        f"scenarios {[s.id for s in todo]}"
+    )
     if unknown:
         log(f"unknown scenarios: {sorted(unknown)}")
         emit(args.out, {"kind": "error", "detail": f"unknown scenarios {sorted(unknown)}"})
@@ -810,12 +959,25 @@ def main() -> int:
         warm.join(120)
     except Fail as e:
         log(f"kernel setup FAILED: {e}")
-        emit(args.out, {"kind": "setup", "result": "FAIL", "detail": str(e)[:300],
-                        "seconds": round(time.monotonic() - t0, 1)})
+        emit(
+            args.out,
+            {
+                "kind": "setup",
+                "result": "FAIL",
+                "detail": str(e)[:300],
+                "seconds": round(time.monotonic() - t0, 1),
+            },
+        )
         return 1
-    emit(args.out, {"kind": "setup", "result": "PASS",
-                    "seconds": round(time.monotonic() - t0, 1),
-                    "detail": f"modules, raw ESP check, underlay; uptime {glab.uptime():.1f}s"})
+    emit(
+        args.out,
+        {
+            "kind": "setup",
+            "result": "PASS",
+            "seconds": round(time.monotonic() - t0, 1),
+            "detail": f"modules, raw ESP check, underlay; uptime {glab.uptime():.1f}s",
+        },
+    )
     signal.signal(signal.SIGALRM, _alarm)
     failed = False
     pool = Pool(args.out)
@@ -828,12 +990,20 @@ def main() -> int:
             s.fn(ctx)
         except ScenarioTimeout:
             ctx.timed_out = True
-            ctx.record("(scenario)", "FAIL", time.monotonic() - ts,
-                       f"time budget of {s.budget:g}s exhausted")
+            ctx.record(
+                "(scenario)",
+                "FAIL",
+                time.monotonic() - ts,
+                f"time budget of {s.budget:g}s exhausted",
+            )
             ctx.diagnose()
         except Exception as e:
-            ctx.record("setup", "FAIL", time.monotonic() - ts, f"{e}".splitlines()[0][:300]
-                       if isinstance(e, Fail) else f"error: {e!r}"[:300])
+            ctx.record(
+                "setup",
+                "FAIL",
+                time.monotonic() - ts,
+                f"{e}".splitlines()[0][:300] if isinstance(e, Fail) else f"error: {e!r}"[:300],
+            )
             log(f"s{s.id}: {traceback.format_exc()}")
             ctx.diagnose()
         finally:
@@ -842,8 +1012,17 @@ def main() -> int:
             ctx.record("(scenario)", "FAIL", time.monotonic() - ts, "no case ran")
         ctx.teardown()
         secs = time.monotonic() - ts
-        emit(args.out, {"kind": "scenario", "scenario": s.id, "name": s.name, "title": s.title,
-                        "result": "FAIL" if ctx.failed else "PASS", "seconds": round(secs, 1)})
+        emit(
+            args.out,
+            {
+                "kind": "scenario",
+                "scenario": s.id,
+                "name": s.name,
+                "title": s.title,
+                "result": "FAIL" if ctx.failed else "PASS",
+                "seconds": round(secs, 1),
+            },
+        )
         failed |= ctx.failed
     pool.drop()
     log(f"all scenarios done in {time.monotonic() - t0:.1f}s")

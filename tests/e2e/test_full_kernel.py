@@ -31,15 +31,20 @@ def skip_reason() -> str | None:
         return "OVS_IPSEC_SKIP_E2E=1"
     if os.geteuid() != 0:
         return "the e2e tier needs root (namespaces and 9p exports in the guest)"
-    for prog, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio"),
-                      ("depmod", "kmod"), ("tcpdump", "tcpdump")):
+    for prog, pkg in (
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("cpio", "cpio"),
+        ("depmod", "kmod"),
+        ("tcpdump", "tcpdump"),
+    ):
         if shutil.which(prog, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
             return f"{prog} not found (install {pkg}; `make setup` does)"
     if not os.path.exists(prepare.BUSYBOX) or prepare.has_interpreter(prepare.BUSYBOX):
         return "no static busybox (install busybox-static; `make setup` does)"
     try:
-        prepare.prepare(os.environ.get("E2E_CACHE", prepare.DEFAULT_CACHE),
-                        os.environ.get("E2E_KERNEL_PACKAGE"))
+        prepare.prepare(
+            os.environ.get("E2E_CACHE", prepare.DEFAULT_CACHE), os.environ.get("E2E_KERNEL_PACKAGE")
+        )
     except prepare.PrepareError as e:
         return f"the guest kernel cannot be built here: {e}"
     return None
@@ -52,8 +57,15 @@ def test_full_kernel_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
     argv = [sys.executable, os.path.join(E2E, "run.py")]
     # Its own process group (run.py keeps qemu in it): on a timeout or an interrupt the whole
     # group goes, qemu included. run.py's own host timeout (20 min at most) fires first.
-    proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=1800)
     except BaseException:

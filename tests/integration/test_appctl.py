@@ -213,8 +213,14 @@ def test_no_secret_in_any_output_log_or_file(make_lab: Callable[..., Lab]) -> No
     for name, data, mode in (("cert.pem", ours.cert_pem, 0o644), ("key.pem", ours.key_pem, 0o600),
                              ("peer.pem", peer.cert_pem, 0o644)):  # fmt: skip
         pki_tool.write_atomic(Path(a.dir, name), data, mode)
-    a.vsctl("set", "Open_vSwitch", ".", f"other_config:certificate={a.dir}/cert.pem",
-            f"other_config:private_key={a.dir}/key.pem", "other_config:ipsec_skb_mark=1/1")
+    a.vsctl(
+        "set",
+        "Open_vSwitch",
+        ".",
+        f"other_config:certificate={a.dir}/cert.pem",
+        f"other_config:private_key={a.dir}/key.pem",
+        "other_config:ipsec_skb_mark=1/1",
+    )
     add_tunnel(a, "p0", "gre", b.ipv4, psk=psk)
     add_tunnel(b, "p0", "gre", a.ipv4, psk=psk)
     add_tunnel(a, "c0", "geneve", "10.77.0.98", remote_cert=f"{a.dir}/peer.pem")

@@ -385,6 +385,8 @@ def test_periodic_check_never_replaces_a_trap_of_a_peer_without_route(
 # LISTING_EVERY-th check anyway: a change that keeps every count (one of ours replaced in place,
 # or swapped for another policy) is restored within LISTING_EVERY + 1 checks.
 FAST_CHECK = 0.5
+
+
 @pytest.mark.parametrize(
     "tamper",
     ["delete", "update", "swap"],

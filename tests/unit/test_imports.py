@@ -30,8 +30,20 @@ CORE = [
     "credentials",
     "ike_options",
 ]
-SHELL = ["charon", "events", "ovsdb", "xfrm", "proc", "apply", "daemon", "control", "cli", "entry",
-         "heap", "vici_socket"]
+SHELL = [
+    "charon",
+    "events",
+    "ovsdb",
+    "xfrm",
+    "proc",
+    "apply",
+    "daemon",
+    "control",
+    "cli",
+    "entry",
+    "heap",
+    "vici_socket",
+]
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
 FORBIDDEN = {
     "ovs",

@@ -189,8 +189,10 @@ def ip_xfrm_text(spec: PolicySpec) -> str:
     """A policy of ours as `ip xfrm policy` prints it."""
     ports = "".join(f" {k} {v}" for k, v in (("sport", spec.sport), ("dport", spec.dport)) if v)
     proto = {47: "gre", 17: "udp"}[spec.proto]
-    return (f"src {spec.src} dst {spec.dst} proto {proto}{ports}\n"
-            f"\tdir {spec.direction} action block priority {spec.priority} ptype main\n")
+    return (
+        f"src {spec.src} dst {spec.dst} proto {proto}{ports}\n"
+        f"\tdir {spec.direction} action block priority {spec.priority} ptype main\n"
+    )
 
 
 def kernel_policies() -> tuple[str, dict[PolicySpec, tuple[str, ...]]]:

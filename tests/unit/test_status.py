@@ -27,9 +27,7 @@ from ovs_ipsec.status import (
     protection_by_tunnel,
 )
 
-RECORDED = json.loads(
-    (Path(__file__).parent / "data" / "charon-5.9.8-events.json").read_text()
-)
+RECORDED = json.loads((Path(__file__).parent / "data" / "charon-5.9.8-events.json").read_text())
 H1_CONN = "ovs-10.77.0.2"  # h1's connection to h2
 H2_CONN = "ovs-10.77.0.1"
 
