@@ -75,6 +75,7 @@ _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 _ANY_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 _HOST_BITS = {4: 32, 6: 128}
 _PROTO_NAMES = {IPPROTO_GRE: "gre", IPPROTO_UDP: "udp"}
+_PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-Lite
 _PURPOSE = {FAIL_CLOSED_PRIORITY: "fail-closed", SKB_MARK_PRIORITY: "ipsec_skb_mark"}
 
 
@@ -122,6 +123,10 @@ class PolicySpec:
         for port in (self.sport, self.dport):
             if port is not None and not 1 <= port <= 0xFFFF:
                 raise ValueError(f"port must be 1..65535, got {port}")
+            if port is not None and self.proto not in _PORT_PROTOCOLS:
+                # The kernel would take it (and match nothing); iproute2 refuses it.
+                raise ValueError(f"a port selector needs TCP, UDP, SCTP, DCCP or UDP-Lite, not "
+                                 f"protocol {self.proto}")  # fmt: skip
         if not (0 <= self.mark <= 0xFFFFFFFF and 0 <= self.mask <= 0xFFFFFFFF):
             raise ValueError("mark and mask must be 32-bit")
         if self.mark & ~self.mask:

@@ -1,41 +1,30 @@
-"""Kernel XFRM through iproute2: observe and change the daemon's own block policies (the
-policy counters, a fingerprint polled by periodic checks, come straight from netlink).
+"""Kernel XFRM: observe the daemon's own block policies through iproute2, change and count
+them over netlink (`xfrm_netlink`).
 
-Everything runs through `proc.run` (bounded by `timeout`) and acts in the network namespace the
-process runs in. The text parsers (`parse_policies`, `parse_xfrm_stat`, `redact_states`) are pure
-and tested on captured output; `Xfrm` is the thin I/O shell around them.
+Listing runs through `proc.run` (bounded by `timeout`); everything acts in the network namespace
+the process runs in. The text parsers (`parse_policies`, `parse_xfrm_stat`, `redact_states`) are
+pure and tested on captured output; `Xfrm` is the thin I/O shell around them.
 
 iproute2 facts this relies on (6.1, checked on kernel 6.18):
 * `ip xfrm policy` prints `action block` but omits `action allow`, prints `mark V/M` only when the
   mask is not 0, `socket in|out` instead of `dir` for per-socket policies, and protocol names from
   /etc/protocols (number when unnamed).
 * The kernel stores a policy mark as `value & mask`.
-* In `ip -batch`, the xfrm commands exit(2) at the first netlink error, with or without `-force`,
-  and print no line number. `apply` therefore re-observes after a failed batch, runs the first
-  operation that has not taken effect on its own (which yields its own error) and continues
-  with the rest in a new batch.
-* `ip xfrm policy delete|get ... mark 0 mask M` does not send the mark when its value is 0
-  (iproute2 tests `value & mask`), and the kernel matches marks exactly on delete: such a
-  command deletes the *unmarked* policy with that selector, someone else's, and reports success.
-  So a policy whose mark value is 0 (ipsec_skb_mark `0/1`) is removed with
-  `ip xfrm policy deleteall SELECTOR dir D priority P action block index N`: deleteall dumps the
-  table, filters it here (index from `ip -s xfrm policy`) and deletes with the dumped mark.
-  deleteall exits the process when done, so each one runs on its own, never inside a batch.
 
-May import: errors, proc, protection, stdlib.
+May import: errors, proc, protection, xfrm_netlink, stdlib.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
+import os
 import re
-import socket
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ovs_ipsec import proc
+from ovs_ipsec import proc, xfrm_netlink
 from ovs_ipsec.errors import CommandError, XfrmError
 from ovs_ipsec.protection import PolicySpec, is_owned
 
@@ -60,8 +49,6 @@ _PROTO_NUMBERS = {
     "mobility-header": 135,
     "udplite": 136,
 }
-# `ip xfrm policy delete` fails like this when the key is already gone.
-_NOT_FOUND = "No such file or directory"
 
 
 @dataclass(frozen=True)
@@ -302,55 +289,10 @@ def redact_states(text: str) -> str:
     return _KEY_LINE.sub(r"\1<redacted>", text)
 
 
-def selector_args(spec: PolicySpec) -> list[str]:
-    """The iproute2 selector of `spec`."""
-    args = ["src", spec.src, "dst", spec.dst, "proto", str(spec.proto)]
-    if spec.sport is not None:
-        args += ["sport", str(spec.sport)]
-    if spec.dport is not None:
-        args += ["dport", str(spec.dport)]
-    return args
-
-
-def policy_args(spec: PolicySpec) -> list[str]:
-    """The iproute2 selector, direction and mark of `spec` (its kernel key)."""
-    args = [*selector_args(spec), "dir", spec.direction]
-    if spec.mask:
-        args += ["mark", f"{spec.mark:#x}", "mask", f"{spec.mask:#x}"]
-    return args
-
-
 @dataclass(frozen=True)
 class Operation:
     kind: str  # "add" or "remove"
     spec: PolicySpec
-
-    @property
-    def by_index(self) -> bool:
-        """A removal `ip xfrm policy delete` cannot do right (mark value 0; module docstring)."""
-        return self.kind == "remove" and self.spec.mask != 0 and self.spec.mark == 0
-
-    def argv(self) -> list[str]:
-        """`ip` arguments for an addition or a removal by key (not for `by_index` ones)."""
-        if self.kind == "add":
-            return [
-                *("xfrm", "policy", "update", *policy_args(self.spec)),
-                *("action", self.spec.action, "priority", str(self.spec.priority)),
-            ]
-        if self.by_index:
-            raise ValueError(f"{self.spec.describe()}: remove it with deleteall_argv")
-        return ["xfrm", "policy", "delete", *policy_args(self.spec)]
-
-    def batch_line(self) -> str:
-        return " ".join(self.argv())
-
-    def deleteall_argv(self, index: int) -> list[str]:
-        """`ip` arguments that delete exactly this policy, found by its current index."""
-        return [
-            *("xfrm", "policy", "deleteall", *selector_args(self.spec), "dir", self.spec.direction),
-            *("priority", str(self.spec.priority), "action", self.spec.action),
-            *("index", str(index)),
-        ]
 
 
 @dataclass(frozen=True)
@@ -375,7 +317,8 @@ class XfrmApplyError(XfrmError):
 
 
 class Xfrm:
-    """The kernel's XFRM policy table in this process's network namespace, through iproute2."""
+    """The kernel's XFRM policy table in this process's network namespace: listed through
+    iproute2, changed and counted over netlink."""
 
     def __init__(
         self,
@@ -423,64 +366,32 @@ class Xfrm:
     # -- changing ---------------------------------------------------------------------------
 
     def apply(self, add: Iterable[PolicySpec] = (), remove: Iterable[PolicySpec] = ()) -> None:
-        """Install `add` (create or replace by key), then delete `remove`.
+        """Install `add` (create or replace by key), then delete `remove`, over netlink.
 
-        One `ip -batch -` does the additions and the removals by key; a removal of a policy
-        whose mark value is 0 takes one `ip xfrm policy deleteall` each (see the module
-        docstring), after the batch.
-
-        All additions run before any removal, and a removal with the same kernel key as an
+        All additions go before any removal, and a removal with the same kernel key as an
         addition is dropped (the update replaced it). A removal whose policy is already gone
         counts as done. Failures are per policy: the others are still applied, then
-        XfrmApplyError lists what failed. A timeout, or an `ip` that cannot run, raises
-        XfrmError at once (the table is then in an unknown state; observe again).
+        XfrmApplyError lists what failed. If netlink itself fails or times out, XfrmError at
+        once (the table is then in an unknown state; observe again).
         """
         adds = list(add)
         added_keys = {spec.key() for spec in adds}
-        # A removal with the key of an addition would delete what `update` just put in place.
+        # A removal with the key of an addition would delete what the update just put in place.
         removes = [spec for spec in remove if spec.key() not in added_keys]
         ops = [Operation("add", s) for s in adds] + [Operation("remove", s) for s in removes]
-        failures = self._apply_batch([o for o in ops if not o.by_index])
-        failures += self._remove_by_index([o for o in ops if o.by_index])
+        if not ops:
+            return
+        try:
+            errors = xfrm_netlink.send_policy_ops([(o.kind, o.spec) for o in ops], self.timeout)
+        except OSError as exc:
+            raise XfrmError(f"netlink: {exc.strerror or exc}") from exc
+        failures = [
+            PolicyFailure(op, os.strerror(error))
+            for op, error in zip(ops, errors, strict=True)
+            if error and not (op.kind == "remove" and error == errno.ENOENT)
+        ]
         if failures:
             raise XfrmApplyError(failures, len(ops))
-
-    def _apply_batch(self, ops: list[Operation]) -> list[PolicyFailure]:
-        failures: list[PolicyFailure] = []
-        pending = ops
-        while pending:
-            script = "".join(f"{o.batch_line()}\n" for o in pending)
-            if self._ip_run(["-batch", "-"], script).returncode == 0:
-                break
-            # The batch stopped at its first failing line and does not say which one. Everything
-            # before it took effect; run the first operation that has not taken effect alone.
-            observed = self.observe()
-            pending = [o for o in pending if not _took_effect(o, observed)]
-            if not pending:
-                break  # the failure was a removal of something already gone
-            first, pending = pending[0], pending[1:]
-            single = self._ip_run(first.argv(), None)
-            if single.returncode != 0 and not _tolerated(first, single.stderr):
-                failures.append(PolicyFailure(first, _error_text(single)))
-        return failures
-
-    def _remove_by_index(self, ops: list[Operation]) -> list[PolicyFailure]:
-        if not ops:
-            return []
-        indexes = {}
-        for policy in parse_policies(self._ip_text("-s", "xfrm", "policy", "list")):
-            spec = policy.to_spec() if is_owned(policy) else None
-            if spec is not None and policy.index is not None:
-                indexes[spec] = policy.index
-        failures = []
-        for op in ops:
-            index = indexes.get(op.spec)
-            if index is None:
-                continue  # already gone
-            result = self._ip_run(op.deleteall_argv(index), None)
-            if result.returncode != 0:
-                failures.append(PolicyFailure(op, _error_text(result)))
-        return failures
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -489,7 +400,7 @@ class Xfrm:
         policy only when this changed since the last listing. Asked over netlink (what `ip xfrm
         policy count` sends, without starting a process); through `ip` if that fails."""
         try:
-            return " ".join(str(n) for n in spd_counts(self.timeout))
+            return " ".join(str(n) for n in xfrm_netlink.spd_counts(self.timeout))
         except OSError:
             return " ".join(self._ip_text("xfrm", "policy", "count").split())
 
@@ -506,52 +417,6 @@ class Xfrm:
             raise XfrmError(f"ip {' '.join(args)}: {exc.stderr or exc}") from exc
 
 
-NETLINK_XFRM = 6
-XFRM_MSG_NEWSPDINFO = 36
-XFRM_MSG_GETSPDINFO = 37
-XFRMA_SPD_INFO = 1
-NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
-_NLMSG_HEADER = struct.Struct("=IHHII")
-
-
-def spd_counts(timeout: float) -> tuple[int, ...]:
-    """XFRM_MSG_GETSPDINFO in this network namespace: the policy counts (in, out, fwd and the
-    per-socket ones), whatever the size of the table."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM) as sock:
-        sock.settimeout(timeout)
-        sock.bind((0, 0))
-        payload = struct.pack("=I", 0xFFFFFFFF)
-        sock.send(_NLMSG_HEADER.pack(16 + len(payload), XFRM_MSG_GETSPDINFO, NLM_F_REQUEST, 1, 0)
-                  + payload)  # fmt: skip
-        while True:
-            data = sock.recv(65536)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, _flags, seq, _pid = _NLMSG_HEADER.unpack_from(data, offset)
-                if length < 16:
-                    raise OSError("malformed netlink reply")
-                if seq == 1 and kind == NLMSG_ERROR:
-                    (errno,) = struct.unpack_from("=i", data, offset + 16)
-                    raise OSError(-errno, "XFRM_MSG_GETSPDINFO failed")
-                if seq == 1 and kind == XFRM_MSG_NEWSPDINFO:
-                    return parse_spdinfo(data[offset + 16 : offset + length])
-                offset += (length + 3) & ~3
-
-
-def parse_spdinfo(body: bytes) -> tuple[int, ...]:
-    """The XFRMA_SPD_INFO counters of an XFRM_MSG_NEWSPDINFO body (after its u32 flags)."""
-    offset = 4
-    while offset + 4 <= len(body):
-        rta_len, rta_type = struct.unpack_from("=HH", body, offset)
-        if rta_len < 4:
-            break
-        if rta_type == XFRMA_SPD_INFO and rta_len >= 4 + 24:
-            return struct.unpack_from("=6I", body, offset + 4)
-        offset += (rta_len + 3) & ~3
-    raise OSError("no XFRMA_SPD_INFO in the netlink reply")
-
-
 def owned_specs(policies: Iterable[ObservedPolicy]) -> frozenset[PolicySpec]:
     """The daemon's own policies among `policies` (`is_owned` and expressible as a PolicySpec)."""
     owned = set()
@@ -561,14 +426,6 @@ def owned_specs(policies: Iterable[ObservedPolicy]) -> frozenset[PolicySpec]:
             if spec is not None:
                 owned.add(spec)
     return frozenset(owned)
-
-
-def _took_effect(op: Operation, observed: frozenset[PolicySpec]) -> bool:
-    return (op.spec in observed) == (op.kind == "add")
-
-
-def _tolerated(op: Operation, stderr: str) -> bool:
-    return op.kind == "remove" and _NOT_FOUND in stderr
 
 
 def _error_text(result: proc.Result) -> str:

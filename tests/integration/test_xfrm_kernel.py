@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ovs_ipsec import proc
+from ovs_ipsec import proc, xfrm_netlink
 from ovs_ipsec.model import (
     AuthMode,
     Config,
@@ -371,10 +371,10 @@ def test_foreign_policies_are_never_observed_nor_removed(host):
     assert {p.text for p in host.observe_all()} == foreign
 
 
-def test_apply_errors_are_per_policy(host):
+def test_apply_errors_are_per_policy(host, monkeypatch):
     plan = sorted(plan_protection(rich_config()), key=PolicySpec.sort_key)
-    unmarked = [s for s in plan if not s.mask]  # removed with `delete` inside the batch
-    marked = [s for s in plan if s.mask]  # mark 0/1: removed one by one, by index
+    unmarked = [s for s in plan if not s.mask]
+    marked = [s for s in plan if s.mask]  # ipsec_skb_mark 0/1: mark value 0, sent exactly
     # fail-closed: 7 targets x 2 directions x 2 halves; ipsec_skb_mark: 5 targets x 2 families,
     # outbound only
     assert len(unmarked) == 28 and len(marked) == 10
@@ -383,19 +383,29 @@ def test_apply_errors_are_per_policy(host):
     host.apply(remove=gone + marked[:4])
     assert host.observe() == frozenset(keep + marked[4:])
 
-    # Removing what is already gone: `delete` fails with ENOENT and stops the batch at its first
-    # line, the by-index removals find no index. apply carries on and counts them as done.
+    # Removing what is already gone: the kernel answers ENOENT for those, apply counts them as
+    # done and carries on with the rest.
     host.apply(remove=gone + marked[:4] + keep[:2])
     assert host.observe() == frozenset(keep[2:] + marked[4:])
 
-    # A change iproute2 refuses ("dport" with proto gre) fails alone; the rest still happens.
-    bad = PolicySpec("out", 4, "0.0.0.0/1", "10.77.0.2/32", 47, None, 4789, 0, 0, 430001)
+    # A change the kernel refuses fails alone; the rest still happens. (A PolicySpec cannot be
+    # invalid, so one request is corrupted on its way: a /33 IPv4 prefix, EINVAL.)
+    refused = gone[0]
+    build = xfrm_netlink.update_message
+
+    def corrupted(spec, seq):
+        message = bytearray(build(spec, seq))
+        if spec == refused:
+            message[16 + 42] = 33  # nlmsghdr, then the selector's prefixlen_d
+        return bytes(message)
+
+    monkeypatch.setattr(xfrm_netlink, "update_message", corrupted)
     with pytest.raises(XfrmApplyError) as info:
-        host.apply(add=[gone[0], bad, gone[1]], remove=keep[2:4] + marked[4:6])
-    assert [(f.operation.kind, f.operation.spec) for f in info.value.failures] == [("add", bad)]
-    assert "invalid with PROTO" in info.value.failures[0].error
+        host.apply(add=[gone[1], refused, gone[2]], remove=keep[2:4] + marked[4:6])
+    assert [(f.operation.kind, f.operation.spec) for f in info.value.failures] == [("add", refused)]
+    assert "Invalid argument" in info.value.failures[0].error
     assert info.value.attempted == 7
-    assert host.observe() == frozenset(keep[4:] + marked[6:] + gone[:2])
+    assert host.observe() == frozenset(keep[4:] + marked[6:] + gone[1:3])
 
 
 def test_thousands_of_policies_in_one_batch(host):

@@ -460,3 +460,9 @@ def test_diff_policy_change_equals_the_full_diff(
     assert diff_policy_change(current, wanted, unwanted) == diff_policies(
         (current - unwanted) | wanted, current
     )
+
+
+def test_port_selectors_need_a_port_protocol():
+    with pytest.raises(ValueError, match="port selector"):
+        PolicySpec("out", 4, "0.0.0.0/1", "10.0.0.2/32", GRE, None, 4789, 0, 0, 430001)
+    assert PolicySpec("out", 4, "0.0.0.0/1", "10.0.0.2/32", UDP, None, 4789, 0, 0, 430001).dport

@@ -15,11 +15,9 @@ import pytest
 
 from ovs_ipsec.protection import FAIL_CLOSED_PRIORITY, SKB_MARK_PRIORITY, PolicySpec
 from ovs_ipsec.xfrm import (
-    Operation,
     owned_specs,
     parse_policies,
     parse_xfrm_stat,
-    policy_args,
     redact_states,
 )
 
@@ -444,33 +442,3 @@ def test_states_redaction_hides_keys():
     assert "\tauth-trunc hmac(sha256) <redacted> 128\n" in redacted
     assert "\tenc cbc(aes) <redacted>\n" in redacted
     assert "spi 0xc1a2b3c4" in redacted
-
-
-def test_batch_lines():
-    fc = PolicySpec("out", 4, "0.0.0.0/0", "10.0.0.2/32", GRE, None, None, 0, 0, 430001)
-    sm1 = PolicySpec("in", 6, "::/0", "::/0", UDP, None, 6081, 1, 1, 430003)
-    assert Operation("add", fc).batch_line() == (
-        "xfrm policy update src 0.0.0.0/0 dst 10.0.0.2/32 proto 47 dir out "
-        "action block priority 430001"
-    )
-    assert Operation("remove", fc).batch_line() == (
-        "xfrm policy delete src 0.0.0.0/0 dst 10.0.0.2/32 proto 47 dir out"
-    )
-    assert Operation("remove", sm1).batch_line() == (
-        "xfrm policy delete src ::/0 dst ::/0 proto 17 dport 6081 dir in mark 0x1 mask 0x1"
-    )
-    assert policy_args(fc)[-2:] == ["dir", "out"]  # no mark: matches every mark
-
-
-def test_zero_value_marks_are_removed_by_index():
-    # `ip xfrm policy delete ... mark 0 mask 1` would delete the unmarked policy instead.
-    sm0 = PolicySpec("in", 6, "::/0", "::/0", UDP, None, 6081, 0, 1, 430003)
-    add, remove = Operation("add", sm0), Operation("remove", sm0)
-    assert add.batch_line().endswith("dir in mark 0x0 mask 0x1 action block priority 430003")
-    assert remove.by_index and not add.by_index
-    with pytest.raises(ValueError):
-        remove.batch_line()
-    assert " ".join(remove.deleteall_argv(8)) == (
-        "xfrm policy deleteall src ::/0 dst ::/0 proto 17 dport 6081 dir in "
-        "priority 430003 action block index 8"
-    )
