@@ -281,6 +281,14 @@ class Daemon:
         started = self.clock()
         self.health.passes += 1
         pass_id = self.health.passes
+        # Our own changes, and the traps charon installs for them, move the kernel's policy
+        # counts. When nothing else moved them since they were last read, they are read again
+        # after this pass, so that the next check does not list every policy for our own doing.
+        follow = (
+            not self._check_due
+            and self._policy_fingerprint is not None
+            and self._policy_count() == self._policy_fingerprint
+        )
         # Protection first, whatever charon's state: new block policies are in the kernel before
         # anything is loaded into charon, and old ones leave only after charon's side changed.
         to_add, to_remove = self._protection_diff(pass_id)
@@ -312,6 +320,8 @@ class Daemon:
             self._next_check = self.clock() + self.settings.reconcile_interval
         finally:
             self._apply_policies(pass_id, remove=to_remove)
+            if follow and self.policies is not None:
+                self._policy_fingerprint = self._policy_count()
             self.first_pass_done = True
             self.health.last_pass_seconds = self.clock() - started
             self._log_invalid_changes()
@@ -369,6 +379,12 @@ class Daemon:
         self.pending.policies_removed = set()
         self.pending.policies_of_deleted = set()
         return tuple(to_add), self._linger(to_remove, of_deleted)
+
+    def _policy_count(self) -> str | None:
+        try:
+            return self.xfrm.policy_count()
+        except XfrmError:
+            return None
 
     def _linger(
         self, to_remove: tuple[PolicySpec, ...], of_deleted: set[PolicySpec]
