@@ -152,17 +152,11 @@ class Charon:
         return self._socket.fileno() if self._socket is not None else None
 
     def _call(self, command: str, message: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        session = self._require(command)
-        self._busy = True
-        try:
-            return decode(session.request(command, dict(message) if message else None))
-        except vici.exception.CommandException as exc:
-            raise CharonError(command, _errmsg(exc)) from exc
-        except (OSError, vici.exception.SessionException) as exc:
-            self.close()
-            raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
-        finally:
-            self._busy = False
+        """One request: charon's reply, or its refusal raised as CharonError."""
+        (outcome,) = self.pipeline([(command, message or {})])
+        if isinstance(outcome, CharonError):
+            raise outcome
+        return outcome
 
     def _stream(
         self, command: str, event: str, message: Mapping[str, Any] | None = None
@@ -255,14 +249,8 @@ class Charon:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def load_conn(self, spec: ConnSpec) -> None:
-        self._call(*load_conn_request(spec))
-
     def unload_conn(self, name: str) -> None:
         self._call("unload-conn", {"name": name})
-
-    def load_shared(self, spec: SharedSpec) -> None:
-        self._call(*load_shared_request(spec))
 
     def load_key(self, spec: KeySpec) -> str:
         """Load a private key; returns charon's id for it (its public key's digest)."""

@@ -556,14 +556,11 @@ class Daemon:
                     yield action, exc
 
     def _perform(self, action: Action) -> str:
+        """An action that is not pipelined (PIPELINED ones go through `_outcomes`)."""
         if isinstance(action, LoadKey):
             return self.charon.load_key(action.spec)
         if isinstance(action, UnloadKey):
             self.charon.unload_key(action.key_id)
-        elif isinstance(action, LoadShared):
-            self.charon.load_shared(action.spec)
-        elif isinstance(action, LoadConn):
-            self.charon.load_conn(action.spec)
         elif isinstance(action, TerminateIke):
             self.charon.terminate_ike(action.conn)
         elif isinstance(action, UnloadConn):
@@ -579,8 +576,6 @@ class Daemon:
             except CharonError as exc:
                 if "not found" not in exc.errmsg:
                     raise
-        elif isinstance(action, UnloadShared):
-            self.charon.unload_shared(action.id)
         return ""
 
     def _charon_lost(self, pass_id: int, exc: CharonUnreachable) -> None:

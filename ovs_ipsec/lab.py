@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import os
 import secrets
 import shlex
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import TypeVar
@@ -64,6 +65,32 @@ CHARON_PLUGINS = (
 )
 
 T = TypeVar("T")
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """Run the block in network namespace `ns`: this thread, the processes it starts and the
+    sockets it opens meanwhile (setns(2) is per thread); back in its own namespace afterwards."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
 
 
 class LabError(RuntimeError):

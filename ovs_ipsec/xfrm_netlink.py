@@ -132,10 +132,8 @@ def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> li
     Raises OSError when netlink itself fails or an ack does not come within `timeout`: what
     happened to the rest is then unknown."""
     results = [0] * len(ops)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM) as sock:
-        sock.settimeout(timeout)
+    with _socket(timeout) as sock:
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        sock.bind((0, 0))
         pending: set[int] = set()
         for index, (kind, spec) in enumerate(ops):
             seq = index + 1
@@ -150,12 +148,21 @@ def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> li
     return results
 
 
+def _socket(timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+    try:
+        sock.settimeout(timeout)
+        sock.bind((0, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def spd_counts(timeout: float) -> tuple[int, ...]:
     """XFRM_MSG_GETSPDINFO: the policy counts (in, out, fwd and the per-socket ones), whatever
     the size of the table."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM) as sock:
-        sock.settimeout(timeout)
-        sock.bind((0, 0))
+    with _socket(timeout) as sock:
         payload = struct.pack("=I", 0xFFFFFFFF)
         sock.send(HEADER.pack(HEADER.size + len(payload), XFRM_MSG_GETSPDINFO, NLM_F_REQUEST, 1, 0)
                   + payload)  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 import vici.exception
 
 from ovs_ipsec.lab import Host, wait_for
+from ovs_ipsec.vicidata import decode
 
 # The reserved priorities of the daemon's own block policies (fail-closed, ipsec_skb_mark).
 PROTECTION_PRIORITIES = frozenset({430_001, 430_003})
@@ -56,38 +57,28 @@ def add_tunnel(host: Host, name: str, kind: str, remote: str, **options: str) ->
 # -- charon -------------------------------------------------------------------------------------
 
 
-def _text(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {_text(k): _text(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_text(v) for v in value]
-    return value
-
-
 def conns(host: Host) -> dict[str, dict[str, Any]]:
     """Every connection charon holds, by name, as list-conns reports it (decoded)."""
     with host.vici() as v:
         result: dict[str, dict[str, Any]] = {}
         for entry in v.list_conns():
-            result.update(_text(entry))
+            result.update(decode(entry))
         return result
 
 
 def conn_names(host: Host) -> set[str]:
     with host.vici() as v:
-        return {_text(n) for n in v.get_conns()["conns"]}
+        return {decode(n) for n in v.get_conns()["conns"]}
 
 
 def shared_ids(host: Host) -> set[str]:
     with host.vici() as v:
-        return {_text(k) for k in v.get_shared()["keys"]}
+        return {decode(k) for k in v.get_shared()["keys"]}
 
 
 def key_ids(host: Host) -> set[str]:
     with host.vici() as v:
-        return {_text(k) for k in v.get_keys()["keys"]}
+        return {decode(k) for k in v.get_keys()["keys"]}
 
 
 def _canonical_ip(text: str) -> bool:
@@ -112,7 +103,7 @@ def ike_sas(host: Host) -> dict[str, list[dict[str, Any]]]:
     result: dict[str, list[dict[str, Any]]] = {}
     with host.vici() as v:
         for entry in v.list_sas({"noblock": "yes"}):
-            for name, sa in _text(entry).items():
+            for name, sa in decode(entry).items():
                 result.setdefault(name, []).append(sa)
     return result
 
@@ -167,7 +158,7 @@ class IkeEvents:
                 for kind, data in v.listen(["ike-updown"], timeout=0.1):
                     self._ready.set()
                     if kind is not None:
-                        self.events.append(_text(data))
+                        self.events.append(decode(data))
                     if self._stop.is_set():
                         break
         except BaseException as exc:  # reported by __exit__

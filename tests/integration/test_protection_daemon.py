@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import errno
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Any
 import pytest
 
 from ovs_ipsec.daemon import LINGER_GRAIN
-from ovs_ipsec.lab import Host, Lab, wait_for
+from ovs_ipsec.lab import Host, Lab, in_netns, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -205,30 +204,10 @@ def exit_daemon_with(host: Host, action: Callable[[], object]) -> None:
 
 # --- sockets inside a host --------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def inside(host: Host) -> Iterator[None]:
+def inside(host: Host) -> contextlib.AbstractContextManager[None]:
     """New sockets made in this block belong to `host`'s network namespace."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{host.ns}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
+    return in_netns(host.ns)
 
 
 class Net:

@@ -10,7 +10,6 @@ on the wire. Inbound: a block raises XfrmInPolBlock and the receiving socket get
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import itertools
 import os
@@ -18,12 +17,12 @@ import select
 import shutil
 import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 
 from ovs_ipsec import proc, xfrm_netlink
+from ovs_ipsec.lab import in_netns
 from ovs_ipsec.model import (
     AuthMode,
     Config,
@@ -51,7 +50,6 @@ pytestmark = [
 PREFIX = f"oxk{os.getpid()}-"
 _names = itertools.count()
 _tokens = itertools.count()
-CLONE_NEWNET = 0x40000000
 GRE_HEADER = b"\0\0\x65\x58"  # no flags, transparent Ethernet bridging
 CUSTOM_PORT = 5555
 OPEN_PORT = 7777  # never protected: the control
@@ -63,29 +61,7 @@ B4, B6 = ["10.77.0.2", "10.77.0.3", "10.77.0.4"], ["fd77::2", "fd77::3", "fd77::
 
 # --- namespaces ---------------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextmanager
-def inside(ns: str):
-    """Run the block in namespace `ns` (this thread, its child processes, new sockets)."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
+inside = in_netns  # run the block in a namespace (this thread, its children, new sockets)
 
 
 def ip(*args: str, stdin: str | None = None) -> str:
