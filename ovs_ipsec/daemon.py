@@ -12,9 +12,9 @@ import datetime as dt
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ovs.poller
 import ovs.vlog
@@ -34,7 +34,7 @@ from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
 from ovs_ipsec.files import read_files
 from ovs_ipsec.model import Config
 from ovs_ipsec.ovsdb import Ovsdb
-from ovs_ipsec.plan import Desired
+from ovs_ipsec.plan import ConnSpec, Desired
 from ovs_ipsec.planner import Delta, Planner
 from ovs_ipsec.protection import (
     FAIL_CLOSED_PRIORITY,
@@ -59,13 +59,12 @@ from ovs_ipsec.reconcile import (
 )
 from ovs_ipsec.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
 from ovs_ipsec.status import (
-    FoldMemo,
     Protection,
     State,
+    StatusBook,
     Tracker,
     TunnelStatus,
     View,
-    fold,
     protection_by_tunnel,
 )
 from ovs_ipsec.xfrm import Xfrm
@@ -79,6 +78,9 @@ MAX_BACKOFF = 8.0
 BULK_ACTIONS = 10
 LINGER_GRAIN = 5.0
 LISTING_EVERY = 20
+# Every so many checks, every tunnel's state is folded from scratch rather than per changed
+# connection: a safety net that costs milliseconds a few times an hour.
+FULL_REFOLD_EVERY = 20
 _PLURAL = {
     "LoadShared": "secrets loaded",
     "LoadKey": "keys loaded",
@@ -178,11 +180,13 @@ class Daemon:
         self._reported_invalid: dict[str, str] = {}
         self._reported_caveats: dict[str, str] = {}
         self._reported_warnings: tuple[str, ...] = ()
-        # Tunnel states are folded (O(tunnels)) only when one of their inputs moved.
-        self._state_version = 0
-        self._fold_memo: FoldMemo = {}
+        # Tunnel states are refolded per connection, for the connections whose inputs may have
+        # moved since the last refold (None: all of them); the changes wait to be logged.
+        self._book = StatusBook()
+        self._stale: set[str] | None = None
+        self._unlogged: dict[str, TunnelStatus | None] = {}
+        self._checks = 0
         self.failure_counts: Counter[str] = Counter()  # tunnels entering "failed", by cause
-        self._logged_version = 0
 
     @property
     def config(self) -> Config:
@@ -213,6 +217,9 @@ class Daemon:
         now = self.clock()
         if now >= self._next_check and not self._check_due:
             self._check_due = True
+            self._checks += 1
+            if self._checks % FULL_REFOLD_EVERY == 0:
+                self._touch(None)  # every tunnel's state from scratch, now and then
             # Without events for what charon does on its own (expiry, DPD), the SAs are listed
             # at each check too: in the same wake-up, not in one of their own.
             self._schedule_sas()
@@ -231,8 +238,7 @@ class Daemon:
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
         self._run_sas()
-        if self._state_version != self._logged_version:
-            self._logged_version = self._state_version
+        if self._stale is None or self._stale:
             self._log_state_changes()
 
     def wait(self, poller: ovs.poller.Poller) -> None:
@@ -266,6 +272,7 @@ class Daemon:
         if delta:
             self.pending.merge(delta)
             self._dirty = True
+            self._touch(delta.conns)
 
     def request_refresh(self) -> None:
         """Re-read the certificate files, re-list charon and converge now (the `refresh`
@@ -490,8 +497,8 @@ class Daemon:
             or listed.keys != self.applied.keys
         )
         self.applied = listed
-        if not self.health.charon_reachable or lost:
-            self._state_version += 1
+        if changed or lost or not self.health.charon_reachable:
+            self._touch(None)
         self.health.charon_reachable = True
         self.health.charon_error = ""
         return changed
@@ -503,8 +510,7 @@ class Daemon:
         # A bulk load (start-up, a big transaction, charon's return) logs one summary line,
         # and the objects of each kind in one debug line (a log call per object would cost
         # more than charon's work on it).
-        if actions:
-            self._state_version += 1
+        self._touch(name for name in map(_conn_loaded_or_not, actions) if name is not None)
         bulk = len(actions) > BULK_ACTIONS
         done: Counter[str] = Counter()
         names: dict[str, list[str]] = {}
@@ -527,7 +533,10 @@ class Daemon:
             else:
                 vlog.info(f"[{pass_id}] {_describe(action)}")
             done[type(action).__name__] += 1
+        before = self.health.failures
+        self._touch(c for c in before.keys() | failures.keys() if before.get(c) != failures.get(c))
         self.health.failures = failures
+        self._touch(self.tracker.touched())
         if bulk:
             summary = ", ".join(f"{n} {_PLURAL[kind]}" for kind, n in sorted(done.items()))
             vlog.info(f"[{pass_id}] {summary or 'nothing'} ({len(actions)} actions)")
@@ -579,7 +588,7 @@ class Daemon:
         return ""
 
     def _charon_lost(self, pass_id: int, exc: CharonUnreachable) -> None:
-        self._state_version += 1
+        self._touch(None)
         self.charon.close()
         # Both sessions go: a charon that came back is a new one (SAs and loaded state lost),
         # and events are subscribed again once the command session has resynchronised.
@@ -619,24 +628,30 @@ class Daemon:
     # -- reporting and exit -----------------------------------------------------------------
 
     def statuses(self) -> dict[str, TunnelStatus]:
-        desired = self.desired.conns
-        loaded = frozenset(
-            name
-            for name, body in self.applied.conns.items()
-            if name in desired and (body is desired[name].body or body == desired[name].body)
-        )
+        self._refold()
+        return self._book.statuses()
+
+    def _touch(self, conns: Iterable[str] | None) -> None:
+        """These connections' tunnel states may have moved (None: anyone's may have)."""
+        if conns is None:
+            self._stale = None
+        elif self._stale is not None:
+            self._stale.update(conns)
+
+    def _refold(self) -> None:
         charon_error = None
         if not self.health.charon_reachable:
             charon_error = self.health.charon_error or "not connected yet"
         view = View(
             desired=self.desired,
-            loaded=loaded,
+            loaded=_LoadedAsDesired(self.applied.conns, self.desired.conns),
             refusals={c: why for c, why in self.health.failures.items() if c in self.desired.conns},
             charon_error=charon_error,
             sas=self.sas,
             outcomes=self.tracker.outcomes(),
         )
-        return fold(view, self._fold_memo)
+        stale, self._stale = self._stale, set()
+        self._unlogged.update(self._book.refold(view, stale))
 
     def explained_policies(self) -> dict[PolicySpec, tuple[str, ...]]:
         """Every protection policy wanted now, with the tunnels (or ipsec_skb_mark) it is for;
@@ -690,14 +705,14 @@ class Daemon:
         if self.events is None or not self.events.connected:
             return
         received = self.events.receive()
-        if received.events or received.lost is not None:
-            self._state_version += 1
         changed = False
         for name, body in received.events:
             if self.tracker.feed(name, body):
                 changed = True
                 self.sas, expected = fold_sa_event(self.sas, name, body)
                 self._sas_expected.update(expected)
+                self._touch(conn for conn, sa in body.items() if isinstance(sa, Mapping))
+        self._touch(self.tracker.touched())
         if changed:
             self._sas_rechecks = 0
             self._schedule_sas()
@@ -744,8 +759,9 @@ class Daemon:
         self.sas, self._sas_expected = merge_listing(
             parse_sas(entries), self.sas, self._sas_expected
         )
-        if self.sas != previous:
-            self._state_version += 1
+        self._touch(
+            c for c in previous.keys() | self.sas.keys() if previous.get(c) != self.sas.get(c)
+        )
         self._sas_at = self.clock()
         self._sas_due = None
         if self._sas_expected:
@@ -767,17 +783,20 @@ class Daemon:
     def _log_state_changes(self) -> None:
         """Each tunnel's state and reason, logged when they change (charon-wide causes are
         already logged once, so they go to the debug level)."""
-        current = {}
-        for name, status in self.statuses().items():
+        self._refold()
+        changed, self._unlogged = self._unlogged, {}
+        for name, status in sorted(changed.items()):
+            if status is None:
+                self._reported_states.pop(name, None)
+                continue
             key = (status.state.value, status.reason)
-            current[name] = key
             if self._reported_states.get(name) != key:
+                self._reported_states[name] = key
                 if status.state is State.FAILED:
                     self.failure_counts[(status.cause or Cause.NEGOTIATION).value] += 1
                 log = vlog.dbg if status.cause in (Cause.CHARON, Cause.CONFIG) else vlog.info
                 log(f"{name}: {status.state.value}" + (f": {status.reason}" if status.reason
                                                         else ""))  # fmt: skip
-        self._reported_states = current
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Everything /metrics reports, from state the daemon already holds (nothing here
@@ -914,6 +933,29 @@ def certificate_expiry(
 
 
 PIPELINED = (LoadShared, LoadConn, UnloadShared)
+
+
+class _LoadedAsDesired:
+    """The connections charon holds as we want them, looked up one at a time (a set of them
+    would cost a pass over every connection)."""
+
+    def __init__(self, applied: Mapping[str, Any], desired: Mapping[str, ConnSpec]) -> None:
+        self._applied = applied
+        self._desired = desired
+
+    def __contains__(self, name: object) -> bool:
+        body = self._applied.get(name)  # type: ignore[call-overload]
+        spec = self._desired.get(name)  # type: ignore[call-overload]
+        return body is not None and spec is not None and (body is spec.body or body == spec.body)
+
+
+def _conn_loaded_or_not(action: Action) -> str | None:
+    """The connection whose place in charon this action changes, if any."""
+    if isinstance(action, LoadConn):
+        return action.spec.name
+    if isinstance(action, (TerminateIke, UnloadConn)):
+        return action.conn
+    return None
 
 
 def _request(action: Action) -> Request:

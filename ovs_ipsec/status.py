@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,19 +127,27 @@ class Tracker:
 
     def __init__(self, max_attempts: int = MAX_ATTEMPTS) -> None:
         self._conns: dict[str, ConnOutcome] = {}
+        self._touched: set[str] = set()  # connections whose outcome moved since last asked
         self._attempts: OrderedDict[int, _Attempt] = OrderedDict()
         self._max_attempts = max_attempts
 
     def outcomes(self) -> dict[str, ConnOutcome]:
         return dict(self._conns)
 
+    def touched(self) -> set[str]:
+        """The connections whose outcome changed since the last call."""
+        touched, self._touched = self._touched, set()
+        return touched
+
     def forget(self, conn: str) -> None:
         """The connection or its credentials were (re)loaded: earlier failures no longer say
         anything about what the next negotiation will do."""
-        self._conns.pop(conn, None)
+        if self._conns.pop(conn, None) is not None:
+            self._touched.add(conn)
 
     def reset(self) -> None:
         """charon went away; its SAs and everything said about them are gone too."""
+        self._touched.update(self._conns)
         self._conns.clear()
         self._attempts.clear()
 
@@ -170,6 +178,10 @@ class Tracker:
             touched = True
         return touched
 
+    def _set(self, conn: str, outcome: ConnOutcome) -> None:
+        self._conns[conn] = outcome
+        self._touched.add(conn)
+
     # -- event handlers ---------------------------------------------------------------------
 
     def _ike_updown(self, conn: str, sa: Mapping[str, Any], up: bool) -> None:
@@ -185,28 +197,28 @@ class Tracker:
             child = outcome.child_failure
             if child is not None and child.ike_id != uid:
                 child = None
-            self._conns[conn] = dataclasses.replace(outcome, failure=failure, child_failure=child)
+            self._set(conn, dataclasses.replace(outcome, failure=failure, child_failure=child))
         elif not attempt.established and as_text(sa.get("state")) in CONNECTING_STATES:
             # The negotiation ended before the IKE_SA was up. charon's log usually says why
             # within milliseconds (before or after this event); until then, say what we know.
             reason = f"IKE negotiation with {attempt.remote_host or 'the peer'} failed"
             self._record(conn, Scope.IKE, Outcome(Cause.NEGOTIATION, reason, uid, 0))
         elif outcome.child_failure is not None and outcome.child_failure.ike_id == uid:
-            self._conns[conn] = dataclasses.replace(outcome, child_failure=None)
+            self._set(conn, dataclasses.replace(outcome, child_failure=None))
 
     def _child_updown(self, conn: str, sa: Mapping[str, Any], up: bool) -> None:
         outcome = self._conns.get(conn)
         if up and outcome is not None and outcome.child_failure is not None:
-            self._conns[conn] = dataclasses.replace(outcome, child_failure=None)
+            self._set(conn, dataclasses.replace(outcome, child_failure=None))
 
     def _ike_rekey(self, conn: str, sa: Mapping[str, Any], up: bool) -> None:
         outcome = self._conns.get(conn, ConnOutcome())
-        self._conns[conn] = dataclasses.replace(outcome, ike_rekeys=outcome.ike_rekeys + 1)
+        self._set(conn, dataclasses.replace(outcome, ike_rekeys=outcome.ike_rekeys + 1))
 
     def _child_rekey(self, conn: str, sa: Mapping[str, Any], up: bool) -> None:
         outcome = self._conns.get(conn, ConnOutcome())
         count = len(sa.get("child-sas") or {}) or 1
-        self._conns[conn] = dataclasses.replace(outcome, child_rekeys=outcome.child_rekeys + count)
+        self._set(conn, dataclasses.replace(outcome, child_rekeys=outcome.child_rekeys + count))
 
     def _alert(self, body: Mapping[str, Any]) -> None:
         known = ALERTS.get(as_text(body.get("type")))
@@ -315,9 +327,9 @@ class Tracker:
         current = self._conns.get(conn, ConnOutcome())
         if scope is Scope.CHILD:
             if _supersedes(outcome, current.child_failure):
-                self._conns[conn] = dataclasses.replace(current, child_failure=outcome)
+                self._set(conn, dataclasses.replace(current, child_failure=outcome))
         elif _supersedes(outcome, current.failure):
-            self._conns[conn] = dataclasses.replace(current, failure=outcome)
+            self._set(conn, dataclasses.replace(current, failure=outcome))
 
 
 def _supersedes(new: Outcome, old: Outcome | None) -> bool:
@@ -411,52 +423,104 @@ class View:
     """Everything `fold` needs (a parameter object: the daemon fills it, tests build it)."""
 
     desired: Desired
-    loaded: frozenset[str] = frozenset()
+    loaded: Container[str] = frozenset()  # connections charon holds as desired
     refusals: Mapping[str, str] = field(default_factory=dict)  # conn -> why charon refused it
     charon_error: str | None = None  # None while charon is reachable
     sas: Mapping[str, tuple[IkeSa, ...]] = field(default_factory=dict)
     outcomes: Mapping[str, ConnOutcome] = field(default_factory=dict)
 
 
-# Per connection: the inputs its tunnels' statuses were folded from, and those statuses.
-FoldMemo = dict[str, tuple[tuple[Any, ...], dict[str, TunnelStatus]]]
+def fold(view: View) -> dict[str, TunnelStatus]:
+    """Status of every IPsec port, sorted by name."""
+    book = StatusBook()
+    book.refold(view)
+    return book.statuses()
 
 
-def fold(view: View, memo: FoldMemo | None = None) -> dict[str, TunnelStatus]:
-    """Status of every IPsec port, sorted by name.
+class StatusBook:
+    """Tunnel statuses kept between passes, refolded one connection at a time.
 
-    With a `memo` (kept by the caller between calls, updated here), a connection's tunnels are
-    folded again only when one of its inputs moved: one change among thousands of tunnels costs
-    one connection's work plus a comparison per connection."""
-    statuses: dict[str, TunnelStatus] = {}
-    for name, invalid in view.desired.invalid.items():
-        statuses[name] = TunnelStatus(name, State.INVALID, invalid.reason, cause=Cause.CONFIG)
-    live: FoldMemo = {}
-    for conn in view.desired.conns.values():
-        inputs = (
-            conn,
-            conn.name in view.loaded,
-            view.refusals.get(conn.name),
-            view.charon_error,
-            view.sas.get(conn.name),
-            view.outcomes.get(conn.name),
-        )
-        cached = memo.get(conn.name) if memo is not None else None
-        if cached is not None and _same(cached[0], inputs):
-            group = cached[1]
-        else:
+    The daemon names the connections whose inputs may have moved since the last refold (a
+    pass's actions, charon's events about them, a changed SA listing); only those are looked
+    at, so one change among thousands of tunnels costs one connection's work. Each connection
+    keeps the inputs it was folded from: when they are the very same objects (or equal), its
+    statuses are kept as they are. Invalid ports are few and refolded every time."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, tuple[tuple[Any, ...], dict[str, TunnelStatus]]] = {}
+        self._invalid: dict[str, TunnelStatus] = {}
+        self._statuses: dict[str, TunnelStatus] = {}
+
+    def statuses(self) -> dict[str, TunnelStatus]:
+        """Every port's status as of the last refold, sorted by name."""
+        return dict(sorted(self._statuses.items()))
+
+    def refold(
+        self, view: View, stale: Iterable[str] | None = None
+    ) -> dict[str, TunnelStatus | None]:
+        """Fold the connections named in `stale` again (None: every one) and the invalid
+        ports; returns the ports whose status changed (None: the port is gone)."""
+        before: dict[str, TunnelStatus | None] = {}
+
+        def drop(name: str) -> None:
+            before.setdefault(name, self._statuses.pop(name, None))
+
+        invalid = {}
+        for name, reason in view.desired.invalid.items():
+            old = self._invalid.get(name)
+            keep = old is not None and old.reason == reason.reason
+            invalid[name] = old if keep else TunnelStatus(
+                name, State.INVALID, reason.reason, cause=Cause.CONFIG
+            )  # fmt: skip
+        for name in self._invalid.keys() - invalid.keys():
+            drop(name)
+        names = view.desired.conns.keys() | self._groups.keys() if stale is None else stale
+        # Every old group leaves before any new one is set: a port may move between two
+        # connections (its remote_ip changed), whichever of them comes first.
+        moved = []
+        for conn_name in names:
+            conn = view.desired.conns.get(conn_name)
+            inputs = _inputs(view, conn) if conn is not None else ()
+            cached = self._groups.get(conn_name)
+            if cached is not None:
+                if conn is not None and _same(cached[0], inputs):
+                    continue
+                del self._groups[conn_name]
+                for name in cached[1]:
+                    drop(name)
+            if conn is not None:
+                moved.append((conn, inputs))
+        for conn, inputs in moved:
             group = {name: _tunnel(view, conn, name) for name in conn.tunnels}
-        live[conn.name] = (inputs, group)
-        statuses.update(group)
-    if memo is not None:
-        memo.clear()
-        memo.update(live)
-    return dict(sorted(statuses.items()))
+            self._groups[conn.name] = (inputs, group)
+            for name, status in group.items():
+                before.setdefault(name, self._statuses.get(name))
+                self._statuses[name] = status
+        for name, status in invalid.items():
+            before.setdefault(name, self._statuses.get(name))
+            self._statuses[name] = status
+        self._invalid = invalid
+        return {
+            name: self._statuses.get(name)
+            for name, old in before.items()
+            if self._statuses.get(name) is not old
+        }
+
+
+def _inputs(view: View, conn: ConnSpec) -> tuple[Any, ...]:
+    return (
+        conn,
+        conn.name in view.loaded,
+        view.refusals.get(conn.name),
+        view.charon_error,
+        view.sas.get(conn.name),
+        view.outcomes.get(conn.name),
+    )
 
 
 def _same(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
-    # Identity first: unchanged inputs are the very same objects, and comparing thousands of
-    # connection bodies by value is what the memo is there to avoid.
+    # Identity first: unchanged inputs are the very same objects, and comparing connection
+    # bodies by value is what keeping them is there to avoid.
     return all(a is b or a == b for a, b in zip(before, now, strict=True))
 
 

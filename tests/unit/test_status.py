@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, Scope
 from ovs_ipsec.model import InterfaceRow, Snapshot
@@ -21,6 +23,7 @@ from ovs_ipsec.status import (
     Outcome,
     Protection,
     State,
+    StatusBook,
     Tracker,
     View,
     fold,
@@ -450,7 +453,7 @@ def test_outcomes_mapping_is_a_copy() -> None:
     assert outcomes == {}
 
 
-def test_memoised_fold_equals_a_fresh_fold_and_reuses_unmoved_connections() -> None:
+def _memo_views() -> tuple[Any, list[View]]:
     rows = tuple(
         InterfaceRow(f"t{i}", "gre", {"remote_ip": f"10.77.1.{i + 1}", "psk": "Zq9PSK-memo"})
         for i in range(4)
@@ -459,24 +462,90 @@ def test_memoised_fold_equals_a_fresh_fold_and_reuses_unmoved_connections() -> N
     one, other = "ovs-10.77.1.1", "ovs-10.77.1.2"
     body = {"up": "yes", one: {**ike_sa(1), "child-sas": {"x": child_sa("ovs-t0", 2)}}}
     sas, _ = fold_sa_event({}, "child-updown", body)
-    memo: dict = {}
-    views = [
+    loaded = frozenset(desired.conns)
+    return desired, [
         View(desired),
-        View(desired, frozenset(desired.conns)),
-        View(desired, frozenset(desired.conns), sas=sas),
-        View(desired, frozenset(desired.conns), sas=sas, refusals={other: "refused: x"}),
-        View(desired, frozenset(desired.conns), sas=sas, charon_error="gone"),
-        View(desired, frozenset(desired.conns), sas=sas),
+        View(desired, loaded),
+        View(desired, loaded, sas=sas),
+        View(desired, loaded, sas=sas, refusals={other: "refused: x"}),
+        View(desired, loaded, sas=sas, charon_error="gone"),
+        View(desired, loaded, sas=sas),
     ]
-    previous: dict = {}
-    for view in views:
-        previous = fold(view, memo)
-        assert previous == fold(view)
-        assert set(memo) == set(desired.conns)
-    # Folding the same view again reuses every status object; moving one connection's SAs
-    # refolds that connection's tunnels only.
-    again = fold(views[-1], memo)
-    assert all(again[name] is previous[name] for name in again)
-    moved = fold(View(desired, frozenset(desired.conns), sas={}), memo)
-    assert moved["t0"] is not again["t0"] and moved["t3"] is again["t3"]
-    assert moved["t0"].state is State.CONFIGURED and again["t0"].state is State.UP
+
+
+def _moved(before: View, after: View) -> set[str]:
+    """The connections whose inputs differ between two views (what the daemon tracks)."""
+    names = set(before.desired.conns) | set(after.desired.conns)
+    return {
+        c
+        for c in names
+        if before.desired.conns.get(c) != after.desired.conns.get(c)
+        or (c in before.loaded) != (c in after.loaded)
+        or before.refusals.get(c) != after.refusals.get(c)
+        or before.charon_error != after.charon_error
+        or before.sas.get(c) != after.sas.get(c)
+        or before.outcomes.get(c) != after.outcomes.get(c)
+    }
+
+
+def test_status_book_refolds_the_named_connections_only_and_reports_what_changed() -> None:
+    desired, views = _memo_views()
+    book = StatusBook()
+    assert set(book.refold(views[0])) == {"t0", "t1", "t2", "t3"}  # every port is new
+    previous = views[0]
+    for view in views[1:]:
+        before = book.statuses()
+        changes = book.refold(view, _moved(previous, view))
+        after = book.statuses()
+        assert after == fold(view)
+        assert changes == {n: s for n, s in after.items() if before.get(n) != s}
+        previous = view
+    # Refolding the same view reuses every status object; moving one connection's SAs
+    # refolds that connection's tunnels only, even when every connection is named.
+    again = book.statuses()
+    assert book.refold(views[-1], set(desired.conns)) == {}
+    moved = View(desired, frozenset(desired.conns), sas={})
+    assert set(book.refold(moved, _moved(views[-1], moved))) == {"t0"}
+    now = book.statuses()
+    assert now["t0"].state is State.CONFIGURED and again["t0"].state is State.UP
+    assert all(now[name] is again[name] for name in ("t1", "t2", "t3"))
+
+
+def _desired_of(*rows: tuple[str, str | None]) -> Any:
+    return plan(parse_config(Snapshot(tuple(
+        InterfaceRow(name, "gre", {"psk": "Zq9PSK-move"} | ({"remote_ip": ip} if ip else {}))
+        for name, ip in rows
+    ), {})))  # fmt: skip
+
+
+def test_status_book_follows_ports_between_connections_and_into_invalid() -> None:
+    first = _desired_of(("a", "10.9.0.1"), ("b", "10.9.0.2"))
+    shared = _desired_of(("a", "10.9.0.1"), ("b", "10.9.0.1"))
+    # b moves to a's peer: both connections are named, in either order.
+    for order in (["ovs-10.9.0.1", "ovs-10.9.0.2"], ["ovs-10.9.0.2", "ovs-10.9.0.1"]):
+        book = StatusBook()
+        book.refold(View(first, frozenset(first.conns)))
+        changes = book.refold(View(shared, frozenset(shared.conns)), order)
+        assert set(changes) == {"a", "b"}
+        assert book.statuses() == fold(View(shared, frozenset(shared.conns)))
+        assert book.statuses()["b"].conn == "ovs-10.9.0.1"
+    # Then b loses its remote_ip (invalid: its connection is named), then it is deleted.
+    broken = _desired_of(("a", "10.9.0.1"), ("b", None))
+    changes = book.refold(View(broken, frozenset(broken.conns)), ["ovs-10.9.0.1"])
+    assert changes["b"] is not None and changes["b"].state is State.INVALID
+    gone = _desired_of(("a", "10.9.0.1"))
+    assert book.refold(View(gone, frozenset(gone.conns)), []) == {"b": None}
+    assert set(book.statuses()) == {"a"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=12))
+def test_status_book_equals_a_fresh_fold_after_any_sequence(steps: list[int]) -> None:
+    _, views = _memo_views()
+    book = StatusBook()
+    previous: View | None = None
+    for step in steps:
+        view = views[step]
+        book.refold(view, None if previous is None else _moved(previous, view))
+        assert book.statuses() == fold(view)
+        previous = view
