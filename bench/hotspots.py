@@ -167,7 +167,7 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     n = args.n
     recording = None
-    with Lab(1, daemon=False) as lab:
+    with Lab(1, daemon=False, python=SNAPSHOT.python if SNAPSHOT else None) as lab:
         h = lab[1]
         h.run(["ip", "route", "add", workload.PEER_ROUTE, "dev", "eth0"])
         db = Db(h)

@@ -425,7 +425,8 @@ class Bench:
         h.start_charon()
 
     def spawn_floor(self, n: int, wait: bool) -> subprocess.Popen[str]:
-        argv = [sys.executable, os.path.join(HERE, "floor.py"), self.floor_host.vici_path, str(n)]
+        python = SNAPSHOT.python if SNAPSHOT else sys.executable
+        argv = [python, os.path.join(HERE, "floor.py"), self.floor_host.vici_path, str(n)]
         if wait:
             argv.append("--wait")
         self.floor_proc = subprocess.Popen(
@@ -877,8 +878,8 @@ def machine_header(lab: Lab, args: argparse.Namespace) -> list[str]:
         v.close()
     ovs = run(["ovsdb-server", "--version"]).splitlines()[0].split()[-1]
     debian_ovs = run(["/usr/bin/python3", "-c", "import ovs.version; print(ovs.version.VERSION)"])
-    if SNAPSHOT:
-        commit, dirty_note = SNAPSHOT[:10], " (snapshot of the commit, --commit)"
+    if SNAPSHOT and SNAPSHOT.commit:
+        commit, dirty_note = SNAPSHOT.commit[:10], " (snapshot of the commit, --commit)"
     else:
         commit = run(["git", "rev-parse", "--short=10", "HEAD"])
         dirty = run(["git", "status", "--porcelain", "--", "ovs_ipsec"])
@@ -896,7 +897,8 @@ def machine_header(lab: Lab, args: argparse.Namespace) -> list[str]:
         f"machine: {os.cpu_count()} CPUs, kernel {platform.release()}, {swan}, OVS {ovs} "
         f"(ovsdb-server; Debian python3-openvswitch {debian_ovs} for upstream), "
         f"our daemon on Python {platform.python_version()} with PyPI ovs "
-        f"{importlib.metadata.version('ovs')}",
+        f"{importlib.metadata.version('ovs')}, run as installed (byte-compiled, no "
+        f"editable-install hook; bench/snapshot.py)",
         f"N PSK/GRE tunnels to N distinct peers; one change = one remote_ip; "
         f"{args.changes} changes per repeat; idle window {args.idle_seconds:g} s; "
         f"load average at the start {load} (other jobs may share the machine)",
@@ -956,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     results: dict[int, dict[str, Any]] = {}
-    lab = Lab(3, daemon=False, keep=args.keep)
+    lab = Lab(3, daemon=False, keep=args.keep, python=SNAPSHOT.python if SNAPSHOT else None)
     bench: Bench | None = None
     try:
         log("starting the lab (h1 ours, h2 floor, h3 upstream)")

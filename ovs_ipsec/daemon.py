@@ -159,13 +159,16 @@ class Daemon:
         self._policy_fingerprint: str | None = None
         self._checks_since_listing = 0
         self._lingering: dict[PolicySpec, float] = {}  # fail-closed blocks kept until then
-        # (desired, in the kernel) as last found equal: a periodic check that finds the same two
-        # objects skips comparing thousands of policies.
-        self._in_line: tuple[frozenset[PolicySpec], frozenset[PolicySpec]] | None = None
+        # (desired, in the kernel) as last found equal: a periodic check that finds the same
+        # desired set and no change in the kernel since skips comparing thousands of policies.
+        self._in_line: tuple[frozenset[PolicySpec], int] | None = None
         self._trim_after_burst = False  # a pass handled thousands of objects: trim the heap
         self.applied = Applied()
-        # Our block policies in the kernel as last observed or applied; None: look first.
-        self.policies: frozenset[PolicySpec] | None = None
+        # Our block policies in the kernel as last observed or applied, updated in place (a copy
+        # per change would cost a pass over thousands); None: look first. The counter moves
+        # with every change to them.
+        self.policies: set[PolicySpec] | None = None
+        self._policies_moved = 0
         self.health = Health()
         self.exiting = False
         self.cleanup_on_exit = False
@@ -362,21 +365,23 @@ class Daemon:
                     # The wanted policies' own objects stand for the equal observed ones, so
                     # that thousands of policies are not held twice.
                     wanted = self.desired_policies
-                    self.policies = frozenset(
-                        {spec for spec in wanted if spec in observed} | (observed - wanted)
+                    self.policies = {spec for spec in wanted if spec in observed} | (
+                        observed - wanted
                     )
+                    self._policies_moved += 1
                     self._policy_fingerprint = self.xfrm.policy_count()
             except XfrmError as exc:
                 self._xfrm_failed(pass_id, "listing policies", exc)
                 # Unknown kernel state: (re)add everything desired, remove nothing.
                 return tuple(sorted(self.desired_policies)), ()
             desired = self.desired_policies
-            if self._in_line == (desired, self.policies):
-                to_add, to_remove = (), ()  # the very sets found equal last time
+            assert self.policies is not None
+            if self._in_line == (desired, self._policies_moved):
+                to_add, to_remove = (), ()  # nothing moved since they were found equal
             else:
                 to_add, to_remove = diff_policies(desired, self.policies)
                 if not to_add and not to_remove:
-                    self._in_line = (desired, self.policies)
+                    self._in_line = (desired, self._policies_moved)
         else:
             to_add, to_remove = diff_policy_change(
                 self.policies, self.pending.policies_added, self.pending.policies_removed
@@ -400,8 +405,7 @@ class Daemon:
         seconds later; every other removal (a port made plain, fail-open set, a remote_ip
         changed) is what the operator asked for, and happens now."""
         now = self.clock()
-        wanted = self.desired_policies
-        for spec in [s for s in self._lingering if s in wanted]:
+        for spec in [s for s in self._lingering if self.planner.wants(s)]:
             del self._lingering[spec]
         remove = []
         for spec in to_remove:
@@ -441,10 +445,11 @@ class Daemon:
             self._xfrm_failed(pass_id, "changing policies", exc)
             self.policies = None  # look again next pass
             return
-        current = set(self.policies or ())
-        current.update(add)
-        current.difference_update(remove)
-        self.policies = frozenset(current)
+        if self.policies is None:
+            self.policies = set()
+        self.policies.update(add)
+        self.policies.difference_update(remove)
+        self._policies_moved += 1
         self._policy_fingerprint = None  # our own change: list again at the next check
         self.health.xfrm_error = ""
         verb = "installed" if add else "removed"

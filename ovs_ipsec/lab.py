@@ -467,7 +467,7 @@ class Host:
             f"PYTHONPATH={package_root}",
             # Through bin/ovs-monitor-ipsec, so the process looks like upstream's to anything
             # that matches on its command line ("python3 .../ovs-monitor-ipsec ...").
-            sys.executable, os.path.join(package_root, "bin", "ovs-monitor-ipsec"), self.db,
+            self.lab.python, os.path.join(package_root, "bin", "ovs-monitor-ipsec"), self.db,
             "--ike-daemon=strongswan", f"--vici={self.vici_uri}",
             f"--pidfile={self.daemon_pidfile}", f"--log-file={self.daemon_log_path}",
             f"--unixctl={self.ctl_path}", "--detach", "-vfile:dbg",
@@ -593,6 +593,7 @@ class Lab:
         daemon: bool = True,
         daemon_args: Sequence[str] = (),
         charon_settings: str = "",
+        python: str | None = None,
     ) -> None:
         if not 1 <= n_hosts <= MAX_HOSTS:
             raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}, not {n_hosts}")
@@ -601,6 +602,7 @@ class Lab:
         self.daemon = daemon
         self.daemon_args = tuple(daemon_args)
         self.charon_settings = charon_settings
+        self.python = python or sys.executable  # runs our daemon
         self.prefix = ""  # chosen by start(), once we can check which names are free
         self.workdir = workdir or ""
         self.hub = ""

@@ -141,6 +141,10 @@ class Planner:
             self._policies = frozenset(self.policy_counts)
         return self._policies
 
+    def wants(self, spec: PolicySpec) -> bool:
+        """Is this policy among `policies` (without building that set)?"""
+        return spec in self.policy_counts
+
     # -- updates ----------------------------------------------------------------------------
 
     def update(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,7 +305,7 @@ def diff_policies(
 
 
 def diff_policy_change(
-    current: frozenset[PolicySpec], wanted: Iterable[PolicySpec], unwanted: Iterable[PolicySpec]
+    current: AbstractSet[PolicySpec], wanted: Iterable[PolicySpec], unwanted: Iterable[PolicySpec]
 ) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
     """`diff_policies((current - unwanted) | wanted, current)`, in time proportional to the
     change rather than to the thousands of policies in `current`."""

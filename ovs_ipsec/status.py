@@ -34,6 +34,7 @@ import dataclasses
 import enum
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -359,7 +360,7 @@ class Protection:
 
 def protection_by_tunnel(
     explained: Mapping[PolicySpec, tuple[str, ...]],
-    installed: frozenset[PolicySpec],
+    installed: AbstractSet[PolicySpec],
     names: Iterable[str],
     fail_open: bool = False,
 ) -> dict[str, Protection]:
