@@ -189,10 +189,13 @@ def _log_time(line: str) -> float | None:
 def daemon_internal(log_text: str, records: list[ChangeRecord]) -> dict[str, Any]:
     """Daemon-internal change latency from its -vfile:dbg log (millisecond timestamps): from the
     first poller wake-up on input ("[POLLIN] on fd N", logged by ovs.poller at debug level) after
-    the commit was sent, to "loaded connection <new conn>" (logged once load-conn returned).
-    Also commit sent -> that log line, which adds ovsdb-server's part."""
+    the commit was sent, to "loaded connection <new conn>" (logged once load-conn returned),
+    split at "<n> requests to charon" (logged before the first request is written) into the
+    daemon's own work and the wait for charon's answers. Also commit sent -> that log line,
+    which adds ovsdb-server's part."""
     lines = log_text.splitlines()
     internal, commit_to_loaded, missing = [], [], 0
+    own: list[float] = []
     start = 0
     for rec in records:
         floor_ms = math.floor(rec.sent.wall * 1000) / 1000
@@ -202,7 +205,8 @@ def daemon_internal(log_text: str, records: list[ChangeRecord]) -> dict[str, Any
             missing += 1
             continue
         wake = None
-        for i in range(start, loaded_at):
+        window = range(start, loaded_at)
+        for i in window:
             if "[POLLIN]" in lines[i]:
                 t = _log_time(lines[i])
                 if t is not None and t >= floor_ms:
@@ -215,6 +219,13 @@ def daemon_internal(log_text: str, records: list[ChangeRecord]) -> dict[str, Any
             continue
         internal.append((loaded - wake) * 1000)
         commit_to_loaded.append((loaded - rec.sent.wall) * 1000)
+        sending = next(
+            (_log_time(lines[i]) for i in window if "requests to charon" in lines[i]
+             and (_log_time(lines[i]) or 0) >= wake),
+            None,
+        )  # fmt: skip
+        if sending is not None:
+            own.append((sending - wake) * 1000)
     if not internal:
         return {"internal_missing": missing}
     return {
@@ -223,6 +234,11 @@ def daemon_internal(log_text: str, records: list[ChangeRecord]) -> dict[str, Any
         "internal_max_ms": max(internal),
         "commit_to_log_med_ms": statistics.median(commit_to_loaded),
         "internal_missing": missing,
+        **(
+            {"own_med_ms": statistics.median(own), "own_p95_ms": nearest_rank(own, 0.95)}
+            if own
+            else {}
+        ),
     }
 
 
@@ -740,6 +756,8 @@ ROWS = (
     ("one change, p95 [ms]", "upstream", "change_p95_ms"),
     ("  in daemon, median [ms]", None, "internal_med_ms"),
     ("  in daemon, p95 [ms]", None, "internal_p95_ms"),
+    ("    own work, median [ms]", None, "own_med_ms"),
+    ("    own work, p95 [ms]", None, "own_p95_ms"),
     ("  commit -> daemon logs it, median [ms]", None, "commit_to_log_med_ms"),
     ("RSS after the changes [MiB]", "upstream", "rss_mib"),
     ("peak RSS (VmHWM) [MiB]", "upstream", "hwm_mib"),

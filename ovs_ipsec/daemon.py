@@ -517,6 +517,9 @@ class Daemon:
         # more than charon's work on it).
         self._touch(name for name in map(_conn_loaded_or_not, actions) if name is not None)
         bulk = len(actions) > BULK_ACTIONS
+        if actions:
+            # Where the daemon's own work on a change ends and waiting for charon begins.
+            vlog.dbg(f"[{pass_id}] {len(actions)} requests to charon")
         done: Counter[str] = Counter()
         names: dict[str, list[str]] = {}
         for action, outcome in self._outcomes(actions):
