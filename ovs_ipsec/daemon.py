@@ -13,6 +13,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,10 +62,12 @@ from ovs_ipsec.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
 from ovs_ipsec.status import (
     Protection,
     State,
+    StateKey,
     StatusBook,
     Tracker,
     TunnelStatus,
     View,
+    fold,
     protection_by_tunnel,
 )
 from ovs_ipsec.xfrm import Xfrm
@@ -148,7 +151,6 @@ class Daemon:
         self._sas_due: float | None = None
         self._sas_expected: dict[tuple[str, int], bool] = {}
         self._sas_rechecks = 0
-        self._reported_states: dict[str, tuple[str, str]] = {}
         self.clock = clock
         self.wall_clock = wall_clock
         # Parsed OVSDB contents and desired state, updated in proportion to each change.
@@ -161,7 +163,7 @@ class Daemon:
         self._lingering: dict[PolicySpec, float] = {}  # fail-closed blocks kept until then
         # (desired, in the kernel) as last found equal: a periodic check that finds the same
         # desired set and no change in the kernel since skips comparing thousands of policies.
-        self._in_line: tuple[frozenset[PolicySpec], int] | None = None
+        self._in_line: tuple[int, int] | None = None
         self._trim_after_burst = False  # a pass handled thousands of objects: trim the heap
         self.applied = Applied()
         # Our block policies in the kernel as last observed or applied, updated in place (a copy
@@ -187,7 +189,7 @@ class Daemon:
         # moved since the last refold (None: all of them); the changes wait to be logged.
         self._book = StatusBook()
         self._stale: set[str] | None = None
-        self._unlogged: dict[str, TunnelStatus | None] = {}
+        self._unlogged: dict[str, tuple[StateKey | None, StateKey | None]] = {}
         self._checks = 0
         self.failure_counts: Counter[str] = Counter()  # tunnels entering "failed", by cause
 
@@ -200,7 +202,7 @@ class Daemon:
         return self.planner.desired
 
     @property
-    def desired_policies(self) -> frozenset[PolicySpec]:
+    def desired_policies(self) -> AbstractSet[PolicySpec]:
         return self.planner.policies
 
     # -- the loop ---------------------------------------------------------------------------
@@ -365,23 +367,23 @@ class Daemon:
                     # The wanted policies' own objects stand for the equal observed ones, so
                     # that thousands of policies are not held twice.
                     wanted = self.desired_policies
-                    self.policies = {spec for spec in wanted if spec in observed} | (
-                        observed - wanted
-                    )
+                    self.policies = {spec for spec in wanted if spec in observed} | {
+                        spec for spec in observed if spec not in wanted
+                    }
                     self._policies_moved += 1
                     self._policy_fingerprint = self.xfrm.policy_count()
             except XfrmError as exc:
                 self._xfrm_failed(pass_id, "listing policies", exc)
                 # Unknown kernel state: (re)add everything desired, remove nothing.
                 return tuple(sorted(self.desired_policies)), ()
-            desired = self.desired_policies
             assert self.policies is not None
-            if self._in_line == (desired, self._policies_moved):
+            moves = (self.planner.policies_version, self._policies_moved)
+            if self._in_line == moves:
                 to_add, to_remove = (), ()  # nothing moved since they were found equal
             else:
-                to_add, to_remove = diff_policies(desired, self.policies)
+                to_add, to_remove = diff_policies(self.desired_policies, self.policies)
                 if not to_add and not to_remove:
-                    self._in_line = (desired, self._policies_moved)
+                    self._in_line = moves
         else:
             to_add, to_remove = diff_policy_change(
                 self.policies, self.pending.policies_added, self.pending.policies_removed
@@ -636,8 +638,8 @@ class Daemon:
     # -- reporting and exit -----------------------------------------------------------------
 
     def statuses(self) -> dict[str, TunnelStatus]:
-        self._refold()
-        return self._book.statuses()
+        """Every port's whole status, folded now (O(tunnels): for status commands)."""
+        return fold(self._view())
 
     def _touch(self, conns: Iterable[str] | None) -> None:
         """These connections' tunnel states may have moved (None: anyone's may have)."""
@@ -646,11 +648,11 @@ class Daemon:
         elif self._stale is not None:
             self._stale.update(conns)
 
-    def _refold(self) -> None:
+    def _view(self) -> View:
         charon_error = None
         if not self.health.charon_reachable:
             charon_error = self.health.charon_error or "not connected yet"
-        view = View(
+        return View(
             desired=self.desired,
             loaded=_LoadedAsDesired(self.applied.conns, self.desired.conns),
             refusals={c: why for c, why in self.health.failures.items() if c in self.desired.conns},
@@ -658,8 +660,12 @@ class Daemon:
             sas=self.sas,
             outcomes=self.tracker.outcomes(),
         )
+
+    def _refold(self) -> None:
         stale, self._stale = self._stale, set()
-        self._unlogged.update(self._book.refold(view, stale))
+        for name, (before, now) in self._book.refold(self._view(), stale).items():
+            first = self._unlogged.get(name)
+            self._unlogged[name] = (before if first is None else first[0], now)
 
     def explained_policies(self) -> dict[PolicySpec, tuple[str, ...]]:
         """Every protection policy wanted now, with the tunnels (or ipsec_skb_mark) it is for;
@@ -793,18 +799,14 @@ class Daemon:
         already logged once, so they go to the debug level)."""
         self._refold()
         changed, self._unlogged = self._unlogged, {}
-        for name, status in sorted(changed.items()):
-            if status is None:
-                self._reported_states.pop(name, None)
-                continue
-            key = (status.state.value, status.reason)
-            if self._reported_states.get(name) != key:
-                self._reported_states[name] = key
-                if status.state is State.FAILED:
-                    self.failure_counts[(status.cause or Cause.NEGOTIATION).value] += 1
-                log = vlog.dbg if status.cause in (Cause.CHARON, Cause.CONFIG) else vlog.info
-                log(f"{name}: {status.state.value}" + (f": {status.reason}" if status.reason
-                                                        else ""))  # fmt: skip
+        for name, (before, now) in sorted(changed.items()):
+            if now is None or (before is not None and before[:2] == now[:2]):
+                continue  # gone, or back to what was last logged
+            state, reason, cause = now
+            if state is State.FAILED:
+                self.failure_counts[(cause or Cause.NEGOTIATION).value] += 1
+            log = vlog.dbg if cause in (Cause.CHARON, Cause.CONFIG) else vlog.info
+            log(f"{name}: {state.value}" + (f": {reason}" if reason else ""))
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Everything /metrics reports, from state the daemon already holds (nothing here
@@ -877,9 +879,8 @@ class Daemon:
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and logs."""
-        counts: dict[str, int] = {}
-        for status in self.statuses().values():
-            counts[status.state.value] = counts.get(status.state.value, 0) + 1
+        self._refold()
+        counts = Counter(state.value for state, _, _ in self._book.states().values())
         charon = "charon reachable" if self.health.charon_reachable else "charon unreachable"
         tunnels = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no tunnels"
         return f"{tunnels}; {charon}"

@@ -10,13 +10,12 @@ transport-mode selectors, identities from OVSDB, the daemon's own drop policies)
 `OPTIONS` (accepted) and `REJECTED` are the one table. docs/ipsec-options.md embeds
 `render_markdown()`'s output; a unit test keeps the two in step.
 
-How plan uses it: `translate()` per tunnel (errors make the tunnel invalid); `conn_differences()`
-when grouping tunnels by peer (conn-level keys live on the one shared IKE_SA and must agree);
-`default_proposals()` for the body defaults, then `IkeSettings.conn_vici()` / `child_vici()`
-update the connection and child bodies (explicit options win over the defaults, including over
-`--use-default-crypto`).
+How plan uses it: `translate()` for each tunnel that has ipsec_* options (errors make the
+tunnel invalid). The result type (`IkeSettings`), the default proposals and `conn_differences()`
+are in ike_settings, which plan needs for every tunnel: this table, about 0.9 MiB of the
+daemon's memory once loaded, is loaded only when some tunnel has ipsec_* options.
 
-May import: model, stdlib.
+May import: ike_settings, model, stdlib.
 """
 
 from __future__ import annotations
@@ -25,17 +24,37 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from ovs_ipsec.ike_settings import (
+    ESP_PROPOSALS,
+    IKE_PROPOSALS,
+    NO_SETTINGS,
+    IkeSettings,
+    Level,
+    VICIValue,
+    conn_differences,
+    default_proposals,
+)
 from ovs_ipsec.model import Invalid
 
-PREFIX = "ipsec_"
+# The result type and the defaults live in ike_settings (the planner needs them for every
+# tunnel; this table is loaded only when a tunnel has ipsec_* options). Re-exported here, where
+# the options are.
+__all__ = [
+    "ESP_PROPOSALS",
+    "IKE_PROPOSALS",
+    "NO_SETTINGS",
+    "IkeSettings",
+    "Level",
+    "VICIValue",
+    "conn_differences",
+    "default_proposals",
+    "render_markdown",
+    "translate",
+]
 
-# Interoperable with upstream ovs-monitor-ipsec's strongSwan defaults
-# (ike=aes256gcm16-sha256-modp2048, esp=aes256gcm16-modp2048). plan.py builds bodies from
-# `default_proposals()`; a unit test checks plan's constants are these.
-IKE_PROPOSALS: tuple[str, ...] = ("aes256gcm16-prfsha256-modp2048",)
-ESP_PROPOSALS: tuple[str, ...] = ("aes256gcm16-modp2048",)
+PREFIX = "ipsec_"
 
 MAX_VALUE_LENGTH = 1024
 MAX_PROPOSALS = 32
@@ -54,84 +73,6 @@ IPSEC_CONF_LIFETIME = 3600
 IPSEC_CONF_MARGIN = 9 * 60
 IPSEC_CONF_FUZZ = 100
 IPSEC_CONF_DPDDELAY = 30
-
-Level = Literal["conn", "child"]
-VICIValue = str | tuple[str, ...]
-
-
-# ---------------------------------------------------------------------------------------------
-# Public result.
-
-
-@dataclass(frozen=True, slots=True)
-class IkeSettings:
-    """What a tunnel's ipsec_* options ask of charon, as VICI keys and values.
-
-    `conn` keys belong on the connection (the IKE_SA all tunnels to one peer share), `child`
-    keys on each of the tunnel's CHILD_SA configs. Both are sorted by key; list values are
-    tuples here (hashable) and lists in `conn_vici()`/`child_vici()`. `sources` maps
-    "conn.<key>"/"child.<key>" to the OVSDB keys (with the ipsec_ prefix) that set it.
-    """
-
-    conn: tuple[tuple[str, VICIValue], ...] = ()
-    child: tuple[tuple[str, VICIValue], ...] = ()
-    sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-    @property
-    def proposals_set(self) -> bool:
-        """True when an option chose the IKE proposals (they win over the daemon's default)."""
-        return any(key == "proposals" for key, _ in self.conn)
-
-    @property
-    def esp_proposals_set(self) -> bool:
-        return any(key == "esp_proposals" for key, _ in self.child)
-
-    def conn_vici(self) -> dict[str, str | list[str]]:
-        """Keys to `update()` into the connection body (after its defaults)."""
-        return {key: _vici(value) for key, value in self.conn}
-
-    def child_vici(self) -> dict[str, str | list[str]]:
-        """Keys to `update()` into each of the tunnel's child bodies (after their defaults)."""
-        return {key: _vici(value) for key, value in self.child}
-
-    def origin(self, level: Level, key: str) -> tuple[str, ...]:
-        """The OVSDB keys that set `key` at `level` (empty if none did)."""
-        wanted = f"{level}.{key}"
-        for name, keys in self.sources:
-            if name == wanted:
-                return keys
-        return ()
-
-
-def _vici(value: VICIValue) -> str | list[str]:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def default_proposals(use_default_crypto: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(IKE, ESP) proposals plan puts in the bodies before applying options.
-
-    Empty with `--use-default-crypto`: plan then omits `proposals`/`esp_proposals` so charon
-    uses its own defaults. An explicit ipsec_ike/ipsec_esp (or native spelling) still wins.
-    """
-    if use_default_crypto:
-        return (), ()
-    return IKE_PROPOSALS, ESP_PROPOSALS
-
-
-def conn_differences(a: IkeSettings, b: IkeSettings) -> tuple[str, ...]:
-    """OVSDB keys (of either tunnel) behind connection-level values that differ.
-
-    All tunnels to one peer share one connection and so one IKE_SA; plan keeps the first and
-    marks the others invalid naming these keys.
-    """
-    mine, theirs = dict(a.conn), dict(b.conn)
-    keys: set[str] = set()
-    for key in mine.keys() | theirs.keys():
-        if mine.get(key) != theirs.get(key):
-            keys.update(a.origin("conn", key))
-            keys.update(b.origin("conn", key))
-    return tuple(sorted(keys))
-
 
 # ---------------------------------------------------------------------------------------------
 # Value parsers. Each takes a cleaned value (stripped, ASCII, no control characters, non-empty)
@@ -1229,6 +1170,8 @@ def _translate(
         _cross_check(merged, errors)
     if errors:
         return None, tuple(_dedupe(errors))
+    if not merged:
+        return NO_SETTINGS, ()  # one object for the thousands of tunnels without options
     conn = tuple(sorted((k, v.value) for (level, k), v in merged.items() if level == "conn"))
     child = tuple(sorted((k, v.value) for (level, k), v in merged.items() if level == "child"))
     sources = tuple(sorted((f"{level}.{k}", v.sources) for (level, k), v in merged.items()))

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+import sys
 
 PREFIX = "ovs-"
 _CONN_PREFIX = PREFIX
@@ -56,7 +57,8 @@ def _is_ip(text: str) -> bool:
 def conn_name(remote_ip: str) -> str:
     """One VICI connection per peer address: charon picks the first connection whose identities
     match, so two connections to one peer would make the second's CHILD_SAs fail."""
-    return f"{_CONN_PREFIX}{remote_ip}"
+    # Interned: the name is asked for in several places per tunnel; one string serves them all.
+    return sys.intern(f"{_CONN_PREFIX}{remote_ip}")
 
 
 def child_name(interface: str, suffix: str = "") -> str:
@@ -65,7 +67,7 @@ def child_name(interface: str, suffix: str = "") -> str:
 
 
 def shared_id(remote_ip: str) -> str:
-    return f"{_SHARED_PREFIX}{remote_ip}"
+    return sys.intern(f"{_SHARED_PREFIX}{remote_ip}")
 
 
 def is_owned_conn(name: str) -> bool:

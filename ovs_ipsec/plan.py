@@ -5,7 +5,7 @@ first connection whose identities match, so a second connection to the same peer
 a Geneve port to one host) would have its CHILD_SAs refused ("traffic selectors unacceptable").
 Each tunnel becomes one CHILD_SA config (two for UDP tunnels) inside its peer's connection.
 
-May import: model, naming, stdlib.
+May import: credentials, ike_options, ike_settings, model, naming, stdlib.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ovs_ipsec import ike_options, naming
+from ovs_ipsec import ike_settings, naming
 from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.model import (
     IPPROTO_GRE,
@@ -30,8 +30,8 @@ from ovs_ipsec.model import (
 
 # Interoperable with upstream ovs-monitor-ipsec's strongSwan defaults
 # (ike=aes256gcm16-sha256-modp2048, esp=aes256gcm16-modp2048). The ESP group applies to rekeys.
-IKE_PROPOSALS = ike_options.IKE_PROPOSALS
-ESP_PROPOSALS = ike_options.ESP_PROPOSALS
+IKE_PROPOSALS = ike_settings.IKE_PROPOSALS
+ESP_PROPOSALS = ike_settings.ESP_PROPOSALS
 
 VICI = dict[str, Any]
 
@@ -79,7 +79,7 @@ def plan(
 ) -> Desired:
     credentials = credentials or Credentials()
     invalid: dict[str, InvalidTunnel] = dict(config.invalid)
-    settings: dict[str, ike_options.IkeSettings] = {}
+    settings: dict[str, ike_settings.IkeSettings] = {}
     by_peer: dict[str, list[Tunnel]] = {}
     for tunnel in sorted(config.tunnels.values(), key=lambda t: t.name):
         translated, rejected = admit(tunnel, credentials, use_default_crypto)
@@ -108,12 +108,17 @@ def plan(
 
 def admit(
     tunnel: Tunnel, credentials: Credentials, use_default_crypto: bool
-) -> tuple[ike_options.IkeSettings | None, InvalidTunnel | None]:
+) -> tuple[ike_settings.IkeSettings | None, InvalidTunnel | None]:
     """A tunnel's translated ipsec_* options, or why it cannot be loaded (options or
     credentials)."""
-    translated, option_errors = ike_options.translate(
-        tunnel.ike_options, use_default_crypto=use_default_crypto
-    )
+    translated: ike_settings.IkeSettings | None = ike_settings.NO_SETTINGS
+    option_errors: tuple[Invalid, ...] = ()
+    if tunnel.ike_options:
+        from ovs_ipsec import ike_options  # the option table: loaded when first needed
+
+        translated, option_errors = ike_options.translate(
+            tunnel.ike_options, use_default_crypto=use_default_crypto
+        )
     errors = option_errors + credential_errors(tunnel, credentials)
     if errors or translated is None:
         return None, _invalid(tunnel, errors)
@@ -123,7 +128,7 @@ def admit(
 def plan_peer(
     remote_ip: str,
     group: list[Tunnel],
-    settings: Mapping[str, ike_options.IkeSettings],
+    settings: Mapping[str, ike_settings.IkeSettings],
     credentials: Credentials,
     use_default_crypto: bool,
 ) -> tuple[ConnSpec, SharedSpec | None, dict[str, InvalidTunnel]]:
@@ -190,7 +195,7 @@ def peer_settings(tunnel: Tunnel) -> tuple[tuple[str, Any], ...]:
 
 
 def split_conflicts(
-    group: list[Tunnel], settings: Mapping[str, ike_options.IkeSettings] | None = None
+    group: list[Tunnel], settings: Mapping[str, ike_settings.IkeSettings] | None = None
 ) -> tuple[list[Tunnel], dict[str, InvalidTunnel]]:
     """Keep the tunnels that agree with the first (by name); the others are invalid."""
     first = group[0]
@@ -201,7 +206,7 @@ def split_conflicts(
         differing = [k for k, v in peer_settings(tunnel) if reference[k] != v]
         if settings is not None:
             # Connection-level ipsec_* options live on the one IKE_SA the peer's tunnels share.
-            differing += ike_options.conn_differences(settings[first.name], settings[tunnel.name])
+            differing += ike_settings.conn_differences(settings[first.name], settings[tunnel.name])
         if not differing:
             members.append(tunnel)
             continue
@@ -221,12 +226,12 @@ def plan_conn(
     remote_ip: str,
     members: list[Tunnel],
     credentials: Credentials,
-    settings: Mapping[str, ike_options.IkeSettings] | None = None,
+    settings: Mapping[str, ike_settings.IkeSettings] | None = None,
     use_default_crypto: bool = False,
 ) -> ConnSpec:
     first = members[0]
     settings = settings or {}
-    ike_default, esp_default = ike_options.default_proposals(use_default_crypto)
+    ike_default, esp_default = ike_settings.default_proposals(use_default_crypto)
     children: VICI = {}
     for tunnel in members:
         children.update(plan_children(tunnel, settings.get(tunnel.name), esp_default))
@@ -308,7 +313,7 @@ def plan_shared(conn: ConnSpec, tunnel: Tunnel) -> SharedSpec | None:
 
 def plan_children(
     tunnel: Tunnel,
-    settings: ike_options.IkeSettings | None = None,
+    settings: ike_settings.IkeSettings | None = None,
     esp_default: tuple[str, ...] = ESP_PROPOSALS,
 ) -> VICI:
     """CHILD_SA configs: GRE is one protocol both ways; a UDP tunnel sends from a hashed source

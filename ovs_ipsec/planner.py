@@ -7,7 +7,7 @@ policies, and reports exactly those names for the reconciler to diff. A change t
 (certificates, ipsec_skb_mark, fail-open) re-evaluates every IPsec port. Work per change is thus
 proportional to what changed, not to the number of tunnels.
 
-May import: model, parse, credentials, plan, protection, ike_options, stdlib.
+May import: model, parse, credentials, plan, protection, ike_settings, stdlib.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from ovs_ipsec import ike_options, naming
+from ovs_ipsec import ike_settings, naming
 from ovs_ipsec.credentials import Credentials, FileContent, resolve
 from ovs_ipsec.model import (
     AuthMode,
@@ -104,10 +105,11 @@ class Planner:
         self.caveats: dict[str, str] = {}  # valid tunnels that will carry nothing, and why
         self.port_counts: Counter[int] = Counter()
         # Admission (options, credentials) and per-peer plans.
-        self.settings: dict[str, ike_options.IkeSettings] = {}
+        self.settings: dict[str, ike_settings.IkeSettings] = {}
         self.rejected: dict[str, InvalidTunnel] = {}
         self.peer_of: dict[str, str] = {}
-        self.members: dict[str, set[str]] = {}
+        # Tuples, not sets: most peers have one tunnel, and a set costs four times as much.
+        self.members: dict[str, tuple[str, ...]] = {}
         self.conflicts: dict[str, dict[str, InvalidTunnel]] = {}
         self.conns: dict[str, ConnSpec] = {}
         self.shared: dict[str, SharedSpec] = {}
@@ -117,7 +119,7 @@ class Planner:
         self.tunnel_policies: dict[str, tuple[PolicySpec, ...]] = {}
         self.mark_policies: tuple[PolicySpec, ...] = ()
         self.policy_counts: Counter[PolicySpec] = Counter()
-        self._policies: frozenset[PolicySpec] | None = None
+        self.policies_version = 0  # moves whenever a policy comes or goes
 
     # -- views ------------------------------------------------------------------------------
 
@@ -135,11 +137,10 @@ class Planner:
         return Desired(conns=self.conns, shared=self.shared, keys=self.keys, invalid=self.invalid)
 
     @property
-    def policies(self) -> frozenset[PolicySpec]:
-        """The same object until a policy comes or goes (callers may test identity)."""
-        if self._policies is None:
-            self._policies = frozenset(self.policy_counts)
-        return self._policies
+    def policies(self) -> AbstractSet[PolicySpec]:
+        """Every policy wanted now: a live view (a set of thousands would be a copy to keep);
+        `policies_version` tells whether it moved."""
+        return self.policy_counts.keys()
 
     def wants(self, spec: PolicySpec) -> bool:
         """Is this policy among `policies` (without building that set)?"""
@@ -273,7 +274,7 @@ class Planner:
         peers = set()
         old_peer = self.peer_of.pop(name, None)
         if old_peer is not None:
-            self.members[old_peer].discard(name)
+            self.members[old_peer] = tuple(n for n in self.members[old_peer] if n != name)
             peers.add(old_peer)
         self.settings.pop(name, None)
         self.rejected.pop(name, None)
@@ -287,7 +288,9 @@ class Planner:
         assert translated is not None
         self.settings[name] = translated
         self.peer_of[name] = tunnel.remote_ip
-        self.members.setdefault(tunnel.remote_ip, set()).add(name)
+        current = self.members.get(tunnel.remote_ip, ())
+        if name not in current:
+            self.members[tunnel.remote_ip] = (*current, name)
         peers.add(tunnel.remote_ip)
         return peers
 
@@ -377,14 +380,14 @@ class Planner:
         for spec in old:
             self.policy_counts[spec] -= 1
             if self.policy_counts[spec] <= 0:
-                self._policies = None
+                self.policies_version += 1
                 del self.policy_counts[spec]
                 delta.policies_removed.add(spec)
                 delta.policies_added.discard(spec)
                 removed.add(spec)
         for spec in new:
             if self.policy_counts[spec] == 0:
-                self._policies = None
+                self.policies_version += 1
                 delta.policies_added.add(spec)
                 delta.policies_removed.discard(spec)
                 delta.policies_of_deleted.discard(spec)

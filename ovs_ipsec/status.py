@@ -433,46 +433,62 @@ class View:
 
 def fold(view: View) -> dict[str, TunnelStatus]:
     """Status of every IPsec port, sorted by name."""
-    book = StatusBook()
-    book.refold(view)
-    return book.statuses()
+    statuses: dict[str, TunnelStatus] = {}
+    for name, invalid in view.desired.invalid.items():
+        statuses[name] = TunnelStatus(name, State.INVALID, invalid.reason, cause=Cause.CONFIG)
+    for conn in view.desired.conns.values():
+        for name in conn.tunnels:
+            statuses[name] = _tunnel(view, conn, name)
+    return dict(sorted(statuses.items()))
+
+
+# What is logged of a port's status: its state, reason and cause.
+StateKey = tuple[State, str, Cause | None]
+
+
+def state_key(status: TunnelStatus) -> StateKey:
+    return (status.state, status.reason, status.cause)
 
 
 class StatusBook:
-    """Tunnel statuses kept between passes, refolded one connection at a time.
+    """Each port's state, reason and cause, kept between passes to log what changed, and
+    refolded one connection at a time.
 
     The daemon names the connections whose inputs may have moved since the last refold (a
     pass's actions, charon's events about them, a changed SA listing); only those are looked
     at, so one change among thousands of tunnels costs one connection's work. Each connection
     keeps the inputs it was folded from: when they are the very same objects (or equal), its
-    statuses are kept as they are. Invalid ports are few and refolded every time."""
+    ports are not looked at. Invalid ports are few and refolded every time. Only the keys are
+    kept (whole statuses, with identities and selectors, are folded when someone asks for
+    them): at thousands of tunnels, whole statuses would be a tenth of the daemon's memory."""
 
     def __init__(self) -> None:
-        self._groups: dict[str, tuple[tuple[Any, ...], dict[str, TunnelStatus]]] = {}
-        self._invalid: dict[str, TunnelStatus] = {}
-        self._statuses: dict[str, TunnelStatus] = {}
+        self._groups: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+        self._invalid: dict[str, StateKey] = {}
+        self._states: dict[str, StateKey] = {}
 
-    def statuses(self) -> dict[str, TunnelStatus]:
-        """Every port's status as of the last refold, sorted by name."""
-        return dict(sorted(self._statuses.items()))
+    def states(self) -> dict[str, StateKey]:
+        """Every port's state key as of the last refold, sorted by name."""
+        return dict(sorted(self._states.items()))
 
     def refold(
         self, view: View, stale: Iterable[str] | None = None
-    ) -> dict[str, TunnelStatus | None]:
+    ) -> dict[str, tuple[StateKey | None, StateKey | None]]:
         """Fold the connections named in `stale` again (None: every one) and the invalid
-        ports; returns the ports whose status changed (None: the port is gone)."""
-        before: dict[str, TunnelStatus | None] = {}
+        ports; returns (before, now) for the ports whose key changed (None: no such port)."""
+        before: dict[str, StateKey | None] = {}
 
         def drop(name: str) -> None:
-            before.setdefault(name, self._statuses.pop(name, None))
+            before.setdefault(name, self._states.pop(name, None))
 
-        invalid = {}
-        for name, reason in view.desired.invalid.items():
-            old = self._invalid.get(name)
-            keep = old is not None and old.reason == reason.reason
-            invalid[name] = old if keep else TunnelStatus(
-                name, State.INVALID, reason.reason, cause=Cause.CONFIG
-            )  # fmt: skip
+        def put(name: str, key: StateKey) -> None:
+            before.setdefault(name, self._states.get(name))
+            self._states[name] = key
+
+        invalid: dict[str, StateKey] = {
+            name: (State.INVALID, reason.reason, Cause.CONFIG)
+            for name, reason in view.desired.invalid.items()
+        }
         for name in self._invalid.keys() - invalid.keys():
             drop(name)
         names = view.desired.conns.keys() | self._groups.keys() if stale is None else stale
@@ -492,19 +508,16 @@ class StatusBook:
             if conn is not None:
                 moved.append((conn, inputs))
         for conn, inputs in moved:
-            group = {name: _tunnel(view, conn, name) for name in conn.tunnels}
-            self._groups[conn.name] = (inputs, group)
-            for name, status in group.items():
-                before.setdefault(name, self._statuses.get(name))
-                self._statuses[name] = status
-        for name, status in invalid.items():
-            before.setdefault(name, self._statuses.get(name))
-            self._statuses[name] = status
+            self._groups[conn.name] = (inputs, conn.tunnels)
+            for name in conn.tunnels:
+                put(name, state_key(_tunnel(view, conn, name)))
+        for name, key in invalid.items():
+            put(name, key)
         self._invalid = invalid
         return {
-            name: self._statuses.get(name)
+            name: (old, self._states.get(name))
             for name, old in before.items()
-            if self._statuses.get(name) is not old
+            if self._states.get(name) != old
         }
 
 

@@ -87,7 +87,7 @@ def test_incremental_equals_full(sequence: list) -> None:
     other_config: dict[str, str] = {}
     previous = planner.desired
     previous_conns, previous_shared = dict(previous.conns), dict(previous.shared)
-    previous_policies = planner.policies
+    previous_policies = frozenset(planner.policies)
     mark: SkbMark | None = None
     for kind, a, b in sequence:
         if kind == "row":
