@@ -11,7 +11,6 @@ May import: stdlib.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import re
@@ -43,11 +42,19 @@ def _encode(name: str) -> str:
     return encoded
 
 
-@functools.lru_cache(maxsize=16384)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# Canonical IPv4 text (no leading zeros), as str(ipaddress.IPv4Address) writes it.
+CANONICAL_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}", re.ASCII)
+
+
 def _is_ip(text: str) -> bool:
     """A canonical address spelling, as conn_name() writes it (so `ovs-2001:DB8::1`, which we
-    never create, is not taken for ours). Cached: each periodic check asks it again for every
-    connection and secret charon lists."""
+    never create, is not taken for ours). Each periodic check asks it for every connection and
+    secret charon lists: IPv4 is matched without parsing, and only IPv6 is parsed."""
+    if CANONICAL_IPV4.fullmatch(text):
+        return True
+    if ":" not in text:
+        return False
     try:
         return str(ipaddress.ip_address(text)) == text
     except ValueError:

@@ -15,7 +15,7 @@ through charon), so they hold while charon or the daemon is down:
 Ownership lives in the kernel object: a block policy at one of our reserved priorities is ours
 (`is_owned`). See the comment above `FAIL_CLOSED_PRIORITY` for why these numbers.
 
-May import: model, stdlib.
+May import: model, naming, stdlib.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
+from ovs_ipsec import naming
 from ovs_ipsec.model import (
     DEFAULT_DST_PORT,
     IPPROTO_GRE,
@@ -80,9 +81,18 @@ _PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-
 _PURPOSE = {FAIL_CLOSED_PRIORITY: "fail-closed", SKB_MARK_PRIORITY: "ipsec_skb_mark"}
 
 
-@functools.lru_cache(maxsize=4096)
 def canonical_prefix(text: str) -> str:
     """`10.0.0.2` or `10.0.0.2/32` -> `10.0.0.2/32`; IPv6 in compressed form. ValueError if bad."""
+    # Every policy is checked when it is made, and thousands are IPv4 hosts already canonical:
+    # those are recognised without parsing (and without a cache of thousands of entries).
+    address, slash, bits = text.partition("/")
+    if bits == "32" and naming.CANONICAL_IPV4.fullmatch(address):
+        return text
+    return _parsed_prefix(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_prefix(text: str) -> str:
     net = ipaddress.ip_network(text.strip(), strict=True)
     return f"{net.network_address.compressed}/{net.prefixlen}"
 

@@ -455,15 +455,14 @@ class StatusBook:
     refolded one connection at a time.
 
     The daemon names the connections whose inputs may have moved since the last refold (a
-    pass's actions, charon's events about them, a changed SA listing); only those are looked
-    at, so one change among thousands of tunnels costs one connection's work. Each connection
-    keeps the inputs it was folded from: when they are the very same objects (or equal), its
-    ports are not looked at. Invalid ports are few and refolded every time. Only the keys are
-    kept (whole statuses, with identities and selectors, are folded when someone asks for
-    them): at thousands of tunnels, whole statuses would be a tenth of the daemon's memory."""
+    pass's actions, charon's events about them, a changed SA listing); only those are folded
+    again, so one change among thousands of tunnels costs one connection's work. Invalid ports
+    are few and refolded every time. Only the keys are kept (whole statuses, with identities
+    and selectors, are folded when someone asks for them): at thousands of tunnels, whole
+    statuses would be a tenth of the daemon's memory."""
 
     def __init__(self) -> None:
-        self._groups: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+        self._groups: dict[str, tuple[str, ...]] = {}  # connection -> its ports
         self._invalid: dict[str, StateKey] = {}
         self._states: dict[str, StateKey] = {}
 
@@ -496,19 +495,13 @@ class StatusBook:
         # connections (its remote_ip changed), whichever of them comes first.
         moved = []
         for conn_name in names:
+            for name in self._groups.pop(conn_name, ()):
+                drop(name)
             conn = view.desired.conns.get(conn_name)
-            inputs = _inputs(view, conn) if conn is not None else ()
-            cached = self._groups.get(conn_name)
-            if cached is not None:
-                if conn is not None and _same(cached[0], inputs):
-                    continue
-                del self._groups[conn_name]
-                for name in cached[1]:
-                    drop(name)
             if conn is not None:
-                moved.append((conn, inputs))
-        for conn, inputs in moved:
-            self._groups[conn.name] = (inputs, conn.tunnels)
+                moved.append(conn)
+        for conn in moved:
+            self._groups[conn.name] = conn.tunnels
             for name in conn.tunnels:
                 put(name, state_key(_tunnel(view, conn, name)))
         for name, key in invalid.items():
@@ -519,23 +512,6 @@ class StatusBook:
             for name, old in before.items()
             if self._states.get(name) != old
         }
-
-
-def _inputs(view: View, conn: ConnSpec) -> tuple[Any, ...]:
-    return (
-        conn,
-        conn.name in view.loaded,
-        view.refusals.get(conn.name),
-        view.charon_error,
-        view.sas.get(conn.name),
-        view.outcomes.get(conn.name),
-    )
-
-
-def _same(before: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
-    # Identity first: unchanged inputs are the very same objects, and comparing connection
-    # bodies by value is what keeping them is there to avoid.
-    return all(a is b or a == b for a, b in zip(before, now, strict=True))
 
 
 def _tunnel(view: View, conn: ConnSpec, name: str) -> TunnelStatus:

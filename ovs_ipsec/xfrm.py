@@ -11,7 +11,7 @@ iproute2 facts this relies on (6.1, checked on kernel 6.18):
   /etc/protocols (number when unnamed).
 * The kernel stores a policy mark as `value & mask`.
 
-May import: errors, proc, protection, xfrm_netlink, stdlib.
+May import: errors, naming, proc, protection, xfrm_netlink, stdlib.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ovs_ipsec import proc, xfrm_netlink
+from ovs_ipsec import naming, proc, xfrm_netlink
 from ovs_ipsec.errors import CommandError, XfrmError
 from ovs_ipsec.protection import PolicySpec, is_owned
 
@@ -260,8 +260,15 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-@functools.lru_cache(maxsize=4096)
 def _prefix(text: str) -> tuple[int, str] | None:
+    address, _, bits = text.partition("/")
+    if bits == "32" and naming.CANONICAL_IPV4.fullmatch(address):
+        return 4, text  # thousands of these in a listing: no parse, no cache entry each
+    return _parsed_prefix(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_prefix(text: str) -> tuple[int, str] | None:
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError:

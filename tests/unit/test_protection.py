@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ovs_ipsec import naming, xfrm
 from ovs_ipsec.model import (
     IPPROTO_GRE,
     IPPROTO_UDP,
@@ -466,3 +467,42 @@ def test_port_selectors_need_a_port_protocol():
     with pytest.raises(ValueError, match="port selector"):
         PolicySpec("out", 4, "0.0.0.0/1", "10.0.0.2/32", GRE, None, 4789, 0, 0, 430001)
     assert PolicySpec("out", 4, "0.0.0.0/1", "10.0.0.2/32", UDP, None, 4789, 0, 0, 430001).dport
+
+
+def _reference_prefix(text: str) -> str:
+    net = ipaddress.ip_network(text.strip(), strict=True)
+    return f"{net.network_address.compressed}/{net.prefixlen}"
+
+
+_OCTETS = st.sampled_from(["0", "00", "01", "1", "9", "10", "99", "100", "199", "249", "255",
+                           "256", "300", "999", "1000", "-1", "", "a"])  # fmt: skip
+_DOTTED = st.lists(_OCTETS, min_size=3, max_size=5).map(".".join)
+
+
+@given(_DOTTED, st.sampled_from(["", "/32", "/31", "/0", "/033", " /32"]), st.booleans())
+def test_prefixes_recognised_without_parsing_agree_with_ipaddress(
+    address: str, suffix: str, pad: bool
+) -> None:
+    """canonical_prefix, naming's address check and the listing parser skip ipaddress for
+    canonical IPv4 hosts; for any spelling they agree with what ipaddress says."""
+    text = f" {address}{suffix}" if pad else f"{address}{suffix}"
+    try:
+        expected: str | None = _reference_prefix(text)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError):
+            canonical_prefix(text)
+    else:
+        assert canonical_prefix(text) == expected
+    try:
+        interface = ipaddress.ip_interface(text)
+        listed = (interface.version, f"{interface.ip.compressed}/{interface.network.prefixlen}")
+    except ValueError:
+        listed = None
+    assert xfrm._prefix(text) == listed
+    try:
+        owned = str(ipaddress.ip_address(text)) == text
+    except ValueError:
+        owned = False
+    assert naming._is_ip(text) == owned
