@@ -23,7 +23,7 @@ import vici
 import vici.exception
 import vici.protocol
 
-from ovs_ipsec import naming
+from ovs_ipsec import naming, vicidata
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 from ovs_ipsec.plan import ConnSpec, KeySpec, SharedSpec
 from ovs_ipsec.vici_socket import open_vici
@@ -54,7 +54,8 @@ WAIT_SLICE = 0.1
 # encode the next ones, few enough that a refused batch is never far behind what was sent.
 PIPELINE_WINDOW = 32
 
-Request = tuple[str, Mapping[str, Any]]
+# A command and its message: a mapping, or a message already encoded (a connection's body).
+Request = tuple[str, Mapping[str, Any] | bytes]
 
 
 class _BoundedTransport(vici.protocol.Transport):
@@ -190,11 +191,8 @@ class Charon:
         in_flight: deque[str] = deque()
         try:
             for command, message in requests:
-                transport.send(
-                    vici.protocol.Packet.request(
-                        command, vici.protocol.Message.serialize(dict(message))
-                    )
-                )
+                payload = message if isinstance(message, bytes) else vicidata.encode(message)
+                transport.send(vici.protocol.Packet.request(command, payload))
                 in_flight.append(command)
                 if len(in_flight) >= PIPELINE_WINDOW:
                     outcomes.append(_reply(in_flight.popleft(), transport.receive()))
@@ -281,7 +279,7 @@ class Charon:
 
 
 def load_conn_request(spec: ConnSpec) -> Request:
-    return "load-conn", {spec.name: spec.body}
+    return "load-conn", vicidata.section(spec.name, spec.wire)
 
 
 def load_shared_request(spec: SharedSpec) -> Request:

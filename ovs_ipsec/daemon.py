@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import ovs.poller
 import ovs.vlog
@@ -948,14 +948,16 @@ class _LoadedAsDesired:
     """The connections charon holds as we want them, looked up one at a time (a set of them
     would cost a pass over every connection)."""
 
-    def __init__(self, applied: Mapping[str, Any], desired: Mapping[str, ConnSpec]) -> None:
+    def __init__(
+        self, applied: Mapping[str, bytes | None], desired: Mapping[str, ConnSpec]
+    ) -> None:
         self._applied = applied
         self._desired = desired
 
     def __contains__(self, name: object) -> bool:
-        body = self._applied.get(name)  # type: ignore[call-overload]
+        wire = self._applied.get(name)  # type: ignore[call-overload]
         spec = self._desired.get(name)  # type: ignore[call-overload]
-        return body is not None and spec is not None and (body is spec.body or body == spec.body)
+        return wire is not None and spec is not None and (wire is spec.wire or wire == spec.wire)
 
 
 def _conn_loaded_or_not(action: Action) -> str | None:

@@ -5,7 +5,7 @@ first connection whose identities match, so a second connection to the same peer
 a Geneve port to one host) would have its CHILD_SAs refused ("traffic selectors unacceptable").
 Each tunnel becomes one CHILD_SA config (two for UDP tunnels) inside its peer's connection.
 
-May import: credentials, ike_options, ike_settings, model, naming, stdlib.
+May import: credentials, ike_options, ike_settings, model, naming, vicidata, stdlib.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ovs_ipsec import ike_settings, naming
+from ovs_ipsec import ike_settings, naming, vicidata
 from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.model import (
     IPPROTO_GRE,
@@ -38,12 +38,25 @@ VICI = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class ConnSpec:
-    """One VICI connection (`load-conn` message body) and the tunnels it carries."""
+    """One VICI connection and the tunnels it carries. The `load-conn` body is kept encoded
+    (`wire`, the bytes sent to charon, compared to tell whether charon has it): at thousands
+    of connections, four dicts and a list each would be a fifth of the daemon's state. `body`
+    decodes it for the few that read it (status commands, tests)."""
 
     name: str
     remote_ip: str
     tunnels: tuple[str, ...]
-    body: Mapping[str, Any]
+    wire: bytes
+
+    @classmethod
+    def of(
+        cls, name: str, remote_ip: str, tunnels: tuple[str, ...], body: Mapping[str, Any]
+    ) -> ConnSpec:
+        return cls(name, remote_ip, tunnels, vicidata.encode(body))
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return vicidata.parse(self.wire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +265,7 @@ def plan_conn(
     if first.name in settings:
         # The same for every member (split_conflicts); explicit options win over defaults.
         body.update(settings[first.name].conn_vici())
-    return ConnSpec(
+    return ConnSpec.of(
         name=naming.conn_name(remote_ip),
         remote_ip=remote_ip,
         tunnels=tuple(t.name for t in members),

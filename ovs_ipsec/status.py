@@ -516,8 +516,9 @@ class StatusBook:
 
 def _tunnel(view: View, conn: ConnSpec, name: str) -> TunnelStatus:
     outcome = view.outcomes.get(conn.name, ConnOutcome())
-    auth, local_id, remote_id = _identities(conn.body)
-    selectors = _selectors(conn.body, name)
+    body = conn.body
+    auth, local_id, remote_id = _identities(body)
+    selectors = _selectors(body, name)
     children = {s.child for s in selectors}
     base = TunnelStatus(
         name,

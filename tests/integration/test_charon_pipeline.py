@@ -31,7 +31,7 @@ def conn_spec(peer: str) -> ConnSpec:
                               "mode": "transport", "start_action": "trap"},
         },
     }  # fmt: skip
-    return ConnSpec(name=name, remote_ip=peer, tunnels=(f"t-{peer}",), body=body)
+    return ConnSpec.of(name=name, remote_ip=peer, tunnels=(f"t-{peer}",), body=body)
 
 
 def secret_spec(peer: str) -> SharedSpec:
@@ -46,7 +46,7 @@ def test_pipeline_outcomes_in_order_with_a_refusal_in_the_middle(
     host = lab.hosts[0]
     charon = Charon(host.vici_path, timeout=10)
     peers = [f"10.201.{i // 250}.{i % 250 + 1}" for i in range(3 * PIPELINE_WINDOW)]
-    broken = ConnSpec(name="ovs-10.99.0.1", remote_ip="10.99.0.1", tunnels=("bad",),
+    broken = ConnSpec.of(name="ovs-10.99.0.1", remote_ip="10.99.0.1", tunnels=("bad",),
                       body={"proposals": ["no-such-algorithm"]})  # fmt: skip
     requests = [load_shared_request(secret_spec(p)) for p in peers]
     requests += [load_conn_request(conn_spec(p)) for p in peers[:50]]

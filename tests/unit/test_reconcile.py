@@ -15,7 +15,7 @@ import vici.protocol
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovs_ipsec import naming
+from ovs_ipsec import naming, vicidata
 from ovs_ipsec.charon import Charon
 from ovs_ipsec.model import Secret
 from ovs_ipsec.plan import ConnSpec, Desired, KeySpec, SharedSpec
@@ -38,7 +38,7 @@ PEERS = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1", "2001:db8::2"]
 
 
 def conn(remote_ip: str, variant: int = 0) -> ConnSpec:
-    return ConnSpec(
+    return ConnSpec.of(
         name=naming.conn_name(remote_ip),
         remote_ip=remote_ip,
         tunnels=(f"t{variant}",),
@@ -66,7 +66,7 @@ def make_desired(*specs: ConnSpec | SharedSpec | KeySpec) -> Desired:
 def applied_after(desired: Desired) -> Applied:
     """What charon holds once `desired` is fully applied."""
     return Applied(
-        conns={name: spec.body for name, spec in desired.conns.items()},
+        conns={name: spec.wire for name, spec in desired.conns.items()},
         shared={secret_id: spec.secret for secret_id, spec in desired.shared.items()},
         keys={digest: f"kid-{digest}" for digest in desired.keys},
     )
@@ -100,7 +100,7 @@ def applied_states(draw: st.DrawFn) -> Applied:
     conns: dict[str, Any] = {}
     for peer in draw(st.lists(st.sampled_from(PEERS), unique=True)):
         conns[naming.conn_name(peer)] = draw(
-            st.one_of(st.none(), st.integers(0, 2).map(lambda v, p=peer: conn(p, v).body))
+            st.one_of(st.none(), st.integers(0, 2).map(lambda v, p=peer: conn(p, v).wire))
         )
     secrets: dict[str, Secret | None] = {}
     for peer in draw(st.lists(st.sampled_from(PEERS), unique=True)):
@@ -132,7 +132,7 @@ def test_applying_the_diff_converges(desired: Desired, applied: Applied) -> None
     actions = diff(desired, applied)
     apply(applied, actions)
     assert diff(desired, applied) == []
-    assert applied.conns == {name: spec.body for name, spec in desired.conns.items()}
+    assert applied.conns == {name: spec.wire for name, spec in desired.conns.items()}
     assert applied.shared == {i: spec.secret for i, spec in desired.shared.items()}
     assert set(applied.keys) == set(desired.keys)
 
@@ -179,7 +179,7 @@ def test_phase_order_example() -> None:
     a, b, c = PEERS[:3]
     desired = make_desired(conn(a), shared(a), conn(b, 1), shared(b))
     applied = Applied(
-        conns={naming.conn_name(b): conn(b, 0).body, naming.conn_name(c): conn(c).body},
+        conns={naming.conn_name(b): conn(b, 0).wire, naming.conn_name(c): conn(c).wire},
         shared={naming.shared_id(b): Secret("Zq-psk"), naming.shared_id(c): Secret("Zq-psk")},
     )
     assert diff(desired, applied) == [
@@ -230,7 +230,7 @@ def test_secret_load_without_renegotiation(believed_secret: str | None, conn_loa
     desired = make_desired(conn(peer), shared(peer, "Zq-new"))
     applied = Applied()
     if conn_loaded:
-        applied.conns[naming.conn_name(peer)] = conn(peer).body
+        applied.conns[naming.conn_name(peer)] = conn(peer).wire
     if believed_secret != "absent":
         applied.shared[naming.shared_id(peer)] = (
             None if believed_secret is None else Secret(believed_secret)
@@ -242,7 +242,7 @@ def test_secret_load_without_renegotiation(believed_secret: str | None, conn_loa
 
 @pytest.mark.parametrize(
     "believed",
-    [None, {}, {"version": "2"}, conn(PEERS[0], 1).body],
+    [None, b"", vicidata.encode({"version": "2"}), conn(PEERS[0], 1).wire],
     ids=["unknown", "empty", "partial", "other"],
 )
 def test_connection_with_unknown_or_different_content_is_reloaded(believed: Any) -> None:

@@ -1,0 +1,57 @@
+"""vicidata's encoder and parser against the vici package's own serializer."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import vici.protocol
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ovs_ipsec import vicidata
+
+_NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=20).filter(
+    lambda n: len(n.encode()) < 256
+)
+_VALUES = st.text(st.characters(codec="utf-8"), max_size=40)
+_BODIES = st.recursive(
+    st.dictionaries(_NAMES, st.one_of(_VALUES, st.lists(_VALUES, max_size=4)), max_size=5),
+    lambda inner: st.dictionaries(
+        _NAMES, st.one_of(_VALUES, st.lists(_VALUES, max_size=4), inner), max_size=5
+    ),
+    max_leaves=20,
+)
+
+
+@given(_BODIES)
+def test_encode_is_what_vici_sends_and_parse_reads_it_back(body: dict[str, Any]) -> None:
+    wire = vicidata.encode(body)
+    assert wire == vici.protocol.Message.serialize(body)
+    assert vicidata.parse(wire) == body
+    stream = vici.protocol.FiniteStream(wire)
+    assert vicidata.parse(wire) == vicidata.decode(vici.protocol.Message.deserialize(stream))
+
+
+@given(_NAMES, _BODIES)
+def test_a_section_around_an_encoded_body_is_the_message_of_both(
+    name: str, body: dict[str, Any]
+) -> None:
+    assert vicidata.section(name, vicidata.encode(body)) == vicidata.encode({name: body})
+
+
+@given(st.binary(max_size=200))
+def test_parse_refuses_malformed_bytes_with_value_error_only(data: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        vicidata.parse(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x01\x01a", b"\x04\x01a\x05\x00\x01x", b"\x03\x01a\x00\x05ab", b"\x02", b"\x07", b"\x05"],
+    ids=["open-section", "open-list", "short-value", "stray-end", "unknown", "stray-item"],
+)
+def test_truncated_or_misplaced_elements_are_refused(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        vicidata.parse(data)
