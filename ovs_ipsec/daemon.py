@@ -293,6 +293,9 @@ class Daemon:
         started = self.clock()
         self.health.passes += 1
         pass_id = self.health.passes
+        # A check lists what charon holds (thousands of connections and secrets decoded, then
+        # dropped): the heap is trimmed after it too, so that idling does not grow the process.
+        self._trim_after_burst = self._trim_after_burst or self._check_due
         # Our own changes, and the traps charon installs for them, move the kernel's policy
         # counts. When nothing else moved them since they were last read, they are read again
         # after this pass, so that the next check does not list every policy for our own doing.

@@ -292,7 +292,8 @@ def _parse_ip(
     if address.is_unspecified or address.is_multicast:
         errors.append(Invalid(key, f"must be a unicast address, got {address}"))
         return None
-    return str(address)
+    canonical = str(address)
+    return text if text == canonical else canonical  # the row's own string when it is canonical
 
 
 def _parse_port(text: str) -> int | None:
