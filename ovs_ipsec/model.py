@@ -8,7 +8,7 @@ desired charon and kernel state. May import: stdlib.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -75,6 +75,11 @@ class Invalid:
 
 # ---------------------------------------------------------------------------------------------
 # Input: OVSDB snapshot as plain data (built by the ovsdb adapter).
+
+
+# An OVSDB row's identity: the IDL's own uuid.UUID object (kept as is, not as a string copy of
+# it, one per row); anything hashable in tests.
+RowId = Hashable
 
 
 @dataclass(frozen=True, slots=True)

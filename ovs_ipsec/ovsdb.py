@@ -16,7 +16,7 @@ import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 
-from ovs_ipsec.model import InterfaceRow, Snapshot
+from ovs_ipsec.model import InterfaceRow, RowId, Snapshot
 
 _STRING_MAP = {"key": "string", "value": "string", "min": 0, "max": "unlimited"}
 SCHEMA: dict[str, Any] = {
@@ -144,31 +144,29 @@ class Ovsdb:
     def changed(self) -> bool:
         return self.idl.change_seqno != self.seen_seqno
 
-    def changes(self) -> tuple[dict[str, InterfaceRow | None], dict[str, str] | None]:
+    def changes(self) -> tuple[dict[RowId, InterfaceRow | None], dict[str, str] | None]:
         """Interface rows changed since the last call (uuid -> row, None when deleted) and the
         new other_config if it changed. After a reconnect: every row (`needs_full_read`)."""
         self.seen_seqno = self.idl.change_seqno
         table = self.idl.tables["Interface"].rows
         changed = self.idl.changed_interfaces
         self.idl.changed_interfaces = set()
-        rows: dict[str, InterfaceRow | None] = {}
+        rows: dict[RowId, InterfaceRow | None] = {}
         for uuid in changed:
             row = table.get(uuid)
-            rows[str(uuid)] = None if row is None else _interface(row)
+            rows[uuid] = None if row is None else _interface(row)
         other_config = None
         if self.idl.other_config_changed:
             self.idl.other_config_changed = False
             other_config = self.other_config()
         return rows, other_config
 
-    def all_rows(self) -> dict[str, InterfaceRow]:
+    def all_rows(self) -> dict[RowId, InterfaceRow]:
         self.seen_seqno = self.idl.change_seqno
         self.idl.changed_interfaces = set()
         self.idl.other_config_changed = False
         self.needs_full_read = False
-        return {
-            str(uuid): _interface(row) for uuid, row in self.idl.tables["Interface"].rows.items()
-        }
+        return {uuid: _interface(row) for uuid, row in self.idl.tables["Interface"].rows.items()}
 
     def other_config(self) -> dict[str, str]:
         other_config: dict[str, str] = {}

@@ -27,6 +27,7 @@ from ovs_ipsec.model import (
     GlobalConfig,
     InterfaceRow,
     InvalidTunnel,
+    RowId,
     Tunnel,
 )
 from ovs_ipsec.parse import (
@@ -91,8 +92,8 @@ class Planner:
     def __init__(self, read_files: ReadFiles, *, use_default_crypto: bool = False) -> None:
         self.read_files = read_files
         self.use_default_crypto = use_default_crypto
-        self.rows: dict[str, InterfaceRow] = {}  # by OVSDB row uuid
-        self.row_of: dict[str, str] = {}  # interface name -> row uuid
+        self.rows: dict[RowId, InterfaceRow] = {}  # by OVSDB row uuid
+        self.row_of: dict[str, RowId] = {}  # interface name -> row uuid
         self.other_config: Mapping[str, str] = {}
         self.global_config = GlobalConfig()
         self.credentials = Credentials()
@@ -150,7 +151,7 @@ class Planner:
 
     def update(
         self,
-        changed_rows: Mapping[str, InterfaceRow | None],
+        changed_rows: Mapping[RowId, InterfaceRow | None],
         other_config: Mapping[str, str] | None,
         now: dt.datetime,
         *,
@@ -216,9 +217,9 @@ class Planner:
         delta.tunnels |= affected
         return delta
 
-    def reset_rows(self, rows: Mapping[str, InterfaceRow]) -> dict[str, InterfaceRow | None]:
+    def reset_rows(self, rows: Mapping[RowId, InterfaceRow]) -> dict[RowId, InterfaceRow | None]:
         """The changes that turn the known rows into `rows` (a full snapshot)."""
-        changes: dict[str, InterfaceRow | None] = {
+        changes: dict[RowId, InterfaceRow | None] = {
             uuid: None for uuid in self.rows if uuid not in rows
         }
         changes.update({uuid: row for uuid, row in rows.items() if self.rows.get(uuid) != row})

@@ -1,9 +1,10 @@
-"""Kernel XFRM: observe the daemon's own block policies through iproute2, change and count
-them over netlink (`xfrm_netlink`).
+"""Kernel XFRM: observe, change and count the daemon's own block policies over netlink
+(`xfrm_netlink`); list the whole table through iproute2 for display.
 
-Listing runs through `proc.run` (bounded by `timeout`); everything acts in the network namespace
-the process runs in. The text parsers (`parse_policies`, `parse_xfrm_stat`, `redact_states`) are
-pure and tested on captured output; `Xfrm` is the thin I/O shell around them.
+`ip` runs through `proc.run` (bounded by `timeout`), for status commands and when netlink fails;
+everything acts in the network namespace the process runs in. The text parsers
+(`parse_policies`, `parse_xfrm_stat`, `redact_states`) are pure and tested on captured output;
+`Xfrm` is the thin I/O shell around them.
 
 iproute2 facts this relies on (6.1, checked on kernel 6.18):
 * `ip xfrm policy` prints `action block` but omits `action allow`, prints `mark V/M` only when the
@@ -23,10 +24,14 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ovs_ipsec import naming, proc, xfrm_netlink
+from ovs_ipsec import naming, xfrm_netlink
 from ovs_ipsec.errors import CommandError, XfrmError
 from ovs_ipsec.protection import PolicySpec, is_owned
+
+if TYPE_CHECKING:
+    from ovs_ipsec import proc
 
 XFRM_STAT_PATH = "/proc/net/xfrm_stat"
 
@@ -357,11 +362,18 @@ class Xfrm:
 
         A block at our priority that carries something we never set (a device, a template, a
         sub policy type, an ICMP type...) is not something we created, so it is not ours either.
+        Dumped over netlink, one message at a time (no `ip` process, no listing text of
+        thousands of policies held at once); through `ip` if netlink fails.
         """
-        # Ours are all blocks: `ip` leaves everything else (charon's traps and SAs' policies,
-        # thousands of them) out before we parse.
-        blocks = self._ip_text("xfrm", "policy", "list", "action", "block")
-        return owned_specs(iter_policies(blocks))
+        try:
+            return frozenset(
+                spec for spec in xfrm_netlink.dump_policies(self.timeout) if is_owned(spec)
+            )
+        except OSError:
+            # Ours are all blocks: `ip` leaves everything else (charon's traps and SAs'
+            # policies, thousands of them) out before we parse.
+            blocks = self._ip_text("xfrm", "policy", "list", "action", "block")
+            return owned_specs(iter_policies(blocks))
 
     def read_xfrm_stat(self) -> dict[str, int]:
         try:
@@ -418,6 +430,10 @@ class Xfrm:
         return result.stdout
 
     def _ip_run(self, args: list[str], stdin: str | None) -> proc.Result:
+        # Loaded when `ip` is first needed (a status command, a netlink failure): the daemon's
+        # own work is all over netlink, and subprocess is half a MiB of its memory.
+        from ovs_ipsec import proc
+
         try:
             return proc.run([self._ip, *args], timeout=self.timeout, input=stdin, check=False)
         except CommandError as exc:

@@ -1,9 +1,9 @@
 """Kernel XFRM policies over netlink (NETLINK_XFRM): adding, deleting and counting them without
 starting a process.
 
-The message builders and the reply parser are pure (bytes in, bytes out; laid out as
-<linux/xfrm.h> says); `send_policy_ops` and `spd_counts` are the socket I/O, in the network
-namespace the process runs in, bounded by a timeout.
+The message builders and the reply parsers are pure (bytes in, bytes out; laid out as
+<linux/xfrm.h> says); `send_policy_ops`, `dump_policies` and `spd_counts` are the socket I/O, in
+the network namespace the process runs in, bounded by a timeout.
 
 Why netlink rather than `ip xfrm policy`: a change of one tunnel cost a process start (about 2 ms,
 most of a change's own work), and `ip -batch` stops a thousand policies at the first error without
@@ -28,18 +28,30 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error acks without a copy of the request
 
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
 
+XFRM_MSG_NEWPOLICY = 19
 XFRM_MSG_DELPOLICY = 20
+XFRM_MSG_GETPOLICY = 21
 XFRM_MSG_UPDPOLICY = 25
 XFRM_MSG_NEWSPDINFO = 36
 XFRM_MSG_GETSPDINFO = 37
 XFRMA_SPD_INFO = 1
+XFRMA_POLICY_TYPE = 16
 XFRMA_MARK = 21
+XFRM_POLICY_TYPE_MAIN = 0
 
 POLICY_DIRS = {"in": 0, "out": 1}
 POLICY_ACTIONS = {"allow": 0, "block": 1}
+_DIRECTIONS = {number: name for name, number in POLICY_DIRS.items()}
+_ACTIONS = {number: name for name, number in POLICY_ACTIONS.items()}
+_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
+# Protocols whose "ports" carry something else: ICMP type and code, the GRE key, the
+# Mobility Header type. A policy with any of it set is not one a PolicySpec describes.
+_PORTLESS = frozenset({1, 47, 58, 135})
 XFRM_INF = 0xFFFFFFFFFFFFFFFF
 
 HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
@@ -109,6 +121,109 @@ def delete_message(spec: PolicySpec, seq: int) -> bytes:
     """XFRM_MSG_DELPOLICY by key (selector, direction, mark)."""
     tail = _POLICY_ID_TAIL.pack(0, POLICY_DIRS[spec.direction])
     return _message(XFRM_MSG_DELPOLICY, seq, selector(spec) + tail + _mark(spec))
+
+
+def dump_request(seq: int) -> bytes:
+    """XFRM_MSG_GETPOLICY as a dump of the whole table (the body, a zeroed
+    xfrm_userpolicy_id, is what the kernel's size check wants; a dump ignores it)."""
+    body = bytes(56) + _POLICY_ID_TAIL.pack(0, 0)
+    return HEADER.pack(HEADER.size + len(body), XFRM_MSG_GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP,
+                       seq, 0) + body  # fmt: skip
+
+
+def parse_policy(body: bytes) -> PolicySpec | None:
+    """An XFRM_MSG_NEWPOLICY body (struct xfrm_userpolicy_info, then attributes) as a
+    PolicySpec, or None when the policy has anything a PolicySpec cannot express (a device, a
+    template, a security context, an interface id, a sub policy type, flags, ICMP type or GRE
+    key, partial port masks, a socket policy, host bits in a prefix...): such a policy was not
+    made by this daemon, whatever its priority."""
+    head = 56 + _POLICY_INFO_TAIL.size
+    if len(body) < head:
+        raise OSError("truncated xfrm_userpolicy_info")
+    daddr, saddr = body[:16], body[16:32]
+    dport, dport_mask, sport, sport_mask = struct.unpack_from("!HHHH", body, 32)
+    family_number, bits_d, bits_s, proto, ifindex, user = _SELECTOR_TAIL.unpack_from(body, 40)
+    *_lifetimes, priority, _index, direction, action, flags, _share = _POLICY_INFO_TAIL.unpack_from(
+        body, 56
+    )
+    mark = mask = 0
+    offset = head
+    while offset + 4 <= len(body):
+        rta_len, rta_type = struct.unpack_from("=HH", body, offset)
+        if rta_len < 4 or offset + rta_len > len(body):
+            raise OSError("malformed netlink attribute")
+        if rta_type == XFRMA_MARK and rta_len >= 12:
+            mark, mask = struct.unpack_from("=II", body, offset + 4)
+        elif rta_type == XFRMA_POLICY_TYPE and rta_len >= 5:
+            if body[offset + 4] != XFRM_POLICY_TYPE_MAIN:
+                return None
+        else:
+            return None  # a template, context, if_id... something we never set
+        offset += (rta_len + 3) & ~3
+    family = _FAMILIES.get(family_number)
+    ports = (_port(sport, sport_mask), _port(dport, dport_mask))
+    if (
+        family is None
+        or direction not in _DIRECTIONS
+        or action not in _ACTIONS
+        or ifindex
+        or user
+        or flags
+        or (proto in _PORTLESS and (sport_mask or dport_mask))
+        or False in ports
+    ):
+        return None
+    size = 4 if family == 4 else 16
+    try:
+        return PolicySpec(
+            direction=_DIRECTIONS[direction],
+            family=family,
+            src=f"{ipaddress.ip_address(saddr[:size]).compressed}/{bits_s}",
+            dst=f"{ipaddress.ip_address(daddr[:size]).compressed}/{bits_d}",
+            proto=proto,
+            sport=ports[0],
+            dport=ports[1],
+            mark=mark,
+            mask=mask,
+            priority=priority,
+            action=_ACTIONS[action],
+        )
+    except ValueError:
+        return None  # host bits set in a prefix, a port without a port protocol
+
+
+def _port(value: int, mask: int) -> int | None | bool:
+    """A selector port: None for any, the port for an exact match, False otherwise."""
+    if mask == 0:
+        return None if value == 0 else False
+    return value if mask == 0xFFFF and value else False
+
+
+def dump_policies(timeout: float) -> list[PolicySpec]:
+    """Every policy in the table that a PolicySpec describes (`parse_policy`), parsed one
+    message at a time. Raises OSError when netlink fails or the dump does not end within
+    `timeout`."""
+    policies: list[PolicySpec] = []
+    with _socket(timeout) as sock:
+        sock.send(dump_request(1))
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + HEADER.size <= len(data):
+                length, kind, _flags, seq, _pid = HEADER.unpack_from(data, offset)
+                if length < HEADER.size:
+                    raise OSError("malformed netlink reply")
+                if seq == 1:
+                    if kind == NLMSG_DONE:
+                        return policies
+                    if kind == NLMSG_ERROR:
+                        (error,) = struct.unpack_from("=i", data, offset + HEADER.size)
+                        raise OSError(-error, "XFRM_MSG_GETPOLICY dump failed")
+                    if kind == XFRM_MSG_NEWPOLICY:
+                        spec = parse_policy(data[offset + HEADER.size : offset + length])
+                        if spec is not None:
+                            policies.append(spec)
+                offset += (length + 3) & ~3
 
 
 def parse_acks(data: bytes) -> list[tuple[int, int]]:

@@ -39,7 +39,7 @@ from ovs_ipsec.protection import (
     diff_policies,
     plan_protection,
 )
-from ovs_ipsec.xfrm import Xfrm, XfrmApplyError
+from ovs_ipsec.xfrm import Xfrm, XfrmApplyError, owned_specs
 
 pytestmark = [
     pytest.mark.lab,
@@ -345,6 +345,30 @@ def test_foreign_policies_are_never_observed_nor_removed(host):
     host.apply(remove=host.observe())
     assert host.observe() == frozenset()
     assert {p.text for p in host.observe_all()} == foreign
+
+
+# Blocks at our priority whose selector carries what a PolicySpec does not: ICMP type and code,
+# a GRE key, a flag, a half-masked port. Not ours, over netlink as through iproute2.
+NOT_SPECS = [
+    "src 0.0.0.0/1 dst 10.77.0.5/32 proto icmp type 8 code 0 dir out action block priority 430001",
+    "src 0.0.0.0/1 dst 10.77.0.4/32 proto gre key 7 dir out action block priority 430001",
+    "src 0.0.0.0/1 dst 10.77.0.3/32 proto gre dir out action block priority 430001 flag localok",
+]
+
+
+def test_the_netlink_dump_reads_what_iproute2_lists(host):
+    """observe() dumps the table over netlink: the policies it takes as ours are exactly those
+    the iproute2 listing's parser takes as ours, among ours, everyone else's and look-alikes."""
+    ip("-n", host.ns, "-batch", "-",
+       stdin="".join(f"xfrm policy add {p}\n" for p in FOREIGN + NOT_SPECS))  # fmt: skip
+    host.converge(rich_config())
+    listed = host.observe_all()
+    assert len(listed) == len(FOREIGN) + len(NOT_SPECS) + len(plan_protection(rich_config()))
+    with inside(host.ns):
+        dumped = xfrm_netlink.dump_policies(5.0)
+    from_text = {spec for p in listed if (spec := p.to_spec()) is not None}
+    assert set(dumped) == from_text
+    assert host.observe() == owned_specs(listed) == plan_protection(rich_config())
 
 
 def test_apply_errors_are_per_policy(host, monkeypatch):

@@ -67,3 +67,50 @@ def test_parse_acks() -> None:
 def test_parse_spdinfo() -> None:
     body = struct.pack("=I", 0) + struct.pack("=HH6I", 28, 1, 3, 4, 0, 0, 0, 0)
     assert nl.parse_spdinfo(body) == (3, 4, 0, 0, 0, 0)
+
+
+def _policy_body(spec: PolicySpec) -> bytearray:
+    """What a dump sends for `spec`: an update request's body is the same xfrm_userpolicy_info
+    and attributes."""
+    return bytearray(nl.update_message(spec, 1)[nl.HEADER.size :])
+
+
+def test_dumped_policies_read_back_as_the_specs_written() -> None:
+    allow = PolicySpec("in", 4, "10.0.0.0/8", "0.0.0.0/0", UDP, 4500, 500, 5, 7, 12, "allow")
+    for spec in (BLOCK_V4, MARK0_V6, allow):
+        assert nl.parse_policy(bytes(_policy_body(spec))) == spec
+
+
+def test_dumped_policies_with_what_a_spec_cannot_say_are_none() -> None:
+    selector_tail = 40  # family, prefix lengths, proto, padding, ifindex, user
+    info = 56 + nl._POLICY_INFO_TAIL.size
+
+    def changed(spec: PolicySpec, at: int, value: bytes) -> bytes:
+        body = _policy_body(spec)
+        body[at : at + len(value)] = value
+        return bytes(body)
+
+    icmp = PolicySpec("out", 4, "0.0.0.0/1", "10.0.0.2/32", 1, None, None, 0, 0, 430001)
+    cases = {
+        "device": changed(BLOCK_V4, selector_tail + 8, struct.pack("=i", 3)),
+        "user": changed(BLOCK_V4, selector_tail + 12, struct.pack("=I", 1000)),
+        "flags": changed(BLOCK_V4, info - 6, b"\x01"),
+        "fwd": changed(BLOCK_V4, info - 8, b"\x02"),
+        "socket policy": changed(BLOCK_V4, info - 8, b"\x04"),
+        "half port mask": changed(MARK0_V6, 34, struct.pack("!H", 0xFF00)),
+        "icmp type": changed(icmp, 36, struct.pack("!HH", 8, 0xFFFF)),
+        "gre key": changed(BLOCK_V4, 32, struct.pack("!HH", 7, 0xFFFF)),
+        "host bits": changed(BLOCK_V4, 16, socket.inet_aton("10.0.0.1")),
+        "family": changed(BLOCK_V4, selector_tail, struct.pack("=H", 99)),
+        "template": bytes(_policy_body(BLOCK_V4)) + struct.pack("=HH", 8, 5) + bytes(4),
+        "sub type": bytes(_policy_body(BLOCK_V4)) + struct.pack("=HHB3x", 8, 16, 1),
+    }
+    assert {name: nl.parse_policy(body) for name, body in cases.items()} == dict.fromkeys(cases)
+    main_type = bytes(_policy_body(BLOCK_V4)) + struct.pack("=HHB3x", 8, 16, 0)
+    assert nl.parse_policy(main_type) == BLOCK_V4
+
+
+def test_dump_request_asks_for_the_whole_table() -> None:
+    length, kind, flags, seq, _pid = nl.HEADER.unpack_from(nl.dump_request(9))
+    assert (kind, flags & nl.NLM_F_DUMP, seq) == (nl.XFRM_MSG_GETPOLICY, nl.NLM_F_DUMP, 9)
+    assert length == len(nl.dump_request(9)) == nl.HEADER.size + 64
