@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import ovs.poller
@@ -27,7 +28,7 @@ import ovs.util
 import ovs.version
 import ovs.vlog
 
-from ovs_ipsec import __version__, render
+from ovs_ipsec import __version__
 from ovs_ipsec.daemon import Daemon
 from ovs_ipsec.errors import XfrmError
 from ovs_ipsec.xfrm import parse_policies
@@ -155,16 +156,16 @@ class Control:
         _reply(
             conn,
             argv,
-            lambda: render.tunnels_json(daemon.config, statuses, protection),
-            lambda: render.tunnels_text(daemon.config, statuses, daemon.health, protection),
+            lambda: _render().tunnels_json(daemon.config, statuses, protection),
+            lambda: _render().tunnels_text(daemon.config, statuses, daemon.health, protection),
         )
 
     def _ipsec_status(self, conn: Any, argv: list[str], aux: Any) -> None:
         if not _format_ok(conn, argv):
             return
-        status = render.ipsec_status_json(self.daemon.statuses())
+        status = _render().ipsec_status_json(self.daemon.statuses())
         # Dict-shaped in every form, like upstream's reply, so that `{}` stays `{}`.
-        _reply(conn, argv, lambda: status, lambda: render.to_json(status))
+        _reply(conn, argv, lambda: status, lambda: _render().to_json(status))
 
     def _xfrm_policies(self, conn: Any, argv: list[str], aux: Any) -> None:
         if not _format_ok(conn, argv):
@@ -178,8 +179,8 @@ class Control:
         _reply(
             conn,
             argv,
-            lambda: render.policies_json(observed, explained),
-            lambda: render.policies_text(observed, explained),
+            lambda: _render().policies_json(observed, explained),
+            lambda: _render().policies_text(observed, explained),
         )
 
     def _xfrm_state(self, conn: Any, argv: list[str], aux: Any) -> None:
@@ -190,10 +191,10 @@ class Control:
         except XfrmError as exc:
             conn.reply_error(f"cannot list XFRM states: {exc}")
             return
-        _reply(conn, argv, lambda: render.states_json(text), lambda: render.states_text(text))
+        _reply(conn, argv, lambda: _render().states_json(text), lambda: _render().states_text(text))
 
     def _memory_show(self, conn: Any, argv: list[str], aux: Any) -> None:
-        conn.reply(render.memory_text(self.daemon.memory_counts(), _status_memory(),
+        conn.reply(_render().memory_text(self.daemon.memory_counts(), _status_memory(),
                                       _allocation_sites()))  # fmt: skip
 
 
@@ -205,6 +206,13 @@ def _status_memory() -> dict[str, str]:
     except OSError:
         return {}
     return {key: fields[key].strip() for key in ("VmRSS", "VmHWM") if key in fields}
+
+
+def _render() -> ModuleType:
+    """The renderers (about 0.1 MiB), loaded with the first status command, not at start-up."""
+    from ovs_ipsec import render
+
+    return render
 
 
 def _allocation_sites(limit: int = 15) -> list[tuple[str, int, int]]:
@@ -231,7 +239,7 @@ def _reply(
     if wants_json_value(conn):
         conn.reply_json(as_json())
     elif argv:
-        conn.reply(render.to_json(as_json()))
+        conn.reply(_render().to_json(as_json()))
     else:
         conn.reply(as_text())
 

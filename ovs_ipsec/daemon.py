@@ -164,7 +164,6 @@ class Daemon:
         # (desired, in the kernel) as last found equal: a periodic check that finds the same
         # desired set and no change in the kernel since skips comparing thousands of policies.
         self._in_line: tuple[int, int] | None = None
-        self._trim_after_burst = False  # a pass handled thousands of objects: trim the heap
         self.applied = Applied()
         # Our block policies in the kernel as last observed or applied, updated in place (a copy
         # per change would cost a pass over thousands); None: look first. The counter moves
@@ -293,9 +292,6 @@ class Daemon:
         started = self.clock()
         self.health.passes += 1
         pass_id = self.health.passes
-        # A check lists what charon holds (thousands of connections and secrets decoded, then
-        # dropped): the heap is trimmed after it too, so that idling does not grow the process.
-        self._trim_after_burst = self._trim_after_burst or self._check_due
         # Our own changes, and the traps charon installs for them, move the kernel's policy
         # counts. When nothing else moved them since they were last read, they are read again
         # after this pass, so that the next check does not list every policy for our own doing.
@@ -340,9 +336,10 @@ class Daemon:
             self.first_pass_done = True
             self.health.last_pass_seconds = self.clock() - started
             self._log_invalid_changes()
-            if self._trim_after_burst:
-                self._trim_after_burst = False
-                heap.trim()
+            # Whatever the pass dropped (thousands of listed objects at a check, the messages of a
+            # bulk load, a change's few) goes back to the kernel; nothing to give back costs
+            # microseconds.
+            heap.trim()
 
     def _protection_diff(
         self, pass_id: int
@@ -361,7 +358,6 @@ class Daemon:
                     or self._checks_since_listing >= LISTING_EVERY
                 ):
                     self._checks_since_listing = 0
-                    self._trim_after_burst = True
                     observed = self.xfrm.observe()
                     if self.policies is not None and observed != self.policies:
                         vlog.warn(
@@ -555,7 +551,6 @@ class Daemon:
             vlog.info(f"[{pass_id}] {summary or 'nothing'} ({len(actions)} actions)")
             for kind, targets in sorted(names.items()):
                 vlog.dbg(f"[{pass_id}] {_PLURAL[kind]}: {', '.join(targets)}")
-            self._trim_after_burst = True
 
     def _outcomes(self, actions: list[Action]) -> Iterator[tuple[Action, str | CharonError]]:
         """Carry out `actions` in order; per action, charon's refusal or "" (or the key id

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -447,7 +448,13 @@ StateKey = tuple[State, str, Cause | None]
 
 
 def state_key(status: TunnelStatus) -> StateKey:
-    return (status.state, status.reason, status.cause)
+    return _one_of((status.state, status.reason, status.cause))
+
+
+@functools.lru_cache(maxsize=256)
+def _one_of(key: StateKey) -> StateKey:
+    # Equal keys are one object: a thousand tunnels in the same state hold one tuple.
+    return key
 
 
 class StatusBook:
