@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import ovs.daemon
 import ovs.dirs
@@ -21,10 +22,12 @@ from ovs_ipsec.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
 from ovs_ipsec.events import Events
-from ovs_ipsec.http_server import Handler, HttpServer, parse_address
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.sdnotify import notify
 from ovs_ipsec.xfrm import Xfrm
+
+if TYPE_CHECKING:
+    from ovs_ipsec.http_server import Handler, HttpServer
 
 # Flags that only meant something to upstream's Libreswan or stroke backends, or to its
 # restarting of the IKE daemon: accepted so that existing units, containers and
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = None
     if args.metrics_address:
         try:
+            from ovs_ipsec.http_server import HttpServer, parse_address  # only with metrics
+
             metrics = HttpServer(parse_address(args.metrics_address), metrics_handler(daemon))
         except (OSError, ValueError) as exc:
             vlog.err(f"--metrics-address={args.metrics_address}: {exc}")

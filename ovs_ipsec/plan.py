@@ -219,7 +219,10 @@ def split_conflicts(
         differing = [k for k, v in peer_settings(tunnel) if reference[k] != v]
         if settings is not None:
             # Connection-level ipsec_* options live on the one IKE_SA the peer's tunnels share.
-            differing += ike_settings.conn_differences(settings[first.name], settings[tunnel.name])
+            differing += ike_settings.conn_differences(
+                settings.get(first.name, ike_settings.NO_SETTINGS),
+                settings.get(tunnel.name, ike_settings.NO_SETTINGS),
+            )
         if not differing:
             members.append(tunnel)
             continue

@@ -106,6 +106,7 @@ class Planner:
         self.caveats: dict[str, str] = {}  # valid tunnels that will carry nothing, and why
         self.port_counts: Counter[int] = Counter()
         # Admission (options, credentials) and per-peer plans.
+        # Translated ipsec_* options of admitted tunnels that have any (absent: NO_SETTINGS).
         self.settings: dict[str, ike_settings.IkeSettings] = {}
         self.rejected: dict[str, InvalidTunnel] = {}
         self.peer_of: dict[str, str] = {}
@@ -287,7 +288,8 @@ class Planner:
             self.rejected[name] = rejected
             return peers
         assert translated is not None
-        self.settings[name] = translated
+        if translated is not ike_settings.NO_SETTINGS:  # absent means none (most tunnels)
+            self.settings[name] = translated
         self.peer_of[name] = tunnel.remote_ip
         current = self.members.get(tunnel.remote_ip, ())
         if name not in current:
