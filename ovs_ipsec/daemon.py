@@ -241,9 +241,12 @@ class Daemon:
             }
         if (self._dirty or self._check_due) and now >= self._retry_at:
             self.reconcile()
+        listed_at = self._sas_at
         self._run_sas()
         if self._stale is None or self._stale:
             self._log_state_changes()
+        if self._sas_at != listed_at:
+            heap.trim()  # a listing of every SA, decoded and dropped
 
     def wait(self, poller: ovs.poller.Poller) -> None:
         self.ovsdb.wait(poller)
