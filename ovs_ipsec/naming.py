@@ -44,14 +44,21 @@ def _encode(name: str) -> str:
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # Canonical IPv4 text (no leading zeros), as str(ipaddress.IPv4Address) writes it.
-CANONICAL_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}", re.ASCII)
+_CANONICAL_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}", re.ASCII)
+_CANONICAL_IPV4_HOST = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}/32", re.ASCII)
+
+
+def is_canonical_ipv4_host(prefix: str) -> bool:
+    """`a.b.c.d/32` exactly as ipaddress writes it: thousands of block policies are these, and
+    recognising them needs no parse (nor a cache of thousands of parses)."""
+    return _CANONICAL_IPV4_HOST.fullmatch(prefix) is not None
 
 
 def _is_ip(text: str) -> bool:
     """A canonical address spelling, as conn_name() writes it (so `ovs-2001:DB8::1`, which we
     never create, is not taken for ours). Each periodic check asks it for every connection and
     secret charon lists: IPv4 is matched without parsing, and only IPv6 is parsed."""
-    if CANONICAL_IPV4.fullmatch(text):
+    if _CANONICAL_IPV4.fullmatch(text):
         return True
     if ":" not in text:
         return False

@@ -85,8 +85,7 @@ def canonical_prefix(text: str) -> str:
     """`10.0.0.2` or `10.0.0.2/32` -> `10.0.0.2/32`; IPv6 in compressed form. ValueError if bad."""
     # Every policy is checked when it is made, and thousands are IPv4 hosts already canonical:
     # those are recognised without parsing (and without a cache of thousands of entries).
-    address, slash, bits = text.partition("/")
-    if bits == "32" and naming.CANONICAL_IPV4.fullmatch(address):
+    if naming.is_canonical_ipv4_host(text):
         return text
     return _parsed_prefix(text)
 

@@ -180,14 +180,15 @@ def fold_sa_event(
     sas: Mapping[str, tuple[IkeSa, ...]], name: str, body: Mapping[str, Any]
 ) -> tuple[dict[str, tuple[IkeSa, ...]], Expected]:
     """The snapshot after an ike-updown, child-updown, ike-rekey or child-rekey event, and what
-    a listing should now show."""
-    result = {conn: list(found) for conn, found in sas.items()}
+    a listing should now show. Only the event's connections are copied and sorted again (an
+    event names one or two of thousands)."""
+    result: dict[str, list[IkeSa]] = {}
     expected: Expected = {}
     up = body.get("up") == "yes"
     for conn, sa in body.items():
         if not naming.is_owned_conn(conn) or not isinstance(sa, Mapping):
             continue
-        current = result.setdefault(conn, [])
+        current = result.setdefault(conn, list(sas.get(conn, ())))
         if name == "ike-updown":
             ike = parse_ike(conn, sa)
             if up:
@@ -240,7 +241,13 @@ def fold_sa_event(
                 ike, children=tuple(sorted(children.values(), key=lambda c: (c.name, c.uniqueid)))
             )
             result[conn] = _replace_ike(current, ike, keep_children=False)
-    return _normalized(result), expected
+    snapshot = dict(sas)
+    for conn, found in result.items():
+        if found:
+            snapshot[conn] = tuple(sorted(found, key=lambda sa: sa.uniqueid))
+        else:
+            snapshot.pop(conn, None)
+    return snapshot, expected
 
 
 def merge_listing(

@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ovs_ipsec import naming
@@ -133,8 +134,10 @@ class Tracker:
         self._attempts: OrderedDict[int, _Attempt] = OrderedDict()
         self._max_attempts = max_attempts
 
-    def outcomes(self) -> dict[str, ConnOutcome]:
-        return dict(self._conns)
+    def outcomes(self) -> Mapping[str, ConnOutcome]:
+        """Read-only and live: read at each refold, so a copy would cost every connection's
+        entry per change."""
+        return MappingProxyType(self._conns)
 
     def touched(self) -> set[str]:
         """The connections whose outcome changed since the last call."""

@@ -266,8 +266,7 @@ def _indent(line: str) -> int:
 
 
 def _prefix(text: str) -> tuple[int, str] | None:
-    address, _, bits = text.partition("/")
-    if bits == "32" and naming.CANONICAL_IPV4.fullmatch(address):
+    if naming.is_canonical_ipv4_host(text):
         return 4, text  # thousands of these in a listing: no parse, no cache entry each
     return _parsed_prefix(text)
 

@@ -4,7 +4,7 @@ synthetic ones for 6.0's `alert`) folded by `Tracker`, SAs folded by sas.py, and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -448,11 +448,22 @@ def test_protection_counts_per_tunnel() -> None:
     assert result["g0"] == Protection(None, None) and not result["g0"].active
 
 
-def test_outcomes_mapping_is_a_copy() -> None:
+def test_outcomes_mapping_is_read_only() -> None:
     tracker = Tracker()
-    outcomes: Mapping[str, ConnOutcome] = tracker.outcomes()
+    outcomes: Any = tracker.outcomes()
     tracker.feed("log", log("no acceptable proposal found"))
-    assert outcomes == {}
+    assert set(outcomes) == {H1_CONN}
+    with pytest.raises(TypeError):
+        outcomes[H1_CONN] = ConnOutcome()
+
+
+def test_an_sa_event_leaves_the_other_connections_as_they_were() -> None:
+    one, other = "ovs-10.77.1.1", "ovs-10.77.1.2"
+    sas, _ = fold_sa_event({}, "ike-updown", {"up": "yes", other: ike_sa(7)})
+    after, _ = fold_sa_event(sas, "ike-updown", {"up": "yes", one: ike_sa(8)})
+    assert after[other] is sas[other] and [s.uniqueid for s in after[one]] == [8]
+    gone, _ = fold_sa_event(after, "ike-updown", {one: ike_sa(8)})
+    assert set(gone) == {other} and gone[other] is sas[other]
 
 
 def _memo_views() -> tuple[Any, list[View]]:
