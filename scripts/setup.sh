@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   openvswitch-switch openvswitch-common openvswitch-ipsec
   charon-systemd strongswan-swanctl strongswan-charon
-  libcharon-extra-plugins libstrongswan-extra-plugins
+  libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
   iproute2 tcpdump nftables iputils-ping openssl procps
   python3-venv python3-pip systemd
   qemu-system-x86 busybox-static cpio kmod strongswan-starter python3-openvswitch
