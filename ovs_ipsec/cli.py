@@ -22,6 +22,7 @@ from ovs_ipsec.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
 from ovs_ipsec.events import Events
+from ovs_ipsec.ovs_dirs import OvsDirs, effective_dirs
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.sdnotify import notify
 from ovs_ipsec.xfrm import Xfrm
@@ -48,6 +49,14 @@ IGNORED_FLAGS = {
 STARTUP_TIMEOUT = 30.0
 
 
+def use_system_dirs() -> None:
+    """Point the ovs library at the system's Open vSwitch directories (see ovs_dirs) before
+    anything derives a pidfile, control socket, log file or database path from them."""
+    library = OvsDirs(ovs.dirs.RUNDIR, ovs.dirs.LOGDIR, ovs.dirs.DBDIR)
+    dirs = effective_dirs(library, os.environ, os.path.isdir)
+    ovs.dirs.RUNDIR, ovs.dirs.LOGDIR, ovs.dirs.DBDIR = dirs.rundir, dirs.logdir, dirs.dbdir
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM_NAME,
@@ -58,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "database",
         nargs="?",
         default=f"unix:{ovs.dirs.RUNDIR}/db.sock",
-        help="OVSDB to watch (default: unix:%(default)s)",
+        help="OVSDB to watch (default: %(default)s)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -129,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     # ovs.util derives the program name from argv[0], which is "__main__.py" under `python -m`;
     # the pidfile, control socket and log names must be upstream's.
     ovs.util.PROGRAM_NAME = PROGRAM_NAME
+    use_system_dirs()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.ike_daemon != "strongswan":
@@ -156,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
             ovs.daemon.set_pidfile(None)
         else:
             vlog.warn(
-                f"no pidfile: {ovs.dirs.RUNDIR} does not exist (set OVS_RUNDIR or --pidfile); "
+                f"no pidfile: {ovs.dirs.RUNDIR} does not exist (is Open vSwitch installed? "
+                "set OVS_RUNDIR or --pidfile); "
                 f"ovs-appctl -t {PROGRAM_NAME} will not find this daemon"
             )
     for attr, (flag, why) in IGNORED_FLAGS.items():

@@ -31,6 +31,7 @@ CORE = [
     "credentials",
     "ike_options",
     "ike_settings",
+    "ovs_dirs",
 ]
 SHELL = [
     "charon",
