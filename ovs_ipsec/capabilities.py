@@ -17,15 +17,18 @@ has, so there is nothing proposal-specific to lack. A keyword not in the table b
 section charon does not report (older versions have no `kdf`), is never called missing: a
 false alarm would be worse than charon's own words.
 
-May import: stdlib.
+May import: ike_settings, stdlib.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ovs_ipsec.ike_settings import IkeSettings, default_proposals
 
 # Which Debian package (bookworm and trixie) ships each plugin's .so (`dpkg -L`). Plugins in
 # `libstrongswan` come with every strongSwan install; a charon lacking one has it left out of
@@ -230,25 +233,36 @@ class Needs:
     certificates: bool = False
 
 
-def needs_of(body: Mapping[str, Any]) -> Needs:
-    """From a connection's load-conn body, as plan.py wrote it."""
-    esp: dict[str, None] = {}
-    children = body.get("children")
-    if isinstance(children, Mapping):
-        for child in children.values():
-            if isinstance(child, Mapping):
-                esp.update(dict.fromkeys(_texts(child.get("esp_proposals"))))
-    local = body.get("local")
-    certificates = isinstance(local, Mapping) and str(local.get("auth", "")) == "pubkey"
-    return Needs(_texts(body.get("proposals")), tuple(esp), certificates)
+@functools.lru_cache(maxsize=1024)
+def tunnel_needs(settings: IkeSettings, certificates: bool, use_default_crypto: bool) -> Needs:
+    """What one tunnel asks of charon, from what plan.py puts in its connection: the default
+    proposals unless its ipsec_* options chose others. Cached: most tunnels share one answer."""
+    ike, esp = default_proposals(use_default_crypto)
+    conn, child = dict(settings.conn), dict(settings.child)
+    return Needs(
+        _texts(conn.get("proposals", ike)), _texts(child.get("esp_proposals", esp)), certificates
+    )
+
+
+def conn_needs(tunnels: Iterable[Needs]) -> Needs:
+    """A connection's needs from its tunnels' (the IKE proposals are the first tunnel's, as in
+    plan.py; each tunnel has its own CHILD_SAs)."""
+    found = list(tunnels)
+    if len(found) == 1:
+        return found[0]
+    return Needs(
+        found[0].ike_proposals if found else (),
+        tuple(dict.fromkeys(p for needs in found for p in needs.esp_proposals)),
+        any(needs.certificates for needs in found),
+    )
 
 
 def _texts(value: object) -> tuple[str, ...]:
-    if isinstance(value, str | bytes):
-        value = [value]
+    if isinstance(value, str):
+        return (value,)
     if not isinstance(value, list | tuple):
         return ()
-    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in value)
+    return tuple(str(v) for v in value)
 
 
 def parse_proposal(proposal: str) -> dict[str, list[str]] | None:
@@ -326,9 +340,9 @@ def lacks(needs: Needs, caps: Capabilities, key_algorithms: Iterable[str] = ()) 
     `key_algorithms` are those of the certificates and key in use ("RSA", "EC", ...), for
     connections that authenticate with certificates."""
     found: list[Lack] = []
-    for name in ("KDF_PRF", "KDF_PRF_PLUS"):
-        if caps.has("kdf", name) is False:
-            found.append(Lack(name, "IKEv2 key derivation", _PROVIDERS[name]))
+    kdfs = [name for name in ("KDF_PRF", "KDF_PRF_PLUS") if caps.has("kdf", name) is False]
+    if kdfs:
+        found.append(Lack(" and ".join(kdfs), "IKEv2 key derivation", _PROVIDERS[kdfs[0]]))
     found += _proposals_lacks(needs.ike_proposals, caps, "IKE", ike=True)
     found += _proposals_lacks(needs.esp_proposals, caps, "ESP", ike=False)
     if needs.certificates:
@@ -358,8 +372,7 @@ class Preflight:
     _judged: dict[Needs, tuple[Lack, ...]] = field(default_factory=dict)
     new: dict[str, Lack] = field(default_factory=dict)
 
-    def lacking(self, body: Mapping[str, Any]) -> tuple[Lack, ...]:
-        needs = needs_of(body)
+    def lacking(self, needs: Needs) -> tuple[Lack, ...]:
         found = self._judged.get(needs)
         if found is None:
             found = self._judged[needs] = lacks(needs, self.caps, self.key_algorithms)

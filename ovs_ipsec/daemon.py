@@ -21,7 +21,13 @@ import ovs.poller
 import ovs.vlog
 
 from ovs_ipsec import heap, naming
-from ovs_ipsec.capabilities import Lack, Preflight, parse_capabilities
+from ovs_ipsec.capabilities import (
+    Lack,
+    Preflight,
+    conn_needs,
+    parse_capabilities,
+    tunnel_needs,
+)
 from ovs_ipsec.causes import Cause
 from ovs_ipsec.charon import (
     Charon,
@@ -34,7 +40,8 @@ from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
 from ovs_ipsec.files import read_files
-from ovs_ipsec.model import Config
+from ovs_ipsec.ike_settings import NO_SETTINGS
+from ovs_ipsec.model import AuthMode, Config
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.plan import ConnSpec, Desired
 from ovs_ipsec.planner import Delta, Planner
@@ -329,7 +336,7 @@ class Daemon:
                 actions = diff(self.desired, self.applied)
             else:
                 actions = diff(self.desired, self.applied, self.pending.conns, self.pending.shared)
-            self._execute(pass_id, actions)
+            self._execute(pass_id, self._hold_back(actions))
         except CharonUnreachable as exc:
             self._full_diff = True
             self._charon_lost(pass_id, exc)
@@ -550,6 +557,36 @@ class Daemon:
         if algorithms != self.preflight.key_algorithms:
             self.preflight = Preflight(self.preflight.caps, algorithms)
             self._touch(None)
+            self._full_diff = True  # what is held back, or loaded, may change
+            self._dirty = True
+
+    def _lacking(self, conn: ConnSpec) -> tuple[Lack, ...]:
+        """What charon lacks that `conn` needs (a lookup: each distinct need is judged once)."""
+        if self.preflight is None:
+            return ()
+        tunnels = self.config.tunnels
+        use_default_crypto = self.settings.use_default_crypto
+        return self.preflight.lacking(conn_needs(
+            tunnel_needs(self.planner.settings.get(name, NO_SETTINGS),
+                         tunnels[name].auth is not AuthMode.PSK, use_default_crypto)
+            for name in conn.tunnels if name in tunnels
+        ))  # fmt: skip
+
+    def _hold_back(self, actions: list[Action]) -> list[Action]:
+        """Connections charon lacks something for stay out of it (unloaded if an earlier
+        daemon loaded them): it could not negotiate them, and without their trap policies
+        our block policies answer their plaintext (EPERM) instead of a doomed negotiation.
+        The diff offers them again once charon has what they need."""
+        if self.preflight is None:
+            return actions
+        kept: list[Action] = []
+        for action in actions:
+            if isinstance(action, LoadConn) and self._lacking(action.spec):
+                if action.spec.name in self.applied.conns:
+                    kept.append(UnloadConn(action.spec.name))
+                continue
+            kept.append(action)
+        return kept
 
     def _report_lacks(self) -> None:
         """One ERROR line per capability the connected charon lacks and a tunnel needs."""
@@ -708,7 +745,7 @@ class Daemon:
             charon_error=charon_error,
             sas=self.sas,
             outcomes=self.tracker.outcomes(),
-            lacking=self.preflight.lacking if self.preflight is not None else None,
+            lacking=self._lacking if self.preflight is not None else None,
         )
 
     def _refold(self) -> None:

@@ -434,9 +434,9 @@ class View:
     charon_error: str | None = None  # None while charon is reachable
     sas: Mapping[str, tuple[IkeSa, ...]] = field(default_factory=dict)
     outcomes: Mapping[str, ConnOutcome] = field(default_factory=dict)
-    # What charon lacks for a connection, judged from its body (capabilities.Preflight);
-    # None until charon said what it can do.
-    lacking: Callable[[Mapping[str, Any]], tuple[Lack, ...]] | None = None
+    # What charon lacks that a connection needs (capabilities.Preflight); None until charon
+    # said what it can do.
+    lacking: Callable[[ConnSpec], tuple[Lack, ...]] | None = None
 
 
 def fold(view: View) -> dict[str, TunnelStatus]:
@@ -553,15 +553,13 @@ def _tunnel(view: View, conn: ConnSpec, name: str) -> TunnelStatus:
         return status(State.FAILED, view.refusals[conn.name], Cause.CHARON)
     if view.charon_error is not None:
         return status(State.FAILED, f"charon unreachable: {view.charon_error}", Cause.CHARON)
-    ike = current_ike(view.sas.get(conn.name, ()))
-    lacking = view.lacking(body) if view.lacking is not None else ()
-    # An established IKE_SA proves charon had what it took (the preflight may have judged a
-    # proposal the peer did not pick): then the SAs tell the state.
-    if lacking and not (ike is not None and ike.is_established):
+    lacking = view.lacking(conn) if view.lacking is not None else ()
+    if lacking:  # held back from charon (Daemon._hold_back): its blocks keep plaintext out
         return status(State.FAILED, describe_lacks(lacking), Cause.CAPABILITY)
     if conn.name not in view.loaded:
         return status(State.FAILED, "not loaded into charon yet", Cause.CHARON)
 
+    ike = current_ike(view.sas.get(conn.name, ()))
     if ike is not None:
         child_sas = tuple(c for c in ike.children if c.name in children)
         base = dataclasses.replace(base, ike_sa=ike, child_sas=child_sas)
