@@ -6,12 +6,15 @@ recovers when charon comes back with everything."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ovs_ipsec import pki_tool
 from ovs_ipsec.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -146,3 +149,56 @@ def test_charon_without_openssl_and_gcm_is_named_held_back_blocked_and_recovered
     wait_for(lambda: ike_established(a, b), 10, what="IKE_SA h1-h2 with every plugin")
     wait_for(lambda: scrape(a).get(("ovs_ipsec_charon_lacks", lack)) is None, 10,
              what="the lack gone from the metrics")  # fmt: skip
+
+
+def set_pki(host: Host, key_type: str, ca: pki_tool.CertAndKey) -> None:
+    cert, key = pki_tool.make_host_cert(host.name, ca, key_type=key_type)
+    paths = {"certificate": ("cert.pem", cert, 0o644), "private_key": ("key.pem", key, 0o600),
+             "ca_cert": ("ca.pem", ca.cert_pem, 0o644)}  # fmt: skip
+    for name, data, mode in paths.values():
+        pki_tool.write_atomic(Path(host.dir, name), data, mode)
+    host.vsctl("set", "Open_vSwitch", ".", *(
+        f"other_config:{key}={os.path.join(host.dir, name)}" for key, (name, _, _) in paths.items()
+    ))  # fmt: skip
+
+
+def test_certificates_whose_keys_charon_cannot_use_are_named_and_follow_a_rotation(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """h1's charon without openssl: ECDSA certificates (the pki tool's default) need it, so
+    the tunnel is failed naming "ECDSA keys" and the package. Rotated to RSA certificates at the
+    same paths, which charon's pkcs1 and gmp plugins handle, the tunnel is loaded and IKE
+    comes up with that same charon."""
+    lab = make_lab(2, daemon=False)
+    a, b = lab.hosts
+    a.stop_charon()
+    a.start_charon(without=LACKING)
+    a.start_daemon()
+    b.start_daemon()
+    ec_ca = pki_tool.make_ca("lab CA")
+    for host, peer in ((a, b), (b, a)):
+        set_pki(host, "ec", ec_ca)
+        add_gre(host, peer, remote_name=peer.name, ipsec_ike=PLAIN_IKE)
+
+    def lacking_ecdsa() -> dict[str, Any] | None:
+        t2 = tunnels(a).get("t2")
+        return t2 if t2 and t2["cause"] == "capability" else None
+
+    t2 = wait_for(lacking_ecdsa, 15, what=f"t2 failed for a lack: {tunnels(a).get('t2')}")
+    assert t2["state"] == "failed" and "ECDSA keys" in t2["reason"]
+    assert "openssl plugin (Debian package libstrongswan-standard-plugins)" in t2["reason"]
+    assert a.send_probe(b.ipv4, "gre") == "EPERM"
+
+    rsa_ca = pki_tool.make_ca("lab CA", key_type="rsa")
+    for host in (a, b):
+        set_pki(host, "rsa", rsa_ca)
+        host.appctl("refresh")
+    wait_for(lambda: tunnels(a).get("t2", {}).get("state") == "configured", 15,
+             what=f"t2 configured with RSA: {tunnels(a).get('t2')}")  # fmt: skip
+    # h2 reloads its connection with the new CA (it was loaded before: the first load counts).
+    wait_for(lambda: b.daemon_log().count(f"loaded connection ovs-{a.ipv4}") >= 2, 10,
+             what="h2's connection reloaded with the RSA CA")  # fmt: skip
+    initiate(a, b)
+    wait_for(lambda: ike_established(a, b), 10, what="IKE_SA with RSA certificates")
+    errors = [line for line in a.daemon_log().splitlines() if "| ERR |" in line]
+    assert [line for line in errors if "charon lacks ECDSA keys" in line], errors
