@@ -61,6 +61,7 @@ _PROVIDERS: Mapping[str, tuple[str, ...]] = {
     "CAMELLIA_CBC": _OPENSSL,
     "HMAC_MD5_96": ("hmac", "openssl"),
     "HMAC_SHA1_96": ("hmac", "openssl"),
+    "HMAC_SHA1_160": ("hmac", "openssl"),
     "HMAC_SHA2_256_128": ("hmac", "openssl"),
     "HMAC_SHA2_384_192": ("hmac", "openssl"),
     "HMAC_SHA2_512_256": ("hmac", "openssl"),
@@ -101,17 +102,19 @@ _KEYWORDS: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
     for pattern, kind, name in (
         (rf"aes{_SIZES}?", ENCRYPTION, "AES_CBC"),
         (rf"aes{_SIZES}ctr", ENCRYPTION, "AES_CTR"),
-        (rf"aes{_SIZES}gcm(16)?", _AEAD, "AES_GCM_16"),
-        (rf"aes{_SIZES}gcm12", _AEAD, "AES_GCM_12"),
-        (rf"aes{_SIZES}gcm8", _AEAD, "AES_GCM_8"),
-        (rf"aes{_SIZES}ccm(16)?", _AEAD, "AES_CCM_16"),
-        (rf"aes{_SIZES}ccm12", _AEAD, "AES_CCM_12"),
-        (rf"aes{_SIZES}ccm8", _AEAD, "AES_CCM_8"),
+        # The ICV length in bytes or in bits: gcm16 = gcm128.
+        (rf"aes{_SIZES}gcm(16|128)?", _AEAD, "AES_GCM_16"),
+        (rf"aes{_SIZES}gcm(12|96)", _AEAD, "AES_GCM_12"),
+        (rf"aes{_SIZES}gcm(8|64)", _AEAD, "AES_GCM_8"),
+        (rf"aes{_SIZES}ccm(16|128)?", _AEAD, "AES_CCM_16"),
+        (rf"aes{_SIZES}ccm(12|96)", _AEAD, "AES_CCM_12"),
+        (rf"aes{_SIZES}ccm(8|64)", _AEAD, "AES_CCM_8"),
         (r"chacha20poly1305", _AEAD, "CHACHA20_POLY1305"),
         (r"3des", ENCRYPTION, "3DES_CBC"),
         (rf"camellia{_SIZES}?", ENCRYPTION, "CAMELLIA_CBC"),
         (r"md5", INTEGRITY, "HMAC_MD5_96"),
         (r"sha1?", INTEGRITY, "HMAC_SHA1_96"),
+        (r"sha1_160", INTEGRITY, "HMAC_SHA1_160"),
         (r"sha(2_)?256", INTEGRITY, "HMAC_SHA2_256_128"),
         (r"sha(2_)?384", INTEGRITY, "HMAC_SHA2_384_192"),
         (r"sha(2_)?512", INTEGRITY, "HMAC_SHA2_512_256"),
@@ -135,11 +138,12 @@ _KEYWORDS: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
     )
 )
 # Keywords that need nothing of charon's plugins.
-_NEUTRAL = frozenset({"esn", "noesn", "none", "null"})
+_NEUTRAL = frozenset({"esn", "noesn", "modpnone", "modpnull", "none"})
 # An integrity algorithm in an IKE proposal without a PRF implies the PRF of the same hash.
 _PRF_OF_INTEGRITY: Mapping[str, str] = {
     "HMAC_MD5_96": "PRF_HMAC_MD5",
     "HMAC_SHA1_96": "PRF_HMAC_SHA1",
+    "HMAC_SHA1_160": "PRF_HMAC_SHA1",
     "HMAC_SHA2_256_128": "PRF_HMAC_SHA2_256",
     "HMAC_SHA2_384_192": "PRF_HMAC_SHA2_384",
     "HMAC_SHA2_512_256": "PRF_HMAC_SHA2_512",
@@ -206,6 +210,8 @@ class Lack:
     @property
     def remedy(self) -> str:
         """`load charon's gcm or openssl plugin (Debian package libstrongswan-standard-plugins)`"""
+        if not self.plugins:
+            return "load a charon plugin that provides it"
         by_package: dict[str, list[str]] = {}
         for plugin in self.plugins:
             by_package.setdefault(PLUGIN_PACKAGES.get(plugin, "?"), []).append(plugin)

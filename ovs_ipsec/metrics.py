@@ -166,8 +166,8 @@ class _Collector:
         )  # fmt: skip
         lacks = GaugeMetricFamily(
             "ovs_ipsec_charon_lacks",
-            "1 for each algorithm or feature charon lacks that a tunnel needs, with the Debian "
-            "package that provides it.",
+            "1 for each algorithm or feature the connected charon lacks that a tunnel needed, "
+            "with the Debian package that provides it.",
             labels=["capability", "package"],
         )
         for capability, package in sorted(s.charon_lacks.items()):

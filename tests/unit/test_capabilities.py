@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ovs_ipsec.capabilities import (
+    _PROVIDERS,
     PLUGIN_PACKAGES,
     Capabilities,
     Lack,
@@ -61,6 +62,8 @@ def names(found: tuple[Lack, ...]) -> list[str]:
          {"encryption": ["AES_CBC", "AES_CBC"], "integrity": ["HMAC_SHA1_96", "HMAC_SHA2_384_192"],
           "key exchange": ["ECP_384", "ECP_256_BP"]}),
         ("aes256gcm16-modp2048-esn", {"aead": ["AES_GCM_16"], "key exchange": ["MODP_2048"]}),
+        ("aes128gcm128-aes256gcm96-aes192ccm64", {"aead": ["AES_GCM_16", "AES_GCM_12",
+                                                           "AES_CCM_8"]}),
         ("chacha20poly1305-prfsha512-curve448",
          {"aead": ["CHACHA20_POLY1305"], "prf": ["PRF_HMAC_SHA2_512"],
           "key exchange": ["CURVE_448"]}),
@@ -75,6 +78,29 @@ def test_common_keywords_map_to_charons_algorithm_names(
     proposal: str, expected: dict[str, list[str]]
 ) -> None:
     assert parse_proposal(proposal) == expected
+
+
+KEYWORDS = (
+    "aes aes128 aes192 aes256 aes128ctr aes256ctr aes128gcm aes256gcm8 aes192gcm96 aes256ccm12"
+    " aes128ccm chacha20poly1305 3des camellia camellia256 md5 sha sha1 sha1_160 sha256 sha2_384"
+    " sha512 aesxcbc aescmac prfmd5 prfsha1 prfsha256 prfsha384 prfsha512 prfaesxcbc prfaescmac"
+    " modp768 modp1024 modp1536 modp2048 modp3072 modp4096 modp6144 modp8192 modp1024s160"
+    " modp2048s224 modp2048s256 ecp192 ecp224 ecp256 ecp384 ecp521 ecp224bp ecp256bp ecp384bp"
+    " ecp512bp curve25519 x25519 curve448 x448"
+)
+
+
+def test_every_keyword_we_know_names_the_plugins_that_provide_it() -> None:
+    full = charon("full")
+    for keyword in KEYWORDS.split():
+        parsed = parse_proposal(keyword)
+        assert parsed, keyword
+        for kind, algorithms in parsed.items():
+            for name in algorithms:
+                lack = Lack(name, "", _PROVIDERS[name])
+                assert lack.packages and "?" not in lack.packages, keyword
+                assert full.has(kind, name) or name in ("AES_CMAC_96", "AES_XCBC_96",
+                    "PRF_AES128_XCBC", "PRF_AES128_CMAC"), (keyword, name)  # fmt: skip
 
 
 @pytest.mark.parametrize("proposal", ["aes256gcm16-prfsha256-mlkem768", "serpent256-sha256", ""])
