@@ -26,6 +26,7 @@ class Cause(enum.StrEnum):
 
     CONFIG = "config"
     CHARON = "charon"
+    CAPABILITY = "capability"  # charon lacks an algorithm or plugin the tunnel needs
     AUTHENTICATION = "authentication"
     CERTIFICATE = "certificate"
     PROPOSAL = "proposal"

@@ -228,6 +228,10 @@ class Charon:
     def stats(self) -> dict[str, Any]:
         return self._call("stats")
 
+    def get_algorithms(self) -> dict[str, Any]:
+        """The algorithms charon's plugins provide, by type (section) and name."""
+        return self._call("get-algorithms")
+
     def owned_conns(self) -> frozenset[str]:
         names = self._call("get-conns").get("conns", [])
         return frozenset(name for name in names if naming.is_owned_conn(name))

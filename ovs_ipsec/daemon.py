@@ -21,6 +21,13 @@ import ovs.poller
 import ovs.vlog
 
 from ovs_ipsec import heap, naming
+from ovs_ipsec.capabilities import (
+    Lack,
+    Preflight,
+    conn_needs,
+    parse_capabilities,
+    tunnel_needs,
+)
 from ovs_ipsec.causes import Cause
 from ovs_ipsec.charon import (
     Charon,
@@ -33,7 +40,8 @@ from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
 from ovs_ipsec.files import read_files
-from ovs_ipsec.model import Config
+from ovs_ipsec.ike_settings import NO_SETTINGS
+from ovs_ipsec.model import AuthMode, Config
 from ovs_ipsec.ovsdb import Ovsdb
 from ovs_ipsec.plan import ConnSpec, Desired
 from ovs_ipsec.planner import Delta, Planner
@@ -191,6 +199,12 @@ class Daemon:
         self._unlogged: dict[str, tuple[StateKey | None, StateKey | None]] = {}
         self._checks = 0
         self.failure_counts: Counter[str] = Counter()  # tunnels entering "failed", by cause
+        # What the connected charon can do, judging each connection's needs (None: not asked
+        # yet); the capabilities it lacks, logged once per charon, and the credentials whose
+        # key algorithms it judges.
+        self.preflight: Preflight | None = None
+        self.lacks: dict[str, Lack] = {}
+        self._judged_credentials: Credentials | None = None
 
     @property
     def config(self) -> Config:
@@ -280,6 +294,8 @@ class Daemon:
             self.pending.merge(delta)
             self._dirty = True
             self._touch(delta.conns)
+        if self.planner.credentials is not self._judged_credentials:
+            self._judge_credentials()
 
     def request_refresh(self) -> None:
         """Re-read the certificate files, re-list charon and converge now (the `refresh`
@@ -320,7 +336,7 @@ class Daemon:
                 actions = diff(self.desired, self.applied)
             else:
                 actions = diff(self.desired, self.applied, self.pending.conns, self.pending.shared)
-            self._execute(pass_id, actions)
+            self._execute(pass_id, self._hold_back(actions))
         except CharonUnreachable as exc:
             self._full_diff = True
             self._charon_lost(pass_id, exc)
@@ -487,12 +503,16 @@ class Daemon:
                 f"[{pass_id}] connected to charon ({self.health.charon_version.strip()}) "
                 f"at {self.settings.vici_path}"
             )
-        since = str(self.charon.stats().get("uptime", {}).get("since", ""))
-        if _restarted(self.health.charon_since, since):
+        stats = self.charon.stats()
+        since = str(stats.get("uptime", {}).get("since", ""))
+        restarted = _restarted(self.health.charon_since, since)
+        if restarted:
             vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
             self.applied = Applied()
             changed = True
         self.health.charon_since = since
+        if changed or self.preflight is None:
+            self._ask_capabilities(pass_id, stats)
         key_ids = self.charon.key_ids() if self.applied.keys else frozenset()
         listed = adopt(self.charon.owned_conns(), self.charon.owned_shared(), self.applied, key_ids)
         lost = (set(self.applied.conns) - set(listed.conns)) | (
@@ -511,6 +531,71 @@ class Daemon:
         self.health.charon_reachable = True
         self.health.charon_error = ""
         return changed
+
+    def _ask_capabilities(self, pass_id: int, stats: Mapping[str, object]) -> None:
+        """What this charon can do (its algorithms; its plugins, from `stats`): each
+        connection's needs are judged against it as its tunnels' states are folded."""
+        try:
+            algorithms = self.charon.get_algorithms()
+        except CharonError as exc:
+            vlog.warn(f"[{pass_id}] charon refused get-algorithms ({exc.errmsg}); what it lacks "
+                      "is not checked")  # fmt: skip
+            algorithms = None
+        self.preflight = Preflight(
+            parse_capabilities(algorithms, stats), _key_algorithms(self.planner.credentials)
+        )
+        self._judged_credentials = self.planner.credentials
+        self.lacks = {}
+        self._touch(None)
+
+    def _judge_credentials(self) -> None:
+        """Certificates or a key of another algorithm (rare: a rotation) need other plugins."""
+        credentials = self._judged_credentials = self.planner.credentials
+        if self.preflight is None:
+            return
+        algorithms = _key_algorithms(credentials)
+        if algorithms != self.preflight.key_algorithms:
+            self.preflight = Preflight(self.preflight.caps, algorithms)
+            self._touch(None)
+            self._full_diff = True  # what is held back, or loaded, may change
+            self._dirty = True
+
+    def _lacking(self, conn: ConnSpec) -> tuple[Lack, ...]:
+        """What charon lacks that `conn` needs (a lookup: each distinct need is judged once)."""
+        if self.preflight is None:
+            return ()
+        tunnels = self.config.tunnels
+        use_default_crypto = self.settings.use_default_crypto
+        return self.preflight.lacking(conn_needs(
+            tunnel_needs(self.planner.settings.get(name, NO_SETTINGS),
+                         tunnels[name].auth is not AuthMode.PSK, use_default_crypto)
+            for name in conn.tunnels if name in tunnels
+        ))  # fmt: skip
+
+    def _hold_back(self, actions: list[Action]) -> list[Action]:
+        """Connections charon lacks something for stay out of it (unloaded if an earlier
+        daemon loaded them): it could not negotiate them, and without their trap policies
+        our block policies answer their plaintext (EPERM) instead of a doomed negotiation.
+        The diff offers them again once charon has what they need."""
+        if self.preflight is None:
+            return actions
+        kept: list[Action] = []
+        for action in actions:
+            if isinstance(action, LoadConn) and self._lacking(action.spec):
+                if action.spec.name in self.applied.conns:
+                    kept.append(UnloadConn(action.spec.name))
+                continue
+            kept.append(action)
+        return kept
+
+    def _report_lacks(self) -> None:
+        """One ERROR line per capability the connected charon lacks and a tunnel needs."""
+        if self.preflight is None:
+            return
+        for lack in self.preflight.drain():
+            if lack.capability not in self.lacks:
+                self.lacks[lack.capability] = lack
+                vlog.err(f"{lack.describe()}; the tunnels that need it are failed")
 
     def _execute(self, pass_id: int, actions: list[Action]) -> None:
         failures: dict[str, str] = {
@@ -660,6 +745,7 @@ class Daemon:
             charon_error=charon_error,
             sas=self.sas,
             outcomes=self.tracker.outcomes(),
+            lacking=self._lacking if self.preflight is not None else None,
         )
 
     def _refold(self) -> None:
@@ -799,6 +885,7 @@ class Daemon:
         """Each tunnel's state and reason, logged when they change (charon-wide causes are
         already logged once, so they go to the debug level)."""
         self._refold()
+        self._report_lacks()
         changed, self._unlogged = self._unlogged, {}
         for name, (before, now) in sorted(changed.items()):
             if now is None or (before is not None and before[:2] == now[:2]):
@@ -806,7 +893,7 @@ class Daemon:
             state, reason, cause = now
             if state is State.FAILED:
                 self.failure_counts[(cause or Cause.NEGOTIATION).value] += 1
-            log = vlog.dbg if cause in (Cause.CHARON, Cause.CONFIG) else vlog.info
+            log = vlog.dbg if cause in (Cause.CHARON, Cause.CONFIG, Cause.CAPABILITY) else vlog.info
             log(f"{name}: {state.value}" + (f": {reason}" if reason else ""))
 
     def metrics_snapshot(self) -> MetricsSnapshot:
@@ -863,6 +950,9 @@ class Daemon:
             reconciles=self.health.passes,
             charon_up=self.health.charon_reachable,
             ovsdb_up=self.ovsdb.connected,
+            charon_lacks={
+                name: " or ".join(lack.packages) for name, lack in sorted(self.lacks.items())
+            },
         )
 
     def memory_counts(self) -> dict[str, int]:
@@ -921,6 +1011,14 @@ def _restarted(before: str, now: str) -> bool:
     except ValueError:
         return True  # not the format charon uses: trust any change
     return abs((later - then).total_seconds()) > 1
+
+
+def _key_algorithms(credentials: Credentials) -> frozenset[str]:
+    """The public key algorithms of the key and certificates in use ("RSA", "EC", ...)."""
+    certs = [*credentials.cas, *credentials.remote_certs.values()]
+    if credentials.local is not None:
+        certs.append(credentials.local.cert)
+    return frozenset(cert.key_algorithm for cert in certs)
 
 
 def certificate_expiry(

@@ -230,13 +230,19 @@ def terminate(
     return live
 
 
-def charon_conf(host_dir: str, extra: str = "") -> str:
-    """strongswan.conf for one lab host (test-machine.md section 5), `extra` inside `charon {}`."""
+def charon_conf(host_dir: str, extra: str = "", without: Iterable[str] = ()) -> str:
+    """strongswan.conf for one lab host (test-machine.md section 5), `extra` inside `charon {}`;
+    the plugins named in `without` are left out of the load list (a charon that lacks them)."""
     extra_block = textwrap.indent(textwrap.dedent(extra).strip(), "  ")
+    left_out = set(without)
+    unknown = left_out - set(CHARON_PLUGINS.split())
+    if unknown:
+        raise ValueError(f"not in the lab's plugin list: {', '.join(sorted(unknown))}")
+    plugins = " ".join(p for p in CHARON_PLUGINS.split() if p not in left_out)
     return f"""\
 charon {{
   load_modular = no
-  load = {CHARON_PLUGINS}
+  load = {plugins}
   install_routes = no
   # "peer not responding" after about 6 s instead of minutes.
   retransmit_tries = 2
@@ -398,17 +404,19 @@ class Host:
 
     # -- charon --------------------------------------------------------------------------------
 
-    def start_charon(self) -> None:
-        """Start this host's charon-systemd and wait until its VICI socket answers."""
-        self._spawn_charon()
+    def start_charon(self, without: Iterable[str] = ()) -> None:
+        """Start this host's charon-systemd and wait until its VICI socket answers; the plugins
+        named in `without` are not loaded (a charon that lacks them, as on a machine without
+        the package that ships them)."""
+        self._spawn_charon(without)
         self._await_charon(CHARON_START_TIMEOUT)
 
-    def _spawn_charon(self) -> None:
+    def _spawn_charon(self, without: Iterable[str] = ()) -> None:
         if self._charon is not None and self._charon.alive():
             raise LabError(f"{self.name}: charon is already running")
         os.makedirs(self.dir, exist_ok=True)
         with open(self.conf_path, "w") as f:
-            f.write(charon_conf(self.dir, self.lab.charon_settings))
+            f.write(charon_conf(self.dir, self.lab.charon_settings, without))
         # A socket left by a killed charon would look ready before the new one listens.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.vici_path)

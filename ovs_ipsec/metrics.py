@@ -52,6 +52,8 @@ class MetricsSnapshot:
     reconciles: int = 0
     charon_up: bool = False
     ovsdb_up: bool = False
+    # What charon lacks that a tunnel needs: capability -> the Debian package(s) providing it.
+    charon_lacks: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Collector:
@@ -162,6 +164,15 @@ class _Collector:
             "ovs_ipsec_charon_up", "charon's VICI socket is reachable (1) or not.",
             value=1 if s.charon_up else 0,
         )  # fmt: skip
+        lacks = GaugeMetricFamily(
+            "ovs_ipsec_charon_lacks",
+            "1 for each algorithm or feature the connected charon lacks that a tunnel needed, "
+            "with the Debian package that provides it.",
+            labels=["capability", "package"],
+        )
+        for capability, package in sorted(s.charon_lacks.items()):
+            lacks.add_metric([capability, package], 1)
+        yield lacks
         yield GaugeMetricFamily(
             "ovs_ipsec_ovsdb_up", "The OVSDB connection is up (1) or not.",
             value=1 if s.ovsdb_up else 0,

@@ -25,7 +25,7 @@ per IKE_SA, for the last MAX_ATTEMPTS IKE_SAs.
 This module is over 400 lines because the state fold and the event fold share their types and
 only make sense together; the SA data (sas.py) and the cause tables (causes.py) are apart.
 
-May import: causes, model, naming, plan, protection, sas, stdlib.
+May import: capabilities, causes, model, naming, plan, protection, sas, stdlib.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ovs_ipsec import naming
+from ovs_ipsec.capabilities import Lack, describe_lacks
 from ovs_ipsec.causes import ALERTS, LOG_GROUPS, LOG_PATTERNS, Cause, LogPattern, Scope
 from ovs_ipsec.plan import ConnSpec, Desired
 from ovs_ipsec.protection import PolicySpec
@@ -433,6 +434,9 @@ class View:
     charon_error: str | None = None  # None while charon is reachable
     sas: Mapping[str, tuple[IkeSa, ...]] = field(default_factory=dict)
     outcomes: Mapping[str, ConnOutcome] = field(default_factory=dict)
+    # What charon lacks that a connection needs (capabilities.Preflight); None until charon
+    # said what it can do.
+    lacking: Callable[[ConnSpec], tuple[Lack, ...]] | None = None
 
 
 def fold(view: View) -> dict[str, TunnelStatus]:
@@ -549,6 +553,9 @@ def _tunnel(view: View, conn: ConnSpec, name: str) -> TunnelStatus:
         return status(State.FAILED, view.refusals[conn.name], Cause.CHARON)
     if view.charon_error is not None:
         return status(State.FAILED, f"charon unreachable: {view.charon_error}", Cause.CHARON)
+    lacking = view.lacking(conn) if view.lacking is not None else ()
+    if lacking:  # held back from charon (Daemon._hold_back): its blocks keep plaintext out
+        return status(State.FAILED, describe_lacks(lacking), Cause.CAPABILITY)
     if conn.name not in view.loaded:
         return status(State.FAILED, "not loaded into charon yet", Cause.CHARON)
 

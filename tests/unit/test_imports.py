@@ -25,6 +25,7 @@ CORE = [
     "status",
     "sas",
     "causes",
+    "capabilities",
     "render",
     "protection",
     "pki",
