@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ovs_ipsec import pki
@@ -61,9 +61,7 @@ _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})")
 # others exist for tests ("dsa" is a type charon cannot authenticate with).
 KEY_TYPES = ("ec", "rsa", "ed25519", "dsa")
 
-PrivateKey = (
-    rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | dsa.DSAPrivateKey
-)
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 class CertAndKey(NamedTuple):
@@ -94,7 +92,7 @@ def _new_key(key_type: str, bits: int) -> PrivateKey:
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     if key_type == "dsa":
-        return dsa.generate_private_key(key_size=bits)
+        return pki.quiet_dsa("generate_private_key")(key_size=bits)
     raise ValueError(f"unknown key type {key_type!r}; expected one of {', '.join(KEY_TYPES)}")
 
 
@@ -106,7 +104,7 @@ def _key_pem(key: PrivateKey) -> bytes:
 
 def _load_key(key_pem: bytes) -> PrivateKey:
     key = serialization.load_pem_private_key(key_pem, password=None)
-    if not isinstance(key, PrivateKey):
+    if not isinstance(key, (PrivateKey, pki.quiet_dsa("DSAPrivateKey"))):
         raise ValueError(f"unsupported private key type {type(key).__name__}")
     return key
 
@@ -198,7 +196,7 @@ def _sign_raw(key: PrivateKey, data: bytes) -> bytes:
         return key.sign(data, padding.PKCS1v15(), digest)
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(data, ec.ECDSA(digest))
-    if isinstance(key, dsa.DSAPrivateKey):
+    if isinstance(key, pki.quiet_dsa("DSAPrivateKey")):
         return key.sign(data, digest)
     return key.sign(data)  # EdDSA: no separate digest
 
