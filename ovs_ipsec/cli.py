@@ -151,6 +151,12 @@ def main(argv: list[str] | None = None) -> None:
         path = vici_path(args.vici)
     except ValueError as exc:
         parser.exit(1, f"{PROGRAM_NAME}: {exc}\n")
+    if args.metrics_address and not metrics_library_present():
+        parser.exit(
+            1,
+            f"{PROGRAM_NAME}: --metrics-address needs the prometheus-client library: "
+            "pip install 'ovs-ipsec[metrics]' (Debian: apt install python3-prometheus-client)\n",
+        )
     if args.command_timeout <= 0 or args.reconcile_interval <= 0:
         parser.exit(1, f"{PROGRAM_NAME}: timeouts and intervals must be positive\n")
 
@@ -217,6 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     charon.on_wait = serve_while_waiting
     vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
     run_loop(daemon, control, metrics)
+
+
+def metrics_library_present() -> bool:
+    """prometheus-client is an optional extra (ovs-ipsec[metrics])."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def metrics_handler(daemon: Daemon) -> Handler:

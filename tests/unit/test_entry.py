@@ -45,3 +45,19 @@ def test_launcher_runs_without_the_ssl_module() -> None:
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "--vici" in done.stdout
+
+
+def test_metrics_without_prometheus_client_says_what_to_install() -> None:
+    """prometheus-client is an optional extra: asking for metrics without it exits 1 before
+    anything starts, naming the extra and the Debian package."""
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "sys.argv = ['ovs-monitor-ipsec', '--metrics-address=127.0.0.1:9199', 'unix:/x']\n"
+        "from ovs_ipsec import entry\n"
+        "entry.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert "pip install 'ovs-ipsec[metrics]'" in done.stderr
+    assert "python3-prometheus-client" in done.stderr
