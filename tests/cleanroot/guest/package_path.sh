@@ -255,6 +255,12 @@ check "postinst removed upstream's generated /etc/strongswan.d/ovs.conf" \
 check "postinst kept the operator's own /etc/ipsec.conf" \
   sh -c "[ \"\$(sha256sum /etc/ipsec.conf)\" = '$operator_conf_sum' ]"
 
+unit_link() { [ "$(basename "$(readlink "$1")")" = ovs-monitor-ipsec.service ]; }
+check "the unit is enabled the Debian way (multi-user.target.wants)" \
+  unit_link /etc/systemd/system/multi-user.target.wants/ovs-monitor-ipsec.service
+check "openvswitch-ipsec.service is an alias of ovs-monitor-ipsec.service" \
+  unit_link /etc/systemd/system/openvswitch-ipsec.service
+
 sw_version=$(dpkg-query -W -f='${Version}' charon-systemd)
 ovs_version=$(dpkg-query -W -f='${Version}' openvswitch-switch)
 py_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
