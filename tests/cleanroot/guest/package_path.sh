@@ -211,6 +211,11 @@ find_deb "${1:-}"
 rm -rf "$work"
 mkdir -p "$work"
 # No package may start a service in this root (policy-rc.d is the Debian way to say so).
+# mmdebstrap leaves no package lists behind.
+if ! compgen -G '/var/lib/apt/lists/*_Packages*' > /dev/null; then
+  apt-get -o DPkg::Lock::Timeout=900 update -q > "$work/apt-update.log" 2>&1 ||
+    { cat "$work/apt-update.log"; echo "FAIL apt-get update"; exit 1; }
+fi
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
   chmod 755 /usr/sbin/policy-rc.d
