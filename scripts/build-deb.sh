@@ -6,7 +6,6 @@
 # or beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-top=$PWD
 
 # strongSwan's own Python binding; Debian does not package it. The .deb ships it privately.
 VICI_VERSION=6.0.3

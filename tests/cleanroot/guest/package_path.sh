@@ -181,7 +181,8 @@ cleanup() {
   for h in "${HOSTS[@]}"; do
     [ -n "${HOLDER[$h]:-}" ] || continue
     ns=$(readlink "/proc/${HOLDER[$h]}/ns/net" 2>/dev/null) || continue
-    for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    for pid in /proc/[0-9]*; do
+      pid=${pid#/proc/}
       [ "$pid" = "${HOLDER[$h]}" ] && continue
       [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$ns" ] && kill -9 "$pid" 2>/dev/null
     done
@@ -208,6 +209,10 @@ trap cleanup EXIT
 # ---- 1. the package ----------------------------------------------------------------------------
 
 find_deb "${1:-}"
+if dpkg-query -W -f='${Status}' ovs-ipsec 2>/dev/null | grep -q installed; then
+  echo "package-path: ovs-ipsec is installed already: this needs a fresh root" >&2
+  exit 2
+fi
 rm -rf "$work"
 mkdir -p "$work"
 # No package may start a service in this root (policy-rc.d is the Debian way to say so).
@@ -328,6 +333,7 @@ for h in "${HOSTS[@]}"; do
 done
 if [ $failures -ne 0 ]; then
   dump_logs
+  echo "FAIL package path: $failures check(s) failed before the tunnels"
   exit 1
 fi
 
@@ -348,8 +354,8 @@ for h in "${HOSTS[@]}"; do
   install -m 600 "$pki/host-$h-privkey.pem" "$work/$h/etc-openvswitch/"
   # --no-wait: no ovs-vswitchd here to acknowledge the configuration.
   if in_host "$h" ovs-vsctl --no-wait add-br br0 \
-    -- set Open_vSwitch . other_config:certificate=/etc/openvswitch/host-$h-cert.pem \
-    other_config:private_key=/etc/openvswitch/host-$h-privkey.pem \
+    -- set Open_vSwitch . "other_config:certificate=/etc/openvswitch/host-$h-cert.pem" \
+    "other_config:private_key=/etc/openvswitch/host-$h-privkey.pem" \
     other_config:ca_cert=/etc/openvswitch/cacert.pem \
     -- add-port br0 gre0 -- set interface gre0 type=gre \
     options:local_ip="${ADDR_PSK[$h]}" options:remote_ip="${ADDR_PSK[$p]}" options:psk="$psk" \

@@ -67,6 +67,10 @@ apt_install() { # apt_install LOG ARGS...
 }
 
 find_deb "${1:-}"
+if dpkg-query -W -f='${Status}' ovs-ipsec 2>/dev/null | grep -q installed; then
+  echo "replace-path: ovs-ipsec is installed already: this needs a fresh root" >&2
+  exit 2
+fi
 rm -rf "$work"
 mkdir -p "$work"
 # mmdebstrap leaves no package lists behind.
