@@ -1,7 +1,7 @@
 # The two front-door commands: `make demo` and `make test` (each sets up what is missing first).
 PY := .venv/bin/python
 
-.PHONY: setup test unit lint demo bench clean
+.PHONY: setup test unit lint demo bench clean deb
 
 setup:
 	@bash scripts/setup.sh
@@ -23,7 +23,11 @@ bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache
+	rm -rf .venv build dist *.egg-info .pytest_cache .ruff_cache
+
+# dist/ovs-ipsec_<version>_all.deb (docs/debian-package.md); installs its build dependencies.
+deb:
+	@bash scripts/build-deb.sh
 
 # Full-kernel end-to-end tier (e2e/README.md): boots a Debian kernel under qemu once and runs every
 # scenario with real ESP on the wire. `make test` runs it too (tests/e2e). E2E_SCENARIOS=1,5 picks.
