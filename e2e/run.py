@@ -51,6 +51,11 @@ HOST_MARGIN = 60  # host timeout = guest timeout + this
 # is stuck, whatever the per-scenario budgets (which add up to more) still allow.
 MAX_GUEST_TIMEOUT = 1200
 PANIC_RE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
+# Seen once (04:41 on 2026-12-07, trixie userland, host load ~11 on 2 cores): both vCPUs stuck in
+# kworkers, the guest made no progress until the host timeout. Say so instead of just "timeout".
+LOCKUP_RE = re.compile(
+    r"(watchdog: BUG: soft lockup[^\r\n]*|rcu: INFO: rcu_\w+ self-detected stall[^\r\n]*)"
+)
 ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
 # On another release's userland: the negative control and `basics` (a PSK and a CA-signed tunnel:
 # IKE + ESP with its strongSwan, OVS and Python). The rest of the tier is about the daemon, not
@@ -345,6 +350,12 @@ class Runner:
             print(console[max(0, i - 1500) : i + 1500], file=sys.stderr)
         if timed_out:
             problems.append(f"host timeout: qemu killed after {wall:.0f}s")
+        lockups = LOCKUP_RE.findall(console)
+        if lockups:
+            problems.append(
+                f"guest kernel stalls ({len(lockups)} lockup/RCU stall reports, first: "
+                f"{lockups[0]}): a hung guest kernel, or qemu's vCPU threads starved by host load"
+            )
         if guest_rc is None and not timed_out and not panic:
             problems.append(
                 f"the guest never wrote its exit code (qemu exit {qrc}); see the end of console.log"
