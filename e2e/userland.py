@@ -13,7 +13,9 @@ overrides), outside the checkout:
 
 <key> is a hash of everything that goes into the root (release, mirror, package list, dpkg and
 mmdebstrap options, the vici module's files), so a change to any of them builds a new root and a
-warm run reuses the old one. Older roots of the same release are removed after a new one is built.
+warm run reuses the old one. A run touches its root's .ready; roots of the same release that no
+run has used for a week are removed when a new one is built (another checkout on this machine may
+still boot an older key).
 
 The guest mounts the root's /usr and /etc instead of the host's; our daemon runs under the root's
 python3 with the root's `ovs` library and cryptography. Debian has no `vici` module (not in
@@ -43,6 +45,7 @@ REPO = os.path.dirname(HERE)
 DEFAULT_CACHE = "/var/cache/ovs-ipsec-e2e"
 MIRROR = "http://deb.debian.org/debian"
 FORMAT = 1  # bump when the way the root is made changes
+UNUSED_FOR = 7 * 86400  # seconds after which another key's root is removed
 
 # What the guest runs, and nothing else: the kernel-datapath switch and its Python library,
 # charon-systemd with swanctl and the standard plugins (openssl, gcm, ...), the daemon's Python
@@ -174,6 +177,7 @@ def build(release: str = "trixie", cache: str = DEFAULT_CACHE) -> str:
     root = os.path.join(cache, f"{release}-{key}")
     ready = root + ".ready"
     if os.path.exists(ready):
+        os.utime(ready)  # in use: keeps prune() away from it
         return root
     if os.geteuid() != 0:
         raise UserlandError("building the userland root needs root (mmdebstrap --mode=root)")
@@ -193,14 +197,26 @@ def build(release: str = "trixie", cache: str = DEFAULT_CACHE) -> str:
         with open(ready, "w") as f:
             json.dump({"built": time.strftime("%F %T"), "seconds": time.monotonic() - t}, f)
         log(f"{release} root built in {time.monotonic() - t:.0f}s")
-        for old in glob.glob(os.path.join(cache, f"{release}-*")):
-            if not old.startswith(root):
-                with contextlib.suppress(OSError):
-                    if os.path.isdir(old) and not os.path.islink(old):
-                        shutil.rmtree(old)
-                    else:
-                        os.unlink(old)
+        prune(cache, release, keep=root)
     return root
+
+
+def prune(cache: str, release: str, keep: str) -> None:
+    """Remove the roots of `release` (with their .ready, .log, .tmp) unused for UNUSED_FOR."""
+    now = time.time()
+    for ready in glob.glob(os.path.join(cache, f"{release}-*.ready")):
+        old = ready[: -len(".ready")]
+        if old == keep or now - os.path.getmtime(ready) < UNUSED_FOR:
+            continue
+        log(f"removing {old}: unused for {(now - os.path.getmtime(ready)) / 86400:.0f} days")
+        with contextlib.suppress(OSError):
+            os.unlink(ready)  # first: a half-removed root must never look ready
+        for path in (old, old + ".tmp", old + ".log"):
+            with contextlib.suppress(OSError):
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
 
 
 def versions(root: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,25 @@ def test_install_vici_copies_sources_into_the_roots_python(vici_dir: Path, tmp_p
 def test_unknown_release_is_refused() -> None:
     with pytest.raises(userland.UserlandError, match="unknown release"):
         userland.build("sid", "/nonexistent")
+
+
+def test_prune_removes_only_other_roots_unused_for_a_week(tmp_path: Path) -> None:
+    def root(name: str, age_days: float) -> Path:
+        d = tmp_path / name
+        (d / "usr").mkdir(parents=True)
+        ready = tmp_path / f"{name}.ready"
+        ready.write_text("{}")
+        t = time.time() - age_days * 86400
+        os.utime(ready, (t, t))
+        return d
+
+    stale = root("trixie-aaaaaaaaaaaa", 8)
+    (tmp_path / "trixie-aaaaaaaaaaaa.log").write_text("log")
+    recent = root("trixie-bbbbbbbbbbbb", 1)
+    kept = root("trixie-cccccccccccc", 30)
+    other_release = root("forky-dddddddddddd", 30)
+    userland.prune(str(tmp_path), "trixie", keep=str(kept))
+    assert not stale.exists()
+    assert not (tmp_path / "trixie-aaaaaaaaaaaa.ready").exists()
+    assert not (tmp_path / "trixie-aaaaaaaaaaaa.log").exists()
+    assert recent.exists() and kept.exists() and other_release.exists()
