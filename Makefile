@@ -34,3 +34,9 @@ deb:
 .PHONY: e2e
 e2e: setup
 	$(PY) e2e/run.py
+
+# The full-kernel basics on Debian 13's userland (strongSwan 6.0, OVS 3.5, Python 3.13), from a
+# cached mmdebstrap root (e2e/userland.py); `make test` runs it too.
+.PHONY: e2e-trixie
+e2e-trixie: setup
+	$(PY) e2e/run.py --userland trixie

@@ -2,7 +2,7 @@
 """Full-kernel e2e tier: boot a stock Debian kernel under qemu (TCG) once and run the scenarios of
 e2e/guest/scenarios.py inside it, with the host's userland (/usr, /etc over 9p) and this checkout.
 
-    e2e/run.py [-s 0,1,3] [--keep] [-v] [--run-dir DIR] [--list]
+    e2e/run.py [-s 0,1,3] [--keep] [-v] [--run-dir DIR] [--list] [--userland trixie|DIR]
 
 Prints a results table and exits 0 only if every requested scenario ran and passed. The run
 directory (default .e2e-cache/runs/<time>/) holds console.log (the guest's serial console),
@@ -11,6 +11,11 @@ after a fully passing run unless --keep is given, and kept otherwise.
 
 Guards: per-scenario budgets inside the guest, a guest-wide `timeout` (stage2.sh), a host-side
 timeout that kills qemu, and kernel panic detection (qemu runs with -no-reboot and panic=-1).
+
+With --userland (E2E_USERLAND) the guest runs another Debian release's /usr and /etc instead of the
+host's: `trixie` builds (or reuses) a cached mmdebstrap root (e2e/userland.py), a directory is
+taken as such a root. The daemon then runs under that root's python3 with its `ovs` library and
+cryptography, and only the basic scenarios run unless -s says otherwise.
 
 Stdlib only. Needs root-free qemu-system-x86_64 and what e2e/prepare.py needs.
 """
@@ -37,6 +42,7 @@ sys.path.insert(0, os.path.join(HERE, "guest"))
 
 import prepare  # noqa: E402
 import scenarios as guest_scenarios  # noqa: E402
+import userland  # noqa: E402
 
 QEMU = "qemu-system-x86_64"
 BOOT_ALLOWANCE = 90  # seconds for boot + kernel setup, on top of the scenario budgets
@@ -45,7 +51,17 @@ HOST_MARGIN = 60  # host timeout = guest timeout + this
 # is stuck, whatever the per-scenario budgets (which add up to more) still allow.
 MAX_GUEST_TIMEOUT = 1200
 PANIC_RE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
+# Seen once (04:41 on 2026-12-07, trixie userland, host load ~11 on 2 cores): both vCPUs stuck in
+# kworkers, the guest made no progress until the host timeout. Say so instead of just "timeout".
+LOCKUP_RE = re.compile(
+    r"(watchdog: BUG: soft lockup[^\r\n]*|rcu: INFO: rcu_\w+ self-detected stall[^\r\n]*)"
+)
 ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
+# On another release's userland: the negative control and `basics` (a PSK and a CA-signed tunnel:
+# IKE + ESP with its strongSwan, OVS and Python). The rest of the tier is about the daemon, not
+# the release, and all of it (-s 0,1,2,...) takes about three times as long.
+USERLAND_SCENARIOS = ("0", "8")
+ROOT_PYTHON = "/usr/bin/python3"  # a userland root's interpreter, at its path in the guest
 
 
 def read(path: str) -> str:
@@ -91,15 +107,37 @@ class Runner:
         )
         self.console_path = os.path.join(self.run_dir, "console.log")
         self.marks: dict[str, float] = {}
+        self.root: str | None = None  # the userland root, None for the host's /usr and /etc
+        self.root_seconds = 0.0  # building (cold) or finding (warm) it
+
+    def resolve_userland(self) -> None:
+        """Build or find the root --userland names; None stays the host's userland."""
+        name = self.args.userland
+        if name in ("", "host"):
+            return
+        if name in userland.PACKAGES:
+            t = time.monotonic()
+            self.root = userland.build(name, self.args.userland_cache)
+            self.root_seconds = time.monotonic() - t
+            self.say(f"userland {name}: {self.root} (ready in {self.root_seconds:.1f}s)")
+        else:
+            self.root = os.path.realpath(name)
+        for d in ("usr", "etc"):
+            if not os.path.isdir(os.path.join(self.root, d)):
+                raise userland.UserlandError(f"--userland {name}: no {d}/ in {self.root}")
+        if not os.path.exists(self.root + ROOT_PYTHON):
+            raise userland.UserlandError(f"--userland {name}: no {ROOT_PYTHON} in {self.root}")
 
     def say(self, msg: str) -> None:
         print(f"e2e: {msg}", file=sys.stderr, flush=True)
 
     def select_scenarios(self) -> list:
         wanted = [x for x in self.args.scenarios.split(",") if x]
+        if not wanted and self.args.userland not in ("", "host"):
+            wanted = list(USERLAND_SCENARIOS)
         all_ = guest_scenarios.SCENARIOS
         if not wanted:
-            return list(all_)
+            return [s for s in all_ if s.default]
         chosen = [s for s in all_ if s.id in wanted or s.name in wanted]
         unknown = set(wanted) - {s.id for s in chosen} - {s.name for s in chosen}
         if unknown:
@@ -110,8 +148,16 @@ class Runner:
         return chosen
 
     def qemu_argv(self, guest: dict[str, str], scenarios: list, guest_timeout: int) -> list[str]:
-        python = self.args.python
-        mounts = minimal_cover([REPO, self.args.source, *python_mounts(python)])
+        if self.root is None:
+            python = self.args.python or default_python()
+            usr, etc = "/usr", "/etc"
+            extra = python_mounts(python)
+        else:
+            # The root's interpreter with the root's libraries: nothing of the host's Python.
+            python = self.args.python or ROOT_PYTHON
+            usr, etc = os.path.join(self.root, "usr"), os.path.join(self.root, "etc")
+            extra = []
+        mounts = minimal_cover([REPO, self.args.source, *extra])
         for p in mounts:
             if not os.path.isabs(p) or re.search(r"[\s,:]", p):
                 raise SystemExit(f"e2e: cannot export {p!r} to the guest (spaces, ',' or ':')")
@@ -134,6 +180,7 @@ class Runner:
                 f"e2e.source={self.args.source}",
                 f"e2e.timeout={guest_timeout}",
                 f"e2e.scenarios={','.join(s.id for s in scenarios)}",
+                f"e2e.userland={self.args.userland or 'host'}",
                 f"e2e.mnt={','.join(mnt_spec)}",
                 *self.args.kernel_arg,
             ]
@@ -163,9 +210,9 @@ class Runner:
             "-append",
             cmdline,
             "-virtfs",
-            "local,path=/usr,mount_tag=usr,security_model=none,readonly=on,multidevs=remap",
+            f"local,path={usr},mount_tag=usr,security_model=none,readonly=on,multidevs=remap",
             "-virtfs",
-            "local,path=/etc,mount_tag=etc,security_model=none,readonly=on,multidevs=remap",
+            f"local,path={etc},mount_tag=etc,security_model=none,readonly=on,multidevs=remap",
             "-virtfs",
             f"local,path={guest['modules']},mount_tag=kmods,security_model=none,readonly=on",
             "-virtfs",
@@ -258,6 +305,11 @@ class Runner:
         except prepare.PrepareError as e:
             self.say(f"cannot build the guest: {e}")
             return 3
+        try:
+            self.resolve_userland()
+        except userland.UserlandError as e:
+            self.say(f"cannot make the userland root: {e}")
+            return 3
         t_prep = time.monotonic() - t_start
         os.makedirs(self.run_dir, exist_ok=True)
         guest_timeout = int(
@@ -270,7 +322,7 @@ class Runner:
             json.dump(argv, f, indent=1)
         self.say(
             f"kernel {guest['kver']} ({guest['package']}), prepared in {t_prep:.1f}s; "
-            f"scenarios {','.join(s.id for s in scenarios)}; "
+            f"userland {self.root or 'host'}; scenarios {','.join(s.id for s in scenarios)}; "
             f"timeouts guest {guest_timeout}s host {host_timeout:.0f}s"
         )
         self.say(f"run directory {self.run_dir}")
@@ -298,6 +350,12 @@ class Runner:
             print(console[max(0, i - 1500) : i + 1500], file=sys.stderr)
         if timed_out:
             problems.append(f"host timeout: qemu killed after {wall:.0f}s")
+        lockups = LOCKUP_RE.findall(console)
+        if lockups:
+            problems.append(
+                f"guest kernel stalls ({len(lockups)} lockup/RCU stall reports, first: "
+                f"{lockups[0]}): a hung guest kernel, or qemu's vCPU threads starved by host load"
+            )
         if guest_rc is None and not timed_out and not panic:
             problems.append(
                 f"the guest never wrote its exit code (qemu exit {qrc}); see the end of console.log"
@@ -353,6 +411,12 @@ class Runner:
             out.append("  ".join(str(r[i]).ljust(widths[i]) for i in range(4)) + "  " + detail)
         print("\n".join(out))
         boot = self.marks.get("stage2")
+        if self.root is not None:
+            print(
+                f"\nuserland {self.args.userland}: {os.path.basename(self.root)}, root ready in "
+                f"{self.root_seconds:.1f}s",
+                end="",
+            )
         print(
             f"\nboot to stage 2: {boot:.1f}s" if boot else "\nboot: stage 2 never started", end=""
         )
@@ -381,7 +445,9 @@ class Runner:
             print("e2e: all passed; run directory removed (use --keep to keep it)")
         elif not ok:
             print(f"e2e: FAILED; logs, captures and diagnostics kept in {self.run_dir}")
-        with open(os.path.join(os.path.dirname(self.run_dir), "last-summary.txt"), "w") as f:
+        label = "" if self.root is None else f"-{os.path.basename(self.args.userland)}"
+        summary = os.path.join(os.path.dirname(self.run_dir), f"last-summary{label}.txt")
+        with open(summary, "w") as f:
             f.write("\n".join(out) + "\n")
         return 0 if ok else 1
 
@@ -407,8 +473,19 @@ def main() -> int:
     ap.add_argument("--kernel-package", default=os.environ.get("E2E_KERNEL_PACKAGE"))
     ap.add_argument(
         "--python",
-        default=default_python(),
-        help="interpreter for our daemon and the guest runner (default: the venv's)",
+        default=os.environ.get("E2E_PYTHON"),
+        help="interpreter for our daemon and the guest runner (default: the venv's, or with "
+        f"--userland the root's {ROOT_PYTHON})",
+    )
+    ap.add_argument(
+        "--userland",
+        default=os.environ.get("E2E_USERLAND", "host"),
+        help="host (default), a release e2e/userland.py builds (trixie), or a root directory",
+    )
+    ap.add_argument(
+        "--userland-cache",
+        default=os.environ.get("E2E_USERLAND_CACHE", userland.DEFAULT_CACHE),
+        help="where e2e/userland.py keeps its roots",
     )
     ap.add_argument(
         "--source",
@@ -433,7 +510,8 @@ def main() -> int:
         ap.error(f"--source {args.source}: no bin/ovs-monitor-ipsec there")
     if args.list:
         for s in guest_scenarios.SCENARIOS:
-            print(f"{s.id:>2}  {s.name:<10} budget {s.budget:>4.0f}s  {s.title}")
+            extra = "" if s.default else " (only when named, or with --userland)"
+            print(f"{s.id:>2}  {s.name:<10} budget {s.budget:>4.0f}s  {s.title}{extra}")
         return 0
     runner = Runner(args)
     try:

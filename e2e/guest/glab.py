@@ -10,6 +10,7 @@ directory (/share) when the scenario ends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import re
@@ -36,6 +37,13 @@ UNDERLAY6 = "fd01::{}"
 CHARON_PLUGINS = (
     "random nonce aes sha1 sha2 hmac kdf gcm gmp curve25519 pem pkcs1 pkcs8 x509 pubkey "
     "revocation constraints openssl kernel-netlink socket-default vici"
+)
+# strongSwan 6.0 (Debian 13) ships no aes, sha1, sha2, hmac, kdf, gmp or curve25519 plugin: the
+# openssl plugin provides ciphers, hashes, PRFs, the IKEv2 KDF and the DH groups (x25519, MODP),
+# aesni the AES-NI ciphers. Naming the absent ones would only log "failed to load" for each.
+CHARON_PLUGINS_6 = (
+    "random nonce drbg aesni openssl gcm pem pkcs1 pkcs8 x509 pubkey revocation constraints "
+    "kernel-netlink socket-default vici"
 )
 # The stroke/starter flavour (upstream's monitor) loads modularly; only these plugins.
 STROKE_PLUGINS = (
@@ -107,6 +115,21 @@ def wait_for(
         if time.monotonic() > deadline:
             raise Fail(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+@functools.cache
+def strongswan_version() -> tuple[int, int]:
+    """(major, minor) of the guest's strongSwan, from `swanctl --version` (its first line is
+    "strongSwan 6.0.1 swanctl" even though it then fails to reach a daemon)."""
+    p = run(["swanctl", "--version"], check=False)
+    m = re.search(r"strongSwan (\d+)\.(\d+)", p.stdout + p.stderr)
+    if not m:
+        raise Fail(f"cannot tell the strongSwan version from swanctl --version: {p.stdout[:200]}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def charon_plugins() -> str:
+    return CHARON_PLUGINS_6 if strongswan_version() >= (6, 0) else CHARON_PLUGINS
 
 
 def uptime() -> float:
@@ -381,7 +404,7 @@ class Node:
         if flavour == "vici":
             text = (
                 "charon {\n  load_modular = no\n"
-                f"  load = {CHARON_PLUGINS}\n{common}{logcfg}}}\n"
+                f"  load = {charon_plugins()}\n{common}{logcfg}}}\n"
                 "charon-systemd {\n  journal {\n    default = -1\n  }\n}\n"
             )
         else:  # stroke: the starter's charon, upstream's ovs.conf is included after this
