@@ -25,6 +25,7 @@ CORE = [
     "status",
     "sas",
     "causes",
+    "failures",
     "render",
     "protection",
     "pki",
