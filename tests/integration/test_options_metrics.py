@@ -202,6 +202,11 @@ def test_metrics_follow_ike_success_failure_and_blocked_plaintext(
     got = scrape(a)
     assert got[("ovs_ipsec_xfrm_errors_total", (("counter", "XfrmOutPolBlock"),))] > blocked
     wait_for(lambda: scrape(a)[("ovs_ipsec_charon_up", ())] == 0, 10, what="charon down")
+    # The failed negotiation counted once, under its cause: not also as "negotiation", the cause
+    # it has until charon's log line saying why arrives (which may be a turn of the loop later).
+    got = scrape(a)
+    assert got[("ovs_ipsec_tunnel_failures_total", (("reason", "authentication"),))] == 1
+    assert ("ovs_ipsec_tunnel_failures_total", (("reason", "negotiation"),)) not in got
     code = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics').read().decode())"  # noqa: E501
     text = a.run([sys.executable, "-c", code]).stdout
     assert "metrics-secret" not in text
