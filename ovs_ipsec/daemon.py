@@ -39,6 +39,7 @@ from ovs_ipsec.charon import (
 from ovs_ipsec.credentials import Credentials
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
+from ovs_ipsec.failures import FailureCounts
 from ovs_ipsec.files import read_files
 from ovs_ipsec.ike_settings import NO_SETTINGS
 from ovs_ipsec.model import AuthMode, Config
@@ -69,7 +70,6 @@ from ovs_ipsec.reconcile import (
 from ovs_ipsec.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
 from ovs_ipsec.status import (
     Protection,
-    State,
     StateKey,
     StatusBook,
     Tracker,
@@ -198,7 +198,7 @@ class Daemon:
         self._stale: set[str] | None = None
         self._unlogged: dict[str, tuple[StateKey | None, StateKey | None]] = {}
         self._checks = 0
-        self.failure_counts: Counter[str] = Counter()  # tunnels entering "failed", by cause
+        self.failures = FailureCounts()
         # What the connected charon can do, judging each connection's needs (None: not asked
         # yet); the capabilities it lacks, logged once per charon, and the credentials whose
         # key algorithms it judges.
@@ -259,6 +259,7 @@ class Daemon:
         self._run_sas()
         if self._stale is None or self._stale:
             self._log_state_changes()
+        self.failures.settle(self.clock())
         if self._sas_at != listed_at:
             heap.trim()  # a listing of every SA, decoded and dropped
 
@@ -277,6 +278,9 @@ class Daemon:
             deadline = min(deadline, sas_due)
         if self._lingering:
             deadline = min(deadline, min(self._lingering.values()))
+        failure_due = self.failures.deadline()
+        if failure_due is not None and self.ovsdb.ready:  # run() settles them only then
+            deadline = min(deadline, failure_due)
         poller.timer_wait(max(0, int((deadline - now) * 1000)))
 
     def _read_everything(self, *, reread_files: bool) -> Delta:
@@ -887,12 +891,14 @@ class Daemon:
         self._refold()
         self._report_lacks()
         changed, self._unlogged = self._unlogged, {}
+        now_at = self.clock()
         for name, (before, now) in sorted(changed.items()):
-            if now is None or (before is not None and before[:2] == now[:2]):
-                continue  # gone, or back to what was last logged
+            if now is not None and before is not None and before[:2] == now[:2]:
+                continue  # back to what was last logged
+            self.failures.change(name, before, now, now_at)
+            if now is None:
+                continue  # gone
             state, reason, cause = now
-            if state is State.FAILED:
-                self.failure_counts[(cause or Cause.NEGOTIATION).value] += 1
             log = vlog.dbg if cause in (Cause.CHARON, Cause.CONFIG, Cause.CAPABILITY) else vlog.info
             log(f"{name}: {state.value}" + (f": {reason}" if reason else ""))
 
@@ -940,7 +946,7 @@ class Daemon:
             xfrm_stat = {}
         return MetricsSnapshot(
             tunnels=tuple(tunnels),
-            failures=dict(self.failure_counts),
+            failures=dict(self.failures.counts()),
             protection_policies=dict(Counter(spec.purpose or "other" for spec in installed)),
             xfrm_stat=xfrm_stat,
             certificate_expiry=certificate_expiry(

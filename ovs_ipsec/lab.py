@@ -584,6 +584,22 @@ class Host:
     def daemon_log(self) -> str:
         return _read(self.daemon_log_path)
 
+    def await_psk_change(self, peer_ip: str, since: int, timeout: float = 10.0) -> None:
+        """Until our daemon has finished the pass that took a changed PSK for `peer_ip`, as its
+        log tells after offset `since` (`len(daemon_log())` before the change).
+
+        That pass loads the new secret and then closes the IKE_SAs made with the old one. The
+        close is its last request to charon, and it takes every IKE_SA of the connection that
+        exists at that moment, including one a test started a moment earlier (which then ends
+        without any failure). So a test that negotiates after a PSK change waits for this on
+        both hosts; the new secret's "loaded" line is not enough."""
+        line = f"closed IKE_SAs of ovs-{peer_ip} so that new credentials take effect"
+        wait_for(
+            lambda: line in self.daemon_log()[since:],
+            timeout,
+            what=f"{self.name}: the PSK change for {peer_ip} applied",
+        )
+
     def _check_stopped(self, survivors: list[LabProcess]) -> None:
         if survivors:
             raise LabError(f"{self.name}: still running after SIGKILL: {survivors}")

@@ -141,6 +141,8 @@ def test_states_follow_real_ike_outcomes_and_charon_restarts(
     add_tunnel(a, "t3", "gre", "not-an-address", psk="swordfish")
     for name in ("t0", "t1", "t2"):
         wait_state(a, name, "configured", "trap policies in place")
+    for name in ("t0", "t1"):  # the responder too: a probe before its load fails otherwise
+        wait_state(b, name, "configured", "trap policies in place")
     assert status(a)["t3"]["state"] == "invalid" and "remote_ip" in status(a)["t3"]["reason"]
 
     a.send_probe(b.ipv4, "gre")
@@ -225,6 +227,7 @@ def test_no_secret_in_any_output_log_or_file(make_lab: Callable[..., Lab]) -> No
     add_tunnel(b, "p0", "gre", a.ipv4, psk=psk)
     add_tunnel(a, "c0", "geneve", "10.77.0.98", remote_cert=f"{a.dir}/peer.pem")
     wait_state(a, "p0", "configured")
+    wait_state(b, "p0", "configured")  # the responder too
     wait_state(a, "c0", "configured")
     a.send_probe(b.ipv4, "gre")
     wait_state(a, "p0", "ike-up")

@@ -187,13 +187,19 @@ def test_rotation_keeps_sas_and_new_negotiations_use_new_credentials(
     for host in (a, b):
         write(paths[host.name]["ca_cert"], ca.cert_pem + new_ca.cert_pem)
     h2_new = pki_tool.make_host_cert("h2", new_ca)
+    log_b = len(b.daemon_log())
     write(paths["h2"]["private_key"], h2_new.key_pem, 0o600)
     write(paths["h2"]["certificate"], h2_new.cert_pem)
-    wait_for(
-        lambda: b.daemon_log().count("loaded the private key") >= 2,
-        10,
-        what="h2's daemon picked up its new key",
-    )
+
+    def new_credentials_in_use() -> bool:
+        # The new key is loaded only with the certificate it matches, and the connection that
+        # carries that certificate is reloaded after it: until then h2 would negotiate with its
+        # old certificate.
+        log = b.daemon_log()[log_b:]
+        key = log.find("loaded the private key")
+        return key >= 0 and f"loaded connection ovs-{a.ipv4}" in log[key:]
+
+    wait_for(new_credentials_in_use, 10, what="h2's daemon took its new key and certificate")
     wait_for(
         lambda: a.daemon_log().count("loaded connection") >= 3,
         10,

@@ -184,8 +184,13 @@ def test_psk_change_on_both_sides_reestablishes_with_the_new_key(pair: Lab) -> N
     wait_for(lambda: established(a, conn_a), 10, what="IKE_SA with the old key")
     old_id = established(a, conn_a)[0]["uniqueid"]
 
+    logs = {host.name: len(host.daemon_log()) for host in (a, b)}
     a.vsctl("set", "interface", "t0", "options:psk=new-key")
     b.vsctl("set", "interface", "t0", "options:psk=new-key")
+    # Either side's close ends the old SA; negotiating before both daemons are done would race a
+    # daemon still holding the old key, or one whose close is yet to come.
+    a.await_psk_change(b.ipv4, since=logs[a.name])
+    b.await_psk_change(a.ipv4, since=logs[b.name])
     wait_for(
         lambda: all(sa["uniqueid"] != old_id for sa in established(a, conn_a)),
         10,
@@ -197,7 +202,9 @@ def test_psk_change_on_both_sides_reestablishes_with_the_new_key(pair: Lab) -> N
 
     # Only one side changes now: the next negotiation must fail authentication.
     failures_before = a.charon_log().count("AUTHENTICATION_FAILED")
+    log_a = len(a.daemon_log())
     a.vsctl("set", "interface", "t0", "options:psk=third-key")
+    a.await_psk_change(b.ipv4, since=log_a)
     wait_for(lambda: not established(a, conn_a), 10, what="SA closed after the second change")
     initiate(a, conn_a, "ovs-t0")
     wait_for(

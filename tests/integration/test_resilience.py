@@ -138,6 +138,7 @@ def test_daemon_restarts_leave_sas_alone_apply_offline_changes_and_spare_foreign
         # SIGTERM; while the daemon is down: one tunnel added, one removed, one PSK changed (on
         # both sides), and leftovers in our naming scheme loaded behind its back.
         a.stop_daemon()
+        log_c = len(c.daemon_log())
         add_tunnel(a, "new", "geneve", "10.77.0.99", psk="fresh")
         a.vsctl("del-port", "br0", "gone")
         a.vsctl("set", "interface", "tc", "options:psk=cee-new")
@@ -155,10 +156,10 @@ def test_daemon_restarts_leave_sas_alone_apply_offline_changes_and_spare_foreign
         assert not traps(a, "10.77.0.98") and not traps(a, "10.77.0.97")
         assert_sa_untouched("after SIGTERM and start")
         assert_foreigners_intact(a, foreign_traps)
-        # The PSK changed offline is the one a's charon now authenticates c with (once c's own
-        # daemon, which was running, has loaded c's side of the change).
-        wait_for(lambda: c.daemon_log().count(f"loaded shared secret ovs-psk-{a.ipv4}") >= 2,
-                 5, what="c's daemon loaded the new PSK")  # fmt: skip
+        # The PSK changed offline is the one a's charon now authenticates c with, once c's own
+        # daemon, which was running, is done with c's side of the change: its pass ends by
+        # closing c's IKE_SAs with a, which would take a negotiation started before.
+        c.await_psk_change(a.ipv4, since=log_c, timeout=5)
         initiate(a, conn_c, "ovs-tc")
         assert established(a, conn_c), "IKE_SA a-c with the PSK changed while the daemon was down"
 

@@ -26,6 +26,7 @@ CORE = [
     "sas",
     "causes",
     "capabilities",
+    "failures",
     "render",
     "protection",
     "pki",
