@@ -19,7 +19,10 @@ service must not start), and an apt setting that keeps downloaded packages for `
 already does (so the archive cache fills either way).
 
 The host network namespace is shared (apt and pip need the mirror and PyPI); the script makes its
-own network namespaces for anything it runs.
+own network namespaces for anything it runs. Where the host reaches HTTPS through an intercepting
+proxy, it names its CA bundle in the usual variables (PIP_CERT, REQUESTS_CA_BUNDLE, SSL_CERT_FILE);
+that bundle is copied into the copy and the same variables point at it, so pip inside trusts what
+the host trusts. On a host without them nothing is passed.
 """
 
 from __future__ import annotations
@@ -77,6 +80,26 @@ rc=$?
 echo "cleanroot: script exited $rc"
 exit $rc
 """
+
+
+# The variables that name a CA bundle; when the host sets one, all of them are set inside.
+CA_VARIABLES = (
+    "PIP_CERT",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+)
+CA_INSIDE = "/etc/ssl/cleanroot-host-ca.crt"
+
+
+def host_ca_bundle(environ: Mapping[str, str]) -> str | None:
+    """The CA bundle the host's environment names (an egress proxy's trust), if any."""
+    for var in CA_VARIABLES:
+        path = environ.get(var)
+        if path and os.path.isfile(path):
+            return path
+    return None
 
 
 class SandboxError(Exception):
@@ -164,7 +187,12 @@ class Sandbox:
         inputs = os.path.join(work, "in")
         os.makedirs(os.path.join(work, "t"))
         os.makedirs(inputs)
-        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.env.items())
+        env = dict(self.env)
+        ca = host_ca_bundle(os.environ)
+        if ca is not None:
+            files = {**files, ca: CA_INSIDE}
+            env.update({var: CA_INSIDE for var in CA_VARIABLES})
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
         _write(os.path.join(inputs, "script.sh"), exports + script)
         _write(os.path.join(inputs, "policy-rc.d"), POLICY_RC_D)
         _write(os.path.join(inputs, "apt-keep-debs"), APT_KEEP_DEBS)
@@ -253,7 +281,7 @@ def _binds_script(binds: Sequence[Bind], files: Mapping[str, str]) -> str:
             raise SandboxError(f"file target must be absolute: {target}")
         quoted = '"$R"' + shlex.quote(target)
         lines.append(f'mkdir -p "$(dirname {quoted})"')
-        lines.append(f"cp -a {shlex.quote(source)} {quoted}")
+        lines.append(f"cp -RL {shlex.quote(source)} {quoted}")
     return "\n".join(lines) + "\n"
 
 
