@@ -12,6 +12,7 @@ DEB_PACKAGES=(
   iproute2 tcpdump nftables iputils-ping openssl procps
   python3-venv python3-pip systemd
   qemu-system-x86 busybox-static cpio kmod strongswan-starter python3-openvswitch
+  mmdebstrap
 )
 
 missing=()

@@ -111,5 +111,10 @@ def python_warnings(log: str) -> list[str]:
     return found
 
 
+def check_lines(log: str) -> list[str]:
+    """The scenario's own verdicts (`PASS ...`/`FAIL ...` lines), to show beside the timings."""
+    return [line for line in log.splitlines() if line.startswith(("PASS ", "FAIL "))]
+
+
 def format_steps(steps: list[Step]) -> str:
     return "\n".join(f"  {s.seconds:7.1f} s  {s.label}" for s in steps)

@@ -12,7 +12,8 @@ namespace goes with them: overlay, tmpfs, binds and any network namespace the sc
 Inside: /proc of the new PID namespace, /sys and /dev bound from the host, tmpfs /run and /tmp,
 the host's resolv.conf, and two download caches kept outside the checkout and bound in, so warm
 runs fetch nothing again: apt's archive (`/var/cache/apt/archives`, per release) and pip's cache
-(`/root/.cache/pip`). They cache downloads, never installed state. Two files are added to the
+(`/root/.cache/pip`). They cache downloads, never installed state; after each run `apt-get
+autoclean` drops from apt's cache what the mirror no longer serves. Two files are added to the
 copy, as Debian's own chroot builders do: a policy-rc.d that keeps packages from starting
 services (the chroot shares the host's network namespace, where an openvswitch or strongswan
 service must not start), and an apt setting that keeps downloaded packages for `apt` as `apt-get`
@@ -78,6 +79,8 @@ chroot "$R" /usr/bin/env -i HOME=/root PATH="$ROOT_PATH" LANG=C.UTF-8 TERM=dumb 
     /bin/bash /cleanroot/script.sh
 rc=$?
 echo "cleanroot: script exited $rc"
+# The archive cache keeps only what the mirror still serves (superseded versions go).
+chroot "$R" apt-get -q autoclean >/dev/null 2>&1 || true
 exit $rc
 """
 

@@ -123,9 +123,16 @@ def deb_package(tier_ready: None, cleanroot_report: list[str]) -> Iterator[str]:
     yield debs[-1]
 
 
+LOG_KEEP_DAYS = 14
+
+
 def _log_path(release: str, path: str) -> str:
+    """A new log file; failed runs' logs older than LOG_KEEP_DAYS are removed."""
     logs = os.path.join(roots.cache_dir(), "logs")
     os.makedirs(logs, exist_ok=True)
+    for old in glob.glob(os.path.join(logs, "*.log")):
+        if time.time() - os.path.getmtime(old) > LOG_KEEP_DAYS * 86400:
+            os.unlink(old)
     return os.path.join(logs, f"{release}-{path}-{time.strftime('%Y%m%dT%H%M%S')}.log")
 
 
@@ -137,7 +144,9 @@ def _judge(result: sandbox.RunResult, what: str) -> str:
         how = "timed out" if result.timed_out else f"exited {result.returncode}"
         pytest.fail(
             f"{what} {how} after {result.seconds:.0f} s; log kept: {result.log_path}\n"
-            f"steps:\n{steps}\n--- last lines ---\n{result.tail(80)}",
+            f"steps:\n{steps}\n"
+            + "".join(f"{c}\n" for c in paths.check_lines(log))
+            + f"--- last lines ---\n{result.tail(80)}",
             pytrace=False,
         )
     return steps
@@ -147,9 +156,14 @@ def _head_bundle(dest: str) -> str:
     """A git bundle of HEAD: what a fresh clone of this checkout holds (uncommitted changes are
     not in it; CI tests a fresh clone anyway)."""
     bundle = os.path.join(dest, "ovs-ipsec.bundle")
-    subprocess.run(
-        ["git", "-C", REPO, "bundle", "create", "-q", bundle, "HEAD"], check=True, timeout=60
+    proc = subprocess.run(
+        ["git", "-C", REPO, "bundle", "create", "-q", bundle, "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    if proc.returncode != 0:
+        pytest.fail(f"the README path clones this checkout's HEAD: {proc.stderr}", pytrace=False)
     return bundle
 
 
@@ -203,11 +217,13 @@ def test_clean_root(
         result = box.run(script, log_path=log_path, timeout=_timeout(), files=files)
         what = f"package path on {release} ({os.path.basename(deb)})"
     steps = _judge(result, what)
-    warnings = paths.python_warnings(result.log_text())
+    log = result.log_text()
+    warnings = paths.python_warnings(log)
     line = f"{what}: passed in {result.seconds:.0f} s"
+    checks = "".join(f"\n  {c}" for c in paths.check_lines(log))
     cleanroot_report.append(f"{line}\n{steps}")
     with capsys.disabled():
-        print(f"\n--- clean root: {line} ---\n{steps}", flush=True)
+        print(f"\n--- clean root: {line} ---\n{steps}{checks}", flush=True)
     assert not warnings, (
         f"{what}: Python warnings or tracebacks in the output (log kept: {result.log_path}):\n"
         + "\n".join(warnings)
