@@ -79,8 +79,11 @@ chroot "$R" /usr/bin/env -i HOME=/root PATH="$ROOT_PATH" LANG=C.UTF-8 TERM=dumb 
     /bin/bash /cleanroot/script.sh
 rc=$?
 echo "cleanroot: script exited $rc"
-# The archive cache keeps only what the mirror still serves (superseded versions go).
-chroot "$R" apt-get -q autoclean >/dev/null 2>&1 || true
+# The archive cache keeps only what the mirror still serves (superseded versions go); judged
+# only by a copy that has package lists, since with none every package looks unavailable.
+if ls "$R"/var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
+    chroot "$R" apt-get -q autoclean >/dev/null 2>&1 || true
+fi
 exit $rc
 """
 

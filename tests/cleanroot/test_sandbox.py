@@ -72,6 +72,23 @@ exit 7
     assert not os.path.exists(os.path.join(box.lower, "etc", TAG)), "a write reached the root"
 
 
+def test_the_download_caches_survive_a_run_without_package_lists(
+    box: sandbox.Sandbox, tmp_path: Path
+) -> None:
+    kept = Path(box.apt_cache()) / f"{TAG}_1.0_all.deb"
+    kept.write_bytes(b"not really a package")
+    try:
+        result = box.run(
+            f"ls /var/cache/apt/archives/{TAG}_1.0_all.deb",
+            log_path=str(tmp_path / "log"),
+            timeout=120,
+        )
+        assert result.ok, result.log_text()
+        assert kept.exists(), "apt's archive cache was cleaned by a copy that had no lists"
+    finally:
+        kept.unlink(missing_ok=True)
+
+
 def test_a_timeout_kills_everything_and_unmounts(box: sandbox.Sandbox, tmp_path: Path) -> None:
     # A daemon in its own session, a background child and a mount, then a hang.
     script = f"""
