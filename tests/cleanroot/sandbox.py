@@ -52,6 +52,11 @@ APT_KEEP_DEBS = 'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
 # that this stage, not the script, is the namespace's init that takes everything down with it.
 STAGE = r"""
 set -eu
+# The stage's PID as the host sees it (NSpid's first field; /proc is still the host's here), so
+# that a timeout can kill this init and wait for its namespace to be emptied.
+while read -r key host_pid _; do
+    if [ "$key" = NSpid: ]; then echo "$host_pid" > "$W/stage.pid"; break; fi
+done < /proc/self/status
 mount -t tmpfs -o mode=0755,size="$TMPFS_SIZE" cleanroot "$W/t"
 mkdir "$W/t/upper" "$W/t/work" "$W/t/root"
 mount -t overlay cleanroot "$W/t/root" \
@@ -240,12 +245,10 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 returncode, timed_out = None, True
             except BaseException:
-                _kill(proc)
+                _stop(proc, os.path.join(work, "stage.pid"))
                 raise
             finally:
-                # Nothing of the run may outlive it: unshare's death kills the namespace's init
-                # (--kill-child), and with it every process inside.
-                _kill(proc)
+                _stop(proc, os.path.join(work, "stage.pid"))
             seconds = time.monotonic() - start
             if timed_out:
                 log.write(f"\ncleanroot: timed out after {timeout:.0f} s; everything killed\n")
@@ -302,11 +305,39 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], stage_pid_file: str) -> None:
+    """Ends a run that is still going, and returns only once nothing of it is left.
+
+    Killing the stage (the PID namespace's init) makes the kernel kill every process in the
+    namespace and wait for them before the stage itself is reaped; unshare, which waits for the
+    stage, then exits. Killing unshare first would also end the stage (--kill-child), but
+    asynchronously: this call could return while the namespace is still being emptied.
+    """
+    if proc.poll() is not None:
+        return
+    stage = _stage_pid(stage_pid_file)
+    if stage is not None:
+        with suppress(ProcessLookupError):
+            os.kill(stage, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
     if proc.poll() is None:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+        proc.wait()
+
+
+def _stage_pid(path: str) -> int | None:
+    """The stage's host PID, if it wrote it and that PID is still an init of a child namespace
+    (never a PID reused by some other process)."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+    except (OSError, ValueError):
+        return None
+    return pid if len(nspid) == 2 and nspid[1] == "1" else None
 
 
 def _remove_workdir(work: str) -> None:
