@@ -69,6 +69,8 @@ def step_script(steps: list[str], *, workdir: str = "/root") -> str:
     lines = [
         "set -eo pipefail",
         f'mark() {{ echo "{MARK} $(date +%s.%N) $*"; }}',
+        # The last mark, whatever ends the script: a failed step gets its duration too.
+        "trap 'mark \"exit $?\"' EXIT",
         f"cd {shlex.quote(workdir)}",
     ]
     for step in steps:
@@ -88,14 +90,15 @@ def package_script(scenario: str) -> str:
 
 
 def step_durations(log: str) -> list[Step]:
-    """Each marked step and how long it ran, from the mark lines; a step cut short (no next mark)
-    is left out."""
+    """Each marked step and how long it ran (until the next mark; the last step until the
+    script's exit mark), from the mark lines."""
     marks = []
     for line in log.splitlines():
         if line.startswith(MARK + " "):
             _, stamp, label = line.split(" ", 2)
             marks.append((float(stamp), label))
-    return [Step(label, t1 - t0) for (t0, label), (t1, _) in zip(marks, marks[1:], strict=False)]
+    pairs = zip(marks, marks[1:], strict=False)
+    return [Step(label, t1 - t0) for (t0, label), (t1, _) in pairs if label != END]
 
 
 def finished(log: str) -> bool:

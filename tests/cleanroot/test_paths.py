@@ -63,7 +63,8 @@ def test_step_script_marks_each_step_and_stops_at_the_first_failure() -> None:
     assert proc.returncode == 1
     assert "one" in proc.stdout and "never" not in proc.stdout
     labels = [s.label for s in paths.step_durations(proc.stdout)]
-    assert labels == ["cd /", "echo one"]  # `false` has no next mark: cut short
+    assert labels == ["cd /", "echo one", "false"]  # the failed step timed up to the exit mark
+    assert proc.stdout.splitlines()[-1].endswith(" exit 1")
     assert not paths.finished(proc.stdout)
     ok = subprocess.run(
         ["bash", "-c", paths.step_script(["cd /tmp", "pwd"])],
@@ -72,6 +73,7 @@ def test_step_script_marks_each_step_and_stops_at_the_first_failure() -> None:
         timeout=30,
     )
     assert ok.returncode == 0 and "\n/tmp\n" in ok.stdout and paths.finished(ok.stdout)
+    assert [s.label for s in paths.step_durations(ok.stdout)] == ["cd /tmp", "pwd"]
 
 
 def test_python_warnings_and_tracebacks_are_found() -> None:
