@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -105,3 +108,11 @@ def test_root_key_changes_with_its_inputs() -> None:
     assert base.name == f"bookworm-{base.key}"
     argv = roots.mmdebstrap_argv(base, "/t")
     assert argv[-2:] == ["bookworm", "/t"] and "--variant=minbase" in argv
+
+
+def test_a_missing_mmdebstrap_is_an_error_naming_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(roots.RootError, match="install mmdebstrap"):
+        roots.mmdebstrap_version()
