@@ -286,22 +286,23 @@ LOG_PATTERNS: tuple[LogPattern, ...] = (
     # -- strongSwan 6.0: a CHILD_SA refused in IKE_AUTH takes the IKE_SA along --------------
     LogPattern(  # message.c generate (ENC), 6.0 child_create.c key_exchange_done_and_install_r:
         # the responder's IKE_AUTH answer is the CHILD_SA's error alone, without IDr and AUTH
-        _p(r"^generating IKE_AUTH response \d+ \[ N\((?P<notify>NO_PROP)\) \]$"),
+        _p(r"^generating IKE_AUTH response \d+ \[ N\(NO_PROP\) \]$"),
         Scope.LOST,
         Cause.KERNEL,
         5,
         "the kernel refused the CHILD_SA{netlink}; strongSwan 6 then answers IKE_AUTH with "
-        "{notify} alone (no identity), so peer {remote_host}, which we had authenticated, "
-        "dropped the IKE_SA",
+        "NO_PROPOSAL_CHOSEN alone (no identity), so peer {remote_host}, which we had "
+        "authenticated, dropped the IKE_SA",
     ),
     LogPattern(  # message.c parse (ENC): the peer's IKE_AUTH answer is an error alone
-        _p(r"^parsed IKE_AUTH response \d+ \[ N\((?P<notify>NO_PROP)\) \]$"),
+        _p(r"^parsed IKE_AUTH response \d+ \[ N\(NO_PROP\) \]$"),
         Scope.IKE,
         Cause.NEGOTIATION,
         4,
-        "peer {remote_host} answered IKE_AUTH with {notify} alone, without its identity: it "
-        "refused the CHILD_SA after authenticating us (a strongSwan 6 peer does so when its "
-        "kernel cannot install the SA, e.g. no ESP/AEAD support); the IKE_SA was dropped",
+        "peer {remote_host} answered IKE_AUTH with NO_PROPOSAL_CHOSEN alone, without its "
+        "identity: it refused the CHILD_SA after authenticating us (a strongSwan 6 peer does so "
+        "when its kernel cannot install the SA, e.g. no ESP/AEAD support); the IKE_SA was "
+        "dropped",
     ),
     LogPattern(  # ike_auth.c process_i: the peer's IKE_AUTH answer had no IDr
         _p(r"^IDr payload missing$"),

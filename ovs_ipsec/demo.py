@@ -131,7 +131,7 @@ def table(host: Host) -> list[str]:
                 config.get("remote_ip") or "?",
                 info["state"],
                 conn,
-                ike.get(conn, "none yet"),
+                ike.get(conn, "none"),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -188,7 +188,7 @@ def explain_6(lab: Lab, release: str) -> None:
     say("IKE SA (its log says so), then this machine's kernel (no ESP, no AEAD) refused the")
     say("CHILD_SA. strongSwan 6 then answers IKE_AUTH with NO_PROPOSAL_CHOSEN alone, without its")
     say("identity, so the initiator cannot authenticate the responder and drops the IKE SA, and")
-    say("the responder deletes its own: no IKE SA remains ('none yet'), and both daemons report")
+    say("the responder deletes its own: no IKE SA remains ('none'), and both daemons report")
     say("the tunnel 'failed' with what happened. (strongSwan 5.9 keeps the IKE SA: 'ike-up'.)")
     say(f"For {first.kind} {initiator.name} -> {responder.name}, `ovs-appctl tunnels/show` says:")
     for host, name in ((initiator, first.name(first.a)), (responder, first.name(first.b))):

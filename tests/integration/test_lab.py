@@ -267,6 +267,7 @@ def ike_states(host: Host, name: str) -> list[bytes]:
         return [sa[name]["state"] for sa in v.list_sas() if name in sa]
 
 
+@pytest.mark.keeps_ike_sa
 @pytest.mark.lab
 def test_ike_sa_establishes_with_psk_over_vici(make_lab: MakeLab) -> None:
     """The recipe of test-machine.md sections 6 and 7: IKE_SA up, CHILD_SA refused by the kernel."""

@@ -166,7 +166,7 @@ def test_6_0_kernel_refusal_fails_the_ike_sa_on_both_sides_and_says_why() -> Non
     assert "peer 10.77.0.1, which we had authenticated, dropped the IKE_SA" in h2.failure.reason
     h1 = replay("ok", "h1", recorded=RECORDED_6).outcomes()[H1_CONN]
     assert h1.failure is not None and h1.failure.cause is Cause.NEGOTIATION
-    assert "peer 10.77.0.2 answered IKE_AUTH with NO_PROP alone" in h1.failure.reason
+    assert "peer 10.77.0.2 answered IKE_AUTH with NO_PROPOSAL_CHOSEN alone" in h1.failure.reason
     assert "refused the CHILD_SA after authenticating us" in h1.failure.reason
 
 
