@@ -16,9 +16,9 @@ The states (State) and how each is reached:
     up          every CHILD_SA of the tunnel is installed
     failed      charon refused the connection or is unreachable, or the last negotiation failed
 
-Failure causes come from charon's events: `alert` on strongSwan 6.0, log messages on 5.9.8,
-both classified by the tables in causes.py. A log message is only looked at when its IKE_SA is
-one of ours (or not yet named), so what is folded is one negotiation's worth of lines per
+Failure causes come from charon's events: `alert` from strongSwan 6.0.3, log messages (5.9.8,
+6.0.1), both classified by the tables in causes.py. A log message is only looked at when its
+IKE_SA is one of ours (or not yet named), so what is folded is one negotiation's worth of lines per
 attempt; the context the messages give (identities, the peer's address, a netlink error) is kept
 per IKE_SA, for the last MAX_ATTEMPTS IKE_SAs.
 
