@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, Scope
+from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, Scope, log_wanted
 from ovs_ipsec.model import InterfaceRow, Snapshot
 from ovs_ipsec.parse import parse_config
 from ovs_ipsec.plan import plan
@@ -204,6 +204,17 @@ def test_6_0_wrong_psk_reads_as_in_5_9() -> None:
     h2 = replay("wrongpsk", "h2", recorded=RECORDED_6).outcomes()[H2_CONN].failure
     assert h2 is not None and h2.cause is Cause.AUTHENTICATION
     assert "peer '10.77.0.1' did not prove our pre-shared key" in h2.reason
+
+
+def test_only_ike_auth_responses_are_read_from_the_packet_log() -> None:
+    """ENC prints every packet; only an IKE_AUTH response's payloads are looked at."""
+    assert log_wanted("ENC", "parsed IKE_AUTH response 1 [ N(NO_PROP) ]")
+    assert log_wanted("ENC", "generating IKE_AUTH response 1 [ N(NO_PROP) ]")
+    assert not log_wanted("ENC", "parsed INFORMATIONAL request 2 [ N(AUTH_FAILED) ]")
+    assert not log_wanted("NET", "received packet: from 10.77.0.1[500] to 10.77.0.2[500]")
+    tracker = Tracker()
+    tracker.feed("log", {**log("generating IKE_AUTH response 1 [ N(NO_PROP) ]"), "group": "NET"})
+    assert tracker.outcomes() == {}
 
 
 def test_5_9_kernel_refusal_keeps_the_ike_sa_and_no_lost_failure() -> None:
