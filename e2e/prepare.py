@@ -52,7 +52,8 @@ KEEP_TREES = (
     "kernel/fs/netfs",
     "kernel/fs/fscache",
 )
-KEEP_GLOBS = ("kernel/drivers/net/*.ko",)  # veth, geneve, dummy, tun, ...
+# veth, geneve, dummy, tun, ...; Debian 13's kernels ship them xz-compressed (.ko.xz).
+KEEP_GLOBS = ("kernel/drivers/net/*.ko", "kernel/drivers/net/*.ko.xz")
 # Loaded by stage 1 (with their dependencies, in order) to mount 9p and overlayfs.
 STAGE1_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 BUSYBOX = "/bin/busybox"
