@@ -1,10 +1,15 @@
 # The two front-door commands: `make demo` and `make test` (each sets up what is missing first).
 PY := .venv/bin/python
 
-.PHONY: setup test unit lint demo bench clean deb
+.PHONY: setup setup-demo test unit lint demo bench clean deb
 
+# `make setup` installs what the tests need (scripts/setup.sh test); `make demo` only what the
+# daemon and the demo need (scripts/setup.sh demo).
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh test
+
+setup-demo:
+	@bash scripts/setup.sh demo
 
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -16,7 +21,7 @@ lint: setup
 	.venv/bin/ruff check ovs_ipsec tests bench e2e
 	.venv/bin/ruff format --check ovs_ipsec tests bench e2e
 
-demo: setup
+demo: setup-demo
 	$(PY) -m ovs_ipsec.demo
 
 bench: setup

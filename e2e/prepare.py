@@ -52,7 +52,8 @@ KEEP_TREES = (
     "kernel/fs/netfs",
     "kernel/fs/fscache",
 )
-KEEP_GLOBS = ("kernel/drivers/net/*.ko",)  # veth, geneve, dummy, tun, ...
+# veth, geneve, dummy, tun, ...; Debian 13's kernels ship them xz-compressed (.ko.xz).
+KEEP_GLOBS = ("kernel/drivers/net/*.ko", "kernel/drivers/net/*.ko.xz")
 # Loaded by stage 1 (with their dependencies, in order) to mount 9p and overlayfs.
 STAGE1_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 BUSYBOX = "/bin/busybox"
@@ -145,9 +146,11 @@ def build_modules(deb: str, kver: str, dest: str) -> None:
     """Extract the pruned module tree into dest/<kver> and run depmod on it."""
     with tempfile.TemporaryDirectory(prefix="e2e-kpkg-", dir=os.path.dirname(dest)) as tmp:
         run(["dpkg-deb", "-x", deb, tmp])
-        src = os.path.join(tmp, "lib", "modules", kver)
-        if not os.path.isdir(src):
-            raise PrepareError(f"{deb} has no lib/modules/{kver}")
+        # Debian 13's kernel packages ship their modules under usr/lib (merged /usr).
+        candidates = [os.path.join(tmp, d, "lib", "modules", kver) for d in ("", "usr")]
+        src = next((c for c in candidates if os.path.isdir(c)), "")
+        if not src:
+            raise PrepareError(f"{deb} has no lib/modules/{kver} or usr/lib/modules/{kver}")
         vmlinuz = os.path.join(tmp, "boot", f"vmlinuz-{kver}")
         staging = dest + ".tmp"
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,14 +1,22 @@
-"""Failure causes: the table of charon log messages (5.9.8) and `alert` types (6.0) that tell
-why a negotiation failed. Pure data, used by status.Tracker.
+"""Failure causes: the table of charon log messages (5.9.8, 6.0) and `alert` types (6.0.3 and
+later) that tell why a negotiation failed. Pure data, used by status.Tracker.
 
-strongSwan 6.0 sends `alert` events that name the cause (`ALERTS`). 5.9.8 has no `alert`: its
+strongSwan 6.0.3 and later send `alert` events that name the cause (`ALERTS`). 5.9.8 and 6.0.1
+(Debian bookworm and trixie) have no `alert` event (6.0.1 refuses the registration): their
 causes exist only as log messages, which the `log` event carries with the IKE_SA's name and
 unique id as structured fields. `LOG_PATTERNS` lists the messages (all at log level 0 or 1, the
 only levels charon's vici logger asks for, whatever the configured log levels) that tell a cause,
-checked against the 5.9.8 sources (file and function in each comment) and against recorded lab
-runs (tests/unit/data/charon-5.9.8-events.json, replayed by tests/unit/test_status.py). The first
-matching pattern wins; within one IKE_SA the highest priority stands, so the most specific of
-several messages is what the operator reads.
+checked against the 5.9.8 and 6.0.1 sources (file and function in each comment) and against
+recorded lab runs (tests/unit/data/charon-5.9.8-events.json and charon-6.0.1-events.json,
+replayed by tests/unit/test_status.py). The first matching pattern wins; within one IKE_SA the
+highest priority stands, so the most specific of several messages is what the operator reads.
+
+strongSwan 6.0 differs from 5.9.8 where the kernel refuses the CHILD_SA negotiated in IKE_AUTH
+(this lab's kernels have no ESP): the responder has authenticated the initiator and established
+the IKE_SA, but child_create.c (6.0.0 to at least 6.0.6) flushes its IKE_AUTH response down to
+N(NO_PROP), dropping IDr and AUTH; the initiator, lacking IDr, fails the IKE_SA and tells the
+responder so, which deletes it. 5.9.8 keeps the IKE_SA. Both ends of that are only in ENC
+messages (the payloads of an IKE_AUTH response), so `log_wanted` lets those few through.
 
 May import: stdlib.
 """
@@ -40,6 +48,9 @@ class Scope(enum.Enum):
     IKE = "ike"  # the IKE_SA (and so every tunnel to the peer) failed
     CHILD = "child"  # a CHILD_SA failed; the IKE_SA may live on
     AUTO = "auto"  # CHILD if the IKE_SA was already established, else IKE
+    # The IKE_SA fails although this side established it (strongSwan 6's IKE_AUTH answer
+    # without an identity): a failure even after an `up`, unlike IKE.
+    LOST = "lost"
     CONTEXT = "context"  # no failure: a fact later reasons quote (identities, addresses)
 
 
@@ -59,8 +70,15 @@ class LogPattern:
 
 
 # The log groups the patterns below come from; the rest (NET and ENC print every IKE packet,
-# JOB, LIB, ...) is dropped before any pattern is tried.
+# JOB, LIB, ...) is dropped before any pattern is tried, but for the ENC lines that show an
+# IKE_AUTH response's payloads (one per IKE_SA).
 LOG_GROUPS = frozenset({"IKE", "CFG", "KNL"})
+ENC_PREFIXES = ("generating IKE_AUTH response ", "parsed IKE_AUTH response ")
+
+
+def log_wanted(group: object, message: str) -> bool:
+    """Whether a log message may tell a cause: cheap, before any pattern is tried."""
+    return group in LOG_GROUPS or (group == "ENC" and message.startswith(ENC_PREFIXES))
 
 
 def _p(pattern: str) -> re.Pattern[str]:
@@ -265,6 +283,35 @@ LOG_PATTERNS: tuple[LogPattern, ...] = (
         2,
         "peer {remote_host} refused the CHILD_SA ({notify}): no common ESP proposal or "
         "selectors, or its kernel could not install the SA",
+    ),
+    # -- strongSwan 6.0: a CHILD_SA refused in IKE_AUTH takes the IKE_SA along --------------
+    LogPattern(  # message.c generate (ENC), 6.0 child_create.c key_exchange_done_and_install_r:
+        # the responder's IKE_AUTH answer is the CHILD_SA's error alone, without IDr and AUTH
+        _p(r"^generating IKE_AUTH response \d+ \[ N\(NO_PROP\) \]$"),
+        Scope.LOST,
+        Cause.KERNEL,
+        5,
+        "the kernel refused the CHILD_SA{netlink}; strongSwan 6 then answers IKE_AUTH with "
+        "NO_PROPOSAL_CHOSEN alone (no identity), so peer {remote_host}, which we had "
+        "authenticated, dropped the IKE_SA",
+    ),
+    LogPattern(  # message.c parse (ENC): the peer's IKE_AUTH answer is an error alone
+        _p(r"^parsed IKE_AUTH response \d+ \[ N\(NO_PROP\) \]$"),
+        Scope.IKE,
+        Cause.NEGOTIATION,
+        4,
+        "peer {remote_host} answered IKE_AUTH with NO_PROPOSAL_CHOSEN alone, without its "
+        "identity: it refused the CHILD_SA after authenticating us (a strongSwan 6 peer does so "
+        "when its kernel cannot install the SA, e.g. no ESP/AEAD support); the IKE_SA was "
+        "dropped",
+    ),
+    LogPattern(  # ike_auth.c process_i: the peer's IKE_AUTH answer had no IDr
+        _p(r"^IDr payload missing$"),
+        Scope.IKE,
+        Cause.NEGOTIATION,
+        2,
+        "peer {remote_host} answered IKE_AUTH without its identity (IDr payload missing); the "
+        "IKE_SA was dropped",
     ),
     # -- reachability -----------------------------------------------------------------------
     LogPattern(  # ike_sa.c retransmit, keyingtries=0: charon starts over

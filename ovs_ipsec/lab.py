@@ -113,6 +113,37 @@ class LabCommandError(LabError):
         )
 
 
+def parse_charon_version(text: str) -> tuple[int, ...]:
+    """`6.0.1` (VICI `version`) -> (6, 0, 1); a suffix such as `rc1` or `dr1` is ignored."""
+    parts = []
+    for part in text.strip().split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+    if not parts:
+        raise ValueError(f"not a strongSwan version: {text!r}")
+    return tuple(parts)
+
+
+def charon_keeps_ike_sa_without_child(version: tuple[int, ...]) -> bool:
+    """Whether an IKE_SA survives the kernel refusing the CHILD_SA negotiated with it in
+    IKE_AUTH, as on this lab's kernels (no ESP, no AEAD).
+
+    5.9.x: yes. The responder answers IKE_AUTH with IDr, AUTH and N(NO_PROP); both sides
+    establish the IKE_SA ("failed to establish CHILD_SA, keeping IKE_SA").
+    6.0.x: no. The responder establishes the IKE_SA, but child_create.c (6.0.0 to at least
+    6.0.6) flushes its IKE_AUTH answer down to N(NO_PROP); the initiator, without IDr, fails
+    the IKE_SA ("IDr payload missing") and the responder deletes its own on the initiator's
+    INFORMATIONAL. No charon setting changes that short of `childless` connections or
+    kernel-libipsec, both of which change what is tested."""
+    return version < (6,)
+
+
 def wait_for(
     predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition"
 ) -> T:
@@ -368,6 +399,13 @@ class Host:
             sock.close()
             raise
         return ViciSession(sock)
+
+    def charon_version(self) -> tuple[int, ...]:
+        """This host's charon version, as VICI `version` reports it: (6, 0, 1)."""
+        with self.vici() as session:
+            reply = session.version()
+        version = reply.get("version", b"")
+        return parse_charon_version(version.decode() if isinstance(version, bytes) else version)
 
     # -- ovsdb-server --------------------------------------------------------------------------
 

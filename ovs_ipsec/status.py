@@ -16,9 +16,9 @@ The states (State) and how each is reached:
     up          every CHILD_SA of the tunnel is installed
     failed      charon refused the connection or is unreachable, or the last negotiation failed
 
-Failure causes come from charon's events: `alert` on strongSwan 6.0, log messages on 5.9.8,
-both classified by the tables in causes.py. A log message is only looked at when its IKE_SA is
-one of ours (or not yet named), so what is folded is one negotiation's worth of lines per
+Failure causes come from charon's events: `alert` from strongSwan 6.0.3, log messages (5.9.8,
+6.0.1), both classified by the tables in causes.py. A log message is only looked at when its
+IKE_SA is one of ours (or not yet named), so what is folded is one negotiation's worth of lines per
 attempt; the context the messages give (identities, the peer's address, a netlink error) is kept
 per IKE_SA, for the last MAX_ATTEMPTS IKE_SAs.
 
@@ -42,7 +42,7 @@ from typing import Any
 
 from ovs_ipsec import naming
 from ovs_ipsec.capabilities import Lack, describe_lacks
-from ovs_ipsec.causes import ALERTS, LOG_GROUPS, LOG_PATTERNS, Cause, LogPattern, Scope
+from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, LogPattern, Scope, log_wanted
 from ovs_ipsec.plan import ConnSpec, Desired
 from ovs_ipsec.protection import PolicySpec
 from ovs_ipsec.sas import (
@@ -74,6 +74,7 @@ class Outcome:
     reason: str
     ike_id: int
     priority: int = 0
+    final: bool = False  # the IKE_SA fails even though it came up here (Scope.LOST)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,11 @@ class Tracker:
         outcome = self._conns.get(conn, ConnOutcome())
         if up:
             attempt.established = True
-            failure = outcome.failure if outcome.failure and outcome.failure.ike_id > uid else None
+            failure = outcome.failure
+            if failure is not None and not (
+                failure.ike_id > uid or (failure.ike_id == uid and failure.final)
+            ):
+                failure = None
             child = outcome.child_failure
             if child is not None and child.ike_id != uid:
                 child = None
@@ -253,9 +258,9 @@ class Tracker:
             return  # not about an IKE_SA (loading configs, the kernel's own chatter)
         if ike_name != UNNAMED and not naming.is_owned_conn(ike_name):
             return  # someone else's IKE_SA
-        if body.get("group") not in LOG_GROUPS:
-            return
         message = as_text(body.get("msg"))
+        if not log_wanted(body.get("group"), message):
+            return
         for pattern in LOG_PATTERNS:
             match = pattern.regex.search(message)
             if match is None:
@@ -319,12 +324,15 @@ class Tracker:
         return attempt
 
     def _record(self, conn: str, scope: Scope, outcome: Outcome) -> None:
+        if scope is Scope.LOST:
+            scope, outcome = Scope.IKE, dataclasses.replace(outcome, final=True)
         attempt = self._attempts.get(outcome.ike_id)
         if (
             scope is Scope.IKE
             and attempt is not None
             and attempt.established
             and outcome.cause is not Cause.UNREACHABLE
+            and not outcome.final
         ):
             # A candidate key or certificate that failed before another one succeeded: the
             # IKE_SA is up, so this was no failure. (An established SA can still lose its

@@ -1,28 +1,80 @@
 #!/bin/bash
-# Idempotent setup of a fresh Debian (bookworm) machine, as root: the system packages the daemon
-# and its tests need, and a venv (.venv) with the package installed in editable mode.
-# It never starts or enables a system service.
+# Idempotent setup of a fresh Debian 12 (bookworm) or 13 (trixie) machine, as root: the system
+# packages a profile needs, and a venv (.venv) with the package installed in editable mode.
+#
+#   scripts/setup.sh [demo|test]     (default: test)
+#
+#   demo  what the daemon needs at run time, and what `make demo` needs besides (namespaces).
+#   test  demo, plus what the test suite needs: capture and firewall tools, the full-kernel tier
+#         (qemu, a static busybox, cpio, kmod) and, where the release can install it beside
+#         charon-systemd, upstream's monitor for the comparisons (bookworm only: on trixie
+#         charon-systemd conflicts with strongswan-charon, whose charon upstream's starter runs).
+#
+# It never starts or enables a system service. Quick when everything is there already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(
-  openvswitch-switch openvswitch-common openvswitch-ipsec
-  charon-systemd strongswan-swanctl strongswan-charon
-  libcharon-extra-plugins libstrongswan-extra-plugins libstrongswan-standard-plugins
-  iproute2 tcpdump nftables iputils-ping openssl procps
-  python3-venv python3-pip systemd
-  qemu-system-x86 busybox-static cpio kmod strongswan-starter python3-openvswitch
+profile=${1:-test}
+case "$profile" in
+  demo | test) ;;
+  *)
+    echo "usage: $0 [demo|test]" >&2
+    exit 2
+    ;;
+esac
+
+release=unknown
+if [ -r /etc/os-release ]; then
+  release=$(. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
+fi
+
+# The daemon: ovsdb and its tools, charon-systemd with VICI (swanctl ships the vici plugin) and
+# charon's standard plugins (bookworm: openssl, gcm; trixie: gcm, aesni; openssl is in
+# libstrongswan there). The demo besides: ip netns, a venv.
+DEMO_PACKAGES=(
+  openvswitch-switch openvswitch-common
+  charon-systemd strongswan-swanctl libstrongswan-standard-plugins
+  iproute2 procps python3-venv
+)
+TEST_PACKAGES=(
+  tcpdump nftables iputils-ping openssl systemd
+  qemu-system-x86 busybox-static cpio kmod
   mmdebstrap
 )
+case "$release" in
+  bookworm)
+    # Upstream's monitor for the comparisons (interop, bench): starter and its charon, and
+    # Debian's Python ovs library for upstream's script. The extra plugins as the suite ran.
+    TEST_PACKAGES+=(
+      openvswitch-ipsec strongswan-starter strongswan-charon python3-openvswitch
+      libcharon-extra-plugins libstrongswan-extra-plugins
+    )
+    ;;
+  trixie)
+    # Not installable: strongswan-charon (Conflicts: charon-systemd), so no upstream monitor.
+    # Not wanted: libstrongswan-extra-plugins. 6.0 moved aes, sha1, sha2, hmac, kdf, gmp and
+    # curve25519 there, all of which openssl (in libstrongswan) covers; and with it installed,
+    # swanctl's default plugin set hangs at start-up in the full-kernel guest.
+    ;;
+  *)
+    echo "setup: not Debian bookworm or trixie (VERSION_CODENAME=$release); trying the" \
+      "bookworm-and-trixie common packages only" >&2
+    ;;
+esac
+
+packages=("${DEMO_PACKAGES[@]}")
+if [ "$profile" = test ]; then
+  packages+=("${TEST_PACKAGES[@]}")
+fi
 
 missing=()
-for pkg in "${DEB_PACKAGES[@]}"; do
+for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$pkg")
   fi
 done
 if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
+  echo "setup ($profile, $release): installing ${missing[*]}"
   if [ "$(id -u)" != 0 ]; then
     echo "setup: root is needed to install Debian packages" >&2
     exit 1
@@ -38,11 +90,25 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+constraints=()
+inputs=(pyproject.toml)
+if [ -e constraints.txt ]; then
+  constraints=(-c constraints.txt)
+  inputs+=(constraints.txt)
+fi
+stamp=.venv/.installed-$(cat "${inputs[@]}" | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ] || ! .venv/bin/python -c "import ovs_ipsec, ovs, vici, cryptography" 2>/dev/null; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  # pip and the build backend talk a lot (setuptools warns about every editable install): their
+  # words go to a log, shown only if the install fails.
+  log=.venv/pip-install.log
+  echo "setup ($profile, $release): installing the Python packages into .venv (log: $log)"
+  if ! { .venv/bin/pip install -q --upgrade pip &&
+    .venv/bin/pip install -q "${constraints[@]}" -e '.[test]'; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: pip failed (above, and in $log)" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
-echo "setup: ready (.venv/bin/ovs-monitor-ipsec)"
+echo "setup ($profile, $release): ready (.venv/bin/ovs-monitor-ipsec)"

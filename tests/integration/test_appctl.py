@@ -125,6 +125,7 @@ def test_every_command_without_tunnels(make_lab: Callable[..., Lab]) -> None:
     wait_for(lambda: h1.daemon_pid is None, 5, what="the daemon to exit")
 
 
+@pytest.mark.keeps_ike_sa
 def test_states_follow_real_ike_outcomes_and_charon_restarts(
     make_lab: Callable[..., Lab],
 ) -> None:
@@ -204,6 +205,7 @@ def test_states_follow_real_ike_outcomes_and_charon_restarts(
     assert "reloading everything" in log or "vanished from charon; restoring" in log
 
 
+@pytest.mark.keeps_ike_sa
 def test_no_secret_in_any_output_log_or_file(make_lab: Callable[..., Lab]) -> None:
     """The PSK and the private key's base64 appear in no reply of any command (text, --json
     and JSON-format clients), nor in the daemon's log (at debug level), its output or pidfile,

@@ -94,6 +94,7 @@ def ca() -> pki_tool.CertAndKey:
     return pki_tool.make_ca("lab CA")
 
 
+@pytest.mark.keeps_ike_sa
 def test_self_signed_establishes_both_ways(pair: Lab) -> None:
     """Each host pins the other's self-signed certificate: IKE_SA comes up from either side,
     identities are the CNs."""
@@ -109,6 +110,7 @@ def test_self_signed_establishes_both_ways(pair: Lab) -> None:
     assert sa["remote-id"] == b"h1"
 
 
+@pytest.mark.keeps_ike_sa
 def test_self_signed_wrong_pinned_cert_is_rejected(pair: Lab) -> None:
     """A pins a certificate that is not B's: authentication fails, no IKE_SA."""
     a, b = pair.hosts
@@ -121,6 +123,7 @@ def test_self_signed_wrong_pinned_cert_is_rejected(pair: Lab) -> None:
     refused(a, b)
 
 
+@pytest.mark.keeps_ike_sa
 def test_ca_signed_establishes(pair: Lab, ca: pki_tool.CertAndKey) -> None:
     """Both hosts trust one CA and name each other by CN: IKE_SA comes up."""
     a, b = pair.hosts
@@ -131,6 +134,7 @@ def test_ca_signed_establishes(pair: Lab, ca: pki_tool.CertAndKey) -> None:
     assert sa["remote-id"] == b"h2"
 
 
+@pytest.mark.keeps_ike_sa
 def test_ca_signed_wrong_remote_name_is_rejected(pair: Lab, ca: pki_tool.CertAndKey) -> None:
     """A expects a peer called h3; B presents h2: no IKE_SA."""
     a, b = pair.hosts
@@ -141,6 +145,7 @@ def test_ca_signed_wrong_remote_name_is_rejected(pair: Lab, ca: pki_tool.CertAnd
     refused(a, b)
 
 
+@pytest.mark.keeps_ike_sa
 def test_ca_signed_peer_from_another_ca_is_rejected(pair: Lab, ca: pki_tool.CertAndKey) -> None:
     """B's certificate has the right CN but chains to another CA: no IKE_SA."""
     a, b = pair.hosts
@@ -153,6 +158,7 @@ def test_ca_signed_peer_from_another_ca_is_rejected(pair: Lab, ca: pki_tool.Cert
     refused(a, b)
 
 
+@pytest.mark.keeps_ike_sa
 def test_rotation_keeps_sas_and_new_negotiations_use_new_credentials(
     pair: Lab, ca: pki_tool.CertAndKey
 ) -> None:

@@ -53,6 +53,7 @@ def status(host: Host) -> dict[str, Any]:
     return json.loads(host.appctl("ipsec/status", "--json"))
 
 
+@pytest.mark.keeps_ike_sa
 def test_forceencaps_and_libreswan_encapsulation_force_udp_encapsulation(
     make_lab: Callable[..., Lab],
 ) -> None:
@@ -70,6 +71,7 @@ def test_forceencaps_and_libreswan_encapsulation_force_udp_encapsulation(
     assert sa.get("nat-fake") == b"yes" or sa.get("nat-any") == b"yes"
 
 
+@pytest.mark.keeps_ike_sa
 def test_custom_proposals_negotiate_and_mismatched_ones_fail_with_a_reason(
     make_lab: Callable[..., Lab],
 ) -> None:
@@ -152,6 +154,7 @@ def scrape(host: Host) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+@pytest.mark.keeps_ike_sa
 def test_metrics_follow_ike_success_failure_and_blocked_plaintext(
     make_lab: Callable[..., Lab],
 ) -> None:

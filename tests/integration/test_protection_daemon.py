@@ -548,6 +548,7 @@ def test_malformed_skb_mark_is_reported_and_keeps_the_protection_in_place(
 # --- fail-closed --------------------------------------------------------------------------------
 
 
+@pytest.mark.keeps_ike_sa
 def test_ipsec_tunnels_fail_closed_until_charon_traps_them(
     make_lab: Callable[..., Lab], net: Net, capture: Callable[..., Capture],
     senders: list[Sender],

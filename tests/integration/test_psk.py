@@ -8,6 +8,7 @@ that.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,7 @@ def pair(make_lab: Callable[..., Lab]) -> Lab:
     return make_lab(2)
 
 
+@pytest.mark.keeps_ike_sa
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("kind", [GRE, GENEVE, VXLAN])
 def test_psk_tunnel_loads_traps_and_establishes_ike(pair: Lab, kind: str, family: int) -> None:
@@ -156,6 +158,48 @@ def test_psk_tunnel_loads_traps_and_establishes_ike(pair: Lab, kind: str, family
     assert warned == (1 if kind == GRE and family == 6 else 0)
 
 
+def tunnel_status(host: Host, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(host.appctl("tunnels/show", "--json")).get(name, {})
+    return status
+
+
+@pytest.mark.drops_ike_sa
+def test_strongswan_6_drops_the_ike_sa_when_the_kernel_refuses_the_child_sa(pair: Lab) -> None:
+    """strongSwan 6 on this kernel (no ESP, no AEAD): the responder authenticates the initiator
+    and establishes the IKE_SA, its kernel refuses the CHILD_SA, and its IKE_AUTH answer is
+    N(NO_PROP) alone; the initiator drops the IKE_SA ("IDr payload missing") and the responder
+    deletes its own. Both daemons report the tunnel failed for that, not for authentication."""
+    a, b = pair.hosts
+    for host, peer in ((a, b), (b, a)):
+        add_tunnel(host, "t0", GRE, peer.ipv4, psk="swordfish")
+        wait_loaded(host, f"ovs-{peer.ipv4}", {"ovs-t0"})
+    send_probe(a, b.ipv4, GRE)
+
+    def told() -> bool:
+        theirs, ours = tunnel_status(b, "t0"), tunnel_status(a, "t0")
+        return (theirs.get("state"), theirs.get("cause"), ours.get("state")) == (
+            "failed",
+            "kernel",
+            "failed",
+        ) and "NO_PROPOSAL_CHOSEN alone" in ours.get("reason", "")
+
+    wait_for(told, 15, what="both daemons to report the refusal and its consequence")
+    responder, initiator = b.charon_log(), a.charon_log()
+    assert f"authentication of '{a.ipv4}' with pre-shared key successful" in responder
+    assert f"IKE_SA ovs-{a.ipv4}[1] established between" in responder
+    assert "unable to install inbound and outbound IPsec SA (SAD) in kernel" in responder
+    assert "generating IKE_AUTH response 1 [ N(NO_PROP) ]" in responder
+    assert "parsed IKE_AUTH response 1 [ N(NO_PROP) ]" in initiator
+    assert "IDr payload missing" in initiator
+    assert not ike_sas(a, f"ovs-{b.ipv4}") and not ike_sas(b, f"ovs-{a.ipv4}")
+    theirs, ours = tunnel_status(b, "t0"), tunnel_status(a, "t0")
+    assert theirs["reason"].startswith("the kernel refused the CHILD_SA (netlink error: ")
+    assert f"peer {a.ipv4}, which we had authenticated, dropped the IKE_SA" in theirs["reason"]
+    assert ours["cause"] == "negotiation"
+    assert f"peer {b.ipv4} answered IKE_AUTH with NO_PROPOSAL_CHOSEN alone" in ours["reason"]
+
+
+@pytest.mark.keeps_ike_sa
 def test_wrong_psk_gives_no_ike_sa_and_daemon_keeps_running(pair: Lab) -> None:
     """Different PSKs: authentication fails, no IKE_SA comes up, and both daemons stay alive."""
     a, b = pair.hosts
@@ -171,6 +215,7 @@ def test_wrong_psk_gives_no_ike_sa_and_daemon_keeps_running(pair: Lab) -> None:
         assert host.appctl("version").startswith("ovs-monitor-ipsec (Open vSwitch)")
 
 
+@pytest.mark.keeps_ike_sa
 def test_psk_change_on_both_sides_reestablishes_with_the_new_key(pair: Lab) -> None:
     """Changing the PSK closes the SA negotiated with the old key; with the new key on both sides
     a fresh IKE_SA comes up, and a host left with the old key can no longer authenticate."""
@@ -237,6 +282,7 @@ def test_removing_the_port_unloads_connection_secret_and_traps(pair: Lab) -> Non
     assert "dport 4789" not in policies(a)
 
 
+@pytest.mark.keeps_ike_sa
 def test_several_tunnel_types_to_one_peer_share_one_connection(pair: Lab) -> None:
     """GRE, Geneve and VXLAN ports to the same peer become children of one connection, so the
     responder finds every child config (two connections to one peer break the second)."""

@@ -92,6 +92,7 @@ def foreign_trap_policies(host: Host) -> frozenset:
 # -- 1. restarts of the daemon --------------------------------------------------------------------
 
 
+@pytest.mark.keeps_ike_sa
 def test_daemon_restarts_leave_sas_alone_apply_offline_changes_and_spare_foreigners(
     make_lab: Callable[..., Lab],
 ) -> None:
@@ -211,6 +212,7 @@ def charon_state(host: Host) -> tuple[dict, set[str], frozenset]:
     return conns(host), ours(shared_ids(host)), frozenset(p.key for p in traps(host))
 
 
+@pytest.mark.keeps_ike_sa
 def test_charon_restart_reloads_everything_and_protection_holds_in_between(
     make_lab: Callable[..., Lab],
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, Scope
+from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, Scope, log_wanted
 from ovs_ipsec.model import InterfaceRow, Snapshot
 from ovs_ipsec.parse import parse_config
 from ovs_ipsec.plan import plan
@@ -33,13 +33,16 @@ from ovs_ipsec.status import (
 )
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "charon-5.9.8-events.json").read_text())
+RECORDED_6 = json.loads((Path(__file__).parent / "data" / "charon-6.0.1-events.json").read_text())
 H1_CONN = "ovs-10.77.0.2"  # h1's connection to h2
 H2_CONN = "ovs-10.77.0.1"
 
 
-def replay(scenario: str, host: str, only: Iterable[str] | None = None) -> Tracker:
+def replay(
+    scenario: str, host: str, only: Iterable[str] | None = None, recorded: Any = RECORDED
+) -> Tracker:
     tracker = Tracker()
-    for name, body in RECORDED[scenario][host]:
+    for name, body in recorded[scenario][host]:
         if only is None or name in only:
             tracker.feed(name, body)
     return tracker
@@ -149,9 +152,81 @@ def test_event_order_does_not_matter_for_the_reason() -> None:
     assert "rejected us as '10.77.0.1'" in str(first.outcomes()[H1_CONN].failure)
 
 
+# -- recorded 6.0.1 runs ------------------------------------------------------------------------
+
+
+def test_6_0_kernel_refusal_fails_the_ike_sa_on_both_sides_and_says_why() -> None:
+    """6.0.1 on a kernel without ESP: the responder authenticated the initiator and established
+    the IKE_SA, its kernel refused the CHILD_SA, and its IKE_AUTH answer (N(NO_PROP) alone)
+    made the initiator drop the IKE_SA. Each side says so, not "authentication failed"."""
+    h2 = replay("ok", "h2", recorded=RECORDED_6).outcomes()[H2_CONN]
+    assert h2.failure is not None and h2.failure.cause is Cause.KERNEL and h2.failure.final
+    assert h2.failure.reason.startswith("the kernel refused the CHILD_SA")
+    assert "Requested AEAD algorithm not found (38)" in h2.failure.reason
+    assert "peer 10.77.0.1, which we had authenticated, dropped the IKE_SA" in h2.failure.reason
+    h1 = replay("ok", "h1", recorded=RECORDED_6).outcomes()[H1_CONN]
+    assert h1.failure is not None and h1.failure.cause is Cause.NEGOTIATION
+    assert "peer 10.77.0.2 answered IKE_AUTH with NO_PROPOSAL_CHOSEN alone" in h1.failure.reason
+    assert "refused the CHILD_SA after authenticating us" in h1.failure.reason
+
+
+def test_6_0_kernel_refusal_reason_whatever_the_event_order() -> None:
+    """charon's vici logger sends log messages from a queue, so `ike-updown` may come before
+    or after the lines that explain it; the responder's `up` must not wipe the failure."""
+    events = RECORDED_6["ok"]["h2"]
+    updown = [e for e in events if e[0] == "ike-updown"]
+    logs = [e for e in events if e[0] != "ike-updown"]
+    outcomes = []
+    for order in (updown + logs, logs + updown, events):
+        tracker = Tracker()
+        for name, body in order:
+            tracker.feed(name, body)
+        outcomes.append(tracker.outcomes()[H2_CONN].failure)
+    assert outcomes[0] is not None and outcomes.count(outcomes[0]) == 3
+
+
+def test_6_0_responder_state_is_failed_with_the_kernel_reason_once_the_sa_is_gone() -> None:
+    """What `tunnels/show` says on the responder: failed, cause kernel, once list-sas no
+    longer has the IKE_SA (while it has it: ike-up with the kernel's reason)."""
+    tracker = replay("ok", "h2", recorded=RECORDED_6)
+    rows = (InterfaceRow("t0", "gre", {"remote_ip": "10.77.0.1", "psk": "Zq9PSK-six"}),)
+    desired = plan(parse_config(Snapshot(rows, {})))
+    view = View(desired, loaded={H2_CONN}, outcomes=tracker.outcomes())
+    status = fold(view)["t0"]
+    assert status.state is State.FAILED and status.cause is Cause.KERNEL
+    assert "kernel refused the CHILD_SA" in status.reason
+
+
+def test_6_0_wrong_psk_reads_as_in_5_9() -> None:
+    h1 = replay("wrongpsk", "h1", recorded=RECORDED_6).outcomes()[H1_CONN].failure
+    assert h1 is not None and h1.cause is Cause.AUTHENTICATION
+    assert "peer 10.77.0.2 rejected us as '10.77.0.1'" in h1.reason
+    h2 = replay("wrongpsk", "h2", recorded=RECORDED_6).outcomes()[H2_CONN].failure
+    assert h2 is not None and h2.cause is Cause.AUTHENTICATION
+    assert "peer '10.77.0.1' did not prove our pre-shared key" in h2.reason
+
+
+def test_only_ike_auth_responses_are_read_from_the_packet_log() -> None:
+    """ENC prints every packet; only an IKE_AUTH response's payloads are looked at."""
+    assert log_wanted("ENC", "parsed IKE_AUTH response 1 [ N(NO_PROP) ]")
+    assert log_wanted("ENC", "generating IKE_AUTH response 1 [ N(NO_PROP) ]")
+    assert not log_wanted("ENC", "parsed INFORMATIONAL request 2 [ N(AUTH_FAILED) ]")
+    assert not log_wanted("NET", "received packet: from 10.77.0.1[500] to 10.77.0.2[500]")
+    tracker = Tracker()
+    tracker.feed("log", {**log("generating IKE_AUTH response 1 [ N(NO_PROP) ]"), "group": "NET"})
+    assert tracker.outcomes() == {}
+
+
+def test_5_9_kernel_refusal_keeps_the_ike_sa_and_no_lost_failure() -> None:
+    """The 6.0 patterns change nothing for 5.9.8, whose IKE_AUTH answer keeps IDr and AUTH."""
+    h2 = replay("ok", "h2").outcomes()[H2_CONN]
+    assert h2.failure is None and h2.child_failure is not None
+
+
 # -- the pattern table --------------------------------------------------------------------------
 
-# One real message per pattern (5.9.8 wording) and the cause it must give (None: context only).
+# One real message per pattern (5.9.8 or 6.0.1 wording) and the cause it must give (None: context
+# only).
 SAMPLES = [
     ("10.77.0.1 is initiating an IKE_SA", None),
     ("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2", None),
@@ -182,6 +257,9 @@ SAMPLES = [
     ("unable to install inbound and outbound IPsec SA (SAD) in kernel", Cause.KERNEL),
     ("unable to install IPsec policies (SPD) in kernel", Cause.KERNEL),
     ("received NO_PROPOSAL_CHOSEN notify, no CHILD_SA built", Cause.NEGOTIATION),
+    ("generating IKE_AUTH response 1 [ N(NO_PROP) ]", Cause.KERNEL),  # 6.0 (ENC)
+    ("parsed IKE_AUTH response 1 [ N(NO_PROP) ]", Cause.NEGOTIATION),  # 6.0 (ENC)
+    ("IDr payload missing", Cause.NEGOTIATION),
     ("peer not responding, trying again (2/0)", Cause.UNREACHABLE),
     ("establishing IKE_SA failed, peer not responding", Cause.UNREACHABLE),
     ("giving up after 5 retransmits", Cause.UNREACHABLE),

@@ -11,6 +11,8 @@ whitespace; `test_trailing_blanks_as_printed` keeps them).
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from ovs_ipsec.protection import FAIL_CLOSED_PRIORITY, SKB_MARK_PRIORITY, PolicySpec
@@ -374,7 +376,9 @@ def test_host_bits_and_ipv4_mapped(parsed):
     host_bits = [p for p in parsed if p.src == "10.0.0.1/24"]
     assert len(host_bits) == 1 and host_bits[0].to_spec() is None
     mapped = [p for p in parsed if p.proto == 58]
-    assert mapped[0].src == "::ffff:a00:1/128"  # printed `::ffff:10.0.0.1/128`
+    # Printed `::ffff:10.0.0.1/128`; kept as Python spells it (3.13 prints IPv4-mapped addresses
+    # dotted, 3.11 as `::ffff:a00:1`), so planned and parsed specs compare equal either way.
+    assert mapped[0].src == str(ipaddress.ip_network("::ffff:10.0.0.1/128"))
 
 
 def test_allow_without_template_is_foreign_at_any_priority(parsed):
