@@ -12,7 +12,11 @@ import functools
 import os
 import shutil
 import signal
+import subprocess
+import time
+import tomllib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -115,3 +119,42 @@ def _charon_release_behaviour(request: pytest.FixtureRequest) -> None:
         )
     if drops and charon_keeps_ike_sa_without_child(version):
         pytest.skip(f"charon {release} keeps the IKE_SA when the kernel refuses its CHILD_SA")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_version() -> str:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return str(tomllib.load(f)["project"]["version"])
+
+
+@pytest.fixture(scope="session")
+def deb(deb_build: tuple[Path, float | None]) -> Path:
+    return deb_build[0]
+
+
+@pytest.fixture(scope="session")
+def deb_build() -> tuple[Path, float | None]:
+    """The Debian package under test, built once per session by `scripts/build-deb.sh` (what
+    `make deb` runs) for both its own tests (tests/package) and the clean-root tier's package
+    path, or the file named by IPSEC_TEST_DEB (e.g. a CI artefact); with the seconds the build
+    took (None when given)."""
+    given = os.environ.get("IPSEC_TEST_DEB")
+    if given:
+        return Path(given).resolve(), None
+    if not Path("/usr/bin/dpkg-deb").exists():
+        pytest.skip("building the Debian package needs a Debian machine (dpkg-deb)")
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-deb.sh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert done.returncode == 0, f"make deb failed:\n{done.stdout}\n{done.stderr}"
+    path = ROOT / "dist" / f"ovs-ipsec_{project_version()}_all.deb"
+    assert path.is_file(), done.stdout
+    return path, time.monotonic() - started

@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,6 @@ pytestmark = pytest.mark.cleanroot
 GUEST = os.path.join(HERE, "guest")
 PACKAGE_SCENARIO = "package_path.sh"
 DEFAULT_TIMEOUT_S = 20 * 60
-MAKE_DEB_TIMEOUT_S = 10 * 60
 
 
 def _selected(var: str, known: tuple[str, ...]) -> list[str]:
@@ -98,29 +97,15 @@ def cached_root(tier_ready: None, cleanroot_report: list[str]) -> Callable[[str]
 
 
 @pytest.fixture(scope="session")
-def deb_package(tier_ready: None, cleanroot_report: list[str]) -> Iterator[str]:
-    """The package `make deb` builds now from this checkout (dist/ovs-ipsec_<version>_all.deb)."""
-    with open(os.path.join(REPO, "Makefile")) as f:
-        if not any(line.startswith("deb:") for line in f):
-            pytest.skip("this checkout's Makefile has no `deb` target yet: package path not run")
-    start = time.monotonic()
-    proc = subprocess.run(
-        ["make", "deb"],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=MAKE_DEB_TIMEOUT_S,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"make deb exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    debs = sorted(
-        glob.glob(os.path.join(REPO, "dist", "ovs-ipsec_*_all.deb")), key=os.path.getmtime
-    )
-    if not debs:
-        pytest.fail("make deb made no dist/ovs-ipsec_*_all.deb")
-    cleanroot_report.append(f"make deb: {time.monotonic() - start:.0f} s ({debs[-1]})")
-    yield debs[-1]
+def deb_package(
+    tier_ready: None, cleanroot_report: list[str], deb_build: tuple[Path, float | None]
+) -> str:
+    """The package `make deb` builds now from this checkout (dist/ovs-ipsec_<version>_all.deb),
+    shared with tests/package (one build per session)."""
+    deb, seconds = deb_build
+    took = "given" if seconds is None else f"{seconds:.0f} s"
+    cleanroot_report.append(f"make deb: {took} ({deb})")
+    return str(deb)
 
 
 LOG_KEEP_DAYS = 14
