@@ -574,6 +574,23 @@ class Host:
             self._check_stopped(terminate([self._daemon], sig))
             self._daemon = None
 
+    def scrape_metrics(self, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The daemon's /metrics on 127.0.0.1:`port` in this host's namespace, parsed with
+        prometheus-client's own parser: {(sample name, sorted labels): value}."""
+        code = (
+            "import urllib.request\n"
+            f"print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)"
+            ".read().decode())\n"
+        )
+        text = self.run([sys.executable, "-c", code]).stdout
+        from prometheus_client.parser import text_string_to_metric_families  # tests' extra
+
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
     def send_probe(self, dst: str, kind: str, port: int | None = None, mark: int = 0) -> str:
         """Send one plaintext tunnel packet from this host: raw GRE (IP protocol 47) or UDP to
         `port`, optionally with SO_MARK standing in for OVS's skb mark. Returns "sent" or the

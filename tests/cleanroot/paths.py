@@ -20,14 +20,6 @@ _PY_WARNING = re.compile(r"^\s*\S+\.py:\d+: [A-Z]\w*Warning: .*$", re.MULTILINE)
 _TRACEBACK = "Traceback (most recent call last):"
 _CLONE = re.compile(r"\bgit clone\s+(<[^>]*>|\S+)")
 
-# Until the package scenario lands (tests/cleanroot/guest/package_path.sh): install the package
-# the way a user does, and check its command runs.
-PLACEHOLDER_PACKAGE_SCRIPT = """\
-apt-get update
-DEBIAN_FRONTEND=noninteractive apt-get install -y ./ovs-ipsec_*.deb
-ovs-monitor-ipsec --help
-"""
-
 
 class ReadmeError(Exception):
     """The README has no block for the tier to run, or one it cannot follow."""
@@ -81,12 +73,8 @@ def step_script(steps: list[str], *, workdir: str = "/root") -> str:
 
 
 def package_script(scenario: str) -> str:
-    """The package path: the scenario script (or its placeholder's lines), run from /root, where
-    the .deb is."""
-    if scenario:
-        return step_script([f"bash {shlex.quote(scenario)}"])
-    steps = PLACEHOLDER_PACKAGE_SCRIPT.splitlines()
-    return step_script(steps)
+    """A package path: the scenario script, run from /root, where the .deb is."""
+    return step_script([f"bash {shlex.quote(scenario)}"])
 
 
 def step_durations(log: str) -> list[Step]:

@@ -112,7 +112,7 @@ def mmdebstrap_argv(spec: RootSpec, target: str) -> list[str]:
 
 
 @contextmanager
-def _locked(path: str) -> Iterator[None]:
+def locked(path: str) -> Iterator[None]:
     """An exclusive lock held for the block: two runs never build or prune the same release."""
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -175,7 +175,7 @@ def ensure_root(release: str, *, max_age_days: float = MAX_AGE_DAYS) -> Root:
     roots = _roots_dir()
     path = os.path.join(roots, spec.name)
     meta_path = path + ".json"
-    with _locked(os.path.join(roots, f"{release}.lock")):
+    with locked(os.path.join(roots, f"{release}.lock")):
         meta = _read_meta(meta_path)
         if meta is not None and os.path.isdir(path):
             built_at = float(meta.get("built_at", 0))  # type: ignore[arg-type]
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for release in RELEASES:
                 keep = spec_for(release).name
-                with _locked(os.path.join(_roots_dir(), f"{release}.lock")):
+                with locked(os.path.join(_roots_dir(), f"{release}.lock")):
                     for entry in prune(release, keep=keep):
                         print(f"removed {entry}")
     except RootError as e:

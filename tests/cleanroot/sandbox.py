@@ -28,7 +28,6 @@ the host trusts. On a host without them nothing is passed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shlex
 import shutil
@@ -36,9 +35,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
+
+from roots import locked
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the tier needs on the host; the packages that bring them, for the failure message.
@@ -181,7 +182,7 @@ class Sandbox:
             raise SandboxError(missing)
         work = tempfile.mkdtemp(prefix="ovs-ipsec-cleanroot.")
         try:
-            with _locked(self.apt_cache() + ".lock"):
+            with locked(self.apt_cache() + ".lock"):
                 return self._run(script, work, log_path, timeout, binds, dict(files or {}))
         finally:
             _remove_workdir(work)
@@ -347,13 +348,3 @@ def _remove_workdir(work: str) -> None:
         if any(f" {work}" in line for line in f):
             raise SandboxError(f"a mount under {work} outlived its run")
     shutil.rmtree(work)
-
-
-@contextmanager
-def _locked(path: str) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -8,9 +8,11 @@ each test runs in a throwaway overlay copy of it (sandbox.py):
   HEAD, `make demo`); it must pass and print no Python warning or traceback.
 - package: `make deb`'s package copied to /root beside tests/cleanroot/guest/, whose
   package_path.sh installs it the way a user does and runs the package scenario.
+- replace: the same on a machine that ran Debian's openvswitch-ipsec (replace_path.sh): upstream's
+  package and generated files (a PSK in clear) in place, then ours installed over it.
 
 Knobs: OVS_IPSEC_SKIP_CLEANROOT=1 skips the tier; OVS_IPSEC_CLEANROOT_RELEASES=bookworm,trixie and
-OVS_IPSEC_CLEANROOT_PATHS=readme,package pick; OVS_IPSEC_CLEANROOT_CACHE moves the caches;
+OVS_IPSEC_CLEANROOT_PATHS=readme,package,replace pick; OVS_IPSEC_CLEANROOT_CACHE moves the caches;
 OVS_IPSEC_CLEANROOT_TIMEOUT bounds each run (seconds). Missing tools fail the tier, not skip it:
 `make test` installs them first. A failed run keeps its log (path in the failure).
 """
@@ -38,7 +40,9 @@ import sandbox  # noqa: E402
 pytestmark = pytest.mark.cleanroot
 
 GUEST = os.path.join(HERE, "guest")
-PACKAGE_SCENARIO = "package_path.sh"
+# Package paths and the guest script each runs (tests/cleanroot/guest/): a fresh machine; and one
+# that ran Debian's openvswitch-ipsec, with upstream's generated files (a PSK in clear) in place.
+PACKAGE_SCENARIOS = {"package": "package_path.sh", "replace": "replace_path.sh"}
 DEFAULT_TIMEOUT_S = 20 * 60
 
 
@@ -52,7 +56,7 @@ def _selected(var: str, known: tuple[str, ...]) -> list[str]:
 
 
 RELEASES = _selected("OVS_IPSEC_CLEANROOT_RELEASES", roots.RELEASES)
-PATHS = _selected("OVS_IPSEC_CLEANROOT_PATHS", ("readme", "package"))
+PATHS = _selected("OVS_IPSEC_CLEANROOT_PATHS", ("readme", *PACKAGE_SCENARIOS))
 
 
 def _timeout() -> float:
@@ -192,15 +196,10 @@ def test_clean_root(
         what = f"README path on {release} (HEAD {_head()})"
     else:
         deb = request.getfixturevalue("deb_package")
-        scenario = os.path.join(GUEST, PACKAGE_SCENARIO)
-        files = {deb: "/root/" + os.path.basename(deb)}
-        if os.path.exists(scenario):
-            files[GUEST] = "/root/guest"
-            script = paths.package_script(f"/root/guest/{PACKAGE_SCENARIO}")
-        else:
-            script = paths.package_script("")
+        files = {deb: "/root/" + os.path.basename(deb), GUEST: "/root/guest"}
+        script = paths.package_script(f"/root/guest/{PACKAGE_SCENARIOS[path]}")
         result = box.run(script, log_path=log_path, timeout=_timeout(), files=files)
-        what = f"package path on {release} ({os.path.basename(deb)})"
+        what = f"{path} path on {release} ({os.path.basename(deb)})"
     steps = _judge(result, what)
     log = result.log_text()
     warnings = paths.python_warnings(log)

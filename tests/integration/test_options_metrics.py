@@ -139,19 +139,7 @@ def test_unknown_option_makes_only_that_tunnel_invalid(make_lab: Callable[..., L
 
 
 def scrape(host: Host) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    code = (
-        "import urllib.request, sys\n"
-        f"print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5)"
-        ".read().decode())\n"
-    )
-    text = host.run([sys.executable, "-c", code]).stdout
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return host.scrape_metrics(METRICS_PORT)
 
 
 @pytest.mark.keeps_ike_sa

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,19 +39,7 @@ def ipsec_status(host: Host) -> dict[str, Any]:
 
 
 def scrape(host: Host) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    code = (
-        "import urllib.request\n"
-        f"print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=5)"
-        ".read().decode())\n"
-    )
-    text = host.run([sys.executable, "-c", code]).stdout
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return host.scrape_metrics(METRICS_PORT)
 
 
 def conns(host: Host) -> set[str]:

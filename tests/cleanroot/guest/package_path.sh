@@ -30,51 +30,12 @@
 # and namespaces whatever happens. Every secret stays in files and OVSDB, never on the output.
 set -uo pipefail
 
-for var in $(compgen -e); do
-  case $var in OVS_*) unset "$var" ;; esac
-done
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+name=package-path
 
-here=$(cd "$(dirname "$0")" && pwd)
 work=/tmp/package-path
-failures=0
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
 t_start=$(date +%s.%N)
-
-log() { printf '%s\n' "package-path: $*"; }
-pass() { printf 'PASS %s\n' "$*"; }
-fail() {
-  printf 'FAIL %s\n' "$*"
-  failures=$((failures + 1))
-}
-check() { # check "what" command...
-  local what=$1
-  shift
-  if "$@"; then pass "$what"; else fail "$what"; fi
-}
-since() { # since START: seconds elapsed, one decimal (no bc in a minimal root)
-  python3 -c "import sys,time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$1"
-}
-
-find_deb() {
-  local found=()
-  if [ $# -gt 0 ] && [ -n "$1" ]; then
-    found=("$1")
-  else
-    shopt -s nullglob
-    local f
-    for f in /ovs-ipsec_*_all.deb /root/ovs-ipsec_*_all.deb /tmp/ovs-ipsec_*_all.deb \
-      "$here"/ovs-ipsec_*_all.deb; do
-      f=$(realpath "$f")
-      [[ " ${found[*]} " == *" $f "* ]] || found+=("$f")
-    done
-    shopt -u nullglob
-  fi
-  if [ ${#found[@]} -ne 1 ] || [ ! -f "${found[0]}" ]; then
-    echo "package-path: expected exactly one ovs-ipsec_*_all.deb, found: ${found[*]:-none}" >&2
-    exit 2
-  fi
-  deb=$(cd "$(dirname "${found[0]}")" && pwd)/$(basename "${found[0]}")
-}
 
 # ---- hosts -------------------------------------------------------------------------------------
 
@@ -209,22 +170,7 @@ trap cleanup EXIT
 # ---- 1. the package ----------------------------------------------------------------------------
 
 find_deb "${1:-}"
-if dpkg-query -W -f='${Status}' ovs-ipsec 2>/dev/null | grep -q installed; then
-  echo "package-path: ovs-ipsec is installed already: this needs a fresh root" >&2
-  exit 2
-fi
-rm -rf "$work"
-mkdir -p "$work"
-# No package may start a service in this root (policy-rc.d is the Debian way to say so).
-# mmdebstrap leaves no package lists behind.
-if ! compgen -G '/var/lib/apt/lists/*_Packages*' > /dev/null; then
-  apt-get -o DPkg::Lock::Timeout=900 update -q > "$work/apt-update.log" 2>&1 ||
-    { cat "$work/apt-update.log"; echo "FAIL apt-get update"; exit 1; }
-fi
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod 755 /usr/sbin/policy-rc.d
-fi
+ready_fresh_root
 
 # What upstream's monitor leaves behind (its marker first), and an operator's own file beside it:
 # the package's postinst must remove the former and keep the latter.
