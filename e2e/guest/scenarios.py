@@ -566,6 +566,19 @@ def expect_no_traffic(
     return traffic
 
 
+def use_ca_signed(a: Node, b: Node, ca_dir: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Both nodes on their CA-signed certificates from `ca_dir` (ovs-ipsec-pki's layout); the
+    per-side tunnel options that name the peer."""
+    for n in (a, b):
+        set_certs(
+            n,
+            f"{ca_dir}/{n.name}-cert.pem",
+            f"{ca_dir}/{n.name}-privkey.pem",
+            f"{ca_dir}/cacert.pem",
+        )
+    return {"remote_name": b.name}, {"remote_name": a.name}
+
+
 def s2_certs(ctx: Ctx) -> None:
     d = os.path.join(ctx.dir, "pki")
     ca_dir, ss_dir = os.path.join(d, "ca"), os.path.join(d, "ss")
@@ -580,14 +593,7 @@ def s2_certs(ctx: Ctx) -> None:
     log(f"s2: certificates made with ovs-ipsec-pki in {time.monotonic() - t0:.1f}s")
     a, b = ctx.pair()
 
-    for n in (a, b):
-        set_certs(
-            n,
-            f"{ca_dir}/{n.name}-cert.pem",
-            f"{ca_dir}/{n.name}-privkey.pem",
-            f"{ca_dir}/cacert.pem",
-        )
-    by_name = ({"remote_name": b.name}, {"remote_name": a.name})
+    by_name = use_ca_signed(a, b, ca_dir)
     check_tunnel(ctx, a, b, Tunnel("cag", "gre", 4, 20), "ca-signed gre ipv4", side_options=by_name)
     check_tunnel(
         ctx, a, b, Tunnel("cav", "vxlan", 6, 21), "ca-signed vxlan ipv6", side_options=by_name
@@ -625,14 +631,7 @@ def s8_basics(ctx: Ctx) -> None:
     t0 = time.monotonic()
     pki(["--dir", ca_dir, "init"], *(["--dir", ca_dir, "host", n] for n in ("left", "right")))
     log(f"s8: certificates made with ovs-ipsec-pki in {time.monotonic() - t0:.1f}s")
-    for n in (a, b):
-        set_certs(
-            n,
-            f"{ca_dir}/{n.name}-cert.pem",
-            f"{ca_dir}/{n.name}-privkey.pem",
-            f"{ca_dir}/cacert.pem",
-        )
-    by_name = ({"remote_name": b.name}, {"remote_name": a.name})
+    by_name = use_ca_signed(a, b, ca_dir)
     check_tunnel(ctx, a, b, Tunnel("bcg", "gre", 4, 41), "ca-signed gre ipv4", side_options=by_name)
 
 
