@@ -15,7 +15,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -246,9 +246,6 @@ class Charon:
             message["ike"] = ike
         return self._stream("list-sas", "list-sa", message)
 
-    def list_conns(self, ike: str | None = None) -> list[dict[str, Any]]:
-        return self._stream("list-conns", "list-conn", {"ike": ike} if ike else None)
-
     # -- writes ---------------------------------------------------------------------------
 
     def unload_conn(self, name: str) -> None:
@@ -276,10 +273,6 @@ class Charon:
             # charon answers "no matching SAs to terminate found" when there is nothing to close.
             if "no matching" not in exc.errmsg:
                 raise
-
-    def initiate(self, child: str, ike: str) -> None:
-        """Start negotiating without waiting for the outcome (events and list-sas tell it)."""
-        self._stream("initiate", "control-log", {"child": child, "ike": ike, "timeout": "-1"})
 
 
 def load_conn_request(spec: ConnSpec) -> Request:
@@ -316,13 +309,3 @@ def _errmsg(exc: Exception) -> str:
     text = str(exc)
     prefix = "Command failed: "
     return text[len(prefix) :] if text.startswith(prefix) else text
-
-
-def iter_child_sas(
-    sas: list[dict[str, Any]],
-) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(ike name, ike SA, child SA) for every CHILD_SA in a list-sas reply."""
-    for entry in sas:
-        for ike_name, ike in entry.items():
-            for child in (ike.get("child-sas") or {}).values():
-                yield ike_name, ike, child

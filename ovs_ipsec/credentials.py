@@ -45,18 +45,6 @@ class Credentials:
     warnings: tuple[str, ...] = ()
 
 
-def needed_paths(config: Config) -> frozenset[str]:
-    """The files to read: the global PKI files (when any tunnel uses certificates) and every
-    certificate tunnel's remote_cert."""
-    paths: set[str] = set()
-    uses_certs = any(t.psk is None for t in config.tunnels.values())
-    if uses_certs:
-        g = config.global_config
-        paths.update(p for p in (g.certificate, g.private_key, g.ca_cert) if p)
-    paths.update(t.remote_cert for t in config.tunnels.values() if t.remote_cert)
-    return frozenset(paths)
-
-
 def resolve(
     config: Config, files: Mapping[str, FileContent], now: dt.datetime, warn_days: int = 30
 ) -> Credentials:

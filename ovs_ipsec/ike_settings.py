@@ -39,15 +39,6 @@ class IkeSettings:
     child: tuple[tuple[str, VICIValue], ...] = ()
     sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
-    @property
-    def proposals_set(self) -> bool:
-        """True when an option chose the IKE proposals (they win over the daemon's default)."""
-        return any(key == "proposals" for key, _ in self.conn)
-
-    @property
-    def esp_proposals_set(self) -> bool:
-        return any(key == "esp_proposals" for key, _ in self.child)
-
     def conn_vici(self) -> dict[str, str | list[str]]:
         """Keys to `update()` into the connection body (after its defaults)."""
         return {key: _vici(value) for key, value in self.conn}

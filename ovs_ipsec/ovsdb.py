@@ -16,7 +16,7 @@ import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 
-from ovs_ipsec.model import InterfaceRow, RowId, Snapshot
+from ovs_ipsec.model import InterfaceRow, RowId
 
 _STRING_MAP = {"key": "string", "value": "string", "min": 0, "max": "unlimited"}
 SCHEMA: dict[str, Any] = {
@@ -174,18 +174,6 @@ class Ovsdb:
         for row in self.idl.tables["Open_vSwitch"].rows.values():
             other_config = dict(row.other_config)
         return other_config
-
-    def snapshot(self) -> Snapshot:
-        self.seen_seqno = self.idl.change_seqno
-        interfaces = tuple(
-            InterfaceRow(name=row.name, type=row.type, options=dict(row.options))
-            for row in self.idl.tables["Interface"].rows.values()
-        )
-        other_config: dict[str, str] = {}
-        # One row by schema; with several (a broken database) the last wins, like upstream.
-        for row in self.idl.tables["Open_vSwitch"].rows.values():
-            other_config = dict(row.other_config)
-        return Snapshot(interfaces=interfaces, other_config=other_config)
 
 
 def _interface(row: Any) -> InterfaceRow:

@@ -383,13 +383,3 @@ def _plain_child(local_ts: str, remote_ts: str, esp_default: tuple[str, ...]) ->
 @functools.lru_cache(maxsize=256)
 def _shared_list(*items: str) -> list[str]:
     return list(items)
-
-
-def child_to_tunnel(conns: Mapping[str, ConnSpec], config: Config) -> dict[str, str]:
-    """CHILD_SA config name -> interface name, to file charon's events under the right tunnel."""
-    mapping: dict[str, str] = {}
-    for conn in conns.values():
-        for name in conn.tunnels:
-            for child in plan_children(config.tunnels[name]):
-                mapping[child] = name
-    return mapping

@@ -352,10 +352,6 @@ class Xfrm:
         """`ip xfrm state` as printed, keys redacted, for display."""
         return redact_states(self._ip_text("xfrm", "state", "list"))
 
-    def observe_all(self) -> list[ObservedPolicy]:
-        """Every policy in the table, foreign ones included."""
-        return parse_policies(self.policies_text())
-
     def observe(self) -> frozenset[PolicySpec]:
         """The daemon's own policies (`is_owned`); foreign ones are never returned.
 
