@@ -23,7 +23,7 @@ from ovs_ipsec.control import Control
 from ovs_ipsec.daemon import Daemon, Settings, vlog
 from ovs_ipsec.events import Events
 from ovs_ipsec.ovs_dirs import OvsDirs, effective_dirs
-from ovs_ipsec.ovsdb import Ovsdb
+from ovs_ipsec.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.sdnotify import notify
 from ovs_ipsec.xfrm import Xfrm
 
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         protection_linger=max(0.0, args.protection_linger),
     )
     ovs.daemon.daemonize_start()
+    receive_whole_utf8_characters()
     charon = Charon(path, settings.command_timeout)
     daemon = Daemon(
         settings,
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         vlog.err(str(exc))
         sys.exit(1)
+    control.register_commands()
     metrics = None
     if args.metrics_address:
         try:

@@ -71,9 +71,12 @@ class Control:
         self.server = server
         # tunnels/show requests waiting for a fresh list-sas: (connection, argv, asked at).
         self._pending: list[tuple[Any, list[str], float]] = []
-        self._register()
 
-    def _register(self) -> None:
+    def register_commands(self) -> None:
+        """Bind our commands to this Control in the library's process-wide command table
+        (`ovs.unixctl.commands`). The entry point calls it once, after creating the Control;
+        the library keeps the first registration of a name, so ours are dropped first and a
+        later Control in the same process answers with its own daemon."""
         commands: list[tuple[str, str, int, int, Callable[[Any, list[str], Any], None]]] = [
             ("version", "", 0, 0, self._version),
             ("exit", "[--no-cleanup]", 0, 1, self._exit),
@@ -87,8 +90,8 @@ class Control:
             ("list-commands", "", 0, 0, self._help),
         ]
         # UnixctlServer.create() registered the library's own `version`; ours adds a line.
-        ovs.unixctl.commands.pop("version", None)
         for name, usage, min_args, max_args, callback in commands:
+            ovs.unixctl.commands.pop(name, None)
             ovs.unixctl.command_register(name, usage, min_args, max_args, _guarded(callback), None)
 
     def run(self) -> None:

@@ -88,7 +88,12 @@ def _recv_whole_characters(connection: Any) -> Any:
     return _library_recv(connection)
 
 
-ovs.jsonrpc.Connection.recv = _recv_whole_characters
+def receive_whole_utf8_characters() -> None:
+    """Make every ovs.jsonrpc connection of this process read whole UTF-8 characters only
+    (`_Utf8BoundaryStream`). It patches the library class, so it is process-wide: the entry
+    point calls it once at start-up, before the first OVSDB connection. Calling it again is
+    harmless."""
+    ovs.jsonrpc.Connection.recv = _recv_whole_characters
 
 
 class _TrackingIdl(ovs.db.idl.Idl):

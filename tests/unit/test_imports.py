@@ -201,3 +201,27 @@ def test_the_option_table_is_loaded_only_for_tunnels_with_ipsec_options() -> Non
         [sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_importing_the_modules_leaves_the_ovs_library_alone() -> None:
+    """Importing every module patches no library class and registers no control command; the
+    entry point does both, explicitly (`receive_whole_utf8_characters`, `register_commands`)."""
+    script = (
+        "import importlib, pkgutil\n"
+        "import ovs.jsonrpc, ovs.unixctl\n"
+        "import ovs_ipsec\n"
+        "recv, commands = ovs.jsonrpc.Connection.recv, dict(ovs.unixctl.commands)\n"
+        "for info in pkgutil.iter_modules(ovs_ipsec.__path__):\n"
+        "    if info.name not in {'__main__', 'metrics'}:\n"
+        "        importlib.import_module('ovs_ipsec.' + info.name)\n"
+        "assert ovs.jsonrpc.Connection.recv is recv\n"
+        "assert dict(ovs.unixctl.commands) == commands, sorted(ovs.unixctl.commands)\n"
+        "from ovs_ipsec.ovsdb import receive_whole_utf8_characters\n"
+        "receive_whole_utf8_characters()\n"
+        "receive_whole_utf8_characters()\n"
+        "assert ovs.jsonrpc.Connection.recv.__name__ == '_recv_whole_characters'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
