@@ -5,7 +5,7 @@ failures become `CharonError` (charon said no; the message is its `errmsg`) or
 `CharonUnreachable` (no socket, timeout, EOF: the session is closed and must be reopened).
 Secrets are unwrapped only here, at the VICI call.
 
-May import: vici, vici_socket, naming, plan and reconcile types, errors, stdlib.
+May import: vici, vici_socket, vicidata, naming, plan (its types), errors, stdlib.
 """
 
 from __future__ import annotations

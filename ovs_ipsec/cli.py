@@ -1,6 +1,7 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
-May import: daemon, control, adapters, ovs.daemon, ovs.vlog, stdlib.
+May import: daemon, control, charon, events, ovsdb, xfrm, sdnotify, http_server, metrics, ovs_dirs,
+ovs, prometheus_client (only to tell whether it is installed), stdlib.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Status commands answer text by default, JSON with `--json`, and a JSON value (no
 a client that said `set-options --format json` (`ovs-appctl --format json`, OVS 3.4+; the
 library has that command from OVS 3.3 on). The shapes are in docs/status-json.md.
 
-May import: ovs.unixctl, ovs.vlog, render, status, xfrm (parsers), daemon types, stdlib.
+May import: ovs, render, status, xfrm (its parsers), daemon (its types), errors, stdlib.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 state of the program lives here; decisions are made by the pure core (parse, plan, reconcile,
 status) and carried out through the adapters it is handed.
 
-May import: everything in the package.
+May import: any core or shell module, ovs, stdlib (not the tools: lab, demo, pki_tool).
 """
 
 from __future__ import annotations

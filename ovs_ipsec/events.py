@@ -10,7 +10,7 @@ that stops (or restarts) is noticed as soon as the loop wakes up, not at the nex
 Framing is vici.protocol's: a 4-byte big-endian length, then a `Packet` whose EVENT payload is
 a `Message`. Values are decoded from bytes to str here, like `Charon` does for replies.
 
-May import: vici.protocol, errors, vici_socket, ovs.poller, stdlib.
+May import: vici.protocol, vici.exception, errors, vici_socket, vicidata, ovs.poller, stdlib.
 """
 
 from __future__ import annotations

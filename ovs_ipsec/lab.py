@@ -15,7 +15,7 @@ recycled PID is never signalled), every namespace as soon as it exists, and `sto
 those records, whatever state `start()` reached. It is idempotent and also runs at interpreter
 exit.
 
-May import: stdlib, vici.
+May import: stdlib, vici, prometheus_client.parser (the tests' extra).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The IDL is given a schema holding only those columns, so it needs no schema file
 differs between Debian's and PyPI's `ovs`), and ovsdb-server sends us nothing else: statistics
 and status updates never wake the daemon.
 
-May import: ovs.db.idl, model, stdlib.
+May import: ovs.db.idl, ovs.jsonrpc, ovs.poller, model, stdlib.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ policies, and reports exactly those names for the reconciler to diff. A change t
 (certificates, ipsec_skb_mark, fail-open) re-evaluates every IPsec port. Work per change is thus
 proportional to what changed, not to the number of tunnels.
 
-May import: model, parse, credentials, plan, protection, ike_settings, stdlib.
+May import: model, parse, naming, credentials, plan, protection, ike_settings, stdlib.
 """
 
 from __future__ import annotations

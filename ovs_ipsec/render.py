@@ -6,7 +6,7 @@ Text keeps upstream's labels where they still mean something ("Interface name:",
 "Remote IP:", "PSK:", "IPsec connections that are active:" ...), and is correct where upstream's
 was not: each kernel policy is listed once, inbound ones under the peer they come from.
 
-May import: model, protection, sas, status, stdlib.
+May import: model, parse, protection, sas, status, stdlib.
 """
 
 from __future__ import annotations

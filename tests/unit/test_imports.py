@@ -1,12 +1,15 @@
-"""Import direction: the pure core never reaches I/O or the shell (style-anchors §6).
+"""Import direction: the pure core never reaches I/O or the shell (style-anchors §6), the
+tools stay apart from the daemon, and every module's "May import:" line is true.
 
 Walks every `import` of ovs_ipsec/*.py with `ast` (no module is executed), including imports
-inside functions and under `if TYPE_CHECKING:`. Modules that do not exist yet are skipped.
+inside functions and under `if TYPE_CHECKING:`. Every module of the package is in exactly one
+layer below; a module in none (or a listed one that does not exist) fails the test.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +18,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ovs_ipsec"
 
+# Pure: no I/O, clocks, processes or threads; imports only the core and the leaves.
 CORE = [
     "model",
     "parse",
     "naming",
     "plan",
+    "planner",
     "reconcile",
     "vicidata",
     "status",
@@ -35,20 +40,39 @@ CORE = [
     "ike_settings",
     "ovs_dirs",
 ]
+# The daemon: its loop, its adapters (charon, OVSDB, kernel, files, control socket, metrics
+# endpoint, systemd) and its entry points.
 SHELL = [
     "charon",
     "events",
     "ovsdb",
     "xfrm",
+    "xfrm_netlink",
     "proc",
-    "apply",
+    "files",
     "daemon",
     "control",
     "cli",
     "entry",
     "heap",
     "vici_socket",
+    "sdnotify",
+    "http_server",
+    "metrics",
 ]
+# Programs beside the daemon (test lab, demo, PKI command line): the daemon never imports them.
+TOOLS = ["lab", "demo", "pki_tool"]
+# Stdlib-only modules any layer may import (exception types with fields).
+LEAVES = ["errors"]
+# The package itself (__version__, PROGRAM_NAME) and `python -m ovs_ipsec`.
+PACKAGE_FILES = ["__init__", "__main__"]
+LAYERS = {
+    "CORE": CORE,
+    "SHELL": SHELL,
+    "TOOLS": TOOLS,
+    "LEAVES": LEAVES,
+    "PACKAGE_FILES": PACKAGE_FILES,
+}
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
 FORBIDDEN = {
     "ovs",
@@ -63,8 +87,6 @@ FORBIDDEN = {
     "threading",
     "asyncio",
 }
-# Stdlib-only modules any layer may import (exception types with fields).
-LEAVES = {"errors"}
 # Third-party packages a core module may use besides the standard library.
 THIRD_PARTY = {"pki": {"cryptography"}}
 DYNAMIC = "<dynamic import>"
@@ -97,17 +119,13 @@ def imported_modules(module: str) -> set[str]:
     return imports_of(path.read_text(), str(path))
 
 
-def existing(modules: list[str]) -> list[str]:
-    return [m for m in modules if (PACKAGE / f"{m}.py").exists()]
-
-
 def internal(name: str) -> str | None:
     """`charon` for `ovs_ipsec.charon` (or deeper), None for anything outside the package."""
     parts = name.split(".")
     return parts[1] if parts[0] == "ovs_ipsec" and len(parts) > 1 else None
 
 
-@pytest.mark.parametrize("module", existing(CORE))
+@pytest.mark.parametrize("module", CORE)
 def test_core_never_imports_io_or_the_shell(module: str) -> None:
     """A core module imports none of ovs, vici, subprocess, socket, time (nor other I/O,
     thread or clock modules), no shell module (charon, ovsdb, xfrm, proc, daemon, control,
@@ -120,7 +138,7 @@ def test_core_never_imports_io_or_the_shell(module: str) -> None:
     assert not bad, f"ovs_ipsec/{module}.py imports {bad}"
 
 
-@pytest.mark.parametrize("module", existing(CORE))
+@pytest.mark.parametrize("module", CORE)
 def test_core_imports_only_stdlib_and_core(module: str) -> None:
     """Besides the standard library, a core module imports only other core modules (pki alone
     may import cryptography), so a new shell module cannot sneak in under another name."""
@@ -130,7 +148,7 @@ def test_core_imports_only_stdlib_and_core(module: str) -> None:
         name
         for name in imported_modules(module)
         if name != "ovs_ipsec"
-        and internal(name) not in {*CORE, *LEAVES}
+        and internal(name) not in {*CORE, *LEAVES, *PACKAGE_FILES}
         and name.split(".")[0] not in allowed
     )
     assert not bad, f"ovs_ipsec/{module}.py imports {bad}"
@@ -138,7 +156,7 @@ def test_core_imports_only_stdlib_and_core(module: str) -> None:
 
 def test_core_imports_form_no_cycle() -> None:
     """Dependencies inside the core point one way: its import graph has no cycle."""
-    core = existing(CORE)
+    core = CORE
     graph = {m: {internal(n) for n in imported_modules(m)} & set(core) for m in core}
     done: set[str] = set()
 
@@ -152,6 +170,77 @@ def test_core_imports_form_no_cycle() -> None:
 
     for module in core:
         visit(module, ())
+
+
+def test_every_module_is_in_exactly_one_layer() -> None:
+    """A new module must be classified before it can be checked; a listed module must exist."""
+    on_disk = {path.stem for path in PACKAGE.glob("*.py")}
+    listed = [module for modules in LAYERS.values() for module in modules]
+    twice = sorted({m for m in listed if listed.count(m) > 1})
+    assert not twice, f"in more than one layer: {twice}"
+    assert not on_disk - set(listed), f"in no layer: {sorted(on_disk - set(listed))}"
+    assert not set(listed) - on_disk, f"listed but missing: {sorted(set(listed) - on_disk)}"
+
+
+@pytest.mark.parametrize("module", [*CORE, *SHELL, *LEAVES])
+def test_the_daemon_never_imports_a_tool(module: str) -> None:
+    """The lab, the demo and the PKI command line stay out of the daemon's imports."""
+    bad = sorted(name for name in imported_modules(module) if internal(name) in TOOLS)
+    assert not bad, f"ovs_ipsec/{module}.py imports {bad}"
+
+
+def may_import(module: str) -> tuple[set[str], set[str], bool] | None:
+    """The `May import:` line of a module's docstring as (modules of the package, outside
+    packages, standard library allowed); None without such a line. Items are comma separated
+    (a final "and" counts as a comma); a parenthesised remark after an item is ignored; "any
+    core or shell module" stands for those two layers and the leaves."""
+    docstring = ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text())) or ""
+    found = re.search(r"May import:(.*?)(?:\.\s*$|\.\n\n)", docstring, re.S)
+    if found is None:
+        return None
+    text = re.sub(r"\([^)]*\)", "", " ".join(found.group(1).split()))
+    inside: set[str] = set()
+    outside: set[str] = set()
+    stdlib = False
+    for item in re.split(r",|\band\b", text):
+        item = item.strip()
+        if item == "stdlib":
+            stdlib = True
+        elif item == "any core or shell module":
+            inside |= {*CORE, *SHELL, *LEAVES}
+        elif (PACKAGE / f"{item}.py").exists():
+            inside.add(item)
+        else:
+            assert re.fullmatch(r"[A-Za-z_][\w.]*", item), f"{module}: cannot read {item!r}"
+            outside.add(item)
+    return inside, outside, stdlib
+
+
+ALL_MODULES = sorted(path.stem for path in PACKAGE.glob("*.py"))
+
+
+@pytest.mark.parametrize("module", ALL_MODULES)
+def test_may_import_lines_are_true(module: str) -> None:
+    """What a module's docstring says it may import covers everything it does import: modules
+    of the package by name, other packages by the dotted name (or a parent of it), the standard
+    library by the word stdlib."""
+    allowed = may_import(module)
+    if allowed is None:
+        return
+    inside, outside, stdlib = allowed
+    bad = []
+    for name in sorted(imported_modules(module) - {"ovs_ipsec", "__future__", DYNAMIC}):
+        module_name = internal(name)
+        if module_name is not None:
+            # `from ovs_ipsec import __version__` names no module: the package's __init__.
+            if module_name not in inside and (PACKAGE / f"{module_name}.py").exists():
+                bad.append(name)
+        elif name.split(".")[0] in sys.stdlib_module_names:
+            if not stdlib:
+                bad.append(name)
+        elif not any(name == o or name.startswith(o + ".") for o in outside):
+            bad.append(name)
+    assert not bad, f"ovs_ipsec/{module}.py imports {bad}, which its May import line omits"
 
 
 def test_the_walker_sees_every_import_form() -> None:
