@@ -15,7 +15,7 @@ tunnel invalid). The result type (`IkeSettings`), the default proposals and `con
 are in ike_settings, which plan needs for every tunnel: this table, about 0.9 MiB of the
 daemon's memory once loaded, is loaded only when some tunnel has ipsec_* options.
 
-May import: ike_settings, model, stdlib.
+May import: ike_settings, model, parse, stdlib.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ovs_ipsec.ike_settings import (
     default_proposals,
 )
 from ovs_ipsec.model import Invalid
+from ovs_ipsec.parse import parse_bool, quoted
 
 # The result type and the defaults live in ike_settings (the planner needs them for every
 # tunnel; this table is loaded only when a tunnel has ipsec_* options). Re-exported here, where
@@ -85,13 +86,6 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _show(value: str, limit: int = 48) -> str:
-    """A value quoted for a reason, shortened so a huge value cannot flood the log."""
-    return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
-_TRUE = frozenset({"yes", "true", "on", "1", "enabled"})
-_FALSE = frozenset({"no", "false", "off", "0", "disabled"})
 _DURATION = re.compile(r"([0-9]{1,12})\s*([smhd]?)", re.ASCII | re.IGNORECASE)
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY}
 _VOLUME = re.compile(r"([0-9]{1,16})\s*([kmg]?)", re.ASCII | re.IGNORECASE)
@@ -101,12 +95,10 @@ _PERCENT = re.compile(r"([0-9]{1,6})\s*%?", re.ASCII)
 
 
 def _bool(value: str) -> bool:
-    word = value.lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise _Refused(f"expected yes or no, got {_show(value)}")
+    flag = parse_bool(value)
+    if flag is None:
+        raise _Refused(f"expected yes or no, got {quoted(value)}")
+    return flag
 
 
 def _yesno(value: str) -> str:
@@ -116,18 +108,18 @@ def _yesno(value: str) -> str:
 def _duration(value: str, *, maximum: int, minimum: int = 1) -> int:
     """Seconds from `30s`, `20m`, `1h`, `1d` or plain seconds; 0 allowed (means "off")."""
     if value.startswith("-"):
-        raise _Refused(f"must not be negative, got {_show(value)}")
+        raise _Refused(f"must not be negative, got {quoted(value)}")
     match = _DURATION.fullmatch(value)
     if not match:
         raise _Refused(
-            f"expected a duration such as 30s, 20m, 1h, 1d or plain seconds, got {_show(value)}"
+            f"expected a duration such as 30s, 20m, 1h, 1d or plain seconds, got {quoted(value)}"
         )
     seconds = int(match.group(1)) * _UNIT[match.group(2).lower()]
     if seconds > maximum:
-        raise _Refused(f"{_show(value)} is longer than the maximum of {_human(maximum)}")
+        raise _Refused(f"{quoted(value)} is longer than the maximum of {_human(maximum)}")
     if 0 < seconds < minimum:
         raise _Refused(
-            f"{_show(value)} is shorter than {minimum}s (0 turns it off); SAs would be "
+            f"{quoted(value)} is shorter than {minimum}s (0 turns it off); SAs would be "
             "renewed continuously"
         )
     return seconds
@@ -147,21 +139,21 @@ def _seconds(seconds: int) -> str:
 def _volume(value: str) -> int:
     """Bytes or packets: plain number or with charon's k/m/g (1024-based) suffix."""
     if value.startswith("-"):
-        raise _Refused(f"must not be negative, got {_show(value)}")
+        raise _Refused(f"must not be negative, got {quoted(value)}")
     match = _VOLUME.fullmatch(value)
     if not match:
-        raise _Refused(f"expected a number (optionally with k, m or g), got {_show(value)}")
+        raise _Refused(f"expected a number (optionally with k, m or g), got {quoted(value)}")
     number = int(match.group(1)) * _VOLUME_UNIT[match.group(2).lower()]
     if number > MAX_VOLUME:
-        raise _Refused(f"{_show(value)} is larger than charon accepts ({MAX_VOLUME})")
+        raise _Refused(f"{quoted(value)} is larger than charon accepts ({MAX_VOLUME})")
     return number
 
 
 def _integer(value: str, low: int, high: int) -> int:
     if value.startswith("-"):
-        raise _Refused(f"must not be negative, got {_show(value)}")
+        raise _Refused(f"must not be negative, got {quoted(value)}")
     if not _INTEGER.fullmatch(value):
-        raise _Refused(f"expected a whole number, got {_show(value)}")
+        raise _Refused(f"expected a whole number, got {quoted(value)}")
     number = int(value)
     if not low <= number <= high:
         raise _Refused(f"must be between {low} and {high}, got {number}")
@@ -171,7 +163,7 @@ def _integer(value: str, low: int, high: int) -> int:
 def _percent(value: str) -> int:
     match = _PERCENT.fullmatch(value)
     if not match:
-        raise _Refused(f"expected a percentage such as 100%, got {_show(value)}")
+        raise _Refused(f"expected a percentage such as 100%, got {quoted(value)}")
     number = int(match.group(1))
     if number > MAX_FUZZ:
         raise _Refused(f"must be at most {MAX_FUZZ}%, got {number}%")
@@ -183,10 +175,10 @@ def _choice(value: str, mapping: dict[str, str | None], what: str) -> str | None
     word = value.lower()
     if word not in mapping:
         accepted = ", ".join(k for k, v in mapping.items() if v is not None)
-        raise _Refused(f"expected one of {accepted}, got {_show(value)}")
+        raise _Refused(f"expected one of {accepted}, got {quoted(value)}")
     result = mapping[word]
     if result is None:
-        raise _Refused(what.format(value=_show(value)))
+        raise _Refused(what.format(value=quoted(value)))
     return result
 
 
@@ -250,17 +242,17 @@ def _strongswan_proposal(item: str, proto: str) -> str:
     """Check one strongSwan proposal as charon would, plus the daemon's own rules."""
     tokens = item.split("-")
     if any(not t for t in tokens):
-        raise _Refused(f"empty algorithm in {proto} proposal {_show(item)}")
+        raise _Refused(f"empty algorithm in {proto} proposal {quoted(item)}")
     unknown = [t for t in tokens if t not in STRONGSWAN_KEYWORDS]
     if unknown:
-        raise _Refused(f"unknown algorithm {_show(unknown[0])} in {proto} proposal {_show(item)}")
+        raise _Refused(f"unknown algorithm {quoted(unknown[0])} in {proto} proposal {quoted(item)}")
     _check_strongswan(tokens, proto, item)
     return "-".join(tokens)
 
 
 def _check_strongswan(tokens: Sequence[str], proto: str, item: str) -> None:
     kinds = [STRONGSWAN_KEYWORDS[t] for t in tokens]
-    shown = _show(item)
+    shown = quoted(item)
     if _KE_INSECURE in kinds:
         raise _Refused(f"modpnull in {proto} proposal {shown} is a test group with no security")
     if _NULL in kinds or _GMAC in kinds:
@@ -365,22 +357,22 @@ def _libreswan_cipher(name: str, proto: str) -> tuple[str, bool]:
         return translated, translated.startswith("chacha")
     if name in _LS_NONE or name.startswith(("null", "aes_gmac")):
         raise _Refused(
-            f"{proto} algorithm {_show(name)} has no encryption: tunnel traffic would cross "
+            f"{proto} algorithm {quoted(name)} has no encryption: tunnel traffic would cross "
             "the wire readable"
         )
     match = _LS_CIPHER.fullmatch(name)
     if not match:
-        raise _Refused(f"Libreswan {proto} algorithm {_show(name)} has no strongSwan equivalent")
+        raise _Refused(f"Libreswan {proto} algorithm {quoted(name)} has no strongSwan equivalent")
     family, icv, bits = match.group("family"), match.group("icv"), match.group("bits")
     if bits is None:
         raise _Refused(
-            f"give the key length of {_show(name)} (e.g. {family}256): Libreswan and strongSwan "
+            f"give the key length of {quoted(name)} (e.g. {family}256): Libreswan and strongSwan "
             "differ on the default"
         )
     if family in ("aes_gcm", "aes_ccm"):
         return f"aes{bits}{family[4:]}{_LS_ICV[icv]}", True
     if icv is not None:
-        raise _Refused(f"Libreswan {proto} algorithm {_show(name)} has no strongSwan equivalent")
+        raise _Refused(f"Libreswan {proto} algorithm {quoted(name)} has no strongSwan equivalent")
     base = "camellia" if family.startswith("camellia") else "aes"
     return f"{base}{bits}{'ctr' if family == 'aes_ctr' else ''}", False
 
@@ -389,15 +381,15 @@ def _libreswan_proposal(item: str, proto: str) -> str:
     """Translate one Libreswan proposal, e.g. aes_gcm256-sha2_256;dh19 -> aes256gcm16-prf..."""
     if "=" in item:
         raise _Refused(
-            f"Libreswan's typed form (encrypt=, prf=, ke=...) in {_show(item)} is not "
+            f"Libreswan's typed form (encrypt=, prf=, ke=...) in {quoted(item)} is not "
             "translated; use strongSwan syntax"
         )
     groups = re.split(r"[-;]", item)
     if any(not g for g in groups):
-        raise _Refused(f"empty algorithm in {proto} proposal {_show(item)}")
+        raise _Refused(f"empty algorithm in {proto} proposal {quoted(item)}")
     names = [g.split("+") for g in groups]
     if any(not n for group in names for n in group):
-        raise _Refused(f"empty algorithm in {proto} proposal {_show(item)}")
+        raise _Refused(f"empty algorithm in {proto} proposal {quoted(item)}")
 
     ciphers = [_libreswan_cipher(n, proto) for n in names[0]]
     aead = any(is_aead for _, is_aead in ciphers)
@@ -409,8 +401,8 @@ def _libreswan_proposal(item: str, proto: str) -> str:
         if kind is None:
             bad = next(n for n in group if n not in _LS_HASH and n not in _LS_KE)
             raise _Refused(
-                f"Libreswan {proto} algorithm {_show(bad)} has no strongSwan equivalent "
-                f"(or is out of order) in {_show(item)}"
+                f"Libreswan {proto} algorithm {quoted(bad)} has no strongSwan equivalent "
+                f"(or is out of order) in {quoted(item)}"
             )
         found[kind] = group
         order = order[order.index(kind) + 1 :]
@@ -420,7 +412,7 @@ def _libreswan_proposal(item: str, proto: str) -> str:
     prf = [_LS_HASH[n] for n in found.get("prf", [])]
     if aead and integ:
         raise _Refused(
-            f"{proto} proposal {_show(item)}: an AEAD cipher has its own integrity check; "
+            f"{proto} proposal {quoted(item)}: an AEAD cipher has its own integrity check; "
             "drop the integrity algorithm (or use none)"
         )
     if proto == "IKE":
@@ -436,7 +428,7 @@ def _libreswan_proposal(item: str, proto: str) -> str:
     ke = [_LS_KE[n] for n in found.get("ke", []) if n not in _LS_KE_NONE]
     if proto == "IKE" and not ke:
         raise _Refused(
-            f"IKE proposal {_show(item)} names no key exchange group; Libreswan would fill in "
+            f"IKE proposal {quoted(item)} names no key exchange group; Libreswan would fill in "
             "its own defaults, strongSwan needs them named (e.g. ...;dh19 or ...-modp2048)"
         )
     tokens += ke
@@ -1242,7 +1234,7 @@ def _proposal_values(
                 "no DH group (end the list with ! or drop 'default')"
             )
         elif pfs and bare:
-            reason = f"pfs=yes but ESP proposal {_show(bare[0])} has no DH group"
+            reason = f"pfs=yes but ESP proposal {quoted(bare[0])} has no DH group"
         elif not pfs and any(_has_ke(i) for i in effective):
             reason = "pfs=no but an ESP proposal names a DH group (which means PFS)"
         if reason:
@@ -1394,7 +1386,7 @@ def _merge(values: list[_Value], errors: list[Invalid]) -> dict[tuple[Level, str
 
 
 def _shown_value(value: VICIValue) -> str:
-    return _show(",".join(value) if isinstance(value, tuple) else value)
+    return quoted(",".join(value) if isinstance(value, tuple) else value)
 
 
 def _cross_check(merged: dict[tuple[Level, str], _Value], errors: list[Invalid]) -> None:

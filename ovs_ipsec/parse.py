@@ -32,8 +32,8 @@ IPSEC_AUTH_KEYS = ("psk", "remote_cert", "remote_name")
 IPSEC_OPTION_PREFIX = "ipsec_"
 # OVS tunnel types whose UDP destination port matters for ipsec_skb_mark, IPsec or not.
 UDP_TUNNEL_PORTS = {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None, "gtpu": 2152}
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
+_TRUE = frozenset({"true", "yes", "1", "on"})
+_FALSE = frozenset({"false", "no", "0", "off"})
 MAX_OPTION_LENGTH = 4096
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]{1,8}")
@@ -73,7 +73,7 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
             errors.append(Invalid(key, "is empty"))
             value = None
         elif value is not None and not value.startswith("/"):
-            errors.append(Invalid(key, f"must be an absolute path, got {_show(value)}"))
+            errors.append(Invalid(key, f"must be an absolute path, got {quoted(value)}"))
             value = None
         paths[key] = value
 
@@ -90,7 +90,7 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
         flag = parse_bool(raw_fail_open)
         if flag is None:
             errors.append(
-                Invalid("ipsec_fail_open", f"must be true or false, got {_show(raw_fail_open)}")
+                Invalid("ipsec_fail_open", f"must be true or false, got {quoted(raw_fail_open)}")
             )
         else:
             fail_open = flag
@@ -113,7 +113,7 @@ def parse_skb_mark(text: str) -> tuple[SkbMark | None, Invalid | None]:
     mask = _parse_u32(mask_text) if slash else 0xFFFFFFFF
     if value is None or mask is None:
         return None, Invalid(
-            key, f"must be VALUE/MASK with 32-bit decimal or 0x-hex numbers, got {_show(text)}"
+            key, f"must be VALUE/MASK with 32-bit decimal or 0x-hex numbers, got {quoted(text)}"
         )
     if value & ~mask:
         return None, Invalid(
@@ -134,7 +134,8 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
         errors.append(
             Invalid(
                 "type",
-                f"IPsec is not supported on type {_show(row.type)} (supported: gre, geneve, vxlan)",
+                f"IPsec is not supported on type {quoted(row.type)} "
+                "(supported: gre, geneve, vxlan)",
             )
         )
 
@@ -152,7 +153,7 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
                 errors.append(
                     Invalid(
                         "dst_port",
-                        f"must be a port number 1-65535, got {_show(options['dst_port'])}",
+                        f"must be a port number 1-65535, got {quoted(options['dst_port'])}",
                     )
                 )
             else:
@@ -228,7 +229,7 @@ def _parse_auth(
         errors.append(Invalid(key, "is empty"))
         return None, None
     if mode is AuthMode.SELF_SIGNED and not value.startswith("/"):
-        errors.append(Invalid(key, f"must be an absolute path, got {_show(value)}"))
+        errors.append(Invalid(key, f"must be an absolute path, got {quoted(value)}"))
         return None, None
     missing = [k for k in ("certificate", "private_key") if getattr(global_config, k) is None]
     if mode is AuthMode.CA_SIGNED and global_config.ca_cert is None:
@@ -262,6 +263,9 @@ def row_port(row: InterfaceRow) -> int | None:
 
 
 def parse_bool(text: str) -> bool | None:
+    """true/yes/on/1 or false/no/off/0, case and blanks aside; None for anything else, which
+    callers report as invalid rather than guess (OVS's smap_get_bool reads every word but
+    "true" as false; a word we do not know is more likely a typo than a "no")."""
     lowered = text.strip().lower()
     if lowered in _TRUE:
         return True
@@ -282,12 +286,12 @@ def _parse_ip(
         errors.append(Invalid(key, "'flow' is not supported with IPsec; set a fixed address"))
         return None
     if "%" in text:
-        errors.append(Invalid(key, f"scoped addresses are not supported: {_show(text)}"))
+        errors.append(Invalid(key, f"scoped addresses are not supported: {quoted(text)}"))
         return None
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
-        errors.append(Invalid(key, f"is not an IP address: {_show(text)}"))
+        errors.append(Invalid(key, f"is not an IP address: {quoted(text)}"))
         return None
     if address.is_unspecified or address.is_multicast:
         errors.append(Invalid(key, f"must be a unicast address, got {address}"))
@@ -316,7 +320,7 @@ def _parse_u32(text: str) -> int | None:
     return number if 0 <= number <= 0xFFFFFFFF else None
 
 
-def _show(value: str, limit: int = 64) -> str:
+def quoted(value: str, limit: int = 64) -> str:
     """A value quoted for an error message, shortened so a huge value cannot flood the log."""
     shown = value if len(value) <= limit else value[:limit] + "..."
     return repr(shown)
@@ -324,6 +328,7 @@ def _show(value: str, limit: int = 64) -> str:
 
 __all__ = [
     "is_ipsec_port",
+    "quoted",
     "parse_config",
     "parse_global",
     "parse_skb_mark",

@@ -604,3 +604,17 @@ def test_doc_table_lists_every_spelling_and_refusal():
             assert f"`ipsec_{spelling}`" in table
     for key in REJECTED:
         assert f"`ipsec_{key}`" in table
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [("yes", "yes"), ("TRUE", "yes"), ("on", "yes"), ("1", "yes"), ("no", "no"), ("off", "no")],
+)
+def test_yes_no_options_read_the_words_ipsec_fail_open_reads(word: str, expected: str) -> None:
+    """One boolean reader (parse.parse_bool) for the ipsec_* options and ipsec_fail_open."""
+    assert ok(("mobike", word)).conn_vici()["mobike"] == expected
+
+
+@pytest.mark.parametrize("word", ["enabled", "disabled", "y"])
+def test_other_boolean_words_are_refused(word: str) -> None:
+    assert "expected yes or no" in refused(("mobike", word))["ipsec_mobike"]
