@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 class TunnelType(enum.StrEnum):
@@ -22,8 +23,15 @@ class TunnelType(enum.StrEnum):
         return self is not TunnelType.GRE
 
 
-# IANA ports the kernel's Geneve and VXLAN devices use when options:dst_port is unset.
-DEFAULT_DST_PORT: Mapping[TunnelType, int] = {TunnelType.GENEVE: 6081, TunnelType.VXLAN: 4789}
+# OVS tunnel types whose UDP destination port matters for ipsec_skb_mark, IPsec or not, and the
+# IANA port the kernel's device uses when options:dst_port is unset (None: no default).
+UDP_TUNNEL_PORTS: Mapping[str, int | None] = MappingProxyType(
+    {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None, "gtpu": 2152}
+)
+# The same ports for the UDP tunnel types IPsec supports (Geneve, VXLAN).
+DEFAULT_DST_PORT: Mapping[TunnelType, int] = MappingProxyType(
+    {kind: port for kind in TunnelType if (port := UDP_TUNNEL_PORTS.get(kind)) is not None}
+)
 IPPROTO_GRE = 47
 IPPROTO_UDP = 17
 

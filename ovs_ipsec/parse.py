@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from ovs_ipsec.model import (
     DEFAULT_DST_PORT,
+    UDP_TUNNEL_PORTS,
     AuthMode,
     Config,
     GlobalConfig,
@@ -30,8 +31,6 @@ from ovs_ipsec.model import (
 # Options whose mere presence makes a port an IPsec tunnel (upstream's rule: even when empty).
 IPSEC_AUTH_KEYS = ("psk", "remote_cert", "remote_name")
 IPSEC_OPTION_PREFIX = "ipsec_"
-# OVS tunnel types whose UDP destination port matters for ipsec_skb_mark, IPsec or not.
-UDP_TUNNEL_PORTS = {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None, "gtpu": 2152}
 _TRUE = frozenset({"true", "yes", "1", "on"})
 _FALSE = frozenset({"false", "no", "0", "off"})
 MAX_OPTION_LENGTH = 4096

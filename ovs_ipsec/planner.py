@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ovs_ipsec import ike_settings, naming
 from ovs_ipsec.credentials import Credentials, FileContent, resolve
 from ovs_ipsec.model import (
+    UDP_TUNNEL_PORTS,
     AuthMode,
     Config,
     GlobalConfig,
@@ -31,7 +32,6 @@ from ovs_ipsec.model import (
     Tunnel,
 )
 from ovs_ipsec.parse import (
-    UDP_TUNNEL_PORTS,
     caveat,
     is_ipsec_port,
     parse_global,
