@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ovs_ipsec import naming
@@ -76,24 +77,70 @@ _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 # and the two would overwrite each other. charon never uses /1, so the halves never collide.
 _ANY_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 _HOST_BITS = {4: 32, 6: 128}
-_PROTO_NAMES = {IPPROTO_GRE: "gre", IPPROTO_UDP: "udp"}
+# Protocol names as iproute2 prints and reads them (/etc/protocols); others are numbers.
+PROTOCOL_NUMBERS: Mapping[str, int] = MappingProxyType(
+    {
+        "ip": 0,
+        "icmp": 1,
+        "igmp": 2,
+        "ipencap": 4,
+        "tcp": 6,
+        "udp": 17,
+        "ipv6": 41,
+        "gre": 47,
+        "esp": 50,
+        "ah": 51,
+        "ipv6-icmp": 58,
+        "dccp": 33,
+        "ipcomp": 108,
+        "sctp": 132,
+        "mobility-header": 135,
+        "udplite": 136,
+    }
+)
+# 0 in a selector means any protocol: shown as a number, not as "ip".
+PROTOCOL_NAMES: Mapping[int, str] = MappingProxyType(
+    {number: name for name, number in PROTOCOL_NUMBERS.items() if number}
+)
 _PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-Lite
 _PURPOSE = {FAIL_CLOSED_PRIORITY: "fail-closed", SKB_MARK_PRIORITY: "ipsec_skb_mark"}
 
 
+def protocol_name(number: int) -> str:
+    """`gre` for 47, `proto 253` for a protocol without a name."""
+    return PROTOCOL_NAMES.get(number, f"proto {number}")
+
+
 def canonical_prefix(text: str) -> str:
-    """`10.0.0.2` or `10.0.0.2/32` -> `10.0.0.2/32`; IPv6 in compressed form. ValueError if bad."""
+    """`10.0.0.2` or `10.0.0.2/32` -> `10.0.0.2/32`; IPv6 in compressed form. ValueError if bad
+    or if the address has host bits set (`10.0.0.1/24`)."""
     # Every policy is checked when it is made, and thousands are IPv4 hosts already canonical:
     # those are recognised without parsing (and without a cache of thousands of entries).
     if naming.is_canonical_ipv4_host(text):
         return text
-    return _parsed_prefix(text)
+    parsed = parse_prefix(text.strip())
+    if parsed is None:
+        raise ValueError(f"{text!r} is not an IP address or prefix")
+    if not parsed[2]:
+        raise ValueError(f"{text!r} has host bits set")
+    return parsed[1]
 
 
 @functools.lru_cache(maxsize=256)
-def _parsed_prefix(text: str) -> str:
-    net = ipaddress.ip_network(text.strip(), strict=True)
-    return f"{net.network_address.compressed}/{net.prefixlen}"
+def parse_prefix(text: str) -> tuple[int, str, bool] | None:
+    """An address with an optional prefix length as (IP version, `address/length` with the
+    address compressed, True when no host bit is set), or None for anything else (blanks
+    included). Cached: the same few IPv6 and non-host prefixes recur in every listing."""
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        return None
+    network = iface.network
+    return (
+        iface.version,
+        f"{iface.ip.compressed}/{network.prefixlen}",
+        iface.ip == network.network_address,
+    )
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -179,7 +226,7 @@ class PolicySpec:
 
     def describe(self) -> str:
         """One line for humans, e.g. `out 0.0.0.0/0 -> 10.0.0.2/32 gre any mark: block ...`."""
-        proto = _PROTO_NAMES.get(self.proto, f"proto {self.proto}")
+        proto = protocol_name(self.proto)
         ports = "".join(
             f" {name} {port}"
             for name, port in (("sport", self.sport), ("dport", self.dport))

@@ -19,12 +19,11 @@ from typing import Any, Protocol
 
 from ovs_ipsec.model import Config
 from ovs_ipsec.parse import caveat
-from ovs_ipsec.protection import PolicySpec, is_owned
+from ovs_ipsec.protection import PROTOCOL_NAMES, PolicySpec, is_owned, protocol_name
 from ovs_ipsec.sas import ChildSa, IkeSa
 from ovs_ipsec.status import Protection, Selector, TunnelStatus
 
 REDACTED = "<redacted>"
-_PROTO_NAMES = {47: "gre", 17: "udp", 6: "tcp", 1: "icmp", 50: "esp", 58: "ipv6-icmp"}
 # An `ip xfrm state` key is at least 16 bytes (32 hex digits); SPIs and marks are 8 digits.
 # xfrm.redact_states() already removes the key lines it knows; this catches any other layout.
 _LONG_HEX = re.compile(r"0x[0-9a-fA-F]{32,}")
@@ -111,7 +110,7 @@ def _ts_text(ts: Sequence[str]) -> str:
             words.append(item)
             continue
         proto = int(match["proto"])
-        name = _PROTO_NAMES.get(proto, f"proto {proto}")
+        name = protocol_name(proto)
         words.append(f"{name}/{match['port']}" if match["port"] else name)
     return ", ".join(words) or "any"
 
@@ -368,7 +367,7 @@ def ipsec_status_json(statuses: Mapping[str, TunnelStatus]) -> dict[str, Any]:
 def _proto(proto: int | None) -> str | None:
     if proto is None:
         return None
-    return _PROTO_NAMES.get(proto, str(proto))
+    return PROTOCOL_NAMES.get(proto, str(proto))
 
 
 def _peer(policy: PolicyLike) -> str | None:

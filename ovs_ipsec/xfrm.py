@@ -18,8 +18,6 @@ May import: errors, naming, proc, protection, xfrm_netlink, stdlib.
 from __future__ import annotations
 
 import errno
-import functools
-import ipaddress
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,32 +26,12 @@ from typing import TYPE_CHECKING
 
 from ovs_ipsec import naming, xfrm_netlink
 from ovs_ipsec.errors import CommandError, XfrmError
-from ovs_ipsec.protection import PolicySpec, is_owned
+from ovs_ipsec.protection import PROTOCOL_NUMBERS, PolicySpec, is_owned, parse_prefix
 
 if TYPE_CHECKING:
     from ovs_ipsec import proc
 
 XFRM_STAT_PATH = "/proc/net/xfrm_stat"
-
-# Protocol names as iproute2 prints them (/etc/protocols); anything else is printed as a number.
-_PROTO_NUMBERS = {
-    "ip": 0,
-    "icmp": 1,
-    "igmp": 2,
-    "ipencap": 4,
-    "tcp": 6,
-    "udp": 17,
-    "ipv6": 41,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "ipv6-icmp": 58,
-    "dccp": 33,
-    "ipcomp": 108,
-    "sctp": 132,
-    "mobility-header": 135,
-    "udplite": 136,
-}
 
 
 @dataclass(frozen=True)
@@ -164,7 +142,7 @@ def _parse_block(lines: list[str]) -> ObservedPolicy | None:
         word = rest[i]
         value = rest[i + 1] if i + 1 < len(rest) else ""
         if word == "proto" and value:
-            proto = _PROTO_NUMBERS.get(value)
+            proto = PROTOCOL_NUMBERS.get(value)
             if proto is None:
                 proto = int(value) if value.isdigit() else None
                 if proto is None:
@@ -268,16 +246,8 @@ def _indent(line: str) -> int:
 def _prefix(text: str) -> tuple[int, str] | None:
     if naming.is_canonical_ipv4_host(text):
         return 4, text  # thousands of these in a listing: no parse, no cache entry each
-    return _parsed_prefix(text)
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_prefix(text: str) -> tuple[int, str] | None:
-    try:
-        iface = ipaddress.ip_interface(text)
-    except ValueError:
-        return None
-    return iface.version, f"{iface.ip.compressed}/{iface.network.prefixlen}"
+    parsed = parse_prefix(text)
+    return None if parsed is None else (parsed[0], parsed[1])
 
 
 def parse_xfrm_stat(text: str) -> dict[str, int]:
