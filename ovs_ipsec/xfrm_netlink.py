@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ovs_ipsec.protection import PolicySpec
 
@@ -207,38 +207,39 @@ def dump_policies(timeout: float) -> list[PolicySpec]:
     with _socket(timeout) as sock:
         sock.send(dump_request(1))
         while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + HEADER.size <= len(data):
-                length, kind, _flags, seq, _pid = HEADER.unpack_from(data, offset)
-                if length < HEADER.size:
-                    raise OSError("malformed netlink reply")
-                if seq == 1:
-                    if kind == NLMSG_DONE:
-                        return policies
-                    if kind == NLMSG_ERROR:
-                        (error,) = struct.unpack_from("=i", data, offset + HEADER.size)
-                        raise OSError(-error, "XFRM_MSG_GETPOLICY dump failed")
-                    if kind == XFRM_MSG_NEWPOLICY:
-                        spec = parse_policy(data[offset + HEADER.size : offset + length])
-                        if spec is not None:
-                            policies.append(spec)
-                offset += (length + 3) & ~3
+            for kind, seq, body in iter_messages(sock.recv(1 << 16)):
+                if seq != 1:
+                    continue
+                if kind == NLMSG_DONE:
+                    return policies
+                if kind == NLMSG_ERROR:
+                    raise OSError(_errno(body), "XFRM_MSG_GETPOLICY dump failed")
+                if kind == XFRM_MSG_NEWPOLICY:
+                    spec = parse_policy(body)
+                    if spec is not None:
+                        policies.append(spec)
 
 
-def parse_acks(data: bytes) -> list[tuple[int, int]]:
-    """(seq, errno) of every NLMSG_ERROR in `data` (errno 0: done)."""
-    acks = []
+def iter_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, seq, body) of every netlink message in one datagram. OSError if malformed."""
     offset = 0
     while offset + HEADER.size <= len(data):
         length, kind, _flags, seq, _pid = HEADER.unpack_from(data, offset)
         if length < HEADER.size:
             raise OSError("malformed netlink reply")
-        if kind == NLMSG_ERROR:
-            (error,) = struct.unpack_from("=i", data, offset + HEADER.size)
-            acks.append((seq, -error))
+        yield kind, seq, data[offset + HEADER.size : offset + length]
         offset += (length + 3) & ~3
-    return acks
+
+
+def _errno(error_body: bytes) -> int:
+    """The errno of an NLMSG_ERROR body (the kernel sends it negated; 0 is an ack)."""
+    (error,) = struct.unpack_from("=i", error_body)
+    return -error
+
+
+def parse_acks(data: bytes) -> list[tuple[int, int]]:
+    """(seq, errno) of every NLMSG_ERROR in `data` (errno 0: done)."""
+    return [(seq, _errno(body)) for kind, seq, body in iter_messages(data) if kind == NLMSG_ERROR]
 
 
 def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> list[int]:
@@ -282,18 +283,11 @@ def spd_counts(timeout: float) -> tuple[int, ...]:
         sock.send(HEADER.pack(HEADER.size + len(payload), XFRM_MSG_GETSPDINFO, NLM_F_REQUEST, 1, 0)
                   + payload)  # fmt: skip
         while True:
-            data = sock.recv(65536)
-            offset = 0
-            while offset + HEADER.size <= len(data):
-                length, kind, _flags, seq, _pid = HEADER.unpack_from(data, offset)
-                if length < HEADER.size:
-                    raise OSError("malformed netlink reply")
+            for kind, seq, body in iter_messages(sock.recv(65536)):
                 if seq == 1 and kind == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", data, offset + HEADER.size)
-                    raise OSError(-error, "XFRM_MSG_GETSPDINFO failed")
+                    raise OSError(_errno(body), "XFRM_MSG_GETSPDINFO failed")
                 if seq == 1 and kind == XFRM_MSG_NEWSPDINFO:
-                    return parse_spdinfo(data[offset + HEADER.size : offset + length])
-                offset += (length + 3) & ~3
+                    return parse_spdinfo(body)
 
 
 def parse_spdinfo(body: bytes) -> tuple[int, ...]:
