@@ -10,7 +10,6 @@ May import: credentials, ike_options, ike_settings, model, naming, vicidata, std
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,7 +252,7 @@ def plan_conn(
         children.update(plan_children(tunnel, settings.get(tunnel.name), esp_default))
     body: VICI = {
         "version": "2",
-        "local_addrs": _shared_list(first.local_ip or "%any"),
+        "local_addrs": [first.local_ip or "%any"],
         "remote_addrs": [remote_ip],
         # Retry for ever, like upstream's keyingtries=%forever.
         "keyingtries": "0",
@@ -264,7 +263,7 @@ def plan_conn(
         "children": children,
     }
     if ike_default:
-        body["proposals"] = _shared_list(*ike_default)
+        body["proposals"] = list(ike_default)
     if first.name in settings:
         # The same for every member (split_conflicts); explicit options win over defaults.
         body.update(settings[first.name].conn_vici())
@@ -288,7 +287,7 @@ def plan_local_auth(tunnel: Tunnel, credentials: Credentials) -> VICI:
         # upstream's, whose default rightid is our address) expects.
         if tunnel.local_ip:
             return {"auth": "psk", "id": tunnel.local_ip}
-        return _PSK_LOCAL
+        return {"auth": "psk"}
     local = credentials.local
     assert local is not None  # credential_errors() keeps such tunnels out
     # strongSwan 6 defaults the identity to the subject DN when a certificate is present; the
@@ -352,22 +351,8 @@ def _child(
     extra: Mapping[str, Any],
     esp_default: tuple[str, ...] = ESP_PROPOSALS,
 ) -> VICI:
-    if not extra:
-        return _plain_child(local_ts, remote_ts, esp_default)
-    child = dict(_plain_child(local_ts, remote_ts, esp_default))
-    # ike_options never emits mode, selectors or start_action, so this cannot weaken them.
-    child.update(extra)
-    return child
-
-
-# Connection bodies are never modified once planned, so equal parts of thousands of them (the
-# CHILD_SA configs of tunnels without ipsec_* options, proposal and address lists) are one
-# object each: a few hundred bytes less per connection.
-_PSK_LOCAL: VICI = {"auth": "psk"}
-
-
-@functools.lru_cache(maxsize=256)
-def _plain_child(local_ts: str, remote_ts: str, esp_default: tuple[str, ...]) -> VICI:
+    # Built afresh for every connection: a body is encoded (ConnSpec.wire) as soon as it is
+    # planned, so sharing its parts between connections would save no memory.
     child: VICI = {
         "mode": "transport",
         "local_ts": [local_ts],
@@ -377,9 +362,6 @@ def _plain_child(local_ts: str, remote_ts: str, esp_default: tuple[str, ...]) ->
     }
     if esp_default:
         child["esp_proposals"] = list(esp_default)
+    # ike_options never emits mode, selectors or start_action, so this cannot weaken them.
+    child.update(extra)
     return child
-
-
-@functools.lru_cache(maxsize=256)
-def _shared_list(*items: str) -> list[str]:
-    return list(items)
