@@ -26,20 +26,23 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ovs_ipsec.ike_settings import IkeSettings, default_proposals
 
-# Which Debian package (bookworm and trixie) ships each plugin's .so (`dpkg -L`). Plugins in
-# `libstrongswan` come with every strongSwan install; a charon lacking one has it left out of
-# its `load` list (or its strongswan.d/charon/<plugin>.conf says `load = no`).
+# Which Debian package ships each plugin's .so (`dpkg -L`), by strongSwan release: Debian 12
+# ships 5.9, Debian 13 ships 6.0, which moved openssl into libstrongswan and the software
+# ciphers, hashes, kdf and gmp into the extra plugins. Plugins in `libstrongswan` come with
+# every strongSwan install; a charon lacking one has it left out of its `load` list (or its
+# strongswan.d/charon/<plugin>.conf says `load = no`).
 
 
 def _shipped(package: str, plugins: str) -> dict[str, str]:
     return {plugin: package for plugin in plugins.split()}
 
 
-PLUGIN_PACKAGES: Mapping[str, str] = {
+PLUGIN_PACKAGES_5: Mapping[str, str] = MappingProxyType({
     **_shipped(
         "libstrongswan",
         "aes constraints drbg gmp hmac kdf md5 mgf1 nonce pem pkcs1 pkcs7 pkcs8 pubkey random"
@@ -47,7 +50,25 @@ PLUGIN_PACKAGES: Mapping[str, str] = {
     ),
     **_shipped("libstrongswan-standard-plugins", "aesni gcm openssl"),
     **_shipped("libstrongswan-extra-plugins", "ccm chapoly cmac ctr curve25519 gcrypt"),
-}
+})  # fmt: skip
+PLUGIN_PACKAGES_6: Mapping[str, str] = MappingProxyType({
+    **_shipped(
+        "libstrongswan",
+        "constraints drbg nonce openssl pem pkcs1 pkcs7 pkcs8 pubkey random revocation x509",
+    ),
+    **_shipped("libstrongswan-standard-plugins", "aesni gcm"),
+    **_shipped(
+        "libstrongswan-extra-plugins",
+        "aes ccm chapoly cmac ctr curve25519 gcrypt gmp hmac kdf md5 mgf1 sha1 sha2 xcbc",
+    ),
+})  # fmt: skip
+
+
+def plugin_packages(charon_version: str) -> Mapping[str, str]:
+    """The table for a charon's version ("charon-systemd 5.9.8", "6.0.1"); 5.9's when unknown."""
+    major = re.search(r"(?<![\w.])(\d+)\.\d", charon_version)
+    return PLUGIN_PACKAGES_6 if major and int(major.group(1)) >= 6 else PLUGIN_PACKAGES_5
+
 
 # charon's algorithm name -> the plugins (Debian builds) that provide it, preferred first.
 _OPENSSL = ("openssl",)
@@ -165,11 +186,15 @@ _KEY_PLUGINS: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What one charon reported: algorithm names by get-algorithms section, and its loaded
-    plugins (None when `stats` did not list them)."""
+    """What one charon reported: algorithm names by get-algorithms section, its loaded plugins
+    (None when `stats` did not list them), and which Debian package ships each plugin for its
+    release."""
 
     algorithms: Mapping[str, frozenset[str]]
     plugins: frozenset[str] | None = None
+    plugin_packages: Mapping[str, str] = field(
+        default_factory=lambda: PLUGIN_PACKAGES_5, compare=False
+    )
 
     def has(self, kind: str, name: str) -> bool | None:
         """True or False if charon reports that kind of algorithm; None if it does not (an
@@ -186,9 +211,12 @@ class Capabilities:
 
 
 def parse_capabilities(
-    algorithms: Mapping[str, Any] | None, stats: Mapping[str, Any] | None
+    algorithms: Mapping[str, Any] | None,
+    stats: Mapping[str, Any] | None,
+    charon_version: str = "",
 ) -> Capabilities:
-    """From decoded `get-algorithms` and `stats` replies (either may be missing)."""
+    """From decoded `get-algorithms` and `stats` replies (either may be missing) and the
+    `version` reply's version."""
     sections = {
         str(section): frozenset(str(name) for name in names)
         for section, names in (algorithms or {}).items()
@@ -196,7 +224,7 @@ def parse_capabilities(
     }
     plugins = (stats or {}).get("plugins")
     listed = frozenset(str(p) for p in plugins) if isinstance(plugins, list | tuple) else None
-    return Capabilities(sections, listed)
+    return Capabilities(sections, listed, plugin_packages(charon_version))
 
 
 @dataclass(frozen=True)
@@ -206,6 +234,9 @@ class Lack:
     capability: str  # charon's algorithm name, or a certificate feature ("ECDSA keys")
     needed_for: str  # e.g. "IKE proposal aes256gcm16-prfsha256-modp2048"
     plugins: tuple[str, ...]
+    shipped_in: Mapping[str, str] = field(
+        default_factory=lambda: PLUGIN_PACKAGES_5, compare=False, repr=False
+    )
 
     @property
     def remedy(self) -> str:
@@ -214,7 +245,7 @@ class Lack:
             return "load a charon plugin that provides it"
         by_package: dict[str, list[str]] = {}
         for plugin in self.plugins:
-            by_package.setdefault(PLUGIN_PACKAGES.get(plugin, "?"), []).append(plugin)
+            by_package.setdefault(self.shipped_in.get(plugin, "?"), []).append(plugin)
         parts = [
             f"{' or '.join(plugins)} plugin (Debian package {package})"
             for package, plugins in by_package.items()
@@ -223,7 +254,7 @@ class Lack:
 
     @property
     def packages(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(PLUGIN_PACKAGES.get(p, "?") for p in self.plugins))
+        return tuple(dict.fromkeys(self.shipped_in.get(p, "?") for p in self.plugins))
 
     def describe(self) -> str:
         return f"charon lacks {self.capability} (for {self.needed_for}): {self.remedy}"
@@ -318,7 +349,10 @@ def _proposal_lacks(
             continue
         present = [caps.has(kind, name) for name in names]
         if all(p is False for p in present):
-            lacks += [Lack(name, needed_for, _PROVIDERS.get(name, ())) for name in names]
+            lacks += [
+                Lack(name, needed_for, _PROVIDERS.get(name, ()), caps.plugin_packages)
+                for name in names
+            ]
     return lacks
 
 
@@ -348,7 +382,8 @@ def lacks(needs: Needs, caps: Capabilities, key_algorithms: Iterable[str] = ()) 
     found: list[Lack] = []
     kdfs = [name for name in ("KDF_PRF", "KDF_PRF_PLUS") if caps.has("kdf", name) is False]
     if kdfs:
-        found.append(Lack(" and ".join(kdfs), "IKEv2 key derivation", _PROVIDERS[kdfs[0]]))
+        found.append(Lack(" and ".join(kdfs), "IKEv2 key derivation", _PROVIDERS[kdfs[0]],
+                          caps.plugin_packages))  # fmt: skip
     found += _proposals_lacks(needs.ike_proposals, caps, "IKE", ike=True)
     found += _proposals_lacks(needs.esp_proposals, caps, "ESP", ike=False)
     if needs.certificates:
@@ -357,7 +392,9 @@ def lacks(needs: Needs, caps: Capabilities, key_algorithms: Iterable[str] = ()) 
             parts += _KEY_PLUGINS.get(algorithm, ())
         for capability, plugins in parts:
             if caps.has_plugin(plugins) is False:
-                found.append(Lack(capability, "certificate authentication", plugins))
+                found.append(
+                    Lack(capability, "certificate authentication", plugins, caps.plugin_packages)
+                )
     return tuple(dict.fromkeys(found))
 
 

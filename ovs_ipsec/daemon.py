@@ -546,7 +546,8 @@ class Daemon:
                       "is not checked")  # fmt: skip
             algorithms = None
         self.preflight = Preflight(
-            parse_capabilities(algorithms, stats), _key_algorithms(self.planner.credentials)
+            parse_capabilities(algorithms, stats, self.health.charon_version),
+            _key_algorithms(self.planner.credentials),
         )
         self._judged_credentials = self.planner.credentials
         self.lacks = {}

@@ -18,7 +18,8 @@ import pytest
 
 from ovs_ipsec.capabilities import (
     _PROVIDERS,
-    PLUGIN_PACKAGES,
+    PLUGIN_PACKAGES_5,
+    PLUGIN_PACKAGES_6,
     Capabilities,
     Lack,
     Needs,
@@ -28,6 +29,7 @@ from ovs_ipsec.capabilities import (
     lacks,
     parse_capabilities,
     parse_proposal,
+    plugin_packages,
     tunnel_needs,
 )
 from ovs_ipsec.causes import Cause
@@ -252,11 +254,16 @@ def test_the_fold_fails_lacking_tunnels_with_the_capability_cause() -> None:
 
 
 def test_plugin_packages_are_those_debian_ships_them_in() -> None:
-    """Checked against `dpkg -L` for the packages installed here."""
+    """Checked against `dpkg -L` for the packages installed here, in the table of the installed
+    strongSwan's release (5.9 on Debian 12, 6.0 on Debian 13)."""
     if shutil.which("dpkg") is None:
         pytest.skip("no dpkg")
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "libstrongswan"], capture_output=True, text=True
+    ).stdout
+    table = plugin_packages(version)
     checked = 0
-    for package in sorted(set(PLUGIN_PACKAGES.values())):
+    for package in sorted(set(table.values())):
         listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
         if listing.returncode != 0:
             continue
@@ -265,9 +272,23 @@ def test_plugin_packages_are_those_debian_ships_them_in() -> None:
             for line in listing.stdout.splitlines()
             if "/plugins/libstrongswan-" in line and line.endswith(".so")
         }
-        for plugin, expected in PLUGIN_PACKAGES.items():
+        for plugin, expected in table.items():
             if expected == package:
-                assert plugin in shipped, f"{plugin} is not in {package}"
+                assert plugin in shipped, f"{plugin} is not in {package} {version}"
                 checked += 1
     if not checked:
         pytest.skip("no strongSwan package installed")
+
+
+def test_the_package_named_follows_charons_release() -> None:
+    """Debian 13's strongSwan 6.0 moved openssl into libstrongswan and aes, sha2, kdf, gmp into
+    the extra plugins: the remedy names the package of the connected charon's release."""
+    assert plugin_packages("charon-systemd 5.9.8") is PLUGIN_PACKAGES_5
+    assert plugin_packages("charon-systemd 6.0.1") is PLUGIN_PACKAGES_6
+    assert plugin_packages("") is PLUGIN_PACKAGES_5
+    assert set(PLUGIN_PACKAGES_5) == set(PLUGIN_PACKAGES_6)
+    caps = parse_capabilities({"aead": {}, "kdf": {}}, None, "charon-systemd 6.0.1")
+    needs = Needs(("aes256gcm16-prfsha256-modp2048",))
+    remedies = " ".join(lack.remedy for lack in lacks(needs, caps))
+    assert "openssl plugin (Debian package libstrongswan)" in remedies
+    assert "kdf plugin (Debian package libstrongswan-extra-plugins)" in remedies
