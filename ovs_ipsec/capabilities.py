@@ -64,10 +64,29 @@ PLUGIN_PACKAGES_6: Mapping[str, str] = MappingProxyType({
 })  # fmt: skip
 
 
+def charon_release(text: str) -> tuple[int, ...]:
+    """strongSwan's version as numbers: `6.0.1` (VICI `version`), `charon-systemd 5.9.8` (the
+    daemon's own line) or Debian's `5.9.8-5+deb12u6` -> (5, 9, 8); a suffix such as `rc1` ends a
+    part. ValueError if there is no version."""
+    words = text.split()
+    parts: list[int] = []
+    for part in (words[-1] if words else "").split("."):
+        digits = re.match(r"\d*", part).group()  # type: ignore[union-attr]
+        if not digits:
+            break
+        parts.append(int(digits))
+    if not parts:
+        raise ValueError(f"not a strongSwan version: {text!r}")
+    return tuple(parts)
+
+
 def plugin_packages(charon_version: str) -> Mapping[str, str]:
-    """The table for a charon's version ("charon-systemd 5.9.8", "6.0.1"); 5.9's when unknown."""
-    major = re.search(r"(?<![\w.])(\d+)\.\d", charon_version)
-    return PLUGIN_PACKAGES_6 if major and int(major.group(1)) >= 6 else PLUGIN_PACKAGES_5
+    """The table for a charon's version (see charon_release); 5.9's when unknown."""
+    try:
+        release = charon_release(charon_version)
+    except ValueError:
+        return PLUGIN_PACKAGES_5
+    return PLUGIN_PACKAGES_6 if release >= (6,) else PLUGIN_PACKAGES_5
 
 
 # charon's algorithm name -> the plugins (Debian builds) that provide it, preferred first.

@@ -15,7 +15,7 @@ recycled PID is never signalled), every namespace as soon as it exists, and `sto
 those records, whatever state `start()` reached. It is idempotent and also runs at interpreter
 exit.
 
-May import: stdlib, vici, prometheus_client.parser (the tests' extra).
+May import: capabilities, stdlib, vici, prometheus_client.parser (the tests' extra).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from types import FrameType, TracebackType
 from typing import TypeVar
 
 import vici
+
+from ovs_ipsec.capabilities import charon_release
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 CHARON = "/usr/sbin/charon-systemd"
@@ -111,23 +113,6 @@ class LabCommandError(LabError):
         super().__init__(
             f"{shlex.join(self.argv)}: {status}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}"
         )
-
-
-def parse_charon_version(text: str) -> tuple[int, ...]:
-    """`6.0.1` (VICI `version`) -> (6, 0, 1); a suffix such as `rc1` or `dr1` is ignored."""
-    parts = []
-    for part in text.strip().split("."):
-        digits = ""
-        for char in part:
-            if not char.isdigit():
-                break
-            digits += char
-        if not digits:
-            break
-        parts.append(int(digits))
-    if not parts:
-        raise ValueError(f"not a strongSwan version: {text!r}")
-    return tuple(parts)
 
 
 def charon_keeps_ike_sa_without_child(version: tuple[int, ...]) -> bool:
@@ -405,7 +390,7 @@ class Host:
         with self.vici() as session:
             reply = session.version()
         version = reply.get("version", b"")
-        return parse_charon_version(version.decode() if isinstance(version, bytes) else version)
+        return charon_release(version.decode() if isinstance(version, bytes) else version)
 
     # -- ovsdb-server --------------------------------------------------------------------------
 

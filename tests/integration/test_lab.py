@@ -16,6 +16,7 @@ import pytest
 import vici
 
 from ovs_ipsec import lab as labmod
+from ovs_ipsec.capabilities import charon_release
 from ovs_ipsec.lab import (
     NETNS_DIR,
     Host,
@@ -23,7 +24,6 @@ from ovs_ipsec.lab import (
     LabCommandError,
     LabError,
     charon_conf,
-    parse_charon_version,
     wait_for,
 )
 
@@ -103,7 +103,7 @@ def test_each_charon_answers_over_its_own_vici_socket(lab2: Lab) -> None:
         assert b"kernel-libipsec" not in plugins
         # 5.9.8 derives IKEv2 keys with kdf; 6.0's openssl plugin does it (kdf moved to
         # libstrongswan-extra-plugins, which setup.sh does not install on trixie).
-        if parse_charon_version(version["version"].decode()) < (6,):
+        if charon_release(version["version"].decode()) < (6,):
             assert b"kdf" in plugins
         else:
             assert b"openssl" in plugins

@@ -24,6 +24,7 @@ from ovs_ipsec.capabilities import (
     Lack,
     Needs,
     Preflight,
+    charon_release,
     conn_needs,
     describe_lacks,
     lacks,
@@ -292,3 +293,25 @@ def test_the_package_named_follows_charons_release() -> None:
     remedies = " ".join(lack.remedy for lack in lacks(needs, caps))
     assert "openssl plugin (Debian package libstrongswan)" in remedies
     assert "kdf plugin (Debian package libstrongswan-extra-plugins)" in remedies
+
+
+@pytest.mark.parametrize(
+    ("text", "release"),
+    [
+        ("6.0.1", (6, 0, 1)),
+        ("charon-systemd 5.9.8", (5, 9, 8)),
+        ("5.9.8-5+deb12u6", (5, 9, 8)),
+        ("6.0.0rc1", (6, 0, 0)),
+        ("6.0dr1", (6, 0)),
+    ],
+)
+def test_charon_release_reads_every_spelling_in_use(text: str, release: tuple[int, ...]) -> None:
+    """VICI's `version`, the daemon's own line and Debian's package version (one parser for the
+    daemon, the lab and this file's dpkg check)."""
+    assert charon_release(text) == release
+
+
+@pytest.mark.parametrize("text", ["", "charon-systemd", "x.5"])
+def test_charon_release_refuses_what_has_no_version(text: str) -> None:
+    with pytest.raises(ValueError):
+        charon_release(text)
