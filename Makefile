@@ -22,7 +22,7 @@ lint: setup
 	.venv/bin/ruff format --check ovs_ipsec tests bench e2e
 
 demo: setup-demo
-	$(PY) -m ovs_ipsec.demo
+	$(PY) -m ovs_ipsec.tools.demo
 
 bench: setup
 	$(PY) bench/run.py

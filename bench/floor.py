@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The raw VICI floor: load the benchmark's N connections and secrets straight into a charon,
-with the very bodies our daemon's planner produces (ovs_ipsec.plan), one request at a time
-(load-shared, then load-conn, per peer) over one VICI session. No OVSDB, no diffing, no kernel
-work of our own: what is left is charon's and the VICI round trips' share of any figure.
+with the very bodies our daemon's planner produces (ovs_ipsec.core.connections), one request at
+a time (load-shared, then load-conn, per peer) over one VICI session. No OVSDB, no diffing,
+no kernel work of our own: what is left is charon's and the VICI round trips' share of any figure.
 
     floor.py VICI_PATH N [--wait]
 

@@ -37,8 +37,8 @@ import workload  # noqa: E402
 from probes import SpdCounter, Vici  # noqa: E402
 from run import Db, converge, wait_quiet, wait_until  # noqa: E402
 
-from ovs_ipsec import naming  # noqa: E402
-from ovs_ipsec.lab import Lab  # noqa: E402
+from ovs_ipsec.core import naming  # noqa: E402
+from ovs_ipsec.tools.lab import Lab  # noqa: E402
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 WAITS = (

@@ -62,8 +62,8 @@ from probes import (  # noqa: E402
 )
 from upstream import Upstream, UpstreamError  # noqa: E402
 
-from ovs_ipsec import naming  # noqa: E402
-from ovs_ipsec.lab import Host, Lab  # noqa: E402
+from ovs_ipsec.core import naming  # noqa: E402
+from ovs_ipsec.tools.lab import Host, Lab  # noqa: E402
 
 POLL = 0.01  # convergence polling interval (s): one get-conns plus one SPD count
 CHANGE_POLL = 0.0005  # change polling interval (s): one filtered list-conns

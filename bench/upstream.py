@@ -7,11 +7,11 @@ directory, so starter's and charon's pidfiles, sockets and configuration are per
 machine's own `/etc` is never written. The mounts vanish with the last process inside them.
 The host's charon-systemd must be stopped first: both would bind the IKE ports.
 
-Cleanup: every process is tracked by PID and start time (ovs_ipsec.lab.LabProcess); `stop()`
+Cleanup: every process is tracked by PID and start time (ovs_ipsec.tools.lab.LabProcess); `stop()`
 also sweeps the namespace for anything else upstream left (an `ipsec` script, its `sleep 2`),
 sparing only the PIDs it is told to keep (the host's ovsdb-server).
 
-May import: stdlib, ovs_ipsec.lab, probes.
+May import: stdlib, ovs_ipsec.tools.lab, probes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 
 from probes import flush_xfrm, read_pidfile, wait_socket
 
-from ovs_ipsec.lab import LabProcess, terminate
+from ovs_ipsec.tools.lab import LabProcess, terminate
 
 SCRIPT = "/usr/share/openvswitch/scripts/ovs-monitor-ipsec"
 PYTHON = "/usr/bin/python3"  # Debian's python3-openvswitch is visible only to this one

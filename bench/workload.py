@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ovs_ipsec.model import InterfaceRow, Snapshot
-from ovs_ipsec.parse import parse_config
-from ovs_ipsec.plan import Desired, plan
+from ovs_ipsec.core.connections import Desired, plan
+from ovs_ipsec.core.model import InterfaceRow, Snapshot
+from ovs_ipsec.core.parse import parse_config
 
 PEER_ROUTE = "10.200.0.0/15"
 

@@ -1,7 +1,7 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
-May import: daemon, control, charon, events, ovsdb, xfrm, sdnotify, http_server, metrics, ovs_dirs,
-ovs, prometheus_client (only to tell whether it is installed), stdlib.
+May import: daemon.loop, control, charon, events, ovsdb, xfrm.adapter, sdnotify, metrics_http,
+metrics, ovs_dirs, ovs, prometheus_client (only to tell whether it is installed), stdlib.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ import ovs.util
 import ovs.vlog
 
 from ovs_ipsec import PROGRAM_NAME, __version__
-from ovs_ipsec.charon import DEFAULT_VICI_URI, Charon, vici_path
-from ovs_ipsec.control import Control
-from ovs_ipsec.daemon import Daemon, Settings, vlog
-from ovs_ipsec.events import Events
-from ovs_ipsec.ovs_dirs import OvsDirs, effective_dirs
-from ovs_ipsec.ovsdb import Ovsdb, receive_whole_utf8_characters
-from ovs_ipsec.sdnotify import notify
-from ovs_ipsec.xfrm import Xfrm
+from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, Charon, vici_path
+from ovs_ipsec.adapters.events import Events
+from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
+from ovs_ipsec.adapters.sdnotify import notify
+from ovs_ipsec.adapters.xfrm.adapter import Xfrm
+from ovs_ipsec.core.ovs_dirs import OvsDirs, effective_dirs
+from ovs_ipsec.daemon.control import Control
+from ovs_ipsec.daemon.loop import Daemon, Settings, vlog
 
 if TYPE_CHECKING:
-    from ovs_ipsec.http_server import Handler, HttpServer
+    from ovs_ipsec.adapters.metrics_http import Handler, HttpServer
 
 # Flags that only meant something to upstream's Libreswan or stroke backends, or to its
 # restarting of the IKE daemon: accepted so that existing units, containers and
@@ -209,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     metrics = None
     if args.metrics_address:
         try:
-            from ovs_ipsec.http_server import HttpServer, parse_address  # only with metrics
+            from ovs_ipsec.adapters.metrics_http import (
+                HttpServer,
+                parse_address,
+            )  # only with metrics
 
             metrics = HttpServer(parse_address(args.metrics_address), metrics_handler(daemon))
         except (OSError, ValueError) as exc:
@@ -239,8 +242,8 @@ def metrics_library_present() -> bool:
 
 def metrics_handler(daemon: Daemon) -> Handler:
     # prometheus-client costs about 10 MiB of memory: loaded only when metrics are served.
-    from ovs_ipsec.metrics import CONTENT_TYPE
-    from ovs_ipsec.metrics import render as render_metrics
+    from ovs_ipsec.adapters.metrics import CONTENT_TYPE
+    from ovs_ipsec.adapters.metrics import render as render_metrics
 
     def handle(path: str) -> tuple[str, str, bytes]:
         if path in ("/metrics", "/"):

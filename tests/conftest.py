@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec.lab import CHARON, SCHEMA, Lab, LabError, charon_keeps_ike_sa_without_child
+from ovs_ipsec.tools.lab import CHARON, SCHEMA, Lab, LabError, charon_keeps_ike_sa_without_child
 
 # What a lab needs besides root; sbin directories added in case PATH lacks them.
 LAB_PROGRAMS = ("ip", "ovsdb-tool", "ovsdb-server", "ovs-vsctl", "ovs-appctl", "swanctl", CHARON)

@@ -229,7 +229,7 @@ def warm_up(python: str, source: str) -> threading.Thread:
                     pass
         code = (
             f"import sys; sys.path.insert(0, {source!r}); import ovs_ipsec.cli, "
-            "ovs_ipsec.daemon, ovs_ipsec.pki_tool"
+            "ovs_ipsec.daemon.loop, ovs_ipsec.tools.pki_tool"
         )
         subprocess.run(
             [python, "-c", code],

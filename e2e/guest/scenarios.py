@@ -511,12 +511,12 @@ def s3_dst_port(ctx: Ctx) -> None:
 
 
 def pki(*commands: list[str]) -> None:
-    """Our PKI tool (ovs_ipsec/pki_tool.py, `ovs-ipsec-pki`) from the checkout under test: its
+    """Our PKI tool (ovs_ipsec/tools/pki_tool.py, `ovs-ipsec-pki`) from the checkout under test: its
     command line, each command in turn, in one Python process (each start costs seconds here)."""
     code = (
         "import json, sys\n"
         f"sys.path.insert(0, {SOURCE!r})\n"
-        "from ovs_ipsec.pki_tool import main\n"
+        "from ovs_ipsec.tools.pki_tool import main\n"
         "for argv in json.loads(sys.argv[1]):\n"
         "    rc = main(argv)\n"
         "    if rc:\n"

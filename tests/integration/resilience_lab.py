@@ -20,8 +20,8 @@ from typing import Any
 
 import vici.exception
 
-from ovs_ipsec.lab import Host, wait_for
-from ovs_ipsec.vicidata import decode
+from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.tools.lab import Host, wait_for
 
 # The reserved priorities of the daemon's own block policies (fail-closed, ipsec_skb_mark).
 PROTECTION_PRIORITIES = frozenset({430_001, 430_003})

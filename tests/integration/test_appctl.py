@@ -19,8 +19,8 @@ from typing import Any
 import ovs.unixctl.client
 import pytest
 
-from ovs_ipsec import pki_tool
-from ovs_ipsec.lab import Host, Lab, LabCommandError, wait_for
+from ovs_ipsec.tools import pki_tool
+from ovs_ipsec.tools.lab import Host, Lab, LabCommandError, wait_for
 
 pytestmark = pytest.mark.lab
 

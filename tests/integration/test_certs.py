@@ -1,7 +1,7 @@
 """Certificate authentication between namespace hosts: self-signed (pinned peer certificate) and
 CA-signed (chain to ca_cert plus remote_name), and hitless rotation of certificates and CAs.
 
-Certificates come from `ovs_ipsec.pki_tool` (the library behind `ovs-ipsec-pki`). They reach
+Certificates come from `ovs_ipsec.tools.pki_tool` (the library behind `ovs-ipsec-pki`). They reach
 charon over VICI as data; the daemon re-reads the files at every periodic check
 (`--reconcile-interval=1` here), so a replacement at the same path is picked up without restart.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec import pki_tool
-from ovs_ipsec.lab import Host, Lab, wait_for
+from ovs_ipsec.tools import pki_tool
+from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
 

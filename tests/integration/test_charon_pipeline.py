@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ovs_ipsec.charon import (
+from ovs_ipsec.adapters.charon import (
     PIPELINE_WINDOW,
     Charon,
     load_conn_request,
     load_shared_request,
     unload_shared_request,
 )
+from ovs_ipsec.core.connections import ConnSpec, SharedSpec
+from ovs_ipsec.core.model import Secret
 from ovs_ipsec.errors import CharonError
-from ovs_ipsec.lab import Lab
-from ovs_ipsec.model import Secret
-from ovs_ipsec.plan import ConnSpec, SharedSpec
+from ovs_ipsec.tools.lab import Lab
 
 
 def conn_spec(peer: str) -> ConnSpec:

@@ -38,8 +38,8 @@ from resilience_lab import (
     wait_loaded,
 )
 
-from ovs_ipsec import naming
-from ovs_ipsec.lab import Host, Lab, wait_for
+from ovs_ipsec.core import naming
+from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
 

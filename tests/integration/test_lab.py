@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import vici
 
-from ovs_ipsec import lab as labmod
-from ovs_ipsec.capabilities import charon_release
-from ovs_ipsec.lab import (
+from ovs_ipsec.core.capabilities import charon_release
+from ovs_ipsec.tools import lab as labmod
+from ovs_ipsec.tools.lab import (
     NETNS_DIR,
     Host,
     Lab,

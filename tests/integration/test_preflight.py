@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec import pki_tool
-from ovs_ipsec.lab import Host, Lab, wait_for
+from ovs_ipsec.tools import pki_tool
+from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 # Both cases see IKE come up once charon has what it needs, and start a charon without openssl:
 # strongSwan 5.9 (Debian 12). On 6.0 openssl is part of libstrongswan and charon does not start

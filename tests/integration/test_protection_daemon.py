@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec.daemon import LINGER_GRAIN
-from ovs_ipsec.lab import Host, Lab, in_netns, wait_for
+from ovs_ipsec.daemon.loop import LINGER_GRAIN
+from ovs_ipsec.tools.lab import Host, Lab, in_netns, wait_for
 
 pytestmark = pytest.mark.lab
 

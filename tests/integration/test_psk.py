@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec.lab import Host, Lab, wait_for
+from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
 

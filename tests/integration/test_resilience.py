@@ -42,8 +42,8 @@ from resilience_lab import (
     xfrm_policies,
 )
 
-from ovs_ipsec.daemon import LISTING_EVERY
-from ovs_ipsec.lab import Host, Lab, wait_for
+from ovs_ipsec.daemon.loop import LISTING_EVERY
+from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
 

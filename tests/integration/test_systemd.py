@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ovs_ipsec.lab import Lab, wait_for
-from ovs_ipsec.sdnotify import notify
+from ovs_ipsec.adapters.sdnotify import notify
+from ovs_ipsec.tools.lab import Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "ovs-monitor-ipsec.service"

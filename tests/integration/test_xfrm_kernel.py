@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ovs_ipsec import proc, xfrm_netlink
-from ovs_ipsec.lab import in_netns
-from ovs_ipsec.model import (
+from ovs_ipsec.adapters import proc
+from ovs_ipsec.adapters.xfrm import netlink as xfrm_netlink
+from ovs_ipsec.adapters.xfrm.adapter import Xfrm, XfrmApplyError, owned_specs, parse_policies
+from ovs_ipsec.core.block_policies import (
+    PolicySpec,
+    diff_policies,
+    plan_protection,
+)
+from ovs_ipsec.core.model import (
     AuthMode,
     Config,
     GlobalConfig,
@@ -34,12 +40,7 @@ from ovs_ipsec.model import (
     Tunnel,
     TunnelType,
 )
-from ovs_ipsec.protection import (
-    PolicySpec,
-    diff_policies,
-    plan_protection,
-)
-from ovs_ipsec.xfrm import Xfrm, XfrmApplyError, owned_specs, parse_policies
+from ovs_ipsec.tools.lab import in_netns
 
 pytestmark = [
     pytest.mark.lab,

@@ -2,7 +2,7 @@
 what is missing with the plugin and Debian package, judged against real charon 5.9.8 replies.
 
 tests/unit/data/charon-5.9.8-capabilities.json holds `get-algorithms`, the `plugins` of `stats`
-and `version` of a lab charon (ovs_ipsec.lab, CHARON_PLUGINS) started with every plugin and
+and `version` of a lab charon (ovs_ipsec.tools.lab, CHARON_PLUGINS) started with every plugin and
 without some (`Host.start_charon(without=...)`), decoded with vicidata.decode; recorded by
 tests/unit/data/record_capabilities.py.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs_ipsec.capabilities import (
+from ovs_ipsec.core.capabilities import (
     _PROVIDERS,
     PLUGIN_PACKAGES_5,
     PLUGIN_PACKAGES_6,
@@ -33,12 +33,17 @@ from ovs_ipsec.capabilities import (
     plugin_packages,
     tunnel_needs,
 )
-from ovs_ipsec.causes import Cause
-from ovs_ipsec.ike_settings import ESP_PROPOSALS, IKE_PROPOSALS, NO_SETTINGS, IkeSettings
-from ovs_ipsec.model import InterfaceRow, Snapshot
-from ovs_ipsec.parse import parse_config
-from ovs_ipsec.plan import ConnSpec, plan
-from ovs_ipsec.status import State, View, fold
+from ovs_ipsec.core.causes import Cause
+from ovs_ipsec.core.connections import ConnSpec, plan
+from ovs_ipsec.core.ike_options.settings import (
+    ESP_PROPOSALS,
+    IKE_PROPOSALS,
+    NO_SETTINGS,
+    IkeSettings,
+)
+from ovs_ipsec.core.model import InterfaceRow, Snapshot
+from ovs_ipsec.core.parse import parse_config
+from ovs_ipsec.core.status import State, View, fold
 
 DATA = Path(__file__).parent / "data" / "charon-5.9.8-capabilities.json"
 RECORDED = json.loads(DATA.read_text())

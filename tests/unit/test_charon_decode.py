@@ -6,8 +6,8 @@ from collections import OrderedDict
 
 import pytest
 
-from ovs_ipsec.charon import DEFAULT_VICI_URI, vici_path
-from ovs_ipsec.vicidata import decode
+from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, vici_path
+from ovs_ipsec.core.vicidata import decode
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_decode_values(value: object, expected: object) -> None:
 
 def test_complete_utf8_never_splits_a_character() -> None:
     """The OVSDB stream wrapper hands on only whole UTF-8 characters, whatever the cut."""
-    from ovs_ipsec.ovsdb import complete_utf8
+    from ovs_ipsec.adapters.ovsdb import complete_utf8
 
     text = "aé€😀z".encode()
     for cut in range(len(text) + 1):

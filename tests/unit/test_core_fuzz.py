@@ -16,12 +16,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec import render
-from ovs_ipsec.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapshot
-from ovs_ipsec.parse import is_ipsec_port, parse_config
-from ovs_ipsec.plan import plan
-from ovs_ipsec.reconcile import Applied, LoadKey, diff, record
-from ovs_ipsec.status import View, fold
+from ovs_ipsec.core import render
+from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapshot
+from ovs_ipsec.core.parse import is_ipsec_port, parse_config
+from ovs_ipsec.core.reconcile import Applied, LoadKey, diff, record
+from ovs_ipsec.core.status import View, fold
 
 PSK_MARK = "Zq9PSK"
 

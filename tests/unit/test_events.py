@@ -15,8 +15,8 @@ import ovs.poller
 import pytest
 from vici.protocol import Message, Packet
 
+from ovs_ipsec.adapters.events import MAX_MESSAGE, Events
 from ovs_ipsec.errors import CharonError, CharonUnreachable
-from ovs_ipsec.events import MAX_MESSAGE, Events
 
 
 def frame(packet: bytes) -> bytes:

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ovs_ipsec.causes import Cause
-from ovs_ipsec.failures import FailureCounts
-from ovs_ipsec.model import InterfaceRow, Snapshot
-from ovs_ipsec.parse import parse_config
-from ovs_ipsec.plan import plan
-from ovs_ipsec.status import State, StateKey, StatusBook, Tracker, View
+from ovs_ipsec.core.causes import Cause
+from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.failures import FailureCounts
+from ovs_ipsec.core.model import InterfaceRow, Snapshot
+from ovs_ipsec.core.parse import parse_config
+from ovs_ipsec.core.status import State, StateKey, StatusBook, Tracker, View
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "charon-5.9.8-events.json").read_text())
 GENERIC: StateKey = (State.FAILED, "IKE negotiation with 10.77.0.2 failed", Cause.NEGOTIATION)

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec import ike_options, plan
-from ovs_ipsec.ike_options import (
+from ovs_ipsec.core import connections as plan
+from ovs_ipsec.core.ike_options import table as ike_options
+from ovs_ipsec.core.ike_options.table import (
     ESP_PROPOSALS,
     IKE_PROPOSALS,
     OPTIONS,
@@ -20,7 +21,7 @@ from ovs_ipsec.ike_options import (
     render_markdown,
     translate,
 )
-from ovs_ipsec.model import Invalid
+from ovs_ipsec.core.model import Invalid
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "ipsec-options.md"
 
@@ -588,7 +589,7 @@ def test_result_does_not_depend_on_option_order(options):
 
 def test_doc_embeds_the_generated_table():
     text = DOC.read_text(encoding="utf-8")
-    begin = "<!-- BEGIN GENERATED: ovs_ipsec.ike_options.render_markdown() -->\n"
+    begin = "<!-- BEGIN GENERATED: ovs_ipsec.core.ike_options.table.render_markdown() -->\n"
     end = "<!-- END GENERATED -->"
     assert begin in text and end in text
     embedded = text.split(begin, 1)[1].split(end, 1)[0]

@@ -1,9 +1,11 @@
-"""Import direction: the pure core never reaches I/O or the shell (style-anchors §6), the
-tools stay apart from the daemon, and every module's "May import:" line is true.
+"""Import direction: the pure core never reaches I/O or the shell (style-anchors §6), adapters
+never reach the daemon, the tools stay apart from the daemon, and every module's "May import:"
+line is true.
 
-Walks every `import` of ovs_ipsec/*.py with `ast` (no module is executed), including imports
-inside functions and under `if TYPE_CHECKING:`. Every module of the package is in exactly one
-layer below; a module in none (or a listed one that does not exist) fails the test.
+The layer of a module is the subpackage it lives in (`core/`, `adapters/`, `daemon/`, `tools/`);
+the few top-level modules are named below. Walks every `import` with `ast` (no module is
+executed), including imports inside functions and under `if TYPE_CHECKING:`. A module the test
+cannot classify fails it.
 """
 
 from __future__ import annotations
@@ -17,62 +19,43 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ovs_ipsec"
-
-# Pure: no I/O, clocks, processes or threads; imports only the core and the leaves.
-CORE = [
-    "model",
-    "parse",
-    "naming",
-    "plan",
-    "planner",
-    "reconcile",
-    "vicidata",
-    "status",
-    "sas",
-    "causes",
-    "capabilities",
-    "failures",
-    "render",
-    "protection",
-    "pki",
-    "credentials",
-    "ike_options",
-    "ike_settings",
-    "ovs_dirs",
-]
-# The daemon: its loop, its adapters (charon, OVSDB, kernel, files, control socket, metrics
-# endpoint, systemd) and its entry points.
-SHELL = [
-    "charon",
-    "events",
-    "ovsdb",
-    "xfrm",
-    "xfrm_netlink",
-    "proc",
-    "files",
-    "daemon",
-    "control",
-    "cli",
-    "entry",
-    "heap",
-    "vici_socket",
-    "sdnotify",
-    "http_server",
-    "metrics",
-]
-# Programs beside the daemon (test lab, demo, PKI command line): the daemon never imports them.
-TOOLS = ["lab", "demo", "pki_tool"]
-# Stdlib-only modules any layer may import (exception types with fields).
-LEAVES = ["errors"]
-# The package itself (__version__, PROGRAM_NAME) and `python -m ovs_ipsec`.
-PACKAGE_FILES = ["__init__", "__main__"]
-LAYERS = {
-    "CORE": CORE,
-    "SHELL": SHELL,
-    "TOOLS": TOOLS,
-    "LEAVES": LEAVES,
-    "PACKAGE_FILES": PACKAGE_FILES,
+SUBPACKAGES = ("core", "adapters", "daemon", "tools")
+# Top-level modules: the entry points, the exception types any layer may raise, the package.
+TOP_LEVEL = {
+    "cli": "ENTRY",
+    "entry": "ENTRY",
+    "errors": "LEAF",
+    "__init__": "PACKAGE",
+    "__main__": "PACKAGE",
 }
+
+
+def module_name(path: Path) -> str:
+    """`core.model` for ovs_ipsec/core/model.py, `core` for ovs_ipsec/core/__init__.py."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> str | None:
+    first = module.split(".")[0]
+    if first in SUBPACKAGES:
+        return first.upper()
+    return TOP_LEVEL.get(module)
+
+
+ALL_MODULES = sorted(module_name(path) for path in PACKAGE.rglob("*.py"))
+LAYERS: dict[str, list[str]] = {}
+for _module in ALL_MODULES:
+    LAYERS.setdefault(layer_of(_module) or "UNCLASSIFIED", []).append(_module)
+CORE = LAYERS["CORE"]
+ADAPTERS = LAYERS["ADAPTERS"]
+DAEMON = LAYERS["DAEMON"]
+TOOLS = LAYERS["TOOLS"]
+LEAVES = LAYERS["LEAF"]
+PACKAGE_FILES = LAYERS["PACKAGE"]
+SHELL = [*ADAPTERS, *DAEMON, *LAYERS["ENTRY"]]
 # Besides the shell: I/O, processes, clocks, threads, and the OVS and VICI libraries.
 FORBIDDEN = {
     "ovs",
@@ -88,8 +71,13 @@ FORBIDDEN = {
     "asyncio",
 }
 # Third-party packages a core module may use besides the standard library.
-THIRD_PARTY = {"pki": {"cryptography"}}
+THIRD_PARTY = {"core.pki": {"cryptography"}}
 DYNAMIC = "<dynamic import>"
+
+
+def path_of(module: str) -> Path:
+    base = PACKAGE.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
 def imports_of(source: str, filename: str = "<source>") -> set[str]:
@@ -104,8 +92,8 @@ def imports_of(source: str, filename: str = "<source>") -> set[str]:
             else:
                 base = node.module or ""
             names.add(base)
-            if base == "ovs_ipsec":
-                names.update(f"ovs_ipsec.{alias.name}" for alias in node.names)
+            if base == "ovs_ipsec" or base.startswith("ovs_ipsec."):
+                names.update(f"{base}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Call):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
@@ -115,14 +103,22 @@ def imports_of(source: str, filename: str = "<source>") -> set[str]:
 
 
 def imported_modules(module: str) -> set[str]:
-    path = PACKAGE / f"{module}.py"
+    path = path_of(module)
     return imports_of(path.read_text(), str(path))
 
 
 def internal(name: str) -> str | None:
-    """`charon` for `ovs_ipsec.charon` (or deeper), None for anything outside the package."""
+    """`adapters.charon` for `ovs_ipsec.adapters.charon` or `ovs_ipsec.adapters.charon.Charon`
+    (the longest prefix that is a module of the package); None outside the package and for
+    names of the package itself (`from ovs_ipsec import __version__`)."""
     parts = name.split(".")
-    return parts[1] if parts[0] == "ovs_ipsec" and len(parts) > 1 else None
+    if parts[0] != "ovs_ipsec":
+        return None
+    for end in range(len(parts), 1, -1):
+        candidate = ".".join(parts[1:end])
+        if candidate in ALL_MODULES:
+            return candidate
+    return None
 
 
 @pytest.mark.parametrize("module", CORE)
@@ -135,7 +131,7 @@ def test_core_never_imports_io_or_the_shell(module: str) -> None:
         for name in imported_modules(module)
         if name == DYNAMIC or name.split(".")[0] in FORBIDDEN or internal(name) in SHELL
     )
-    assert not bad, f"ovs_ipsec/{module}.py imports {bad}"
+    assert not bad, f"{path_of(module)} imports {bad}"
 
 
 @pytest.mark.parametrize("module", CORE)
@@ -151,7 +147,7 @@ def test_core_imports_only_stdlib_and_core(module: str) -> None:
         and internal(name) not in {*CORE, *LEAVES, *PACKAGE_FILES}
         and name.split(".")[0] not in allowed
     )
-    assert not bad, f"ovs_ipsec/{module}.py imports {bad}"
+    assert not bad, f"{path_of(module)} imports {bad}"
 
 
 def test_core_imports_form_no_cycle() -> None:
@@ -173,28 +169,46 @@ def test_core_imports_form_no_cycle() -> None:
 
 
 def test_every_module_is_in_exactly_one_layer() -> None:
-    """A new module must be classified before it can be checked; a listed module must exist."""
-    on_disk = {path.stem for path in PACKAGE.glob("*.py")}
-    listed = [module for modules in LAYERS.values() for module in modules]
-    twice = sorted({m for m in listed if listed.count(m) > 1})
-    assert not twice, f"in more than one layer: {twice}"
-    assert not on_disk - set(listed), f"in no layer: {sorted(on_disk - set(listed))}"
-    assert not set(listed) - on_disk, f"listed but missing: {sorted(set(listed) - on_disk)}"
+    """Every module lives in a layer's subpackage or is a named top-level module: a new
+    top-level module must be classified before it can be checked."""
+    assert not LAYERS.get("UNCLASSIFIED"), f"in no layer: {LAYERS.get('UNCLASSIFIED')}"
+    assert set(TOP_LEVEL) <= set(ALL_MODULES), sorted(set(TOP_LEVEL) - set(ALL_MODULES))
 
 
-@pytest.mark.parametrize("module", [*CORE, *SHELL, *LEAVES])
+@pytest.mark.parametrize("module", ADAPTERS)
+def test_adapters_never_import_the_daemon_or_the_entry_points(module: str) -> None:
+    """An adapter talks to one external system and knows nothing of the loop that drives it,
+    so the daemon can hand it fakes."""
+    bad = sorted(
+        name
+        for name in imported_modules(module)
+        if (layer_of(internal(name) or "") or "") in {"DAEMON", "ENTRY"}
+    )
+    assert not bad, f"{path_of(module)} imports {bad}"
+
+
+@pytest.mark.parametrize("module", [*CORE, *SHELL, *LEAVES, *PACKAGE_FILES])
 def test_the_daemon_never_imports_a_tool(module: str) -> None:
     """The lab, the demo and the PKI command line stay out of the daemon's imports."""
     bad = sorted(name for name in imported_modules(module) if internal(name) in TOOLS)
-    assert not bad, f"ovs_ipsec/{module}.py imports {bad}"
+    assert not bad, f"{path_of(module)} imports {bad}"
+
+
+def resolve(item: str) -> str | None:
+    """The module a "May import:" item names: a path under the package (`core.model`) or a
+    unique tail of one (`model`, `xfrm.netlink`)."""
+    if item in ALL_MODULES:
+        return item
+    tails = [m for m in ALL_MODULES if m.endswith("." + item)]
+    return tails[0] if len(tails) == 1 else None
 
 
 def may_import(module: str) -> tuple[set[str], set[str], bool] | None:
     """The `May import:` line of a module's docstring as (modules of the package, outside
     packages, standard library allowed); None without such a line. Items are comma separated
     (a final "and" counts as a comma); a parenthesised remark after an item is ignored; "any
-    core or shell module" stands for those two layers and the leaves."""
-    docstring = ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text())) or ""
+    core or adapter module" stands for those two layers and the leaves."""
+    docstring = ast.get_docstring(ast.parse(path_of(module).read_text())) or ""
     found = re.search(r"May import:(.*?)(?:\.\s*$|\.\n\n)", docstring, re.S)
     if found is None:
         return None
@@ -206,17 +220,17 @@ def may_import(module: str) -> tuple[set[str], set[str], bool] | None:
         item = item.strip()
         if item == "stdlib":
             stdlib = True
-        elif item == "any core or shell module":
-            inside |= {*CORE, *SHELL, *LEAVES}
-        elif (PACKAGE / f"{item}.py").exists():
-            inside.add(item)
+        elif item == "any core or adapter module":
+            inside |= {*CORE, *ADAPTERS, *LEAVES}
+        elif item.endswith(".*") and item[:-2] in SUBPACKAGES:
+            inside |= {m for m in ALL_MODULES if m.split(".")[0] == item[:-2]}
+        elif resolve(item) is not None:
+            inside.add(resolve(item))
         else:
             assert re.fullmatch(r"[A-Za-z_][\w.]*", item), f"{module}: cannot read {item!r}"
+            assert not item.startswith("ovs_ipsec"), f"{module}: no such module {item!r}"
             outside.add(item)
     return inside, outside, stdlib
-
-
-ALL_MODULES = sorted(path.stem for path in PACKAGE.glob("*.py"))
 
 
 @pytest.mark.parametrize("module", ALL_MODULES)
@@ -230,17 +244,23 @@ def test_may_import_lines_are_true(module: str) -> None:
     inside, outside, stdlib = allowed
     bad = []
     for name in sorted(imported_modules(module) - {"ovs_ipsec", "__future__", DYNAMIC}):
-        module_name = internal(name)
-        if module_name is not None:
-            # `from ovs_ipsec import __version__` names no module: the package's __init__.
-            if module_name not in inside and (PACKAGE / f"{module_name}.py").exists():
+        own = internal(name)
+        if own is not None:
+            # A subpackage's __init__ is imported on the way to its modules.
+            if (
+                own not in inside
+                and own not in SUBPACKAGES
+                and "." + own not in {"." + m.rpartition(".")[0] for m in inside}
+            ):
                 bad.append(name)
+        elif name.startswith("ovs_ipsec"):
+            continue  # `from ovs_ipsec.core import model` also names the package it comes from
         elif name.split(".")[0] in sys.stdlib_module_names:
             if not stdlib:
                 bad.append(name)
         elif not any(name == o or name.startswith(o + ".") for o in outside):
             bad.append(name)
-    assert not bad, f"ovs_ipsec/{module}.py imports {bad}, which its May import line omits"
+    assert not bad, f"{path_of(module)} imports {bad}, which its May import line omits"
 
 
 def test_the_walker_sees_every_import_form() -> None:
@@ -249,9 +269,8 @@ def test_the_walker_sees_every_import_form() -> None:
     source = (
         "import socket\n"
         "import ovs.poller\n"
-        "from ovs_ipsec import charon\n"
-        "from . import daemon\n"
-        "from .proc import run\n"
+        "from ovs_ipsec.adapters import charon\n"
+        "from ovs_ipsec.adapters.proc import run\n"
         "def f():\n"
         "    import subprocess\n"
         "    importlib.import_module('vici')\n"
@@ -259,9 +278,8 @@ def test_the_walker_sees_every_import_form() -> None:
     assert imports_of(source) >= {
         "socket",
         "ovs.poller",
-        "ovs_ipsec.charon",
-        "ovs_ipsec.daemon",
-        "ovs_ipsec.proc",
+        "ovs_ipsec.adapters.charon",
+        "ovs_ipsec.adapters.proc",
         "subprocess",
         DYNAMIC,
     }
@@ -273,17 +291,17 @@ def test_the_option_table_is_loaded_only_for_tunnels_with_ipsec_options() -> Non
     script = (
         "import sys\n"
         "import ovs_ipsec.cli\n"
-        "from ovs_ipsec.model import InterfaceRow, Snapshot\n"
-        "from ovs_ipsec.parse import parse_config\n"
-        "from ovs_ipsec.plan import plan\n"
+        "from ovs_ipsec.core.model import InterfaceRow, Snapshot\n"
+        "from ovs_ipsec.core.parse import parse_config\n"
+        "from ovs_ipsec.core.connections import plan\n"
         "def conn(options):\n"
         "    row = InterfaceRow('t0', 'gre', {'remote_ip': '10.0.0.2', 'psk': 'Kx7-imports',\n"
         "                                     **options})\n"
         "    return plan(parse_config(Snapshot((row,), {}))).conns['ovs-10.0.0.2'].body\n"
         "plain = conn({})\n"
-        "assert 'ovs_ipsec.ike_options' not in sys.modules\n"
+        "assert 'ovs_ipsec.core.ike_options.table' not in sys.modules\n"
         "tuned = conn({'ipsec_dpddelay': '7s'})\n"
-        "assert 'ovs_ipsec.ike_options' in sys.modules\n"
+        "assert 'ovs_ipsec.core.ike_options.table' in sys.modules\n"
         "assert tuned.get('dpd_delay') == '7s' and 'dpd_delay' not in plain, tuned\n"
     )
     done = subprocess.run(
@@ -300,12 +318,12 @@ def test_importing_the_modules_leaves_the_ovs_library_alone() -> None:
         "import ovs.jsonrpc, ovs.unixctl\n"
         "import ovs_ipsec\n"
         "recv, commands = ovs.jsonrpc.Connection.recv, dict(ovs.unixctl.commands)\n"
-        "for info in pkgutil.iter_modules(ovs_ipsec.__path__):\n"
-        "    if info.name not in {'__main__', 'metrics'}:\n"
-        "        importlib.import_module('ovs_ipsec.' + info.name)\n"
+        "for info in pkgutil.walk_packages(ovs_ipsec.__path__, 'ovs_ipsec.'):\n"
+        "    if info.name.rpartition('.')[2] not in {'__main__', 'metrics'}:\n"
+        "        importlib.import_module(info.name)\n"
         "assert ovs.jsonrpc.Connection.recv is recv\n"
         "assert dict(ovs.unixctl.commands) == commands, sorted(ovs.unixctl.commands)\n"
-        "from ovs_ipsec.ovsdb import receive_whole_utf8_characters\n"
+        "from ovs_ipsec.adapters.ovsdb import receive_whole_utf8_characters\n"
         "receive_whole_utf8_characters()\n"
         "receive_whole_utf8_characters()\n"
         "assert ovs.jsonrpc.Connection.recv.__name__ == '_recv_whole_characters'\n"

@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ovs_ipsec.http_server import HttpServer, parse_address
-from ovs_ipsec.metrics import CONTENT_TYPE, MetricsSnapshot, TunnelMetrics, render
+from ovs_ipsec.adapters.metrics import CONTENT_TYPE, MetricsSnapshot, TunnelMetrics, render
+from ovs_ipsec.adapters.metrics_http import HttpServer, parse_address
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

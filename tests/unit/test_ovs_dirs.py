@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ovs_ipsec.ovs_dirs import SYSTEM, OvsDirs, effective_dirs
+from ovs_ipsec.core.ovs_dirs import SYSTEM, OvsDirs, effective_dirs
 
 PYPI = OvsDirs(
     "/usr/local/var/run/openvswitch", "/usr/local/var/log/openvswitch", "/usr/local/etc/openvswitch"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ovs_ipsec.model import (
+from ovs_ipsec.core.model import (
     AuthMode,
     GlobalConfig,
     InterfaceRow,
@@ -20,7 +20,7 @@ from ovs_ipsec.model import (
     Tunnel,
     TunnelType,
 )
-from ovs_ipsec.parse import (
+from ovs_ipsec.core.parse import (
     MAX_OPTION_LENGTH,
     is_ipsec_port,
     parse_config,

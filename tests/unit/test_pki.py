@@ -1,4 +1,5 @@
-"""ovs_ipsec.pki: every validation failure, the subjects upstream gets wrong (W16), and fuzzing.
+"""ovs_ipsec.core.pki: every validation failure, the subjects upstream gets wrong (W16), and
+fuzzing.
 
 Certificates come from `pki_tool`'s library functions with a fixed `NOW`, so nothing depends on
 the clock; EC P-256 keys keep the whole module well under a second.
@@ -17,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec import pki, pki_tool
-from ovs_ipsec.model import Invalid
+from ovs_ipsec.core import pki
+from ovs_ipsec.core.model import Invalid
+from ovs_ipsec.tools import pki_tool
 
 NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)

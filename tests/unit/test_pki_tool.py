@@ -16,7 +16,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec import pki, pki_tool
+from ovs_ipsec.core import pki
+from ovs_ipsec.tools import pki_tool
 
 
 def now() -> dt.datetime:
@@ -505,8 +506,8 @@ def test_commands_print_no_warnings(tmp_path: Path) -> None:
     and warned at import of the tool), under `-W error` as well."""
     for argv in (["init"], ["host", "h2"], ["self-signed", "h1"], ["show", "h2-cert.pem"]):
         done = subprocess.run(
-            [sys.executable, "-W", "error", "-m", "ovs_ipsec.pki_tool", "--dir", str(tmp_path),
-             *argv],
+            [sys.executable, "-W", "error", "-m", "ovs_ipsec.tools.pki_tool",
+             "--dir", str(tmp_path), *argv],
             capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )  # fmt: skip
         assert done.returncode == 0 and done.stderr == "", (argv, done.stderr)

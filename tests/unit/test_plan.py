@@ -15,10 +15,10 @@ import vici.protocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec import naming
-from ovs_ipsec.model import InterfaceRow, Secret, Snapshot, TunnelType
-from ovs_ipsec.parse import parse_config
-from ovs_ipsec.plan import ConnSpec, Desired, SharedSpec, plan
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.connections import ConnSpec, Desired, SharedSpec, plan
+from ovs_ipsec.core.model import InterfaceRow, Secret, Snapshot, TunnelType
+from ovs_ipsec.core.parse import parse_config
 
 PSK = "correct horse battery staple"
 

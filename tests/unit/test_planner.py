@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec.model import InterfaceRow, SkbMark, Snapshot
-from ovs_ipsec.parse import parse_config, parse_skb_mark, parse_tunnel
-from ovs_ipsec.plan import plan
-from ovs_ipsec.planner import Planner
-from ovs_ipsec.protection import plan_protection, protect_tunnel
+from ovs_ipsec.core.block_policies import plan_protection, protect_tunnel
+from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.desired import Planner
+from ovs_ipsec.core.model import InterfaceRow, SkbMark, Snapshot
+from ovs_ipsec.core.parse import parse_config, parse_skb_mark, parse_tunnel
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 

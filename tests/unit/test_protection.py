@@ -9,8 +9,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovs_ipsec import naming, xfrm
-from ovs_ipsec.model import (
+from ovs_ipsec.adapters.xfrm import adapter as xfrm
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.block_policies import (
+    FAIL_CLOSED_PRIORITY,
+    OWNED_PRIORITIES,
+    SKB_MARK_PRIORITY,
+    PolicySpec,
+    canonical_prefix,
+    diff_policies,
+    diff_policy_change,
+    explain_protection,
+    is_owned,
+    plan_protection,
+)
+from ovs_ipsec.core.model import (
     IPPROTO_GRE,
     IPPROTO_UDP,
     AuthMode,
@@ -22,18 +35,6 @@ from ovs_ipsec.model import (
     SkbMark,
     Tunnel,
     TunnelType,
-)
-from ovs_ipsec.protection import (
-    FAIL_CLOSED_PRIORITY,
-    OWNED_PRIORITIES,
-    SKB_MARK_PRIORITY,
-    PolicySpec,
-    canonical_prefix,
-    diff_policies,
-    diff_policy_change,
-    explain_protection,
-    is_owned,
-    plan_protection,
 )
 
 GRE, UDP = IPPROTO_GRE, IPPROTO_UDP

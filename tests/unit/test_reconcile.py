@@ -15,11 +15,11 @@ import vici.protocol
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovs_ipsec import naming, vicidata
-from ovs_ipsec.charon import Charon
-from ovs_ipsec.model import Secret
-from ovs_ipsec.plan import ConnSpec, Desired, KeySpec, SharedSpec
-from ovs_ipsec.reconcile import (
+from ovs_ipsec.adapters.charon import Charon
+from ovs_ipsec.core import naming, vicidata
+from ovs_ipsec.core.connections import ConnSpec, Desired, KeySpec, SharedSpec
+from ovs_ipsec.core.model import Secret
+from ovs_ipsec.core.reconcile import (
     Applied,
     LoadConn,
     LoadKey,

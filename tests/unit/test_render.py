@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovs_ipsec import render
-from ovs_ipsec.model import Config, InterfaceRow, Snapshot
-from ovs_ipsec.parse import parse_config
-from ovs_ipsec.plan import plan
-from ovs_ipsec.protection import PolicySpec, explain_protection
-from ovs_ipsec.sas import parse_sas
-from ovs_ipsec.status import Protection, View, fold
-from ovs_ipsec.xfrm import parse_policies
+from ovs_ipsec.adapters.xfrm.adapter import parse_policies
+from ovs_ipsec.core import render
+from ovs_ipsec.core.block_policies import PolicySpec, explain_protection
+from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.model import Config, InterfaceRow, Snapshot
+from ovs_ipsec.core.parse import parse_config
+from ovs_ipsec.core.sas import parse_sas
+from ovs_ipsec.core.status import Protection, View, fold
 
 PSK = "Zq9PSK-render-secret"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "status-json.md"
@@ -248,13 +248,15 @@ def test_states_never_show_a_key_and_parse_the_ids() -> None:
 
 def test_memory_text() -> None:
     text = render.memory_text(
-        {"ports": 3, "conns": 2}, {"VmRSS": "20000 kB"}, [("/x/ovs_ipsec/plan.py", 2048, 7)]
+        {"ports": 3, "conns": 2},
+        {"VmRSS": "20000 kB"},
+        [("/x/ovs_ipsec/core/connections.py", 2048, 7)],
     )
     assert text.splitlines() == [
         "ports:3 conns:2",
         "VmRSS: 20000 kB",
         "largest Python allocations by file (tracemalloc):",
-        "         2.0 KiB        7 blocks  /x/ovs_ipsec/plan.py",
+        "         2.0 KiB        7 blocks  /x/ovs_ipsec/core/connections.py",
     ]
     assert render.memory_text({"ports": 0}, {}, []) == "ports:0\n"
 

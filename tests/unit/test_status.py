@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, Scope, log_wanted
-from ovs_ipsec.model import InterfaceRow, Snapshot
-from ovs_ipsec.parse import parse_config
-from ovs_ipsec.plan import plan
-from ovs_ipsec.protection import explain_protection
-from ovs_ipsec.sas import IkeSa, current_ike, fold_sa_event, merge_listing, parse_sas
-from ovs_ipsec.status import (
+from ovs_ipsec.core.block_policies import explain_protection
+from ovs_ipsec.core.causes import ALERTS, LOG_PATTERNS, Cause, Scope, log_wanted
+from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.model import InterfaceRow, Snapshot
+from ovs_ipsec.core.parse import parse_config
+from ovs_ipsec.core.sas import IkeSa, current_ike, fold_sa_event, merge_listing, parse_sas
+from ovs_ipsec.core.status import (
     ConnOutcome,
     Outcome,
     Protection,

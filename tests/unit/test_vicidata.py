@@ -10,7 +10,7 @@ import vici.protocol
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovs_ipsec import vicidata
+from ovs_ipsec.core import vicidata
 
 _NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=20).filter(
     lambda n: len(n.encode()) < 256

@@ -7,8 +7,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from ovs_ipsec import xfrm_netlink as nl
-from ovs_ipsec.protection import PolicySpec
+from ovs_ipsec.adapters.xfrm import netlink as nl
+from ovs_ipsec.core.block_policies import PolicySpec
 
 GRE, UDP = 47, 17
 BLOCK_V4 = PolicySpec("out", 4, "0.0.0.0/1", "10.0.0.2/32", GRE, None, None, 0, 0, 430001)

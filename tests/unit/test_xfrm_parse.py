@@ -15,13 +15,13 @@ import ipaddress
 
 import pytest
 
-from ovs_ipsec.protection import FAIL_CLOSED_PRIORITY, SKB_MARK_PRIORITY, PolicySpec
-from ovs_ipsec.xfrm import (
+from ovs_ipsec.adapters.xfrm.adapter import (
     owned_specs,
     parse_policies,
     parse_xfrm_stat,
     redact_states,
 )
+from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY, SKB_MARK_PRIORITY, PolicySpec
 
 CAPTURED = """\
 src 10.0.0.1/32 dst 10.0.0.29/32 proto udp

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ovs_ipsec.lab import Lab
-from ovs_ipsec.vicidata import decode
+from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.tools.lab import Lab
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "full": (),

@@ -11,7 +11,8 @@ Status commands answer text by default, JSON with `--json`, and a JSON value (no
 a client that said `set-options --format json` (`ovs-appctl --format json`, OVS 3.4+; the
 library has that command from OVS 3.3 on). The shapes are in docs/status-json.md.
 
-May import: ovs, render, status, xfrm (its parsers), daemon (its types), errors, stdlib.
+May import: ovs, render, status, xfrm.adapter (its parsers), daemon.loop (its types), errors,
+stdlib.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import ovs.version
 import ovs.vlog
 
 from ovs_ipsec import __version__
-from ovs_ipsec.daemon import Daemon
+from ovs_ipsec.adapters.xfrm.adapter import parse_policies
+from ovs_ipsec.daemon.loop import Daemon
 from ovs_ipsec.errors import XfrmError
-from ovs_ipsec.xfrm import parse_policies
 
 vlog = ovs.vlog.Vlog("control")
 
@@ -213,7 +214,7 @@ def _status_memory() -> dict[str, str]:
 
 def _render() -> ModuleType:
     """The renderers (about 0.1 MiB), loaded with the first status command, not at start-up."""
-    from ovs_ipsec import render
+    from ovs_ipsec.core import render
 
     return render
 

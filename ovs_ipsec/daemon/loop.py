@@ -2,7 +2,7 @@
 state of the program lives here; decisions are made by the pure core (parse, plan, reconcile,
 status) and carried out through the adapters it is handed.
 
-May import: any core or shell module, ovs, stdlib (not the tools: lab, demo, pki_tool).
+May import: core.*, adapters.*, daemon.*, errors, ovs, stdlib (never the tools).
 """
 
 from __future__ import annotations
@@ -20,40 +20,41 @@ from typing import TYPE_CHECKING
 import ovs.poller
 import ovs.vlog
 
-from ovs_ipsec import heap, naming
-from ovs_ipsec.capabilities import (
-    Lack,
-    Preflight,
-    conn_needs,
-    parse_capabilities,
-    tunnel_needs,
-)
-from ovs_ipsec.causes import Cause
-from ovs_ipsec.charon import (
+from ovs_ipsec.adapters import heap
+from ovs_ipsec.adapters.charon import (
     Charon,
     Request,
     load_conn_request,
     load_shared_request,
     unload_shared_request,
 )
-from ovs_ipsec.credentials import Credentials
-from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
-from ovs_ipsec.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
-from ovs_ipsec.failures import FailureCounts
-from ovs_ipsec.files import read_files
-from ovs_ipsec.ike_settings import NO_SETTINGS
-from ovs_ipsec.model import AuthMode, Config
-from ovs_ipsec.ovsdb import Ovsdb
-from ovs_ipsec.plan import ConnSpec, Desired
-from ovs_ipsec.planner import Delta, Planner
-from ovs_ipsec.protection import (
+from ovs_ipsec.adapters.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
+from ovs_ipsec.adapters.files import read_files
+from ovs_ipsec.adapters.ovsdb import Ovsdb
+from ovs_ipsec.adapters.xfrm.adapter import Xfrm
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.block_policies import (
     FAIL_CLOSED_PRIORITY,
     PolicySpec,
     diff_policies,
     diff_policy_change,
     explain_protection,
 )
-from ovs_ipsec.reconcile import (
+from ovs_ipsec.core.capabilities import (
+    Lack,
+    Preflight,
+    conn_needs,
+    parse_capabilities,
+    tunnel_needs,
+)
+from ovs_ipsec.core.causes import Cause
+from ovs_ipsec.core.connections import ConnSpec, Desired
+from ovs_ipsec.core.credentials import Credentials
+from ovs_ipsec.core.desired import Delta, Planner
+from ovs_ipsec.core.failures import FailureCounts
+from ovs_ipsec.core.ike_options.settings import NO_SETTINGS
+from ovs_ipsec.core.model import AuthMode, Config
+from ovs_ipsec.core.reconcile import (
     Action,
     Applied,
     LoadConn,
@@ -67,8 +68,8 @@ from ovs_ipsec.reconcile import (
     diff,
     record,
 )
-from ovs_ipsec.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
-from ovs_ipsec.status import (
+from ovs_ipsec.core.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
+from ovs_ipsec.core.status import (
     Protection,
     StateKey,
     StatusBook,
@@ -78,10 +79,10 @@ from ovs_ipsec.status import (
     fold,
     protection_by_tunnel,
 )
-from ovs_ipsec.xfrm import Xfrm
+from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 
 if TYPE_CHECKING:
-    from ovs_ipsec.metrics import MetricsSnapshot
+    from ovs_ipsec.adapters.metrics import MetricsSnapshot
 
 vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
 
@@ -907,7 +908,7 @@ class Daemon:
         """Everything /metrics reports, from state the daemon already holds (nothing here
         calls charon, so a scrape never waits for it)."""
         # prometheus-client costs about 10 MiB of memory: loaded only when metrics are served.
-        from ovs_ipsec.metrics import MetricsSnapshot, TunnelMetrics
+        from ovs_ipsec.adapters.metrics import MetricsSnapshot, TunnelMetrics
 
         statuses = self.statuses()
         installed = self.policies or frozenset()

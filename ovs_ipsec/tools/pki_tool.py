@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ovs_ipsec import pki
+from ovs_ipsec.core import pki
 
 PROG = "ovs-ipsec-pki"
 HOST_DAYS = 730

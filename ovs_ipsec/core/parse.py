@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from ovs_ipsec.model import (
+from ovs_ipsec.core.model import (
     DEFAULT_DST_PORT,
     UDP_TUNNEL_PORTS,
     AuthMode,

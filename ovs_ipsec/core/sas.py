@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ovs_ipsec import naming
+from ovs_ipsec.core import naming
 
 UNNAMED = "(unnamed)"  # charon's name for an IKE_SA before a connection is chosen for it
 # IKE_SA states with working keys. REKEYED is the old half of a rekeying: last resort.

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ovs_ipsec.lab import Host, Lab, charon_keeps_ike_sa_without_child, wait_for
+from ovs_ipsec.tools.lab import Host, Lab, charon_keeps_ike_sa_without_child, wait_for
 
 PSK = "demo-swordfish"
 
@@ -44,7 +44,7 @@ TUNNELS = (
 
 def pki(*args: str) -> None:
     """The project's `ovs-ipsec-pki`, as an operator would run it."""
-    command = [sys.executable, "-m", "ovs_ipsec.pki_tool", *args]
+    command = [sys.executable, "-m", "ovs_ipsec.tools.pki_tool", *args]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     say(f"  $ ovs-ipsec-pki {' '.join(args)}")
 

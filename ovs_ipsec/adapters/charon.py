@@ -5,7 +5,7 @@ failures become `CharonError` (charon said no; the message is its `errmsg`) or
 `CharonUnreachable` (no socket, timeout, EOF: the session is closed and must be reopened).
 Secrets are unwrapped only here, at the VICI call.
 
-May import: vici, vici_socket, vicidata, naming, plan (its types), errors, stdlib.
+May import: vici, vici_socket, vicidata, naming, connections (its types), errors, stdlib.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import vici
 import vici.exception
 import vici.protocol
 
-from ovs_ipsec import naming, vicidata
+from ovs_ipsec.adapters.vici_socket import open_vici
+from ovs_ipsec.core import naming, vicidata
+from ovs_ipsec.core.connections import ConnSpec, KeySpec, SharedSpec
+from ovs_ipsec.core.vicidata import decode
 from ovs_ipsec.errors import CharonError, CharonUnreachable
-from ovs_ipsec.plan import ConnSpec, KeySpec, SharedSpec
-from ovs_ipsec.vici_socket import open_vici
-from ovs_ipsec.vicidata import decode
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
 

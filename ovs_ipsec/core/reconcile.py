@@ -6,7 +6,7 @@ loaded since (content known). A connection whose content is unknown is loaded ag
 compares it with what it has and keeps established SAs and unchanged CHILD configs
 ("updated vici connection"), so this never disturbs a running tunnel.
 
-May import: plan, model, stdlib.
+May import: connections, model, stdlib.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ovs_ipsec.model import Secret
-from ovs_ipsec.plan import ConnSpec, Desired, KeySpec, SharedSpec
+from ovs_ipsec.core.connections import ConnSpec, Desired, KeySpec, SharedSpec
+from ovs_ipsec.core.model import Secret
 
 
 class Phase(enum.IntEnum):

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ovs_ipsec import naming
-from ovs_ipsec.model import (
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.model import (
     DEFAULT_DST_PORT,
     IPPROTO_GRE,
     IPPROTO_UDP,

@@ -25,7 +25,7 @@ per IKE_SA, for the last MAX_ATTEMPTS IKE_SAs.
 This module is over 400 lines because the state fold and the event fold share their types and
 only make sense together; the SA data (sas.py) and the cause tables (causes.py) are apart.
 
-May import: capabilities, causes, model, naming, plan, protection, sas, stdlib.
+May import: capabilities, causes, model, naming, connections, block_policies, sas, stdlib.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ovs_ipsec import naming
-from ovs_ipsec.capabilities import Lack, describe_lacks
-from ovs_ipsec.causes import ALERTS, LOG_PATTERNS, Cause, LogPattern, Scope, log_wanted
-from ovs_ipsec.plan import ConnSpec, Desired
-from ovs_ipsec.protection import PolicySpec
-from ovs_ipsec.sas import (
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.block_policies import PolicySpec
+from ovs_ipsec.core.capabilities import Lack, describe_lacks
+from ovs_ipsec.core.causes import ALERTS, LOG_PATTERNS, Cause, LogPattern, Scope, log_wanted
+from ovs_ipsec.core.connections import ConnSpec, Desired
+from ovs_ipsec.core.sas import (
     CONNECTING_STATES,
     UNNAMED,
     ChildSa,

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from ovs_ipsec.causes import Cause
-from ovs_ipsec.status import State, StateKey
+from ovs_ipsec.core.causes import Cause
+from ovs_ipsec.core.status import State, StateKey
 
 # charon's log line comes within milliseconds of the ike-updown event; a second covers a loaded
 # machine and still counts long before any scrape interval.

@@ -11,7 +11,7 @@ saying which; here every policy gets its own answer. It also sends the mark exac
 iproute2 drops a mark whose value is 0 (`mark 0 mask 1`) from a delete request, which then removes
 the *unmarked* policy with that selector, someone else's.
 
-May import: protection, stdlib.
+May import: block_policies, stdlib.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 
-from ovs_ipsec.protection import PolicySpec
+from ovs_ipsec.core.block_policies import PolicySpec
 
 NETLINK_XFRM = 6
 SOL_NETLINK = 270

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ovs_ipsec.model import Config, Invalid
+from ovs_ipsec.core.model import Config, Invalid
 
 if TYPE_CHECKING:
     # At run time pki (and with it `cryptography`, about 14 MiB of memory) is imported only
     # once a certificate file has to be read: PSK-only hosts never load it.
-    from ovs_ipsec import pki
+    from ovs_ipsec.core import pki
 
 # Bytes of a file, or why it could not be read.
 FileContent = bytes | str
@@ -50,7 +50,7 @@ def resolve(
 ) -> Credentials:
     if not files:
         return Credentials()
-    from ovs_ipsec import pki  # noqa: F811 - see the note at the imports
+    from ovs_ipsec.core import pki  # noqa: F811 - see the note at the imports
 
     g = config.global_config
     warnings: list[str] = []
@@ -107,7 +107,7 @@ def _resolve_local(
     warn_days: int,
     warnings: list[str],
 ) -> tuple[LocalCredentials | None, list[Invalid]]:
-    from ovs_ipsec import pki  # noqa: F811
+    from ovs_ipsec.core import pki  # noqa: F811
 
     errors: list[Invalid] = []
     cert, error = _resolve_host_cert(cert_content, "certificate", now, warn_days, warnings)
@@ -133,7 +133,7 @@ def _resolve_local(
 def _resolve_host_cert(
     content: FileContent, key: str, now: dt.datetime, warn_days: int, warnings: list[str]
 ) -> tuple[pki.CertInfo | None, Invalid | None]:
-    from ovs_ipsec import pki  # noqa: F811
+    from ovs_ipsec.core import pki  # noqa: F811
 
     if isinstance(content, str):
         return None, Invalid(key, content)

@@ -15,7 +15,7 @@ tunnel invalid). The result type (`IkeSettings`), the default proposals and `con
 are in ike_settings, which plan needs for every tunnel: this table, about 0.9 MiB of the
 daemon's memory once loaded, is loaded only when some tunnel has ipsec_* options.
 
-May import: ike_settings, model, parse, stdlib.
+May import: ike_options.settings, model, parse, stdlib.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ovs_ipsec.ike_settings import (
+from ovs_ipsec.core.ike_options.settings import (
     ESP_PROPOSALS,
     IKE_PROPOSALS,
     NO_SETTINGS,
@@ -36,8 +36,8 @@ from ovs_ipsec.ike_settings import (
     conn_differences,
     default_proposals,
 )
-from ovs_ipsec.model import Invalid
-from ovs_ipsec.parse import parse_bool, quoted
+from ovs_ipsec.core.model import Invalid
+from ovs_ipsec.core.parse import parse_bool, quoted
 
 # The result type and the defaults live in ike_settings (the planner needs them for every
 # tunnel; this table is loaded only when a tunnel has ipsec_* options). Re-exported here, where

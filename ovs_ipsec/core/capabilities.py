@@ -21,7 +21,7 @@ Over 400 lines because most of it is data that must stay together: strongSwan's 
 keywords, which plugins provide each algorithm, and which Debian package ships each plugin per
 release; the judging itself is under 150 lines.
 
-May import: ike_settings, stdlib.
+May import: ike_options.settings, stdlib.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ovs_ipsec.ike_settings import IkeSettings, default_proposals
+from ovs_ipsec.core.ike_options.settings import IkeSettings, default_proposals
 
 # Which Debian package ships each plugin's .so (`dpkg -L`), by strongSwan release: Debian 12
 # ships 5.9, Debian 13 ships 6.0, which moved openssl into libstrongswan and the software

@@ -5,7 +5,7 @@ first connection whose identities match, so a second connection to the same peer
 a Geneve port to one host) would have its CHILD_SAs refused ("traffic selectors unacceptable").
 Each tunnel becomes one CHILD_SA config (two for UDP tunnels) inside its peer's connection.
 
-May import: credentials, ike_options, ike_settings, model, naming, vicidata, stdlib.
+May import: credentials, ike_options.table, ike_options.settings, model, naming, vicidata, stdlib.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ovs_ipsec import ike_settings, naming, vicidata
-from ovs_ipsec.credentials import Credentials
-from ovs_ipsec.model import (
+from ovs_ipsec.core import naming, vicidata
+from ovs_ipsec.core.credentials import Credentials
+from ovs_ipsec.core.ike_options import settings as ike_settings
+from ovs_ipsec.core.model import (
     IPPROTO_GRE,
     IPPROTO_UDP,
     AuthMode,
@@ -126,7 +127,9 @@ def admit(
     translated: ike_settings.IkeSettings | None = ike_settings.NO_SETTINGS
     option_errors: tuple[Invalid, ...] = ()
     if tunnel.ike_options:
-        from ovs_ipsec import ike_options  # the option table: loaded when first needed
+        from ovs_ipsec.core.ike_options import (
+            table as ike_options,
+        )  # the option table: loaded when first needed
 
         translated, option_errors = ike_options.translate(
             tunnel.ike_options, use_default_crypto=use_default_crypto

@@ -16,7 +16,7 @@ import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 
-from ovs_ipsec.model import InterfaceRow, RowId
+from ovs_ipsec.core.model import InterfaceRow, RowId
 
 _STRING_MAP = {"key": "string", "value": "string", "min": 0, "max": "unlimited"}
 SCHEMA: dict[str, Any] = {

@@ -6,7 +6,7 @@ Text keeps upstream's labels where they still mean something ("Interface name:",
 "Remote IP:", "PSK:", "IPsec connections that are active:" ...), and is correct where upstream's
 was not: each kernel policy is listed once, inbound ones under the peer they come from.
 
-May import: model, parse, protection, sas, status, stdlib.
+May import: model, parse, block_policies, sas, status, stdlib.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ovs_ipsec.model import Config
-from ovs_ipsec.parse import caveat
-from ovs_ipsec.protection import PROTOCOL_NAMES, PolicySpec, is_owned, protocol_name
-from ovs_ipsec.sas import ChildSa, IkeSa
-from ovs_ipsec.status import Protection, Selector, TunnelStatus
+from ovs_ipsec.core.block_policies import PROTOCOL_NAMES, PolicySpec, is_owned, protocol_name
+from ovs_ipsec.core.model import Config
+from ovs_ipsec.core.parse import caveat
+from ovs_ipsec.core.sas import ChildSa, IkeSa
+from ovs_ipsec.core.status import Protection, Selector, TunnelStatus
 
 REDACTED = "<redacted>"
 # An `ip xfrm state` key is at least 16 bytes (32 hex digits); SPIs and marks are 8 digits.

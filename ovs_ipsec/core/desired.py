@@ -7,7 +7,8 @@ policies, and reports exactly those names for the reconciler to diff. A change t
 (certificates, ipsec_skb_mark, fail-open) re-evaluates every IPsec port. Work per change is thus
 proportional to what changed, not to the number of tunnels.
 
-May import: model, parse, naming, credentials, plan, protection, ike_settings, stdlib.
+May import: model, parse, naming, credentials, connections, block_policies, ike_options.settings,
+stdlib.
 """
 
 from __future__ import annotations
@@ -19,9 +20,25 @@ from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from ovs_ipsec import ike_settings, naming
-from ovs_ipsec.credentials import Credentials, FileContent, resolve
-from ovs_ipsec.model import (
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.block_policies import (
+    PolicySpec,
+    protect_invalid,
+    protect_skb_mark,
+    protect_tunnel,
+)
+from ovs_ipsec.core.connections import (
+    ConnSpec,
+    Desired,
+    KeySpec,
+    SharedSpec,
+    admit,
+    plan_keys,
+    plan_peer,
+)
+from ovs_ipsec.core.credentials import Credentials, FileContent, resolve
+from ovs_ipsec.core.ike_options import settings as ike_settings
+from ovs_ipsec.core.model import (
     UDP_TUNNEL_PORTS,
     AuthMode,
     Config,
@@ -31,19 +48,12 @@ from ovs_ipsec.model import (
     RowId,
     Tunnel,
 )
-from ovs_ipsec.parse import (
+from ovs_ipsec.core.parse import (
     caveat,
     is_ipsec_port,
     parse_global,
     parse_tunnel,
     row_port,
-)
-from ovs_ipsec.plan import ConnSpec, Desired, KeySpec, SharedSpec, admit, plan_keys, plan_peer
-from ovs_ipsec.protection import (
-    PolicySpec,
-    protect_invalid,
-    protect_skb_mark,
-    protect_tunnel,
 )
 
 PSK = AuthMode.PSK

@@ -42,7 +42,7 @@ from typing import TypeVar
 
 import vici
 
-from ovs_ipsec.capabilities import charon_release
+from ovs_ipsec.core.capabilities import charon_release
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 CHARON = "/usr/sbin/charon-systemd"

@@ -12,7 +12,7 @@ iproute2 facts this relies on (6.1, checked on kernel 6.18):
   /etc/protocols (number when unnamed).
 * The kernel stores a policy mark as `value & mask`.
 
-May import: errors, naming, proc, protection, xfrm_netlink, stdlib.
+May import: errors, naming, proc, block_policies, xfrm.netlink, stdlib.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ovs_ipsec import naming, xfrm_netlink
+from ovs_ipsec.adapters.xfrm import netlink as xfrm_netlink
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.block_policies import PROTOCOL_NUMBERS, PolicySpec, is_owned, parse_prefix
 from ovs_ipsec.errors import CommandError, XfrmError
-from ovs_ipsec.protection import PROTOCOL_NUMBERS, PolicySpec, is_owned, parse_prefix
 
 if TYPE_CHECKING:
-    from ovs_ipsec import proc
+    from ovs_ipsec.adapters import proc
 
 XFRM_STAT_PATH = "/proc/net/xfrm_stat"
 
@@ -397,7 +398,7 @@ class Xfrm:
     def _ip_run(self, args: list[str], stdin: str | None) -> proc.Result:
         # Loaded when `ip` is first needed (a status command, a netlink failure): the daemon's
         # own work is all over netlink, and subprocess is half a MiB of its memory.
-        from ovs_ipsec import proc
+        from ovs_ipsec.adapters import proc
 
         try:
             return proc.run([self._ip, *args], timeout=self.timeout, input=stdin, check=False)

@@ -28,9 +28,9 @@ import ovs.poller
 from vici.exception import DeserializationException
 from vici.protocol import Message, Packet
 
+from ovs_ipsec.adapters.vici_socket import open_vici
+from ovs_ipsec.core.vicidata import decode
 from ovs_ipsec.errors import CharonError, CharonUnreachable
-from ovs_ipsec.vici_socket import open_vici
-from ovs_ipsec.vicidata import decode
 
 # What the daemon folds into tunnel states. `alert` (strongSwan 6.0) names failure causes
 # directly; 5.9.8 answers EVENT_UNKNOWN for it, and then `log` is where the causes are.

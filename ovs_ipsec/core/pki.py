@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
-from ovs_ipsec.model import Invalid, Secret
+from ovs_ipsec.core.model import Invalid, Secret
 
 # One PEM block: label and base64 body (RFC 7468, lax about whitespace and headers in the body).
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)

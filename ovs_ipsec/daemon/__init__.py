@@ -1,0 +1,1 @@
+"""The daemon: one ovs.poller loop that wires the adapters to the core."""
