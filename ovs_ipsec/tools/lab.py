@@ -491,7 +491,7 @@ class Host:
         """The command line that starts our daemon in this host (returns once it is ready)."""
         # PYTHONPATH: run the package this lab was imported from, even from another checkout
         # than the one the venv's editable install points at.
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         return [
             "ip", "netns", "exec", self.ns,
             "env", f"OVS_RUNDIR={self.run_dir}", f"OVS_LOGDIR={self.dir}", f"OVS_DBDIR={self.dir}",
