@@ -1,0 +1,564 @@
+"""The Daemon's loop on fake adapters and a fake clock (tests/unit/fakes.py): timers, linger,
+retries and back-off, the SA-listing cadence, charon and OVSDB coming and going.
+
+Only the Daemon's constructor and public surface are used (run, wait, statuses, health,
+desired_policies, request_refresh, request_sas, cleanup), and assertions are on what the fake
+charon and kernel hold, what they were asked to write, and when the Daemon asks to wake up. The
+same behaviours against the real components are in tests/integration (root-only labs).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from fakes import FakePoller, World
+
+from ovs_ipsec.core.block_policies import PolicySpec
+
+PEERS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")
+CHECK = 15.0
+LINGER = 30.0
+XFRM_ADD_RETRY = "issue 14: failed block add waits for the 15 s check"
+SECRET_REFUSAL = (
+    "issue 14: a refused load-shared is forgotten when its connection loads in the same pass "
+    "(health.failures entry popped by the LoadConn, no full diff at the next checks)"
+)
+RESTART_RELOADS = (
+    "issue 14 item 3: a restarted daemon reloads every connection and secret charon already "
+    "holds (get-conns gives names only, so their contents are unknown)"
+)
+OVSDB_SPIN = "issue 14: wait() asks for an immediate wake-up until OVSDB is first read (busy loop)"
+
+
+def conn(peer: str) -> str:
+    return f"ovs-{peer}"
+
+
+def secret(peer: str) -> str:
+    return f"ovs-psk-{peer}"
+
+
+def add_tunnel(world: World, index: int, peer: str, kind: str = "gre") -> None:
+    world.ovsdb.set_row(f"uuid-{index}", f"{kind}{index}", kind, remote_ip=peer, psk=f"s{index}")
+
+
+def blocks_of(world: World, peer: str) -> set[PolicySpec]:
+    """The fail-closed blocks the daemon wants for `peer` now."""
+    host = f"{peer}/32"
+    return {p for p in world.daemon.desired_policies if host in (p.src, p.dst)}
+
+
+def converged(peers: tuple[str, ...] = PEERS, **kw: float) -> World:
+    world = World(**kw)
+    for index, peer in enumerate(peers):
+        add_tunnel(world, index, peer)
+    world.settle()
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in peers)
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    return world
+
+
+# -- converging, and staying quiet ---------------------------------------------------------------
+
+
+def test_first_pass_loads_every_tunnel_behind_its_blocks() -> None:
+    world = converged()
+    assert sorted(world.charon.shared) == sorted(secret(p) for p in PEERS)
+    assert set(world.states().values()) == {"configured"}
+    assert world.daemon.converged_once and world.daemon.health.charon_reachable
+    for peer in PEERS:
+        # Protect before: the peer's blocks were in the kernel before its first load-conn.
+        assert blocks_of(world, peer)
+        assert blocks_of(world, peer) <= world.charon.kernel_at_first_load[conn(peer)]
+
+
+def test_converged_checks_write_nothing_and_wake_only_for_checks() -> None:
+    world = converged()
+    charon_writes, kernel_writes = len(world.charon.writes), len(world.xfrm.writes)
+    listings = world.xfrm.listings
+    started = len(world.wakeups)
+    world.run_for(8 * CHECK)
+    assert world.charon.writes[charon_writes:] == []
+    assert world.xfrm.writes[kernel_writes:] == []
+    assert world.xfrm.applies[-1] < world.clock() - 7 * CHECK  # no empty apply either
+    # After our own changes the first check lists the policies once; then the kernel's
+    # counters stand still and no check lists them again.
+    assert world.xfrm.listings <= listings + 1
+    assert len(world.wakeups) - started <= 8 + 2  # the checks, and run_for's first and last
+    assert world.last_timeout is not None and 0 < world.last_timeout <= CHECK
+
+
+def test_wait_sleeps_until_the_next_check() -> None:
+    world = converged()
+    world.run_for(1.0)
+    poller = FakePoller()
+    world.daemon.wait(poller)
+    assert poller.timeout == pytest.approx(CHECK - 1.0, abs=0.02)
+
+
+def test_a_new_port_is_protected_before_its_connection_is_loaded() -> None:
+    world = converged()
+    add_tunnel(world, 9, "10.0.0.9")
+    world.settle()
+    assert conn("10.0.0.9") in world.charon.conns
+    assert blocks_of(world, "10.0.0.9") <= world.charon.kernel_at_first_load[conn("10.0.0.9")]
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+
+
+def test_a_port_made_plain_loses_its_blocks_only_after_its_unload() -> None:
+    world = converged()
+    blocks = blocks_of(world, "10.0.0.3")
+    world.ovsdb.set_row("uuid-1", "gre1", "gre", remote_ip="10.0.0.3")  # psk gone: plain
+    world.settle()
+    assert conn("10.0.0.3") not in world.charon.conns
+    assert secret("10.0.0.3") not in world.charon.shared
+    assert not blocks & world.xfrm.policies  # what the operator asked for: at once, no linger
+    for spec in blocks:
+        assert conn("10.0.0.3") not in world.xfrm.charon_at_removal[spec]
+
+
+# -- linger ----------------------------------------------------------------------------------------
+
+
+def test_blocks_of_a_deleted_port_linger_then_expire() -> None:
+    world = converged()
+    blocks = blocks_of(world, "10.0.0.3")
+    world.run_for(2.0)
+    world.ovsdb.delete_row("uuid-1")
+    world.settle()
+    deleted_at = world.clock()
+    # The connection goes at once; its fail-closed blocks stay.
+    assert conn("10.0.0.3") not in world.charon.conns
+    assert blocks <= world.xfrm.policies
+    world.run_for(LINGER - 0.5)
+    assert blocks <= world.xfrm.policies
+    world.run_for(5.5)
+    assert not blocks & world.xfrm.policies
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    # Removed when the linger ended (rounded up to a 5 s grain, so that a burst of deletions
+    # ends together): a wake-up of its own, not the next check's.
+    removed_at = {at for kind, _, at in world.xfrm.writes if kind == "remove"}
+    assert len(removed_at) == 1
+    (at,) = removed_at
+    assert deleted_at + LINGER <= at < deleted_at + LINGER + 5.0
+    assert at % 5.0 == pytest.approx(0.0, abs=1e-6)
+    assert (at - deleted_at) % CHECK > 0.5  # not a check's time
+    for spec in blocks:
+        assert conn("10.0.0.3") not in world.xfrm.charon_at_removal[spec]
+
+
+def test_a_port_re_added_while_its_blocks_linger_never_goes_unprotected() -> None:
+    world = converged()
+    blocks = blocks_of(world, "10.0.0.3")
+    kernel_writes = len(world.xfrm.writes)
+    world.ovsdb.delete_row("uuid-1")
+    world.run_for(3.0)
+    # OVS re-created the port (a restart): another row, the same port.
+    world.ovsdb.set_row("uuid-1b", "gre1", "gre", remote_ip="10.0.0.3", psk="s1")
+    world.run_for(LINGER + 10.0)
+    assert blocks <= world.xfrm.policies
+    assert conn("10.0.0.3") in world.charon.conns
+    assert [w for w in world.xfrm.writes[kernel_writes:] if w[0] == "remove"] == []
+
+
+def test_linger_zero_removes_the_blocks_of_a_deleted_port_at_once() -> None:
+    world = converged(protection_linger=0.0)
+    blocks = blocks_of(world, "10.0.0.3")
+    world.ovsdb.delete_row("uuid-1")
+    world.settle()
+    assert not blocks & world.xfrm.policies
+    assert conn("10.0.0.3") not in world.charon.conns
+
+
+# -- kernel XFRM failures ----------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=XFRM_ADD_RETRY)
+def test_a_refused_block_add_is_retried_within_a_second() -> None:
+    world = converged()
+    add_tunnel(world, 9, "10.0.0.9")
+    world.xfrm.refuse_add = {p for p in _planned_blocks(world, 9, "10.0.0.9")}
+    world.settle()
+    assert world.daemon.health.xfrm_error
+    assert not world.xfrm.refuse_add & world.xfrm.policies
+    world.xfrm.refuse_add = set()
+    world.run_for(1.5)
+    assert blocks_of(world, "10.0.0.9") <= world.xfrm.policies
+    assert world.daemon.health.xfrm_error == ""
+
+
+@pytest.mark.xfail(strict=True, reason=XFRM_ADD_RETRY)
+def test_netlink_failing_at_start_is_retried_every_second() -> None:
+    world = World()
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.xfrm.broken = "Connection timed out"
+    world.settle()
+    assert world.daemon.health.xfrm_error
+    world.run_for(5.0)
+    # Retried about once a second (not spinning, not waiting for the 15 s check).
+    attempts = [t for t in world.xfrm.applies if t > world.clock() - 5.0]
+    assert 3 <= len(attempts) <= 6
+    world.xfrm.broken = None
+    world.run_for(1.5)
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.daemon.health.xfrm_error == ""
+
+
+def test_charon_is_loaded_although_the_kernel_refuses_blocks() -> None:
+    world = World()
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.xfrm.broken = "Connection timed out"
+    world.settle()
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+    assert world.daemon.health.xfrm_error
+    world.xfrm.broken = None
+    world.run_for(CHECK + 1.0)
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.daemon.health.xfrm_error == ""
+
+
+def test_a_refused_block_removal_is_retried_within_a_second() -> None:
+    world = converged(protection_linger=0.0)
+    blocks = blocks_of(world, "10.0.0.3")
+    world.xfrm.refuse_remove = set(blocks)
+    world.ovsdb.delete_row("uuid-1")
+    world.settle()
+    assert blocks <= world.xfrm.policies
+    assert world.daemon.health.xfrm_error
+    world.xfrm.refuse_remove = set()
+    world.run_for(1.5)
+    assert not blocks & world.xfrm.policies
+    assert world.daemon.health.xfrm_error == ""
+
+
+def test_blocks_flushed_behind_the_daemons_back_return_at_the_next_check() -> None:
+    world = converged()
+    world.xfrm.policies.clear()
+    world.run_for(CHECK + 0.5)
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+
+
+def _planned_blocks(world: World, index: int, peer: str) -> set[PolicySpec]:
+    """The blocks a tunnel to `peer` will get, from a scratch world's planner."""
+    scratch = World()
+    add_tunnel(scratch, index, peer)
+    scratch.settle()
+    return blocks_of(scratch, peer)
+
+
+# -- charon refusing ---------------------------------------------------------------------------
+
+
+def test_a_refusal_in_the_middle_of_a_pipelined_load_leaves_the_others_loaded() -> None:
+    peers = tuple(f"10.0.1.{i}" for i in range(1, 31))  # a bulk load: over BULK_ACTIONS
+    world = World()
+    world.charon.refuse[("load-conn", conn(peers[14]))] = "invalid proposal"
+    for index, peer in enumerate(peers):
+        add_tunnel(world, index, peer)
+    world.settle()
+    assert set(world.charon.conns) == {conn(p) for p in peers} - {conn(peers[14])}
+    assert set(world.charon.shared) == {secret(p) for p in peers}
+    # The loads after the refusal went ahead in the same pass.
+    loads = [w.target for w in world.charon.writes if w.command == "load-conn"]
+    assert loads == sorted(conn(p) for p in peers)
+    assert set(world.daemon.health.failures) == {conn(peers[14])}
+    assert "invalid proposal" in world.daemon.health.failures[conn(peers[14])]
+    states = world.states()
+    assert states.pop("gre14") == "failed"
+    assert set(states.values()) == {"configured"}
+
+
+@pytest.mark.xfail(strict=True, reason=SECRET_REFUSAL)
+def test_a_refused_secret_is_reported_and_retried() -> None:
+    world = World()
+    world.charon.refuse[("load-shared", secret("10.0.0.3"))] = "bad secret"
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.settle()
+    assert secret("10.0.0.3") not in world.charon.shared
+    assert world.states()["gre1"] == "failed"  # its IKE_SA could not authenticate
+    world.charon.refuse.clear()
+    world.run_for(2 * CHECK + 0.5)
+    assert secret("10.0.0.3") in world.charon.shared
+
+
+def test_a_refused_secret_is_reported_until_its_connection_loads() -> None:
+    world = World()
+    world.charon.refuse[("load-shared", secret("10.0.0.3"))] = "bad secret"
+    world.charon.refuse[("load-conn", conn("10.0.0.3"))] = "invalid proposal"
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.settle()
+    assert world.states()["gre1"] == "failed"
+    world.charon.refuse.clear()
+    world.run_for(CHECK + 0.5)
+    assert conn("10.0.0.3") in world.charon.conns
+    assert secret("10.0.0.3") in world.charon.shared
+    assert world.daemon.health.failures == {}
+
+
+def test_a_refused_load_is_retried_at_each_check_until_charon_takes_it() -> None:
+    world = World()
+    world.charon.refuse[("load-conn", conn("10.0.0.3"))] = "invalid proposal"
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.settle()
+    world.run_for(3 * CHECK)
+    attempts = [w for w in world.charon.writes if w.target == conn("10.0.0.3")]
+    # Once at start and once per check: neither a spin nor given up.
+    assert 3 <= len(attempts) <= 5
+    assert all(w.refused for w in attempts)
+    others = [w for w in world.charon.writes if w.command == "load-conn" and not w.refused]
+    assert len(others) == 2  # the others are not reloaded with it
+    world.charon.refuse.clear()
+    world.run_for(CHECK)
+    assert conn("10.0.0.3") in world.charon.conns
+    assert world.daemon.health.failures == {}
+    assert set(world.states().values()) == {"configured"}
+
+
+# -- charon unreachable, lost and back ---------------------------------------------------------
+
+
+def test_charon_unreachable_at_start_backs_off_to_eight_seconds_and_protects_meanwhile() -> None:
+    world = World()
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.charon.stop()
+    world.run_for(40.0)
+    gaps = [b - a for a, b in itertools.pairwise(world.charon.connect_attempts)]
+    assert gaps[:6] == pytest.approx([0.25, 0.5, 1.0, 2.0, 4.0, 8.0], abs=0.01)
+    assert all(gap == pytest.approx(8.0, abs=0.01) for gap in gaps[6:])
+    # Protection does not wait for charon.
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert not world.daemon.health.charon_reachable and world.daemon.health.charon_error
+    assert not world.daemon.converged_once
+    world.charon.start()
+    world.run_for(8.5)
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+    assert world.daemon.health.charon_reachable and world.daemon.converged_once
+    assert world.events is not None and world.events.connected
+    assert world.charon.listings  # SAs listed once it was back
+
+
+def test_charon_restarting_is_noticed_through_the_event_session_and_reloaded() -> None:
+    world = converged()
+    assert world.events is not None and world.events.connected
+    world.run_for(2.0)
+    world.charon.stop()
+    world.turn()  # the event session's end wakes the loop
+    assert not world.daemon.health.charon_reachable
+    assert {s.state.value for s in world.daemon.statuses().values()} == {"failed"}
+    world.run_for(3.0)
+    world.charon.start()
+    listed = len(world.charon.listings)
+    world.run_for(8.0)
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+    assert sorted(world.charon.shared) == sorted(secret(p) for p in PEERS)
+    assert world.daemon.health.charon_reachable
+    assert world.events.connected and world.events.subscriptions == 2
+    assert len(world.charon.listings) > listed
+    assert set(world.states().values()) == {"configured"}
+
+
+def test_charon_restarted_between_checks_without_events_is_reloaded_at_the_next_check() -> None:
+    world = converged(with_events=False)
+    world.run_for(2.0)
+    world.clock.advance(2.0)  # the restart takes time: a new `since`
+    world.charon.stop()
+    world.charon.start()
+    world.run_for(CHECK)
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+    assert sorted(world.charon.shared) == sorted(secret(p) for p in PEERS)
+
+
+def test_charon_unreachable_but_holding_everything_is_not_reloaded() -> None:
+    world = converged()
+    loads = len(world.charon.writes)
+    world.charon.unreachable = True
+    world.daemon.request_refresh()  # the next pass asks charon, and finds it gone
+    world.run_for(5.0)
+    assert not world.daemon.health.charon_reachable
+    world.charon.unreachable = False
+    world.run_for(10.0)
+    assert world.daemon.health.charon_reachable
+    assert world.charon.writes_since(loads) == []
+
+
+def test_charon_lost_in_the_middle_of_a_pipeline_is_reloaded_after_back_off() -> None:
+    world = World()
+    world.charon.fail_after_writes = 2
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.settle()
+    assert not world.daemon.health.charon_reachable
+    world.run_for(1.0)
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+    assert sorted(world.charon.shared) == sorted(secret(p) for p in PEERS)
+    assert world.daemon.health.charon_reachable and world.daemon.converged_once
+
+
+def test_a_connection_unloaded_behind_the_daemons_back_is_reloaded_alone() -> None:
+    world = converged()
+    writes = len(world.charon.writes)
+    del world.charon.conns[conn("10.0.0.4")]  # swanctl --unload-conn, or --load-all
+    world.run_for(CHECK + 0.5)
+    assert [(w.command, w.target) for w in world.charon.writes_since(writes)] == [
+        ("load-conn", conn("10.0.0.4"))
+    ]
+
+
+# -- SA listings and events ----------------------------------------------------------------------
+
+
+def test_sas_are_listed_at_connect_then_at_each_check() -> None:
+    world = converged()
+    start = world.charon.listings[0]
+    world.run_for(4 * CHECK + 1.0)
+    offsets = [round(t - start, 2) for t in world.charon.listings]
+    assert offsets == [0.0, 15.0, 30.0, 45.0, 60.0]
+
+
+def test_a_burst_of_events_costs_one_listing_no_sooner_than_half_a_second_after_the_last() -> None:
+    world = converged()
+    assert world.events is not None
+    world.run_for(5.0)
+    before = len(world.charon.listings)
+    for uniqueid, peer in enumerate(PEERS, start=1):
+        world.events.emit("ike-updown", world.charon.establish(conn(peer), uniqueid))
+    world.turn()
+    # The events alone move the states, before any listing.
+    assert set(world.states().values()) == {"up"}
+    world.run_for(2.0)
+    assert len(world.charon.listings) == before + 1
+    assert set(world.states().values()) == {"up"}
+
+
+def test_events_right_after_a_listing_wait_half_a_second_for_the_next() -> None:
+    world = converged()
+    assert world.events is not None
+    last = world.charon.listings[-1]
+    world.events.emit("ike-updown", world.charon.establish(conn("10.0.0.2"), 1))
+    world.turn()
+    assert world.last_timeout is not None
+    assert world.clock() + world.last_timeout == pytest.approx(last + 0.5, abs=0.002)
+    world.run_for(1.0)
+    assert world.charon.listings[-1] == pytest.approx(last + 0.5, abs=0.002)
+
+
+def test_request_sas_lists_soon_and_refresh_checks_now() -> None:
+    world = converged()
+    world.run_for(5.0)
+    listed = len(world.charon.listings)
+    world.daemon.request_sas()
+    world.turn()
+    assert len(world.charon.listings) == listed + 1
+    policy_listings = world.xfrm.listings
+    del world.charon.conns[conn("10.0.0.2")]
+    world.daemon.request_refresh()
+    world.turn()
+    assert conn("10.0.0.2") in world.charon.conns  # a check now, not in 10 s
+    assert world.xfrm.listings >= policy_listings
+
+
+def test_without_events_the_sas_are_still_listed_at_each_check() -> None:
+    world = converged(with_events=False)
+    start = world.charon.listings[0]
+    world.charon.establish(conn("10.0.0.2"), 7)
+    world.run_for(CHECK + 0.5)
+    assert [round(t - start, 2) for t in world.charon.listings] == [0.0, 15.0]
+    assert world.states()["gre0"] == "up"
+
+
+# -- OVSDB lost and back -------------------------------------------------------------------------
+
+
+def test_ovsdb_reconnecting_unchanged_writes_nothing() -> None:
+    world = converged()
+    charon_writes, kernel_writes = len(world.charon.writes), len(world.xfrm.writes)
+    world.ovsdb.disconnect()
+    world.run_for(2 * CHECK)
+    world.ovsdb.reconnect()
+    world.run_for(CHECK)
+    assert world.charon.writes_since(charon_writes) == []
+    assert world.xfrm.writes[kernel_writes:] == []
+
+
+def test_ovsdb_reconnecting_applies_what_changed_meanwhile_and_nothing_else() -> None:
+    world = converged(protection_linger=0.0)
+    charon_writes = len(world.charon.writes)
+    world.ovsdb.disconnect()
+    world.ovsdb.delete_row("uuid-0")  # 10.0.0.2 goes
+    add_tunnel(world, 7, "10.0.0.7")  # 10.0.0.7 comes
+    world.run_for(2 * CHECK)
+    # Nothing seen while disconnected: the IDL keeps what it had.
+    assert world.charon.writes_since(charon_writes) == []
+    world.ovsdb.reconnect()
+    world.settle()
+    peers = ("10.0.0.3", "10.0.0.4", "10.0.0.7")
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in peers)
+    touched = {w.target for w in world.charon.writes_since(charon_writes)}
+    assert touched == {conn("10.0.0.2"), secret("10.0.0.2"), conn("10.0.0.7"), secret("10.0.0.7")}
+    assert world.xfrm.policies == set(world.daemon.desired_policies)
+
+
+def test_a_restarted_daemon_leaves_the_kernel_alone() -> None:
+    world = converged()
+    kernel_writes = len(world.xfrm.writes)
+    world.restart_daemon()
+    world.settle()
+    assert world.daemon.converged_once
+    assert world.xfrm.writes[kernel_writes:] == []
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+    assert set(world.states().values()) == {"configured"}
+
+
+@pytest.mark.xfail(strict=True, reason=RESTART_RELOADS)
+def test_a_restarted_daemon_finds_charon_holding_everything_and_writes_nothing() -> None:
+    world = converged()
+    charon_writes = len(world.charon.writes)
+    world.restart_daemon()
+    world.settle()
+    assert world.daemon.converged_once
+    assert world.charon.writes_since(charon_writes) == []
+
+
+def test_nothing_is_touched_before_ovsdb_is_first_read() -> None:
+    world = converged()
+    charon_writes, kernel_writes = len(world.charon.writes), len(world.xfrm.writes)
+    world.restart_daemon(ovsdb_ready=False)
+    world.turn()
+    world.clock.advance(2 * CHECK)
+    world.turn()
+    assert not world.daemon.first_pass_done
+    assert world.charon.writes_since(charon_writes) == []
+    assert world.xfrm.writes[kernel_writes:] == []
+    world.ovsdb.first_contents()
+    world.settle()
+    assert world.daemon.converged_once
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+    assert [w for w in world.charon.writes[charon_writes:] if w.command.startswith("unload")] == []
+    assert world.xfrm.writes[kernel_writes:] == []
+
+
+@pytest.mark.xfail(strict=True, reason=OVSDB_SPIN)
+def test_the_loop_sleeps_while_ovsdb_is_not_read_yet() -> None:
+    world = World()
+    world.ovsdb.ready = False
+    world.run_for(2 * CHECK)  # Spinning if wait() keeps asking to wake at once
+
+
+# -- cleanup -----------------------------------------------------------------------------------
+
+
+def test_cleanup_takes_out_our_connections_secrets_and_blocks() -> None:
+    world = converged()
+    world.charon.conns["someone-elses"] = {}
+    world.daemon.cleanup()
+    assert world.charon.conns == {"someone-elses": {}}
+    assert world.charon.shared == {}
+    assert world.xfrm.policies == set()
