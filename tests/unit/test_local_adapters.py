@@ -1,0 +1,89 @@
+"""The adapters whose real component is on every machine, tested against it: files
+(adapters/files.py) on a real file system, programs (adapters/proc.py) really run, and glibc's
+malloc_trim (adapters/heap.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ovs_ipsec.adapters import heap, proc
+from ovs_ipsec.adapters.files import MAX_FILE_SIZE, read_files
+from ovs_ipsec.errors import CommandError
+
+
+def test_read_files_gives_bytes_or_why_not(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\n\xff\n")
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"x" * (MAX_FILE_SIZE + 1))
+    exact = tmp_path / "exact.pem"
+    exact.write_bytes(b"y" * MAX_FILE_SIZE)
+    missing = tmp_path / "missing.pem"
+    paths = [str(p) for p in (cert, big, exact, missing, tmp_path)]
+
+    contents = read_files(paths)
+
+    assert list(contents) == paths
+    assert contents[str(cert)] == b"-----BEGIN CERTIFICATE-----\n\xff\n"
+    assert contents[str(big)] == f"{big} is larger than {MAX_FILE_SIZE} bytes"
+    assert contents[str(exact)] == b"y" * MAX_FILE_SIZE
+    assert contents[str(missing)] == f"cannot read {missing}: No such file or directory"
+    assert contents[str(tmp_path)] == f"cannot read {tmp_path}: Is a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_read_files_reports_an_unreadable_file(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_bytes(b"secret")
+    key.chmod(0)
+    assert read_files([str(key)]) == {str(key): f"cannot read {key}: Permission denied"}
+
+
+def test_a_file_replaced_at_the_same_path_is_read_anew(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(b"old")
+    assert read_files([str(cert)])[str(cert)] == b"old"
+    replacement = tmp_path / "new.pem"
+    replacement.write_bytes(b"new")
+    replacement.replace(cert)  # how certificate tools rotate a file
+    assert read_files([str(cert)])[str(cert)] == b"new"
+
+
+def test_run_returns_output_and_feeds_stdin() -> None:
+    code = "import sys; data = sys.stdin.read(); print(data.upper()); print('e', file=sys.stderr)"
+    result = proc.run([sys.executable, "-c", code], timeout=10, input="hello")
+    assert result.returncode == 0
+    assert result.stdout == "HELLO\n" and result.stderr == "e\n"
+
+
+def test_run_failure_carries_its_facts_but_never_its_input() -> None:
+    code = "import sys; sys.stdin.read(); print('bad thing', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(CommandError) as error:
+        proc.run([sys.executable, "-c", code], timeout=10, input="swordfish")
+    assert error.value.returncode == 3 and error.value.stderr == "bad thing"
+    assert "swordfish" not in str(error.value)
+    unchecked = proc.run([sys.executable, "-c", code], timeout=10, input="", check=False)
+    assert unchecked.returncode == 3
+
+
+def test_run_kills_a_program_that_outlives_its_timeout() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandError, match="timed out after 0.3 s") as error:
+        proc.run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.3)
+    assert error.value.returncode is None
+    assert time.monotonic() - started < 5
+
+
+def test_run_of_a_missing_program_is_a_command_error(tmp_path: Path) -> None:
+    with pytest.raises(CommandError) as error:
+        proc.run([str(tmp_path / "no-such-program")], timeout=5)
+    assert error.value.returncode is None
+
+
+def test_heap_trim_runs_on_this_libc() -> None:
+    heap.trim()  # on glibc: malloc_trim(0); elsewhere nothing
