@@ -1,10 +1,12 @@
 """The Daemon's loop on fake adapters and a fake clock (tests/unit/fakes.py): timers, linger,
 retries and back-off, the SA-listing cadence, charon and OVSDB coming and going.
 
-Only the Daemon's constructor and public surface are used (run, wait, statuses, health,
-desired_policies, request_refresh, request_sas, cleanup), and assertions are on what the fake
-charon and kernel hold, what they were asked to write, and when the Daemon asks to wake up. The
-same behaviours against the real components are in tests/integration (root-only labs).
+Only the Daemon's constructor and the surface the control socket and cli.py use are touched
+(run, wait, statuses, health, converged_once, first_pass_done, explained_policies, memory_counts,
+request_refresh, request_sas, cleanup), so that these tests survive a reshuffle of its insides.
+Assertions are on what the fake charon and kernel hold, what they were asked to write, and when
+the Daemon asks to wake up. The same behaviours against the real components are in
+tests/integration (root-only labs).
 """
 
 from __future__ import annotations
@@ -43,10 +45,15 @@ def add_tunnel(world: World, index: int, peer: str, kind: str = "gre") -> None:
     world.ovsdb.set_row(f"uuid-{index}", f"{kind}{index}", kind, remote_ip=peer, psk=f"s{index}")
 
 
+def wanted(world: World) -> set[PolicySpec]:
+    """Every block policy the daemon wants now (what `protection/show` explains)."""
+    return set(world.daemon.explained_policies())
+
+
 def blocks_of(world: World, peer: str) -> set[PolicySpec]:
     """The fail-closed blocks the daemon wants for `peer` now."""
     host = f"{peer}/32"
-    return {p for p in world.daemon.desired_policies if host in (p.src, p.dst)}
+    return {p for p in wanted(world) if host in (p.src, p.dst)}
 
 
 def converged(peers: tuple[str, ...] = PEERS, **kw: float) -> World:
@@ -55,7 +62,7 @@ def converged(peers: tuple[str, ...] = PEERS, **kw: float) -> World:
         add_tunnel(world, index, peer)
     world.settle()
     assert sorted(world.charon.conns) == sorted(conn(p) for p in peers)
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.xfrm.policies == wanted(world)
     return world
 
 
@@ -103,7 +110,7 @@ def test_a_new_port_is_protected_before_its_connection_is_loaded() -> None:
     world.settle()
     assert conn("10.0.0.9") in world.charon.conns
     assert blocks_of(world, "10.0.0.9") <= world.charon.kernel_at_first_load[conn("10.0.0.9")]
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.xfrm.policies == wanted(world)
 
 
 def test_a_port_made_plain_loses_its_blocks_only_after_its_unload() -> None:
@@ -131,11 +138,13 @@ def test_blocks_of_a_deleted_port_linger_then_expire() -> None:
     # The connection goes at once; its fail-closed blocks stay.
     assert conn("10.0.0.3") not in world.charon.conns
     assert blocks <= world.xfrm.policies
+    assert world.daemon.memory_counts()["lingering"] == len(blocks)
     world.run_for(LINGER - 0.5)
     assert blocks <= world.xfrm.policies
     world.run_for(5.5)
     assert not blocks & world.xfrm.policies
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.daemon.memory_counts()["lingering"] == 0
+    assert world.xfrm.policies == wanted(world)
     # Removed when the linger ended (rounded up to a 5 s grain, so that a burst of deletions
     # ends together): a wake-up of its own, not the next check's.
     removed_at = {at for kind, _, at in world.xfrm.writes if kind == "remove"}
@@ -202,7 +211,7 @@ def test_netlink_failing_at_start_is_retried_every_second() -> None:
     assert 3 <= len(attempts) <= 6
     world.xfrm.broken = None
     world.run_for(1.5)
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.xfrm.policies == wanted(world)
     assert world.daemon.health.xfrm_error == ""
 
 
@@ -216,7 +225,7 @@ def test_charon_is_loaded_although_the_kernel_refuses_blocks() -> None:
     assert world.daemon.health.xfrm_error
     world.xfrm.broken = None
     world.run_for(CHECK + 1.0)
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.xfrm.policies == wanted(world)
     assert world.daemon.health.xfrm_error == ""
 
 
@@ -238,7 +247,7 @@ def test_blocks_flushed_behind_the_daemons_back_return_at_the_next_check() -> No
     world = converged()
     world.xfrm.policies.clear()
     world.run_for(CHECK + 0.5)
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.xfrm.policies == wanted(world)
     assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
 
 
@@ -334,7 +343,7 @@ def test_charon_unreachable_at_start_backs_off_to_eight_seconds_and_protects_mea
     assert gaps[:6] == pytest.approx([0.25, 0.5, 1.0, 2.0, 4.0, 8.0], abs=0.01)
     assert all(gap == pytest.approx(8.0, abs=0.01) for gap in gaps[6:])
     # Protection does not wait for charon.
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.xfrm.policies == wanted(world)
     assert not world.daemon.health.charon_reachable and world.daemon.health.charon_error
     assert not world.daemon.converged_once
     world.charon.start()
@@ -503,7 +512,7 @@ def test_ovsdb_reconnecting_applies_what_changed_meanwhile_and_nothing_else() ->
     assert sorted(world.charon.conns) == sorted(conn(p) for p in peers)
     touched = {w.target for w in world.charon.writes_since(charon_writes)}
     assert touched == {conn("10.0.0.2"), secret("10.0.0.2"), conn("10.0.0.7"), secret("10.0.0.7")}
-    assert world.xfrm.policies == set(world.daemon.desired_policies)
+    assert world.xfrm.policies == wanted(world)
 
 
 def test_a_restarted_daemon_leaves_the_kernel_alone() -> None:
@@ -562,3 +571,47 @@ def test_cleanup_takes_out_our_connections_secrets_and_blocks() -> None:
     assert world.charon.conns == {"someone-elses": {}}
     assert world.charon.shared == {}
     assert world.xfrm.policies == set()
+
+
+def test_an_sa_an_event_announced_is_listed_again_until_seen_then_given_up() -> None:
+    world = converged()
+    assert world.events is not None
+    world.run_for(2.0)
+    event_at = world.clock()
+    before = len(world.charon.listings)
+    body = world.charon.establish(conn("10.0.0.2"), 5)
+    del world.charon.sas[conn("10.0.0.2")]  # busy in charon: list-sas (noblock) skips it
+    world.events.emit("ike-updown", body)
+    world.run_for(CHECK - 2.0 - 0.5)
+    rechecks = world.charon.listings[before:]
+    # A listing at once (the last was seconds ago), then every half second while the SA is
+    # missing, ten in all; then nothing until the next check.
+    assert len(rechecks) == 10
+    intervals = [round(b - a, 3) for a, b in itertools.pairwise([event_at, *rechecks])]
+    assert intervals == [0.0] + [0.5] * 9
+    assert world.states()["gre0"] == "up"  # what the event said stands meanwhile
+
+
+def test_an_sa_an_event_announced_stops_the_rechecks_once_listed() -> None:
+    world = converged()
+    assert world.events is not None
+    world.run_for(2.0)
+    before = len(world.charon.listings)
+    world.events.emit("ike-updown", world.charon.establish(conn("10.0.0.2"), 5))
+    world.run_for(5.0)
+    assert len(world.charon.listings) == before + 1
+
+
+def test_the_event_session_lost_alone_reconnects_without_reloading() -> None:
+    world = converged()
+    assert world.events is not None
+    writes = len(world.charon.writes)
+    world.run_for(2.0)
+    world.events.lose("Connection reset by peer")
+    world.turn()
+    assert not world.daemon.health.charon_reachable  # both sessions go, as for a restart
+    world.run_for(2.0)
+    assert world.daemon.health.charon_reachable
+    assert world.events.connected and world.events.subscriptions == 2
+    assert world.charon.writes_since(writes) == []  # the same charon: nothing to reload
+    assert set(world.states().values()) == {"configured"}
