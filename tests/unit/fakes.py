@@ -18,9 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vici.protocol import FiniteStream, Message
+
 from ovs_ipsec.adapters.events import Received
 from ovs_ipsec.adapters.xfrm.adapter import Operation, PolicyFailure, XfrmApplyError
-from ovs_ipsec.core import naming, vicidata
+from ovs_ipsec.core import naming
 from ovs_ipsec.core.block_policies import PolicySpec
 from ovs_ipsec.core.connections import KeySpec
 from ovs_ipsec.core.model import InterfaceRow, RowId
@@ -320,7 +322,7 @@ class FakeCharon:
                 raise CharonUnreachable(command, "Connection reset by peer")
             self.fail_after_writes -= 1
         if isinstance(message, bytes):
-            ((target, body),) = vicidata.parse(message).items()
+            ((target, body),) = _decoded(Message.deserialize(FiniteStream(message))).items()
         else:
             target, body = str(message.get("id", message.get("name", ""))), dict(message)
         refusal = self.refuse.get((command, target))
@@ -374,6 +376,17 @@ class FakeCharon:
 
     def unload_key(self, key_id: str) -> None:
         self._call("unload-key", {"id": key_id})
+
+
+def _decoded(value: Any) -> Any:
+    """A VICI message as charon would read it, bytes as str."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, Mapping):
+        return {str(_decoded(k)): _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(item) for item in value]
+    return value
 
 
 class FakeEvents:
