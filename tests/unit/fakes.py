@@ -9,6 +9,9 @@ by the test and raised as the real exception types. They stand beside the real-c
 
 `World` wires them to a Daemon and drives it the way cli.run_loop does: run(), wait() with a
 poller, then time passes until the deadline the Daemon asked for.
+
+Over 400 lines because it stands for four external systems and the loop around them; split
+per fake, each would be a fragment that only this file's `World` puts together.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ request_refresh, request_sas, cleanup), so that these tests survive a reshuffle 
 Assertions are on what the fake charon and kernel hold, what they were asked to write, and when
 the Daemon asks to wake up. The same behaviours against the real components are in
 tests/integration (root-only labs).
+
+Over 400 lines: one test per behaviour of one class, grouped by section; splitting them into
+files would only scatter the helpers.
 """
 
 from __future__ import annotations
