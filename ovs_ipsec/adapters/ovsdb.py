@@ -144,7 +144,9 @@ class Ovsdb:
 
     @property
     def connected(self) -> bool:
-        return self.idl.state == self.idl.IDL_S_MONITORING
+        # The IDL stays in MONITORING after the session drops, until it reconnects; only the
+        # session knows (the IDL offers no public accessor for it in ovs 3.1 to 4.0).
+        return self.idl.state == self.idl.IDL_S_MONITORING and self.idl._session.is_connected()
 
     def changed(self) -> bool:
         return self.idl.change_seqno != self.seen_seqno

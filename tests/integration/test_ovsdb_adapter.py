@@ -16,10 +16,6 @@ from ovs_ipsec.core.model import InterfaceRow
 from ovs_ipsec.tools.lab import Host, Lab
 
 pytestmark = pytest.mark.lab
-CONNECTED_WHILE_DOWN = (
-    "issue 14: Ovsdb.connected (the ovsdb_up metric) stays True while ovsdb-server is down: "
-    "the python IDL keeps state MONITORING until the session reconnects"
-)
 
 
 def turn_until(ovsdb: Ovsdb, done: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -117,7 +113,6 @@ def test_a_server_restart_is_read_again_whole(make_lab: Callable[..., Lab]) -> N
         ovsdb.close()
 
 
-@pytest.mark.xfail(strict=True, reason=CONNECTED_WHILE_DOWN)
 def test_connected_turns_false_while_the_server_is_down(make_lab: Callable[..., Lab]) -> None:
     host = make_lab(1, daemon=False).hosts[0]
     ovsdb = Ovsdb(host.db)
