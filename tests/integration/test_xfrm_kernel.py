@@ -23,11 +23,12 @@ import pytest
 
 from ovs_ipsec.adapters import proc
 from ovs_ipsec.adapters.xfrm import netlink as xfrm_netlink
-from ovs_ipsec.adapters.xfrm.adapter import Xfrm, XfrmApplyError, owned_specs, parse_policies
+from ovs_ipsec.adapters.xfrm.adapter import Xfrm, XfrmApplyError
+from ovs_ipsec.adapters.xfrm.iproute2 import owned_specs, parse_policies
 from ovs_ipsec.core.block_policies import (
     PolicySpec,
-    diff_policies,
     plan_protection,
+    diff_policies,
 )
 from ovs_ipsec.core.model import (
     AuthMode,

@@ -9,19 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovs_ipsec.adapters.xfrm import adapter as xfrm
-from ovs_ipsec.core import naming
+from ovs_ipsec.adapters.xfrm import iproute2
+from ovs_ipsec.core.addresses import canonical_prefix, is_canonical_ip
 from ovs_ipsec.core.block_policies import (
     FAIL_CLOSED_PRIORITY,
     OWNED_PRIORITIES,
     SKB_MARK_PRIORITY,
     PolicySpec,
-    canonical_prefix,
-    diff_policies,
-    diff_policy_change,
     explain_protection,
     is_owned,
     plan_protection,
+    diff_policies,
+    diff_policy_change,
 )
 from ovs_ipsec.core.model import (
     IPPROTO_GRE,
@@ -459,9 +458,8 @@ def test_diff_policy_change_equals_the_full_diff(
 ) -> None:
     """The incremental diff of one pass gives what a full diff of the resulting wish gives,
     including keys replaced in place (the same selector at two priorities)."""
-    assert diff_policy_change(current, wanted, unwanted) == diff_policies(
-        (current - unwanted) | wanted, current
-    )
+    incremental = diff_policy_change(current, wanted, unwanted)
+    assert incremental == diff_policies((current - unwanted) | wanted, current)
 
 
 def test_port_selectors_need_a_port_protocol():
@@ -484,8 +482,8 @@ _DOTTED = st.lists(_OCTETS, min_size=3, max_size=5).map(".".join)
 def test_prefixes_recognised_without_parsing_agree_with_ipaddress(
     address: str, suffix: str, pad: bool
 ) -> None:
-    """canonical_prefix, naming's address check and the listing parser skip ipaddress for
-    canonical IPv4 hosts; for any spelling they agree with what ipaddress says."""
+    """canonical_prefix, is_canonical_ip (naming's ownership check) and the listing parser skip
+    ipaddress for canonical IPv4 hosts; for any spelling they agree with what ipaddress says."""
     text = f" {address}{suffix}" if pad else f"{address}{suffix}"
     try:
         expected: str | None = _reference_prefix(text)
@@ -501,9 +499,9 @@ def test_prefixes_recognised_without_parsing_agree_with_ipaddress(
         listed = (interface.version, f"{interface.ip.compressed}/{interface.network.prefixlen}")
     except ValueError:
         listed = None
-    assert xfrm._prefix(text) == listed
+    assert iproute2._prefix(text) == listed
     try:
         owned = str(ipaddress.ip_address(text)) == text
     except ValueError:
         owned = False
-    assert naming._is_ip(text) == owned
+    assert is_canonical_ip(text) == owned
