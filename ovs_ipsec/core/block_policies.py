@@ -17,7 +17,7 @@ Ownership lives in the kernel object: a block policy at one of our reserved prio
 
 Here: one policy (`PolicySpec`) and which ones are ours (`is_owned`); the policies a config wants
 and why (`explain_protection`, `protect_*`); what to add and remove to get them
-(`diff_policies`, `diff_policy_change`). Address text is parsed
+(`policies_to_add_and_remove`, `policies_to_add_and_remove_for_change`). Address text is parsed
 in `addresses`.
 
 May import: addresses, model, stdlib.
@@ -308,7 +308,7 @@ def plan_protection(config: Config) -> frozenset[PolicySpec]:
     return frozenset(explain_protection(config))
 
 
-def diff_policies(
+def policies_to_add_and_remove(
     desired: Iterable[PolicySpec], observed: Iterable[PolicySpec]
 ) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
     """(to_add, to_remove), each sorted.
@@ -332,10 +332,10 @@ def diff_policies(
     )
 
 
-def diff_policy_change(
+def policies_to_add_and_remove_for_change(
     current: AbstractSet[PolicySpec], wanted: Iterable[PolicySpec], unwanted: Iterable[PolicySpec]
 ) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
-    """`diff_policies((current - unwanted) | wanted, current)`, in time proportional
+    """`policies_to_add_and_remove((current - unwanted) | wanted, current)`, in time proportional
     to the change rather than to the thousands of policies in `current`."""
     wanted_set = set(wanted)
     to_add = {spec for spec in wanted_set if spec not in current}
