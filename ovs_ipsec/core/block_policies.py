@@ -15,12 +15,16 @@ through charon), so they hold while charon or the daemon is down:
 Ownership lives in the kernel object: a block policy at one of our reserved priorities is ours
 (`is_owned`). See the comment above `FAIL_CLOSED_PRIORITY` for why these numbers.
 
-May import: model, naming, stdlib.
+Here: one policy (`PolicySpec`) and which ones are ours (`is_owned`); the policies a config wants
+and why (`explain_protection`, `protect_*`); what to add and remove to get them
+(`policies_to_add_and_remove`, `policies_to_add_and_remove_for_change`). Address text is parsed
+in `addresses`.
+
+May import: addresses, model, stdlib.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ovs_ipsec.core import naming
+from ovs_ipsec.core.addresses import canonical_prefix
 from ovs_ipsec.core.model import (
     DEFAULT_DST_PORT,
     IPPROTO_GRE,
@@ -109,38 +113,6 @@ _PURPOSE = {FAIL_CLOSED_PRIORITY: "fail-closed", SKB_MARK_PRIORITY: "ipsec_skb_m
 def protocol_name(number: int) -> str:
     """`gre` for 47, `proto 253` for a protocol without a name."""
     return PROTOCOL_NAMES.get(number, f"proto {number}")
-
-
-def canonical_prefix(text: str) -> str:
-    """`10.0.0.2` or `10.0.0.2/32` -> `10.0.0.2/32`; IPv6 in compressed form. ValueError if bad
-    or if the address has host bits set (`10.0.0.1/24`)."""
-    # Every policy is checked when it is made, and thousands are IPv4 hosts already canonical:
-    # those are recognised without parsing (and without a cache of thousands of entries).
-    if naming.is_canonical_ipv4_host(text):
-        return text
-    parsed = parse_prefix(text.strip())
-    if parsed is None:
-        raise ValueError(f"{text!r} is not an IP address or prefix")
-    if not parsed[2]:
-        raise ValueError(f"{text!r} has host bits set")
-    return parsed[1]
-
-
-@functools.lru_cache(maxsize=256)
-def parse_prefix(text: str) -> tuple[int, str, bool] | None:
-    """An address with an optional prefix length as (IP version, `address/length` with the
-    address compressed, True when no host bit is set), or None for anything else (blanks
-    included). Cached: the same few IPv6 and non-host prefixes recur in every listing."""
-    try:
-        iface = ipaddress.ip_interface(text)
-    except ValueError:
-        return None
-    network = iface.network
-    return (
-        iface.version,
-        f"{iface.ip.compressed}/{network.prefixlen}",
-        iface.ip == network.network_address,
-    )
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -336,7 +308,7 @@ def plan_protection(config: Config) -> frozenset[PolicySpec]:
     return frozenset(explain_protection(config))
 
 
-def diff_policies(
+def policies_to_add_and_remove(
     desired: Iterable[PolicySpec], observed: Iterable[PolicySpec]
 ) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
     """(to_add, to_remove), each sorted.
@@ -360,11 +332,11 @@ def diff_policies(
     )
 
 
-def diff_policy_change(
+def policies_to_add_and_remove_for_change(
     current: AbstractSet[PolicySpec], wanted: Iterable[PolicySpec], unwanted: Iterable[PolicySpec]
 ) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
-    """`diff_policies((current - unwanted) | wanted, current)`, in time proportional to the
-    change rather than to the thousands of policies in `current`."""
+    """`policies_to_add_and_remove((current - unwanted) | wanted, current)`, in time proportional
+    to the change rather than to the thousands of policies in `current`."""
     wanted_set = set(wanted)
     to_add = {spec for spec in wanted_set if spec not in current}
     added_keys = {spec.key() for spec in to_add}

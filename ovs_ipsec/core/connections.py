@@ -5,7 +5,8 @@ first connection whose identities match, so a second connection to the same peer
 a Geneve port to one host) would have its CHILD_SAs refused ("traffic selectors unacceptable").
 Each tunnel becomes one CHILD_SA config (two for UDP tunnels) inside its peer's connection.
 
-May import: credentials, ike_options.table, ike_options.settings, model, naming, vicidata, stdlib.
+May import: credentials, ike_options.translate, ike_options.settings, model, naming, vicidata,
+stdlib.
 """
 
 from __future__ import annotations
@@ -127,11 +128,10 @@ def admit(
     translated: ike_settings.IkeSettings | None = ike_settings.NO_SETTINGS
     option_errors: tuple[Invalid, ...] = ()
     if tunnel.ike_options:
-        from ovs_ipsec.core.ike_options import (
-            table as ike_options,
-        )  # the option table: loaded when first needed
+        # The option table: loaded when first needed.
+        from ovs_ipsec.core.ike_options.translate import translate
 
-        translated, option_errors = ike_options.translate(
+        translated, option_errors = translate(
             tunnel.ike_options, use_default_crypto=use_default_crypto
         )
     errors = option_errors + credential_errors(tunnel, credentials)

@@ -6,15 +6,16 @@ recognises what it loaded before. Everything we create starts with `ovs-`; each 
 has a second, checkable part (an IP address for connections and secrets), so a foreign object
 that merely starts with `ovs-` is not taken for ours.
 
-May import: stdlib.
+May import: addresses, stdlib.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 import sys
+
+from ovs_ipsec.core.addresses import is_canonical_ip
 
 PREFIX = "ovs-"
 _CONN_PREFIX = PREFIX
@@ -42,32 +43,6 @@ def _encode(name: str) -> str:
     return encoded
 
 
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-# Canonical IPv4 text (no leading zeros), as str(ipaddress.IPv4Address) writes it.
-_CANONICAL_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}", re.ASCII)
-_CANONICAL_IPV4_HOST = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}/32", re.ASCII)
-
-
-def is_canonical_ipv4_host(prefix: str) -> bool:
-    """`a.b.c.d/32` exactly as ipaddress writes it: thousands of block policies are these, and
-    recognising them needs no parse (nor a cache of thousands of parses)."""
-    return _CANONICAL_IPV4_HOST.fullmatch(prefix) is not None
-
-
-def _is_ip(text: str) -> bool:
-    """A canonical address spelling, as conn_name() writes it (so `ovs-2001:DB8::1`, which we
-    never create, is not taken for ours). Each periodic check asks it for every connection and
-    secret charon lists: IPv4 is matched without parsing, and only IPv6 is parsed."""
-    if _CANONICAL_IPV4.fullmatch(text):
-        return True
-    if ":" not in text:
-        return False
-    try:
-        return str(ipaddress.ip_address(text)) == text
-    except ValueError:
-        return False
-
-
 def conn_name(remote_ip: str) -> str:
     """One VICI connection per peer address: charon picks the first connection whose identities
     match, so two connections to one peer would make the second's CHILD_SAs fail."""
@@ -84,12 +59,18 @@ def shared_id(remote_ip: str) -> str:
     return sys.intern(f"{_SHARED_PREFIX}{remote_ip}")
 
 
+# The address after the prefix must be spelled as conn_name()/shared_id() write it, so
+# `ovs-2001:DB8::1`, which we never create, is not taken for ours. Each periodic check asks this
+# for every connection and secret charon lists: IPv4 is matched without parsing.
+
+
 def is_owned_conn(name: str) -> bool:
-    return name.startswith(_CONN_PREFIX) and _is_ip(name[len(_CONN_PREFIX) :])
+    return name.startswith(_CONN_PREFIX) and is_canonical_ip(name[len(_CONN_PREFIX) :])
 
 
 def is_owned_shared(secret_id: str) -> bool:
-    return secret_id.startswith(_SHARED_PREFIX) and _is_ip(secret_id[len(_SHARED_PREFIX) :])
+    remote = secret_id[len(_SHARED_PREFIX) :]
+    return secret_id.startswith(_SHARED_PREFIX) and is_canonical_ip(remote)
 
 
 def remote_of_conn(name: str) -> str:

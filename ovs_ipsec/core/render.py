@@ -25,7 +25,8 @@ from ovs_ipsec.core.status import Protection, Selector, TunnelStatus
 
 REDACTED = "<redacted>"
 # An `ip xfrm state` key is at least 16 bytes (32 hex digits); SPIs and marks are 8 digits.
-# xfrm.redact_states() already removes the key lines it knows; this catches any other layout.
+# xfrm.iproute2.redact_states() already removes the key lines it knows; this catches any other
+# layout.
 _LONG_HEX = re.compile(r"0x[0-9a-fA-F]{32,}")
 _TS = re.compile(r"^dynamic\[(?P<proto>\d+)(?:/(?P<port>\d+))?\]$")
 
@@ -36,8 +37,8 @@ class HealthLike(Protocol):
 
 
 class PolicyLike(Protocol):
-    """A kernel XFRM policy as xfrm.parse_policies() returns it (render never imports the
-    adapter: it gets plain objects with these fields)."""
+    """A kernel XFRM policy as xfrm.iproute2.parse_policies() returns it (render never imports
+    the adapter: it gets plain objects with these fields)."""
 
     direction: str
     family: int
@@ -55,6 +56,19 @@ class PolicyLike(Protocol):
     templates: tuple[str, ...]
 
     def to_spec(self) -> PolicySpec | None: ...
+
+
+class StateLike(Protocol):
+    """An SA as xfrm.iproute2.parse_states() returns it."""
+
+    src: str | None
+    dst: str | None
+    proto: str | None
+    spi: str | None
+    reqid: int | None
+    mode: str | None
+    selector: str | None
+    text: str
 
 
 def to_json(value: Any) -> str:
@@ -475,53 +489,34 @@ def policies_text(
 
 # -- xfrm/state ----------------------------------------------------------------------------------
 
-_STATE_HEAD = re.compile(r"^src (?P<src>\S+) dst (?P<dst>\S+)")
-_STATE_IDS = re.compile(
-    r"proto (?P<proto>\S+) spi (?P<spi>0x[0-9a-fA-F]+)(?: reqid (?P<reqid>\d+))?"
-    r"(?: mode (?P<mode>\S+))?"
-)
-_STATE_SEL = re.compile(r"^\s*sel (?P<sel>.+?)\s*$", re.MULTILINE)
-
 
 def redact_hex(text: str) -> str:
     return _LONG_HEX.sub(REDACTED, text)
 
 
-def states_json(text: str) -> dict[str, Any]:
-    """`ip xfrm state` output (keys already redacted) as a list of SAs."""
-    states = []
-    for block in _blocks(redact_hex(text)):
-        head = _STATE_HEAD.match(block)
-        ids = _STATE_IDS.search(block)
-        sel = _STATE_SEL.search(block)
-        states.append(
+def states_json(states: Sequence[StateLike]) -> dict[str, Any]:
+    """The SAs of `ip xfrm state` (parsed, keys already redacted) as a list."""
+    return {
+        "states": [
             {
-                "src": head["src"] if head else None,
-                "dst": head["dst"] if head else None,
-                "proto": ids["proto"] if ids else None,
-                "spi": ids["spi"] if ids else None,
-                "reqid": int(ids["reqid"]) if ids and ids["reqid"] else None,
-                "mode": ids["mode"] if ids else None,
-                "selector": sel["sel"] if sel else None,
-                "text": block,
+                "src": state.src,
+                "dst": state.dst,
+                "proto": state.proto,
+                "spi": state.spi,
+                "reqid": state.reqid,
+                "mode": state.mode,
+                "selector": state.selector,
+                "text": redact_hex(state.text),
             }
-        )
-    return {"states": states}
+            for state in states
+        ]
+    }
 
 
-def states_text(text: str) -> str:
-    text = redact_hex(text)
-    return text if text.strip() else "No XFRM states\n"
-
-
-def _blocks(text: str) -> list[str]:
-    blocks: list[list[str]] = []
-    for line in text.splitlines():
-        if line.startswith("src "):
-            blocks.append([line])
-        elif blocks and line.strip():
-            blocks[-1].append(line)
-    return ["\n".join(block) for block in blocks]
+def states_text(states: Sequence[StateLike]) -> str:
+    if not states:
+        return "No XFRM states\n"
+    return "".join(redact_hex(state.text) + "\n" for state in states)
 
 
 def memory_text(

@@ -11,7 +11,7 @@ Status commands answer text by default, JSON with `--json`, and a JSON value (no
 a client that said `set-options --format json` (`ovs-appctl --format json`, OVS 3.4+; the
 library has that command from OVS 3.3 on). The shapes are in docs/status-json.md.
 
-May import: ovs, render, status, xfrm.adapter (its parsers), daemon.loop (its types), errors,
+May import: ovs, render, status, xfrm.iproute2, daemon.loop (its types), errors,
 stdlib.
 """
 
@@ -30,7 +30,7 @@ import ovs.version
 import ovs.vlog
 
 from ovs_ipsec import __version__
-from ovs_ipsec.adapters.xfrm.adapter import parse_policies
+from ovs_ipsec.adapters.xfrm.iproute2 import parse_policies, parse_states
 from ovs_ipsec.daemon.loop import Daemon
 from ovs_ipsec.errors import XfrmError
 
@@ -191,11 +191,13 @@ class Control:
         if not _format_ok(conn, argv):
             return
         try:
-            text = self.daemon.xfrm.states_text()  # keys already redacted by the adapter
+            states = parse_states(self.daemon.xfrm.states_text())  # keys already redacted
         except XfrmError as exc:
             conn.reply_error(f"cannot list XFRM states: {exc}")
             return
-        _reply(conn, argv, lambda: _render().states_json(text), lambda: _render().states_text(text))
+        _reply(
+            conn, argv, lambda: _render().states_json(states), lambda: _render().states_text(states)
+        )
 
     def _memory_show(self, conn: Any, argv: list[str], aux: Any) -> None:
         conn.reply(_render().memory_text(self.daemon.memory_counts(), _status_memory(),

@@ -36,9 +36,9 @@ from ovs_ipsec.core import naming
 from ovs_ipsec.core.block_policies import (
     FAIL_CLOSED_PRIORITY,
     PolicySpec,
-    diff_policies,
-    diff_policy_change,
     explain_protection,
+    policies_to_add_and_remove,
+    policies_to_add_and_remove_for_change,
 )
 from ovs_ipsec.core.capabilities import (
     Lack,
@@ -404,11 +404,11 @@ class Daemon:
             if self._in_line == moves:
                 to_add, to_remove = (), ()  # nothing moved since they were found equal
             else:
-                to_add, to_remove = diff_policies(self.desired_policies, self.policies)
+                to_add, to_remove = policies_to_add_and_remove(self.desired_policies, self.policies)
                 if not to_add and not to_remove:
                     self._in_line = moves
         else:
-            to_add, to_remove = diff_policy_change(
+            to_add, to_remove = policies_to_add_and_remove_for_change(
                 self.policies, self.pending.policies_added, self.pending.policies_removed
             )
         of_deleted = self.pending.policies_of_deleted

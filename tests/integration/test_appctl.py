@@ -19,7 +19,7 @@ from typing import Any
 import ovs.unixctl.client
 import pytest
 
-from ovs_ipsec.tools import pki_tool
+from ovs_ipsec.tools import pki_builders, pki_tool
 from ovs_ipsec.tools.lab import Host, Lab, LabCommandError, wait_for
 
 pytestmark = pytest.mark.lab
@@ -212,8 +212,8 @@ def test_no_secret_in_any_output_log_or_file(make_lab: Callable[..., Lab]) -> No
     before and after `exit` cleans up."""
     psk = "Zq9-appctl-psk-4b1d"
     a, b = make_lab(2).hosts
-    ours = pki_tool.make_self_signed("h1")
-    peer = pki_tool.make_self_signed("h9")
+    ours = pki_builders.make_self_signed("h1")
+    peer = pki_builders.make_self_signed("h9")
     for name, data, mode in (("cert.pem", ours.cert_pem, 0o644), ("key.pem", ours.key_pem, 0o600),
                              ("peer.pem", peer.cert_pem, 0o644)):  # fmt: skip
         pki_tool.write_atomic(Path(a.dir, name), data, mode)

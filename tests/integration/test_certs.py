@@ -1,8 +1,8 @@
 """Certificate authentication between namespace hosts: self-signed (pinned peer certificate) and
 CA-signed (chain to ca_cert plus remote_name), and hitless rotation of certificates and CAs.
 
-Certificates come from `ovs_ipsec.tools.pki_tool` (the library behind `ovs-ipsec-pki`). They reach
-charon over VICI as data; the daemon re-reads the files at every periodic check
+Certificates come from `ovs_ipsec.tools.pki_builders` (the library behind `ovs-ipsec-pki`). They
+reach charon over VICI as data; the daemon re-reads the files at every periodic check
 (`--reconcile-interval=1` here), so a replacement at the same path is picked up without restart.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec.tools import pki_tool
+from ovs_ipsec.tools import pki_builders, pki_tool
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -90,8 +90,8 @@ def pair(make_lab: Callable[..., Lab]) -> Lab:
 
 
 @pytest.fixture(scope="module")
-def ca() -> pki_tool.CertAndKey:
-    return pki_tool.make_ca("lab CA")
+def ca() -> pki_builders.CertAndKey:
+    return pki_builders.make_ca("lab CA")
 
 
 @pytest.mark.keeps_ike_sa
@@ -99,7 +99,7 @@ def test_self_signed_establishes_both_ways(pair: Lab) -> None:
     """Each host pins the other's self-signed certificate: IKE_SA comes up from either side,
     identities are the CNs."""
     a, b = pair.hosts
-    certs = {h.name: pki_tool.make_self_signed(h.name) for h in (a, b)}
+    certs = {h.name: pki_builders.make_self_signed(h.name) for h in (a, b)}
     for host, peer in ((a, b), (b, a)):
         set_local_pki(host, *certs[host.name])
         remote = write(os.path.join(host.dir, "peer.pem"), certs[peer.name].cert_pem)
@@ -114,8 +114,8 @@ def test_self_signed_establishes_both_ways(pair: Lab) -> None:
 def test_self_signed_wrong_pinned_cert_is_rejected(pair: Lab) -> None:
     """A pins a certificate that is not B's: authentication fails, no IKE_SA."""
     a, b = pair.hosts
-    certs = {h.name: pki_tool.make_self_signed(h.name) for h in (a, b)}
-    impostor = pki_tool.make_self_signed("h2")  # same CN, different key
+    certs = {h.name: pki_builders.make_self_signed(h.name) for h in (a, b)}
+    impostor = pki_builders.make_self_signed("h2")  # same CN, different key
     set_local_pki(a, *certs["h1"])
     set_local_pki(b, *certs["h2"])
     add_tunnel(a, b, remote_cert=write(os.path.join(a.dir, "peer.pem"), impostor.cert_pem))
@@ -124,34 +124,34 @@ def test_self_signed_wrong_pinned_cert_is_rejected(pair: Lab) -> None:
 
 
 @pytest.mark.keeps_ike_sa
-def test_ca_signed_establishes(pair: Lab, ca: pki_tool.CertAndKey) -> None:
+def test_ca_signed_establishes(pair: Lab, ca: pki_builders.CertAndKey) -> None:
     """Both hosts trust one CA and name each other by CN: IKE_SA comes up."""
     a, b = pair.hosts
     for host, peer in ((a, b), (b, a)):
-        set_local_pki(host, *pki_tool.make_host_cert(host.name, ca), ca=ca.cert_pem)
+        set_local_pki(host, *pki_builders.make_host_cert(host.name, ca), ca=ca.cert_pem)
         add_tunnel(host, peer, remote_name=peer.name)
     sa = connect(a, b)
     assert sa["remote-id"] == b"h2"
 
 
 @pytest.mark.keeps_ike_sa
-def test_ca_signed_wrong_remote_name_is_rejected(pair: Lab, ca: pki_tool.CertAndKey) -> None:
+def test_ca_signed_wrong_remote_name_is_rejected(pair: Lab, ca: pki_builders.CertAndKey) -> None:
     """A expects a peer called h3; B presents h2: no IKE_SA."""
     a, b = pair.hosts
     for host in (a, b):
-        set_local_pki(host, *pki_tool.make_host_cert(host.name, ca), ca=ca.cert_pem)
+        set_local_pki(host, *pki_builders.make_host_cert(host.name, ca), ca=ca.cert_pem)
     add_tunnel(a, b, remote_name="h3")
     add_tunnel(b, a, remote_name="h1")
     refused(a, b)
 
 
 @pytest.mark.keeps_ike_sa
-def test_ca_signed_peer_from_another_ca_is_rejected(pair: Lab, ca: pki_tool.CertAndKey) -> None:
+def test_ca_signed_peer_from_another_ca_is_rejected(pair: Lab, ca: pki_builders.CertAndKey) -> None:
     """B's certificate has the right CN but chains to another CA: no IKE_SA."""
     a, b = pair.hosts
-    other = pki_tool.make_ca("other CA")
-    set_local_pki(a, *pki_tool.make_host_cert("h1", ca), ca=ca.cert_pem)
-    set_local_pki(b, *pki_tool.make_host_cert("h2", other), ca=ca.cert_pem + other.cert_pem)
+    other = pki_builders.make_ca("other CA")
+    set_local_pki(a, *pki_builders.make_host_cert("h1", ca), ca=ca.cert_pem)
+    set_local_pki(b, *pki_builders.make_host_cert("h2", other), ca=ca.cert_pem + other.cert_pem)
     add_tunnel(a, b, remote_name="h2")
     add_tunnel(b, a, remote_name="h1")
     refused(b, a)
@@ -160,7 +160,7 @@ def test_ca_signed_peer_from_another_ca_is_rejected(pair: Lab, ca: pki_tool.Cert
 
 @pytest.mark.keeps_ike_sa
 def test_rotation_keeps_sas_and_new_negotiations_use_new_credentials(
-    pair: Lab, ca: pki_tool.CertAndKey
+    pair: Lab, ca: pki_builders.CertAndKey
 ) -> None:
     """Local certificate and key replaced at the same paths on one host, then a CA rollover with
     a two-CA bundle on both: the established IKE_SA keeps its unique id throughout, and a fresh
@@ -169,13 +169,13 @@ def test_rotation_keeps_sas_and_new_negotiations_use_new_credentials(
     paths = {}
     for host, peer in ((a, b), (b, a)):
         paths[host.name] = set_local_pki(
-            host, *pki_tool.make_host_cert(host.name, ca), ca=ca.cert_pem
+            host, *pki_builders.make_host_cert(host.name, ca), ca=ca.cert_pem
         )
         add_tunnel(host, peer, remote_name=peer.name)
     first = connect(a, b)
 
     # 1. New key and certificate for h1, same CA, same paths.
-    renewed = pki_tool.make_host_cert("h1", ca)
+    renewed = pki_builders.make_host_cert("h1", ca)
     write(paths["h1"]["private_key"], renewed.key_pem, 0o600)
     write(paths["h1"]["certificate"], renewed.cert_pem)
     wait_for(
@@ -189,10 +189,10 @@ def test_rotation_keeps_sas_and_new_negotiations_use_new_credentials(
     assert [sa["uniqueid"] for sa in established(a, b)] == [first["uniqueid"]]
 
     # 2. CA rollover: both trust old+new, then h2 moves to a certificate from the new CA.
-    new_ca = pki_tool.make_ca("lab CA 2")
+    new_ca = pki_builders.make_ca("lab CA 2")
     for host in (a, b):
         write(paths[host.name]["ca_cert"], ca.cert_pem + new_ca.cert_pem)
-    h2_new = pki_tool.make_host_cert("h2", new_ca)
+    h2_new = pki_builders.make_host_cert("h2", new_ca)
     log_b = len(b.daemon_log())
     write(paths["h2"]["private_key"], h2_new.key_pem, 0o600)
     write(paths["h2"]["certificate"], h2_new.cert_pem)
@@ -224,7 +224,7 @@ def test_invalid_certificate_config_is_reported_and_daemon_lives(pair: Lab) -> N
     """A missing private key file makes every certificate tunnel invalid with the key named;
     PSK tunnels on the same host keep working."""
     a, b = pair.hosts
-    cert = pki_tool.make_self_signed("h1")
+    cert = pki_builders.make_self_signed("h1")
     write(os.path.join(a.dir, "cert.pem"), cert.cert_pem)
     a.vsctl(
         "set",
@@ -233,7 +233,7 @@ def test_invalid_certificate_config_is_reported_and_daemon_lives(pair: Lab) -> N
         f"other_config:certificate={a.dir}/cert.pem",
         f"other_config:private_key={a.dir}/missing.pem",
     )
-    peer = write(os.path.join(a.dir, "peer.pem"), pki_tool.make_self_signed("h2").cert_pem)
+    peer = write(os.path.join(a.dir, "peer.pem"), pki_builders.make_self_signed("h2").cert_pem)
     add_tunnel(a, b, remote_cert=peer)
     a.vsctl(
         "add-port",

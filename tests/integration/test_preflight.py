@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec.tools import pki_tool
+from ovs_ipsec.tools import pki_builders, pki_tool
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 # Both cases see IKE come up once charon has what it needs, and start a charon without openssl:
@@ -142,8 +142,8 @@ def test_charon_without_openssl_and_gcm_is_named_held_back_blocked_and_recovered
              what="the lack gone from the metrics")  # fmt: skip
 
 
-def set_pki(host: Host, key_type: str, ca: pki_tool.CertAndKey) -> None:
-    cert, key = pki_tool.make_host_cert(host.name, ca, key_type=key_type)
+def set_pki(host: Host, key_type: str, ca: pki_builders.CertAndKey) -> None:
+    cert, key = pki_builders.make_host_cert(host.name, ca, key_type=key_type)
     paths = {"certificate": ("cert.pem", cert, 0o644), "private_key": ("key.pem", key, 0o600),
              "ca_cert": ("ca.pem", ca.cert_pem, 0o644)}  # fmt: skip
     for name, data, mode in paths.values():
@@ -166,7 +166,7 @@ def test_certificates_whose_keys_charon_cannot_use_are_named_and_follow_a_rotati
     a.start_charon(without=LACKING)
     a.start_daemon()
     b.start_daemon()
-    ec_ca = pki_tool.make_ca("lab CA")
+    ec_ca = pki_builders.make_ca("lab CA")
     for host, peer in ((a, b), (b, a)):
         set_pki(host, "ec", ec_ca)
         add_gre(host, peer, remote_name=peer.name, ipsec_ike=PLAIN_IKE)
@@ -180,7 +180,7 @@ def test_certificates_whose_keys_charon_cannot_use_are_named_and_follow_a_rotati
     assert "openssl plugin (Debian package libstrongswan-standard-plugins)" in t2["reason"]
     assert a.send_probe(b.ipv4, "gre") == "EPERM"
 
-    rsa_ca = pki_tool.make_ca("lab CA", key_type="rsa")
+    rsa_ca = pki_builders.make_ca("lab CA", key_type="rsa")
     for host in (a, b):
         set_pki(host, "rsa", rsa_ca)
         host.appctl("refresh")

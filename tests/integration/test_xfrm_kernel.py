@@ -23,11 +23,12 @@ import pytest
 
 from ovs_ipsec.adapters import proc
 from ovs_ipsec.adapters.xfrm import netlink as xfrm_netlink
-from ovs_ipsec.adapters.xfrm.adapter import Xfrm, XfrmApplyError, owned_specs, parse_policies
+from ovs_ipsec.adapters.xfrm.adapter import Xfrm, XfrmApplyError
+from ovs_ipsec.adapters.xfrm.iproute2 import owned_specs, parse_policies
 from ovs_ipsec.core.block_policies import (
     PolicySpec,
-    diff_policies,
     plan_protection,
+    policies_to_add_and_remove,
 )
 from ovs_ipsec.core.model import (
     AuthMode,
@@ -99,7 +100,7 @@ class Host:
 
     def converge(self, config: Config) -> tuple[int, int]:
         """Make the namespace's own policies equal plan_protection(config)."""
-        to_add, to_remove = diff_policies(plan_protection(config), self.observe())
+        to_add, to_remove = policies_to_add_and_remove(plan_protection(config), self.observe())
         self.apply(to_add, to_remove)
         return len(to_add), len(to_remove)
 
@@ -266,10 +267,10 @@ def test_apply_plan_then_observe_round_trips_ipv4_and_ipv6(host):
     plan = plan_protection(rich_config())
     assert {s.family for s in plan} == {4, 6}
     start = time.monotonic()
-    host.apply(*diff_policies(plan, host.observe()))
+    host.apply(*policies_to_add_and_remove(plan, host.observe()))
     assert host.observe() == plan
     # Re-applying is a no-op diff; applying the same adds again (update) changes nothing.
-    assert diff_policies(plan_protection(rich_config()), host.observe()) == ((), ())
+    assert policies_to_add_and_remove(plan_protection(rich_config()), host.observe()) == ((), ())
     host.apply(add=sorted(plan, key=PolicySpec.sort_key))
     assert host.observe() == plan
     assert len(host.observe_all()) == len(plan)  # no duplicates next to ours
@@ -421,7 +422,7 @@ def test_thousands_of_policies_in_one_batch(host):
     # outbound only
     assert len(plan) == 8000 + 6
     t0 = time.monotonic()
-    host.apply(*diff_policies(plan, host.observe()))
+    host.apply(*policies_to_add_and_remove(plan, host.observe()))
     t1 = time.monotonic()
     assert host.observe() == plan
     t2 = time.monotonic()

@@ -1,4 +1,4 @@
-"""ike_options.py: ipsec_* options -> swanctl keys, every mapping row and every refusal (pure)."""
+"""ike_options: ipsec_* options -> swanctl keys, every mapping row and every refusal (pure)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ovs_ipsec.core import connections as plan
-from ovs_ipsec.core.ike_options import table as ike_options
-from ovs_ipsec.core.ike_options.table import (
+from ovs_ipsec.core.ike_options import translate as translate_module
+from ovs_ipsec.core.ike_options.docs import render_markdown
+from ovs_ipsec.core.ike_options.options import OPTIONS, REJECTED
+from ovs_ipsec.core.ike_options.settings import (
     ESP_PROPOSALS,
     IKE_PROPOSALS,
-    OPTIONS,
-    REJECTED,
     IkeSettings,
     conn_differences,
     default_proposals,
-    render_markdown,
-    translate,
 )
+from ovs_ipsec.core.ike_options.translate import translate
 from ovs_ipsec.core.model import Invalid
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "ipsec-options.md"
@@ -513,7 +512,7 @@ def test_internal_errors_cost_the_tunnel_not_the_daemon(monkeypatch):
     def broken(*_args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(ike_options, "_translate", broken)
+    monkeypatch.setattr(translate_module, "_translate", broken)
     result, errors = translate([("mobike", "yes")])
     assert result is None
     assert errors[0].key == "ipsec_*" and "internal error" in errors[0].reason
@@ -589,7 +588,7 @@ def test_result_does_not_depend_on_option_order(options):
 
 def test_doc_embeds_the_generated_table():
     text = DOC.read_text(encoding="utf-8")
-    begin = "<!-- BEGIN GENERATED: ovs_ipsec.core.ike_options.table.render_markdown() -->\n"
+    begin = "<!-- BEGIN GENERATED: ovs_ipsec.core.ike_options.docs.render_markdown() -->\n"
     end = "<!-- END GENERATED -->"
     assert begin in text and end in text
     embedded = text.split(begin, 1)[1].split(end, 1)[0]

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ovs_ipsec.core import pki
-from ovs_ipsec.tools import pki_tool
+from ovs_ipsec.tools import pki_builders, pki_tool
 
 
 def now() -> dt.datetime:
@@ -101,7 +101,7 @@ def test_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     info = cert_info(cacert)
     assert info.is_ca and info.self_issued and info.subject == "CN=ovs-ipsec CA"
     assert info.key_description == "EC P-256"
-    assert info.not_after - info.not_before == dt.timedelta(days=3650) + pki_tool.BACKDATE
+    assert info.not_after - info.not_before == dt.timedelta(days=3650) + pki_builders.BACKDATE
     assert pki.check_ca_certs([info], now()) == ((info,), [], [])
     assert pki.key_matches_cert(key_info(cakey), info)
     out = capsys.readouterr().out
@@ -125,7 +125,7 @@ def test_init_rsa_and_days(tmp_path: Path) -> None:
     assert run(tmp_path, "init", "--key-type", "rsa", "--bits", "2048", "--days", "10") == 0
     info = cert_info(tmp_path / "cacert.pem")
     assert info.key_description == "RSA 2048"
-    assert info.not_after - info.not_before == dt.timedelta(days=10) + pki_tool.BACKDATE
+    assert info.not_after - info.not_before == dt.timedelta(days=10) + pki_builders.BACKDATE
 
 
 def test_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,7 +156,7 @@ def test_host(pkidir: Path) -> None:
     info = assert_ovs_host_cert(cert, key, "host1")
     assert info.subject == "CN=host1" and info.issuer == "CN=ovs-ipsec CA"
     assert info.key_description == "EC P-256"
-    assert info.not_after - info.not_before == dt.timedelta(days=730) + pki_tool.BACKDATE
+    assert info.not_after - info.not_before == dt.timedelta(days=730) + pki_builders.BACKDATE
     assert pki.issued_by(info, [cert_info(pkidir / "cacert.pem")])
 
 
@@ -166,7 +166,7 @@ def test_host_options_and_dir_after_command(pkidir: Path) -> None:
     info = assert_ovs_host_cert(pkidir / "host2-cert.pem", pkidir / "host2-privkey.pem", "host2")
     assert info.subject == "CN=host2,O=lab"
     assert info.key_description == "RSA 2048"
-    assert info.not_after - info.not_before == dt.timedelta(days=5) + pki_tool.BACKDATE
+    assert info.not_after - info.not_before == dt.timedelta(days=5) + pki_builders.BACKDATE
 
 
 def test_host_refuses_to_overwrite(pkidir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,7 +187,7 @@ def test_host_without_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_host_with_mismatched_ca_key(pkidir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (pkidir / "cakey.pem").write_bytes(pki_tool.make_key())
+    (pkidir / "cakey.pem").write_bytes(pki_builders.make_key())
     assert run(pkidir, "host", "host1") == 1
     assert "does not belong to" in capsys.readouterr().err
 
@@ -217,7 +217,7 @@ def test_req_and_sign(pkidir: Path) -> None:
     assert run(pkidir, "sign", "host3", "--days", "30") == 0
     info = assert_ovs_host_cert(pkidir / "host3-cert.pem", key, "host3")
     assert info.subject == "CN=host3,O=lab"
-    assert info.not_after - info.not_before == dt.timedelta(days=30) + pki_tool.BACKDATE
+    assert info.not_after - info.not_before == dt.timedelta(days=30) + pki_builders.BACKDATE
     assert pki.issued_by(info, [cert_info(pkidir / "cacert.pem")])
 
 
@@ -239,16 +239,16 @@ def test_sign_rejects_a_bad_request(pkidir: Path, capsys: pytest.CaptureFixture[
 
 
 def test_sign_csr_needs_one_cn() -> None:
-    ca = pki_tool.make_ca()
-    key = pki_tool.make_key()
+    ca = pki_builders.make_ca()
+    key = pki_builders.make_key()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name.from_rfc4514_string("O=lab"))
-        .sign(pki_tool._load_key(key), pki_tool.hashes.SHA256())
-        .public_bytes(pki_tool.serialization.Encoding.PEM)
+        .sign(pki_builders._load_key(key), pki_builders.hashes.SHA256())
+        .public_bytes(pki_builders.serialization.Encoding.PEM)
     )
-    with pytest.raises(pki_tool.PkiToolError, match="must have exactly one CN, not 0"):
-        pki_tool.sign_csr(csr, ca)
+    with pytest.raises(pki_builders.PkiToolError, match="must have exactly one CN, not 0"):
+        pki_builders.sign_csr(csr, ca)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_show_ca(pkidir: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_show_ca_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = tmp_path / "bundle.pem"
-    bundle.write_bytes(pki_tool.make_ca("a").cert_pem + pki_tool.make_ca("b").cert_pem)
+    bundle.write_bytes(pki_builders.make_ca("a").cert_pem + pki_builders.make_ca("b").cert_pem)
     rc, out = show(bundle, capsys)
     assert rc == 0
     assert "certificate 1 of 2:" in out and "certificate 2 of 2:" in out
@@ -291,15 +291,15 @@ def test_show_ca_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_show_rollover_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    old = pki_tool.make_ca(
+    old = pki_builders.make_ca(
         "old", not_before=now() - dt.timedelta(days=99), not_after=now() - dt.timedelta(days=1)
     )
     bundle = tmp_path / "bundle.pem"
-    bundle.write_bytes(old.cert_pem + pki_tool.make_ca("new").cert_pem)
+    bundle.write_bytes(old.cert_pem + pki_builders.make_ca("new").cert_pem)
     rc, out = show(bundle, capsys)
     assert "bundle: OK as ca_cert (1 of 2 CA certificates used)" in out
     assert rc == 0
-    bundle.write_bytes(old.cert_pem + pki_tool.make_self_signed("host1").cert_pem)
+    bundle.write_bytes(old.cert_pem + pki_builders.make_self_signed("host1").cert_pem)
     rc, out = show(bundle, capsys)
     assert rc == 1
 
@@ -315,7 +315,7 @@ def test_show_private_key(pkidir: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_show_rsa_key_and_loose_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "k.pem"
-    key.write_bytes(pki_tool.make_key("rsa", 2048))
+    key.write_bytes(pki_builders.make_key("rsa", 2048))
     key.chmod(0o644)
     rc, out = show(key, capsys)
     assert "private key: RSA 2048 (key material not shown)" in out
@@ -325,12 +325,12 @@ def test_show_rsa_key_and_loose_mode(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_show_combined_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    made = pki_tool.make_self_signed("host1")
+    made = pki_builders.make_self_signed("host1")
     combined = tmp_path / "combined.pem"
     combined.write_bytes(made.cert_pem + made.key_pem)
     rc, out = show(combined, capsys)
     assert rc == 0 and "matches the first certificate" in out
-    combined.write_bytes(made.cert_pem + pki_tool.make_key())
+    combined.write_bytes(made.cert_pem + pki_builders.make_key())
     rc, out = show(combined, capsys)
     assert rc == 1 and "does NOT match the first certificate" in out
     assert not any(line in out for line in secret_lines(combined))
@@ -353,7 +353,7 @@ def test_show_bad_certificate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kwargs: dict[str, object], reason: str
 ) -> None:
     path = tmp_path / "bad.pem"
-    path.write_bytes(pki_tool.make_self_signed("host1", **kwargs).cert_pem)  # type: ignore[arg-type]
+    path.write_bytes(pki_builders.make_self_signed("host1", **kwargs).cert_pem)  # type: ignore[arg-type]
     rc, out = show(path, capsys)
     assert rc == 1
     assert "verdict:     NOT OK for OVS IPsec" in out
@@ -362,7 +362,7 @@ def test_show_bad_certificate(
 
 def test_show_expiring_soon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "soon.pem"
-    path.write_bytes(pki_tool.make_self_signed("host1", days=3).cert_pem)
+    path.write_bytes(pki_builders.make_self_signed("host1", days=3).cert_pem)
     rc, out = show(path, capsys)
     assert rc == 0
     assert "warning:     certificate expires in 2 days" in out
@@ -391,9 +391,9 @@ def test_show_unusable_files(
 
 
 def test_show_der_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    made = pki_tool.make_self_signed("host1")
+    made = pki_builders.make_self_signed("host1")
     der = x509.load_pem_x509_certificate(made.cert_pem).public_bytes(
-        pki_tool.serialization.Encoding.DER
+        pki_builders.serialization.Encoding.DER
     )
     path = tmp_path / "c.der"
     path.write_bytes(der)
@@ -461,24 +461,24 @@ def test_write_atomic_cleans_up_on_failure(tmp_path: Path) -> None:
 
 
 def test_make_host_cert_signed_by_another_ca() -> None:
-    ca, other = pki_tool.make_ca("a"), pki_tool.make_ca("b")
-    info = pki.parse_certs(pki_tool.make_host_cert("h", other).cert_pem)[0][0]
+    ca, other = pki_builders.make_ca("a"), pki_builders.make_ca("b")
+    info = pki.parse_certs(pki_builders.make_host_cert("h", other).cert_pem)[0][0]
     assert info.issuer == "CN=b"
     assert not pki.issued_by(info, pki.parse_certs(ca.cert_pem)[0])
 
 
 def test_v2_is_refused() -> None:
     with pytest.raises(ValueError, match="only 1 and 3"):
-        pki_tool.make_self_signed("h", version=2)
+        pki_builders.make_self_signed("h", version=2)
 
 
 def test_unknown_key_type() -> None:
     with pytest.raises(ValueError, match="unknown key type"):
-        pki_tool.make_key("rot13")
+        pki_builders.make_key("rot13")
 
 
 def test_san_entry_kinds() -> None:
-    made = pki_tool.make_self_signed("h", san=["h", "DNS:x", "IP:10.0.0.1", "email:a@b"])
+    made = pki_builders.make_self_signed("h", san=["h", "DNS:x", "IP:10.0.0.1", "email:a@b"])
     info = pki.parse_certs(made.cert_pem)[0][0]
     assert info.san == ("DNS:h", "DNS:x", "IP:10.0.0.1", "email:a@b")
     assert info.san_dns == ("h", "x")

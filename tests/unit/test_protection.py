@@ -9,19 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovs_ipsec.adapters.xfrm import adapter as xfrm
-from ovs_ipsec.core import naming
+from ovs_ipsec.adapters.xfrm import iproute2
+from ovs_ipsec.core.addresses import canonical_prefix, is_canonical_ip
 from ovs_ipsec.core.block_policies import (
     FAIL_CLOSED_PRIORITY,
     OWNED_PRIORITIES,
     SKB_MARK_PRIORITY,
     PolicySpec,
-    canonical_prefix,
-    diff_policies,
-    diff_policy_change,
     explain_protection,
     is_owned,
     plan_protection,
+    policies_to_add_and_remove,
+    policies_to_add_and_remove_for_change,
 )
 from ovs_ipsec.core.model import (
     IPPROTO_GRE,
@@ -356,10 +355,10 @@ def test_diff_adds_missing_removes_stale_sorted():
     a = both("10.0.0.2", GRE)
     b = both("10.0.0.3", UDP, 6081)
     c = both("fd77::2", UDP, 4789)
-    to_add, to_remove = diff_policies(frozenset(a | b), frozenset(b | c))
+    to_add, to_remove = policies_to_add_and_remove(frozenset(a | b), frozenset(b | c))
     assert set(to_add) == a and set(to_remove) == c
     assert list(to_add) == sorted(to_add, key=PolicySpec.sort_key)
-    assert diff_policies(frozenset(a), frozenset(a)) == ((), ())
+    assert policies_to_add_and_remove(frozenset(a), frozenset(a)) == ((), ())
 
 
 def test_diff_does_not_remove_a_key_that_is_being_replaced():
@@ -367,13 +366,13 @@ def test_diff_does_not_remove_a_key_that_is_being_replaced():
     new = dataclasses.replace(old, priority=FAIL_CLOSED_PRIORITY + 2)
     assert old.key() == new.key()
     # `update` replaces the policy in place; deleting the old key afterwards would delete it.
-    assert diff_policies(frozenset({new}), frozenset({old})) == ((new,), ())
+    assert policies_to_add_and_remove(frozenset({new}), frozenset({old})) == ((new,), ())
 
 
 def test_diff_skb_mark_change_adds_new_and_removes_old():
     before = plan_protection(config(skb_mark=SkbMark(0, 1)))
     after = plan_protection(config(skb_mark=SkbMark(1, 1)))
-    to_add, to_remove = diff_policies(after, before)
+    to_add, to_remove = policies_to_add_and_remove(after, before)
     assert set(to_add) == after and set(to_remove) == before
 
 
@@ -454,14 +453,13 @@ _SPEC_SETS = st.frozensets(st.sampled_from(_SPECS))
 
 
 @given(current=_SPEC_SETS, wanted=_SPEC_SETS, unwanted=_SPEC_SETS)
-def test_diff_policy_change_equals_the_full_diff(
+def test_the_changes_for_one_pass_equal_those_of_the_full_comparison(
     current: frozenset[PolicySpec], wanted: frozenset[PolicySpec], unwanted: frozenset[PolicySpec]
 ) -> None:
-    """The incremental diff of one pass gives what a full diff of the resulting wish gives,
-    including keys replaced in place (the same selector at two priorities)."""
-    assert diff_policy_change(current, wanted, unwanted) == diff_policies(
-        (current - unwanted) | wanted, current
-    )
+    """The additions and removals of one pass are those of a full comparison of the resulting
+    wish, including keys replaced in place (the same selector at two priorities)."""
+    incremental = policies_to_add_and_remove_for_change(current, wanted, unwanted)
+    assert incremental == policies_to_add_and_remove((current - unwanted) | wanted, current)
 
 
 def test_port_selectors_need_a_port_protocol():
@@ -484,8 +482,8 @@ _DOTTED = st.lists(_OCTETS, min_size=3, max_size=5).map(".".join)
 def test_prefixes_recognised_without_parsing_agree_with_ipaddress(
     address: str, suffix: str, pad: bool
 ) -> None:
-    """canonical_prefix, naming's address check and the listing parser skip ipaddress for
-    canonical IPv4 hosts; for any spelling they agree with what ipaddress says."""
+    """canonical_prefix, is_canonical_ip (naming's ownership check) and the listing parser skip
+    ipaddress for canonical IPv4 hosts; for any spelling they agree with what ipaddress says."""
     text = f" {address}{suffix}" if pad else f"{address}{suffix}"
     try:
         expected: str | None = _reference_prefix(text)
@@ -501,9 +499,9 @@ def test_prefixes_recognised_without_parsing_agree_with_ipaddress(
         listed = (interface.version, f"{interface.ip.compressed}/{interface.network.prefixlen}")
     except ValueError:
         listed = None
-    assert xfrm._prefix(text) == listed
+    assert iproute2._prefix(text) == listed
     try:
         owned = str(ipaddress.ip_address(text)) == text
     except ValueError:
         owned = False
-    assert naming._is_ip(text) == owned
+    assert is_canonical_ip(text) == owned

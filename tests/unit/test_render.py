@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovs_ipsec.adapters.xfrm.adapter import parse_policies
+from ovs_ipsec.adapters.xfrm.iproute2 import parse_policies, parse_states
 from ovs_ipsec.core import render
 from ovs_ipsec.core.block_policies import PolicySpec, explain_protection
 from ovs_ipsec.core.connections import plan
@@ -163,7 +163,7 @@ def test_show_json_has_the_documented_shape() -> None:
     walk(data)
     text_in, explained = kernel_policies()
     walk(render.policies_json(parse_policies(text_in), explained))
-    walk(render.states_json(STATES))
+    walk(render.states_json(parse_states(STATES)))
     walk(render.ipsec_status_json(statuses))
     assert produced <= documented, produced - documented
     assert documented <= produced, documented - produced
@@ -236,14 +236,15 @@ src 192.0.2.1 dst 192.0.2.2
 
 
 def test_states_never_show_a_key_and_parse_the_ids() -> None:
-    data = render.states_json(STATES)
+    states = parse_states(STATES)
+    data = render.states_json(states)
     assert data["states"] == [{
         "src": "192.0.2.1", "dst": "192.0.2.2", "proto": "esp", "spi": "0xc0671655",
         "reqid": 1, "mode": "transport", "selector": "src 192.0.2.1/32 dst 192.0.2.2/32 proto gre",
         "text": data["states"][0]["text"]}]  # fmt: skip
-    for output in (json.dumps(data), render.states_text(STATES)):
+    for output in (json.dumps(data), render.states_text(states)):
         assert "00112233445566778899" not in output
-    assert render.states_text("") == "No XFRM states\n"
+    assert render.states_text(parse_states("")) == "No XFRM states\n"
 
 
 def test_memory_text() -> None:

@@ -1,4 +1,4 @@
-"""xfrm.py parsers on text captured from `ip xfrm policy` (iproute2 6.1, kernel 6.18).
+"""xfrm.iproute2 parsers on text captured from `ip xfrm policy` (iproute2 6.1, kernel 6.18).
 
 The main sample was captured in a namespace with charon-systemd 5.9.8 running: `start_action=trap`
 transport conns for GRE (10.0.0.2), Geneve (10.0.0.3, both children) and IPv6 VXLAN (fd77::2),
@@ -15,7 +15,7 @@ import ipaddress
 
 import pytest
 
-from ovs_ipsec.adapters.xfrm.adapter import (
+from ovs_ipsec.adapters.xfrm.iproute2 import (
     owned_specs,
     parse_policies,
     parse_xfrm_stat,

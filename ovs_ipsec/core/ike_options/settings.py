@@ -1,6 +1,6 @@
 """What a tunnel's ipsec_* options ask of charon (`IkeSettings`), and the defaults they change.
 
-The planner needs these for every tunnel; the option table that produces them (ike_options) is
+The planner needs these for every tunnel; the option table that produces them (`translate`) is
 loaded only when a tunnel has ipsec_* options. Tunnels without options share `NO_SETTINGS`.
 
 May import: stdlib.
