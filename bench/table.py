@@ -191,7 +191,7 @@ def restart_rows(n: int, ours: dict[str, list[Any]]) -> list[str]:
     out = [
         line(["restart: spawn -> READY=1 [s]", spread(ready), "-", "-", "-", "-"], bar),
         line(["  spawn -> first pass done [s]", spread(parent), "-", "-", "-", "-"],
-             "(--detach parent exits)"),
+             "(its --detach parent exited)"),
         line(["  writes to charon meanwhile", spread(charon), "-", "-", "-", "-"],
              "(charon's log: vici requests)"),
         line(["  writes to the kernel meanwhile", spread(kernel), "-", "-", "-", "-"],
@@ -222,7 +222,7 @@ def vsctl_rows(n: int, vsctl: list[dict[str, Any]]) -> list[str]:
         "",
         f"one ovs-vsctl adding {n} ports (`-- add-port br0 tI -- set interface tI type=gre "
         f"options:...` x {n}; {len(vsctl)} run(s): median (min-max))",
-        f"  {'':38}{'ovsdb-server alone':24}with our daemon attached",
+        f"  {'':42}{'ovsdb-server alone':24}with our daemon attached",
     ]
     rows = (
         ("ovs-vsctl wall [s]", "wall_s"),
@@ -232,18 +232,18 @@ def vsctl_rows(n: int, vsctl: list[dict[str, Any]]) -> list[str]:
         ("  charon's CPU meanwhile [CPU-s]", "charon_cpu_s"),
     )
     for label, key in rows:
-        out.append(f"  {label:38}{col('alone', key):24}{col('with_daemon', key)}")
+        out.append(f"  {label:42}{col('alone', key):24}{col('with_daemon', key)}")
     for part in ("alone", "with_daemon"):
         for run in vsctl:
             r = run[part]
             busy = sum(v for k, v in r.items() if k.endswith("_cpu_s") and k != "ours_after_cpu_s")
             r["waiting_s"] = max(0.0, r["wall_s"] - busy)
     out.append(
-        f"  {'  wall not spent on those CPUs [s]':38}{col('alone', 'waiting_s'):24}"
+        f"  {'  wall not spent on those CPUs [s]':42}{col('alone', 'waiting_s'):24}"
         f"{col('with_daemon', 'waiting_s')}"
     )
     out.append(
-        f"  {'spawn -> converged [s]':38}{'-':24}{col('with_daemon', 'converged_s')}"
+        f"  {'spawn -> converged [s]':42}{'-':24}{col('with_daemon', 'converged_s')}"
         f"  (daemon CPU after the call: {col('with_daemon', 'ours_after_cpu_s')} CPU-s)"
     )
     return out
