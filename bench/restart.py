@@ -98,25 +98,31 @@ class XfrmMonitor:
             return f.read()
 
     def _canary(self, k: int) -> None:
+        """Add and delete a canary policy until the monitor has reported both: the monitor
+        subscribes some time after it starts, and what happens before is never reported."""
         dst = f"192.0.2.{10 + k}/32"
         sel = ["src", f"{CANARY_SRC}/32", "dst", dst, "dir", "out"]
         deadline = time.monotonic() + 10
-        subprocess.run(
-            ["ip", "-n", self.ns, "xfrm", "policy", "add", *sel, "priority", "1", "action",
-             "block"],
-            check=True,
-        )  # fmt: skip
-        try:
-            while f"dst {dst}" not in self._read():
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"ip xfrm monitor in {self.ns} did not report a canary")
-                time.sleep(0.01)
-        finally:
+        while True:
+            subprocess.run(
+                ["ip", "-n", self.ns, "xfrm", "policy", "add", *sel, "priority", "1",
+                 "action", "block"],
+                check=True,
+            )  # fmt: skip
+            seen = self._wait(f"dst {dst}", 0.2)
             subprocess.run(["ip", "-n", self.ns, "xfrm", "policy", "delete", *sel], check=True)
-        while f"Deleted src {CANARY_SRC}/32 dst {dst}" not in self._read():
+            if seen and self._wait(f"Deleted src {CANARY_SRC}/32 dst {dst}", 10):
+                return
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"ip xfrm monitor in {self.ns} did not report a canary")
+
+    def _wait(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while text not in self._read():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ip xfrm monitor in {self.ns} missed a canary's deletion")
+                return False
             time.sleep(0.01)
+        return True
 
     def stop(self) -> Counter[str]:
         """Close the window (second canary), stop the monitor, return the event counts."""
