@@ -487,6 +487,10 @@ class Bench:
         kernel = monitor.stop()
         time.sleep(0.1)  # charon flushes each line; let the last ones land
         writes, reads = charon_requests(h.charon_log()[charon_offset:])
+        if not writes and not reads:
+            # A restart asks charon at least for its version and connections: no request
+            # logged at all means charon's log level hides them, not that nothing was written.
+            raise BenchError("restart: charon's log shows no VICI request (cfg log level < 2?)")
         out: dict[str, Any] = {
             "restart_charon_writes": sum(writes.values()),
             "restart_kernel_writes": sum(kernel.values()),

@@ -296,6 +296,21 @@ def growth_rows(a: int, b: int, ra: dict[str, Any], rb: dict[str, Any]) -> list[
             f"  {label:34}{fmt(va):>10}{fmt(vb):>10}{ratio(vb, va):>9}{'-':>9}  "
             f"{kib:.2f} KiB{'':9}{bar}"
         )
+    vsctl = [(r.get("vsctl") or [], label) for r, label in ((ra, a), (rb, b))]
+    if all(runs for runs, _ in vsctl):
+        for label, key in (("one ovs-vsctl, wall [s]", "wall_s"),
+                           ("  its own CPU [CPU-s]", "vsctl_cpu_s"),
+                           ("  ovsdb-server's CPU [CPU-s]", "ovsdb-server_cpu_s")):  # fmt: skip
+            va = med([run["alone"][key] for run in vsctl[0][0] if key in run["alone"]])
+            vb = med([run["alone"][key] for run in vsctl[1][0] if key in run["alone"]])
+            if va is None or vb is None:
+                continue
+            note = ""
+            if va > 0 and vb > 0:
+                note = f"growth ~ N^{math.log(vb / va) / math.log(k):.2f} (ovsdb-server alone)"
+            out.append(
+                f"  {label:34}{fmt(va):>10}{fmt(vb):>10}{ratio(vb, va):>9}{'-':>9}  {'-':18}{note}"
+            )
     return out
 
 
@@ -348,7 +363,7 @@ def render(
     sizes = sorted(results)
     for a, b in zip(sizes, sizes[1:], strict=False):
         out += growth_rows(a, b, results[a], results[b])
-    return "\n".join(out)
+    return "\n".join(text.rstrip() for text in out)
 
 
 def _ours(metric: str) -> Callable[[dict[str, Any]], float | None]:
@@ -394,4 +409,4 @@ def compare_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
                 for _, data in runs
             ]
             out.append(f"    {label:36}" + "".join(f"{c:>14}" for c in cells))
-    return "\n".join(out)
+    return "\n".join(text.rstrip() for text in out)
