@@ -62,7 +62,7 @@ def xfrm_events(text: str) -> Counter[str]:
             blocks.append([line])
     counts: Counter[str] = Counter()
     for block in blocks:
-        whole = " ".join(block)
+        whole = " ".join(" ".join(block).split())  # continuation lines start with a tab
         if f"src {CANARY_SRC}/32" in whole:
             continue
         head = block[0]
@@ -72,7 +72,7 @@ def xfrm_events(text: str) -> Counter[str]:
             else "flush" if head.startswith("Flushed")
             else "add"
         )  # fmt: skip
-        kind = "policy" if " dir " in f" {whole} " else "sa" if " spi " in whole else "other"
+        kind = "policy" if " dir " in whole else "sa" if " spi " in whole else "other"
         counts[f"{kind} {verb}"] += 1
     return counts
 
@@ -84,7 +84,8 @@ class XfrmMonitor:
         self.ns = ns
         fd, self.path = tempfile.mkstemp(prefix="bench-xfrm-monitor-")
         os.close(fd)
-        self._out = open(self.path, "w")  # noqa: SIM115 - closed in stop()
+        self._out = open(self.path, "w")  # noqa: SIM115 - closed in close()
+        self._text = ""
         self.proc = subprocess.Popen(
             ["ip", "-n", ns, "xfrm", "monitor"],
             stdout=self._out,
@@ -126,15 +127,19 @@ class XfrmMonitor:
 
     def stop(self) -> Counter[str]:
         """Close the window (second canary), stop the monitor, return the event counts."""
-        try:
-            self._canary(2)
-        finally:
+        self._canary(2)
+        self.close()
+        return xfrm_events(self._text)
+
+    def close(self) -> None:
+        """Stop the monitor and remove its file (again: a no-op)."""
+        if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+        if not self._out.closed:
             self._out.close()
-        text = self._read()
-        os.unlink(self.path)
-        return xfrm_events(text)
+            self._text = self._read()
+            os.unlink(self.path)
 
 
 @dataclass

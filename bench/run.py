@@ -458,8 +458,39 @@ class Bench:
         if held < 2 * n:
             raise BenchError(f"restart: only {held} of {2 * n} trap policies left after stopping")
         monitor = XfrmMonitor(h.ns)
+        try:
+            charon_offset = len(h.charon_log())
+            ready_at, exited = self._restart_daemon()
+            wait_quiet(h.daemon_pid, quiet=0.3)
+            kernel = monitor.stop()
+        finally:
+            monitor.close()
+        time.sleep(0.1)  # charon flushes each line; let the last ones land
+        writes, reads = charon_requests(h.charon_log()[charon_offset:])
+        if not writes and not reads:
+            # A restart asks charon at least for its version and connections: no request
+            # logged at all means charon's log level hides them, not that nothing was written.
+            raise BenchError("restart: charon's log shows no VICI request (cfg log level < 2?)")
+        out: dict[str, Any] = {
+            "restart_charon_writes": sum(writes.values()),
+            "restart_kernel_writes": sum(kernel.values()),
+            "restart_detail": {
+                "charon_writes": dict(writes),
+                "charon_reads": dict(reads),
+                "kernel": dict(kernel),
+            },
+        }
+        if ready_at is not None:
+            out["restart_ready_s"] = ready_at
+        if exited is not None:
+            out["restart_parent_s"] = exited
+        return out
+
+    def _restart_daemon(self) -> tuple[float | None, float | None]:
+        """Start our daemon with a notify socket: seconds from the spawn to READY=1 and to its
+        --detach parent's exit (None: not seen)."""
+        h = self.ours
         ready = Readiness()
-        charon_offset = len(h.charon_log())
         errors: list[BaseException] = []
         exited: list[float] = []
 
@@ -481,30 +512,11 @@ class Bench:
             os.environ.pop("NOTIFY_SOCKET", None)
             ready.close()
         if errors:
-            monitor.stop()
             raise errors[0]
-        wait_quiet(h.daemon_pid, quiet=0.3)
-        kernel = monitor.stop()
-        time.sleep(0.1)  # charon flushes each line; let the last ones land
-        writes, reads = charon_requests(h.charon_log()[charon_offset:])
-        if not writes and not reads:
-            # A restart asks charon at least for its version and connections: no request
-            # logged at all means charon's log level hides them, not that nothing was written.
-            raise BenchError("restart: charon's log shows no VICI request (cfg log level < 2?)")
-        out: dict[str, Any] = {
-            "restart_charon_writes": sum(writes.values()),
-            "restart_kernel_writes": sum(kernel.values()),
-            "restart_detail": {
-                "charon_writes": dict(writes),
-                "charon_reads": dict(reads),
-                "kernel": dict(kernel),
-            },
-        }
-        if ready_at is not None:
-            out["restart_ready_s"] = ready_at - t0
-        if exited:
-            out["restart_parent_s"] = exited[0] - t0
-        return out
+        return (
+            None if ready_at is None else ready_at - t0,
+            exited[0] - t0 if exited else None,
+        )
 
     def vsctl_breakdown(self, n: int) -> dict[str, Any]:
         """One ovs-vsctl adding n ports: on ovsdb-server alone (no daemon), then with our daemon
