@@ -532,7 +532,8 @@ class Bench:
         wait_quiet(h.daemon_pid, quiet=0.3)
         roles = {"ovsdb-server": h.ovsdb_pid, "ours": h.daemon_pid, "charon": h.charon_pid}
         attached = add_ports(h.ns, h.db, n, roles)
-        daemon_cpu = proc_sample(h.daemon_pid).cpu if h.daemon_pid else None
+        pids = {"ours": h.daemon_pid, "charon": h.charon_pid}
+        before = {role: proc_sample(pid).cpu for role, pid in pids.items() if pid}
         vici = Vici(h.vici_path)
         try:
             converged = converge(
@@ -541,7 +542,7 @@ class Bench:
             )  # fmt: skip
         finally:
             vici.close()
-        after = proc_sample(h.daemon_pid).cpu if h.daemon_pid else None
+        after = {role: proc_sample(pid).cpu for role, pid in pids.items() if pid}
         log(
             f"N={n}: ovs-vsctl with our daemon {attached.wall_s:.2f} s, converged after "
             f"{converged:.2f} s"
@@ -555,8 +556,8 @@ class Bench:
             }
 
         with_daemon = row(attached) | {"converged_s": converged}
-        if daemon_cpu is not None and after is not None:
-            with_daemon["ours_after_cpu_s"] = after - daemon_cpu
+        for role in before.keys() & after.keys():
+            with_daemon[f"{role}_after_cpu_s"] = after[role] - before[role]
         return {"alone": row(alone), "with_daemon": with_daemon}
 
     # -- the floor ----------------------------------------------------------------------------

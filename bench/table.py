@@ -236,15 +236,21 @@ def vsctl_rows(n: int, vsctl: list[dict[str, Any]]) -> list[str]:
     for part in ("alone", "with_daemon"):
         for run in vsctl:
             r = run[part]
-            busy = sum(v for k, v in r.items() if k.endswith("_cpu_s") and k != "ours_after_cpu_s")
+            busy = sum(v for k, v in r.items() if k.endswith("_cpu_s") and "_after_" not in k)
             r["waiting_s"] = max(0.0, r["wall_s"] - busy)
     out.append(
         f"  {'  wall not spent on those CPUs [s]':42}{col('alone', 'waiting_s'):24}"
         f"{col('with_daemon', 'waiting_s')}"
     )
+    out.append(f"  {'spawn -> converged [s]':42}{'-':24}{col('with_daemon', 'converged_s')}")
+    for run in vsctl:
+        run["with_daemon"]["tail_s"] = (
+            run["with_daemon"]["converged_s"] - run["with_daemon"]["wall_s"]
+        )
+    out.append(f"  {'  after the call returned [s]':42}{'-':24}{col('with_daemon', 'tail_s')}")
     out.append(
-        f"  {'spawn -> converged [s]':42}{'-':24}{col('with_daemon', 'converged_s')}"
-        f"  (daemon CPU after the call: {col('with_daemon', 'ours_after_cpu_s')} CPU-s)"
+        f"  {'    our daemon / charon CPU then [CPU-s]':42}{'-':24}"
+        f"{col('with_daemon', 'ours_after_cpu_s')} / {col('with_daemon', 'charon_after_cpu_s')}"
     )
     return out
 
