@@ -24,8 +24,8 @@ lint: setup
 demo: setup-demo
 	$(PY) -m ovs_ipsec.tools.demo
 
-# bench/README.md. Issue 14's final measurement (about 45 min, on a quiet machine):
-#   make bench BENCH_ARGS="--sizes 1000 5000 --repeat 3 --upstream-timeout 600 --json /tmp/bench.json"
+# bench/README.md. Issue 14's final measurement (30-45 min, on a quiet machine):
+#   make bench BENCH_ARGS="--sizes 1000 5000 --repeat 3 --vsctl-n 1000 5000 --upstream-timeout 300 --json /tmp/bench.json"
 # Before and after in one run: BENCH_ARGS="--compare 6f05b94 tree --sizes 1000 5000 ..."
 BENCH_ARGS ?=
 bench: setup
