@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""The ovs-ipsec benchmark (issue 7): convergence, change latency, idle cost and memory of our
-daemon at N tunnels, side by side with the raw VICI floor and with Debian's upstream
-ovs-monitor-ipsec, on lab hosts (real ovsdb-server, charon and kernel XFRM). Prints one table.
+"""The ovs-ipsec benchmark (issues 7 and 14): convergence, change latency, idle cost, memory and
+restart cost of our daemon at N tunnels, side by side with the raw VICI floor and with Debian's
+upstream ovs-monitor-ipsec, on lab hosts (real ovsdb-server, charon and kernel XFRM), and where
+one ovs-vsctl adding N ports spends its time. Prints one table (bench/table.py) with issue 14's
+bars.
 
-    bench/run.py [--n 100 1000 5000] [--repeat K] [--quick] [--idle-seconds S] [--json FILE]
+    bench/run.py [--sizes 1000 5000] [--repeat K] [--vsctl-n N...] [--quick]
+                 [--idle-seconds S] [--json FILE] [--commit REV | --compare REV... | tree]
+
+Over 400 lines because it is one sequence of measurements sharing one lab: each system's
+cold start, bulk add, changes, restart and idle window, in that order; the table, the restart
+observers and the ovs-vsctl run live in table.py, restart.py and vsctl.py.
 
 Needs root. Progress goes to stderr, the table to stdout. See bench/README.md for what each
 figure means.
