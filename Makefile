@@ -24,8 +24,12 @@ lint: setup
 demo: setup-demo
 	$(PY) -m ovs_ipsec.tools.demo
 
+# bench/README.md. Issue 14's final measurement (30-45 min, on a quiet machine):
+#   make bench BENCH_ARGS="--sizes 1000 5000 --repeat 3 --vsctl-n 1000 5000 --upstream-timeout 300 --json /tmp/bench.json"
+# Before and after in one run: BENCH_ARGS="--compare 6f05b94 tree --sizes 1000 5000 ..."
+BENCH_ARGS ?=
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .ruff_cache

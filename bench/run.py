@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""The ovs-ipsec benchmark (issue 7): convergence, change latency, idle cost and memory of our
-daemon at N tunnels, side by side with the raw VICI floor and with Debian's upstream
-ovs-monitor-ipsec, on lab hosts (real ovsdb-server, charon and kernel XFRM). Prints one table.
+"""The ovs-ipsec benchmark (issues 7 and 14): convergence, change latency, idle cost, memory and
+restart cost of our daemon at N tunnels, side by side with the raw VICI floor and with Debian's
+upstream ovs-monitor-ipsec, on lab hosts (real ovsdb-server, charon and kernel XFRM), and where
+one ovs-vsctl adding N ports spends its time. Prints one table (bench/table.py) with issue 14's
+bars.
 
-    bench/run.py [--n 100 1000 5000] [--repeat K] [--quick] [--idle-seconds S] [--json FILE]
+    bench/run.py [--sizes 1000 5000] [--repeat K] [--vsctl-n N...] [--quick]
+                 [--idle-seconds S] [--json FILE] [--commit REV | --compare REV... | tree]
+
+Over 400 lines because it is one sequence of measurements sharing one lab: each system's
+cold start, bulk add, changes, restart and idle window, in that order; the table, the restart
+observers and the ovs-vsctl run live in table.py, restart.py and vsctl.py.
 
 Needs root. Progress goes to stderr, the table to stdout. See bench/README.md for what each
 figure means.
@@ -30,6 +37,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +50,12 @@ sys.path.insert(0, HERE)
 
 import snapshot  # noqa: E402
 
-SNAPSHOT = snapshot.select(sys.argv[1:]) if __name__ == "__main__" else None
+# --compare only runs this script once per revision: the children take the snapshots.
+SNAPSHOT = (
+    snapshot.select(sys.argv[1:])
+    if __name__ == "__main__" and not any(a.startswith("--compare") for a in sys.argv)
+    else None
+)
 
 import workload  # noqa: E402
 from ovsdb_rpc import (  # noqa: E402
@@ -60,10 +73,19 @@ from probes import (  # noqa: E402
     policy_census,
     proc_sample,
 )
+from restart import Readiness, XfrmMonitor, charon_requests  # noqa: E402
+from table import compare_table, render  # noqa: E402
+from upstream import SCRIPT as UPSTREAM_SCRIPT  # noqa: E402
 from upstream import Upstream, UpstreamError  # noqa: E402
+from vsctl import add_ports  # noqa: E402
 
-from ovs_ipsec.core import naming  # noqa: E402
-from ovs_ipsec.tools.lab import Host, Lab  # noqa: E402
+try:
+    from ovs_ipsec.core import naming
+    from ovs_ipsec.tools.lab import Host, Lab
+except ImportError:  # --commit of a revision before the subpackages (da7b6dc)
+    from ovs_ipsec.lab import Host, Lab  # type: ignore[no-redef]
+
+    from ovs_ipsec import naming  # type: ignore[no-redef]
 
 POLL = 0.01  # convergence polling interval (s): one get-conns plus one SPD count
 CHANGE_POLL = 0.0005  # change polling interval (s): one filtered list-conns
@@ -431,6 +453,120 @@ class Bench:
         time.sleep(0.2)  # let the last log lines reach the file
         return {**change_stats(records), **daemon_internal(h.daemon_log()[log_offset:], records)}
 
+    def ours_restart(self, n: int) -> dict[str, Any]:
+        """Restart the daemon that has just converged n tunnels, with charon and the kernel
+        keeping everything: seconds from spawning it to READY=1 (and to its --detach parent's
+        exit, i.e. the first pass done), and the writes to charon and to the kernel from the
+        spawn until the daemon is quiet after READY (restart.py says how they are counted)."""
+        h = self.ours
+        wait_quiet(h.daemon_pid, quiet=0.3)
+        h.stop_daemon()  # SIGTERM: exits without cleaning up (only `exit` cleans up)
+        held = policy_census(h.ns).trap
+        if held < 2 * n:
+            raise BenchError(f"restart: only {held} of {2 * n} trap policies left after stopping")
+        monitor = XfrmMonitor(h.ns)
+        try:
+            charon_offset = len(h.charon_log())
+            ready_at, exited = self._restart_daemon()
+            wait_quiet(h.daemon_pid, quiet=0.3)
+            kernel = monitor.stop()
+        finally:
+            monitor.close()
+        time.sleep(0.1)  # charon flushes each line; let the last ones land
+        writes, reads = charon_requests(h.charon_log()[charon_offset:])
+        if not writes and not reads:
+            # A restart asks charon at least for its version and connections: no request
+            # logged at all means charon's log level hides them, not that nothing was written.
+            raise BenchError("restart: charon's log shows no VICI request (cfg log level < 2?)")
+        out: dict[str, Any] = {
+            "restart_charon_writes": sum(writes.values()),
+            "restart_kernel_writes": sum(kernel.values()),
+            "restart_detail": {
+                "charon_writes": dict(writes),
+                "charon_reads": dict(reads),
+                "kernel": dict(kernel),
+            },
+        }
+        if ready_at is not None:
+            out["restart_ready_s"] = ready_at
+        if exited is not None:
+            out["restart_parent_s"] = exited
+        return out
+
+    def _restart_daemon(self) -> tuple[float | None, float | None]:
+        """Start our daemon with a notify socket: seconds from the spawn to READY=1 and to its
+        --detach parent's exit (None: not seen)."""
+        h = self.ours
+        ready = Readiness()
+        errors: list[BaseException] = []
+        exited: list[float] = []
+
+        def start() -> None:
+            try:
+                h.start_daemon()
+                exited.append(time.monotonic())
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                errors.append(e)
+
+        os.environ["NOTIFY_SOCKET"] = ready.path  # inherited by the daemon only
+        try:
+            thread = threading.Thread(target=start, daemon=True)
+            t0 = time.monotonic()
+            thread.start()
+            ready_at = ready.wait_ready(self.args.timeout)
+            thread.join(60)
+        finally:
+            os.environ.pop("NOTIFY_SOCKET", None)
+            ready.close()
+        if errors:
+            raise errors[0]
+        return (
+            None if ready_at is None else ready_at - t0,
+            exited[0] - t0 if exited else None,
+        )
+
+    def vsctl_breakdown(self, n: int) -> dict[str, Any]:
+        """One ovs-vsctl adding n ports: on ovsdb-server alone (no daemon), then with our daemon
+        attached (holding no tunnels before), until converged."""
+        h = self.ours
+        self.ours_reset([])
+        wait_quiet(h.ovsdb_pid, quiet=0.3)
+        alone = add_ports(h.ns, h.db, n, {"ovsdb-server": h.ovsdb_pid})
+        log(f"N={n}: ovs-vsctl alone {alone.wall_s:.2f} s ({alone.vsctl_cpu_s:.2f} CPU-s own)")
+        self.ours_reset([])
+        h.start_daemon()
+        time.sleep(0.2)
+        wait_quiet(h.daemon_pid, quiet=0.3)
+        roles = {"ovsdb-server": h.ovsdb_pid, "ours": h.daemon_pid, "charon": h.charon_pid}
+        attached = add_ports(h.ns, h.db, n, roles)
+        pids = {"ours": h.daemon_pid, "charon": h.charon_pid}
+        before = {role: proc_sample(pid).cpu for role, pid in pids.items() if pid}
+        vici = Vici(h.vici_path)
+        try:
+            converged = converge(
+                self.spd[h.ns], h.ns, n, attached.started, self.args.timeout, vici,
+                self.ours_alive,
+            )  # fmt: skip
+        finally:
+            vici.close()
+        after = {role: proc_sample(pid).cpu for role, pid in pids.items() if pid}
+        log(
+            f"N={n}: ovs-vsctl with our daemon {attached.wall_s:.2f} s, converged after "
+            f"{converged:.2f} s"
+        )
+
+        def row(run: Any) -> dict[str, float]:
+            return {
+                "wall_s": run.wall_s,
+                "vsctl_cpu_s": run.vsctl_cpu_s,
+                **{f"{role}_cpu_s": cpu for role, cpu in run.cpu_s.items()},
+            }
+
+        with_daemon = row(attached) | {"converged_s": converged}
+        for role in before.keys() & after.keys():
+            with_daemon[f"{role}_after_cpu_s"] = after[role] - before[role]
+        return {"alone": row(alone), "with_daemon": with_daemon}
+
     # -- the floor ----------------------------------------------------------------------------
 
     def floor_fresh(self) -> None:
@@ -608,11 +744,25 @@ class Bench:
                 return False
 
         up_ok = {"cold": True, "norestart": True, "bulk": True}
+        idle: list[dict[str, Any]] = []
         for r in range(1, self.args.repeat + 1):
             tag = f"N={n} repeat {r}/{self.args.repeat}"
             seconds = self.ours_cold(n)
             add("ours", {"cold_s": seconds})
             log(f"{tag}: ours cold start {seconds:.3f} s")
+            if self.args.restart:
+                restart = self.ours_restart(n)
+                add("ours", restart)
+                log(
+                    f"{tag}: ours restart READY after "
+                    f"{restart.get('restart_ready_s', float('nan')):.3f} s, "
+                    f"{restart['restart_charon_writes']} writes to charon, "
+                    f"{restart['restart_kernel_writes']} to the kernel"
+                )
+                if "restart_ready_s" not in restart:
+                    notes.append(
+                        f"ours restart at N={n}: no READY=1 within {self.args.timeout:g} s"
+                    )
             if self.args.floor:
                 seconds = self.floor_cold(n)
                 add("floor", {"cold_s": seconds})
@@ -668,9 +818,14 @@ class Bench:
                             f"{res['upstream']['change_med_ms'][-1]:.1f} ms"
                         )
                         add("upstream", self.memory(self.upstream.monitor_pid))
+            idle.append(self.idle(n))
 
-        idle = self.idle(n)
-        return {"systems": res, "idle": idle, "notes": notes}
+        vsctl = []
+        if n in self.args.vsctl_n:
+            for r in range(1, self.args.vsctl_repeat + 1):
+                log(f"N={n}: one ovs-vsctl adding {n} ports ({r}/{self.args.vsctl_repeat})")
+                vsctl.append(self.vsctl_breakdown(n))
+        return {"systems": res, "idle": idle, "vsctl": vsctl, "notes": notes}
 
     def memory(self, pid: int | None) -> dict[str, float]:
         if pid is None:
@@ -712,171 +867,7 @@ class Bench:
         return out
 
 
-# -- the table ------------------------------------------------------------------------------------
-
-
-def fmt(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if value == 0:
-        return "0"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def spread(values: list[float] | None) -> str:
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return fmt(values[0])
-    return f"{fmt(min(values))} / {fmt(statistics.median(values))} / {fmt(max(values))}"
-
-
-def med(values: list[float] | None) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
-        return "n/a" if a is None or b is None else "inf"
-    return f"{a / b:.2f}x"
-
-
-ROWS = (
-    # (label, system key for the upstream column, metric, target text, target check)
-    ("cold start [s]", "upstream", "cold_s"),
-    ("  upstream --no-restart-ike-daemon [s]", "upstream_norestart", "cold_s"),
-    ("bulk add [s]", "upstream", "bulk_s"),
-    ("one change, median [ms]", "upstream", "change_med_ms"),
-    ("one change, p95 [ms]", "upstream", "change_p95_ms"),
-    ("  in daemon, median [ms]", None, "internal_med_ms"),
-    ("  in daemon, p95 [ms]", None, "internal_p95_ms"),
-    ("    own work, median [ms]", None, "own_med_ms"),
-    ("    own work, p95 [ms]", None, "own_p95_ms"),
-    ("  commit -> daemon logs it, median [ms]", None, "commit_to_log_med_ms"),
-    ("RSS after the changes [MiB]", "upstream", "rss_mib"),
-    ("peak RSS (VmHWM) [MiB]", "upstream", "hwm_mib"),
-)
-
-
-def target(n: int, metric: str, ours: float | None, floor: float | None) -> str:
-    if n != 1000 or ours is None:
-        return ""
-    if metric in ("cold_s", "bulk_s") and floor:
-        verdict = "met" if ours <= 1.2 * floor else "MISSED"
-        return f"<= 1.2x floor: {verdict}"
-    if metric == "internal_med_ms" or metric == "internal_p95_ms":
-        return f"<= 10 ms: {'met' if ours <= 10 else 'MISSED'}"
-    if metric == "rss_mib" or metric == "hwm_mib":
-        return f"<= 25 MiB: {'met' if ours <= 25 else 'MISSED'}"
-    return ""
-
-
-def render(results: dict[int, dict[str, Any]], header: list[str], args: argparse.Namespace) -> str:
-    out = list(header)
-    width = (40, 22, 22, 22, 8, 10)
-    names = ("figure", "ours", "raw VICI floor", "upstream", "/floor", "/upstream")
-
-    def line(cells: list[str], note: str = "") -> str:
-        text = "  ".join(c.ljust(w) for c, w in zip(cells, width, strict=True))
-        return (text + "  " + note).rstrip()
-
-    for n, result in results.items():
-        sysres = result["systems"]
-        plural = "s" if args.repeat != 1 else ""
-        out += [
-            "",
-            f"N = {n}  ({args.repeat} repeat{plural}: min / median / max; ratios of medians)",
-            line(list(names), "target (N = 1000)"),
-        ]
-        ours_all = sysres["ours"]
-        for label, up_key, metric in ROWS:
-            ours, floor = ours_all.get(metric), sysres["floor"].get(metric)
-            up = sysres[up_key].get(metric) if up_key else None
-            if up_key == "upstream_norestart":
-                cells = [label, "", "", spread(up), "", ratio(med(ours), med(up))]
-            else:
-                cells = [
-                    label,
-                    spread(ours),
-                    spread(floor) if floor else "-",
-                    spread(up) if up_key else "-",
-                    ratio(med(ours), med(floor)) if floor else "-",
-                    ratio(med(ours), med(up)) if up_key else "-",
-                ]
-            out.append(line(cells, target(n, metric, med(ours), med(floor))))
-        idle = result["idle"]
-        scale = 60.0 / args.idle_seconds
-        o, u = idle.get("ours"), idle.get("upstream")
-        if o:
-            cpu = o["cpu_s"] * scale
-            out.append(
-                line(
-                    [
-                        "idle CPU per 60 s [CPU-s]",
-                        f"{fmt(cpu)} (checks {fmt(o['check_cpu_s'] * scale)})",
-                        "-",
-                        fmt(u["cpu_s"] * scale) if u else "n/a",
-                        "-",
-                        "",
-                    ],
-                    f"<= 0.1: {'met' if cpu <= 0.1 else 'MISSED'}" if n == 1000 else "",
-                )
-            )
-            out.append(
-                line(
-                    [
-                        "idle wake-ups per 60 s",
-                        f"{fmt(o['wakeups'] * scale)} ({fmt(o['check_wakeups'] * scale)} checks)",
-                        "-",
-                        fmt(u["wakeups"] * scale) if u else "n/a",
-                        "-",
-                        "",
-                    ],
-                    f"only the check: {'met' if o['other_wakeups'] == 0 else 'MISSED'}"
-                    if n == 1000
-                    else "",
-                )
-            )
-            oc, uc = idle.get("ours_charon"), idle.get("upstream_charon")
-            out.append(
-                line(
-                    [
-                        "  charon's CPU meanwhile, per 60 s",
-                        fmt(oc["cpu_s"] * scale) if oc else "n/a",
-                        "-",
-                        fmt(uc["cpu_s"] * scale) if uc else "n/a",
-                        "-",
-                        "",
-                    ]
-                )
-            )
-            if o["check_wakeups"]:
-                per_check = o["check_cpu_s"] / o["check_wakeups"] * 1000
-                out.append(
-                    line(["  one periodic check [CPU-ms]", fmt(per_check), "-", "-", "-", ""])
-                )
-            out.append(
-                line(
-                    [
-                        "RSS after idling [MiB]",
-                        f"{fmt(o['rss_mib'])} (peak {fmt(o['hwm_mib'])})",
-                        "-",
-                        f"{fmt(u['rss_mib'])} (peak {fmt(u['hwm_mib'])})" if u else "n/a",
-                        "-",
-                        ratio(o["rss_mib"], u["rss_mib"]) if u else "n/a",
-                    ],
-                    f"<= 25 MiB: {'met' if o['rss_mib'] <= 25 else 'MISSED'}" if n == 1000 else "",
-                )
-            )
-        for note in result["notes"]:
-            out.append(f"  n/a: {note.splitlines()[0]}")
-    return "\n".join(out)
+# -- the header -----------------------------------------------------------------------------------
 
 
 def machine_header(lab: Lab, args: argparse.Namespace) -> list[str]:
@@ -923,13 +914,49 @@ def machine_header(lab: Lab, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def upstream_unavailable() -> str | None:
+    """Why upstream's monitor cannot run here, or None when it can."""
+    if os.path.exists(UPSTREAM_SCRIPT):
+        return None
+    release = "this system"
+    with contextlib.suppress(OSError):
+        with open("/etc/os-release") as f:
+            fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        release = fields.get("PRETTY_NAME", release).strip('"')
+    return (
+        f"upstream's monitor is not installed on {release} ({UPSTREAM_SCRIPT} missing); on "
+        "Debian 13 (trixie) openvswitch-ipsec is not installable beside charon-systemd, so "
+        "ratios to upstream are measured on Debian 12 (bookworm) only"
+    )
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, nargs="+", default=[100, 1000], help="tunnel counts")
+    p.add_argument(
+        "--n", "--sizes", dest="n", type=int, nargs="+", default=[100, 1000],
+        help="tunnel counts (default 100 1000; issue 14's bars are for 1000 and 5000)",
+    )  # fmt: skip
     p.add_argument("--repeat", type=int, default=3, help="repeats per N (default 3)")
+    p.add_argument(
+        "--vsctl-n", type=int, nargs="*", default=None,
+        help="N at which to break down one ovs-vsctl adding N ports (default: the largest N; "
+        "none: --vsctl-n with no value)",
+    )  # fmt: skip
+    p.add_argument(
+        "--vsctl-repeat", type=int, default=None, help="runs of that breakdown (default --repeat)"
+    )
+    p.add_argument(
+        "--no-restart", dest="restart", action="store_false",
+        help="skip the restart figure (READY and writes after a restart on a converged state)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compare", metavar="REV", nargs="+",
+        help="run the whole benchmark once per revision (REV or 'tree' for the working tree), "
+        "one after the other, and print a before/after summary",
+    )  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="smoke run: N=100, 1 repeat, 10 changes, 20 s idle"
     )
@@ -961,7 +988,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.n, args.repeat, args.changes = [100], 1, 10
         if args.idle_seconds == 60.0:
             args.idle_seconds = 20.0
+    if args.vsctl_n is None:
+        args.vsctl_n = [max(args.n)]
+    if args.vsctl_repeat is None:
+        args.vsctl_repeat = args.repeat
     return args
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """argv without these options and their values."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg.split("=", 1)[0] in options:
+            skipping = "=" not in arg
+            continue
+        if skipping and not arg.startswith("-"):
+            continue
+        skipping = False
+        out.append(arg)
+    return out
+
+
+def compare(revisions: list[str], argv: list[str]) -> int:
+    """The whole benchmark once per revision, one after the other (never concurrently), each
+    table printed as it is, then the key medians side by side."""
+    base = _without(argv, ("--compare", "--commit", "--json"))
+    json_out = next(
+        (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--json"),
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--json=")), None),
+    )
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for rev in revisions:
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            child = [sys.executable, os.path.abspath(__file__), *base, "--json", tmp.name]
+            if rev != "tree":
+                child += ["--commit", rev]
+            log(f"--compare: measuring {rev}")
+            done = subprocess.run(child, stdout=subprocess.PIPE, text=True)
+            print(f"=== {rev} ===\n{done.stdout}", flush=True)
+            if done.returncode != 0:
+                log(f"--compare: the run of {rev} failed (exit code {done.returncode})")
+                return done.returncode
+            with open(tmp.name) as f:
+                runs.append((rev, json.load(f)))
+    print(compare_table(runs))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({rev: data for rev, data in runs}, f, indent=1)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -973,8 +1047,17 @@ def main(argv: list[str] | None = None) -> int:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    if args.compare:
+        return compare(args.compare, argv if argv is not None else sys.argv[1:])
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    unavailable = upstream_unavailable()
+    if unavailable:
+        args.upstream = False
+        log(unavailable)
+    upstream_why = unavailable or (
+        "--no-upstream" if not args.upstream else "upstream failed: see the n/a notes"
+    )
     results: dict[int, dict[str, Any]] = {}
     lab = Lab(3, daemon=False, keep=args.keep, python=SNAPSHOT.python if SNAPSHOT else None)
     bench: Bench | None = None
@@ -988,7 +1071,9 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(lab, args)
         for n in args.n:
             results[n] = bench.run_n(n)
-        table = render(results, header, args)
+        if unavailable:
+            header.append(f"upstream: n/a: {unavailable}")
+        table = render(results, header, args.repeat, args.idle_seconds, upstream_why)
     except KeyboardInterrupt:
         log("interrupted; cleaning up")
         return 130

@@ -26,7 +26,10 @@ import time
 
 from probes import flush_xfrm, read_pidfile, wait_socket
 
-from ovs_ipsec.tools.lab import LabProcess, terminate
+try:
+    from ovs_ipsec.tools.lab import LabProcess, terminate
+except ImportError:  # --commit of a revision before the subpackages (da7b6dc)
+    from ovs_ipsec.lab import LabProcess, terminate  # type: ignore[no-redef]
 
 SCRIPT = "/usr/share/openvswitch/scripts/ovs-monitor-ipsec"
 PYTHON = "/usr/bin/python3"  # Debian's python3-openvswitch is visible only to this one

@@ -4,16 +4,22 @@ lab namespace routes 10.200.0.0/15 onto its own lab segment only so that charon 
 `left=%any`) can resolve a local address for the trap policies. Nothing ever sends to them:
 traps only fire on traffic, and the benchmark sends none.
 
-May import: stdlib, ovs_ipsec (parse, plan, model).
+May import: stdlib, ovs_ipsec (core.parse, core.connections, core.model; before da7b6dc
+parse, plan, model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ovs_ipsec.core.connections import Desired, plan
-from ovs_ipsec.core.model import InterfaceRow, Snapshot
-from ovs_ipsec.core.parse import parse_config
+try:
+    from ovs_ipsec.core.connections import Desired, plan
+    from ovs_ipsec.core.model import InterfaceRow, Snapshot
+    from ovs_ipsec.core.parse import parse_config
+except ImportError:  # --commit of a revision before the subpackages (da7b6dc)
+    from ovs_ipsec.model import InterfaceRow, Snapshot  # type: ignore[no-redef]
+    from ovs_ipsec.parse import parse_config  # type: ignore[no-redef]
+    from ovs_ipsec.plan import Desired, plan  # type: ignore[no-redef]
 
 PEER_ROUTE = "10.200.0.0/15"
 
