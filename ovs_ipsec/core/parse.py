@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 
 from ovs_ipsec.core.model import (
-    DEFAULT_DST_PORT,
     UDP_TUNNEL_PORTS,
     AuthMode,
     Config,
@@ -144,19 +143,10 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
         errors.append(Invalid("local_ip", "address family differs from remote_ip"))
 
     dst_port: int | None = None
-    if tunnel_type is not None and tunnel_type.is_udp:
-        dst_port = DEFAULT_DST_PORT[tunnel_type]
-        if "dst_port" in options:
-            port = _parse_port(options["dst_port"])
-            if port is None:
-                errors.append(
-                    Invalid(
-                        "dst_port",
-                        f"must be a port number 1-65535, got {quoted(options['dst_port'])}",
-                    )
-                )
-            else:
-                dst_port = port
+    if tunnel_type is not None:
+        dst_port, port_error = dst_port_of(row)
+        if port_error is not None:
+            errors.append(port_error)
 
     auth, psk = _parse_auth(options, global_config, errors)
 
@@ -254,11 +244,24 @@ def tunnel_ports(interfaces: tuple[InterfaceRow, ...]) -> tuple[int, ...]:
     return tuple(sorted({p for p in map(row_port, interfaces) if p is not None}))
 
 
+def dst_port_of(row: InterfaceRow) -> tuple[int | None, Invalid | None]:
+    """The UDP destination port of one OVSDB tunnel port (IPsec or not): `options:dst_port`, or
+    its type's default; None for a type without one (GRE). The only reader of
+    `options:dst_port`: connections, block policies and the skb-mark ports all take it from here.
+    A value that is not a port number is reported, and the default stands for it."""
+    default = UDP_TUNNEL_PORTS.get(row.type)
+    text = row.options.get("dst_port")
+    if row.type not in UDP_TUNNEL_PORTS or text is None:
+        return default, None
+    port = _parse_port(text)
+    if port is None:
+        return default, Invalid("dst_port", f"must be a port number 1-65535, got {quoted(text)}")
+    return port, None
+
+
 def row_port(row: InterfaceRow) -> int | None:
     """The UDP destination port of one OVSDB tunnel port (IPsec or not), if it has one."""
-    if row.type not in UDP_TUNNEL_PORTS:
-        return None
-    return _parse_port(row.options.get("dst_port", "")) or UDP_TUNNEL_PORTS[row.type]
+    return dst_port_of(row)[0]
 
 
 def parse_bool(text: str) -> bool | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from ovs_ipsec.adapters.charon import (
     PIPELINE_WINDOW,
     Charon,
@@ -17,6 +19,8 @@ from ovs_ipsec.core.connections import ConnSpec, SharedSpec
 from ovs_ipsec.core.model import Secret
 from ovs_ipsec.errors import CharonError
 from ovs_ipsec.tools.lab import Lab
+
+pytestmark = pytest.mark.lab
 
 
 def conn_spec(peer: str) -> ConnSpec:
