@@ -18,6 +18,9 @@ taken as such a root. The daemon then runs under that root's python3 with its `o
 cryptography, and only the basic scenarios run unless -s says otherwise.
 
 Stdlib only. Needs root-free qemu-system-x86_64 and what e2e/prepare.py needs.
+
+Over 400 lines because it is the whole host side of the tier: building the userland, booting qemu,
+and reading the guest's results back.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ bridge, captures and their analysis, XFRM state parsing.
 Runs inside the e2e guest (PID 1 is stage2.sh), as root, with the host's /usr and /etc. Stdlib only.
 Everything a node writes lives under /tmp/e2e/<scenario>/<node>/ and is copied to the run
 directory (/share) when the scenario ends.
+
+Over 400 lines because the guest has one module of helpers (it runs with the host's userland and
+this checkout only, beside scenarios.py); its parts are the node, the underlay, captures and XFRM
+state parsing, in that order.
 """
 
 from __future__ import annotations

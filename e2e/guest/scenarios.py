@@ -9,6 +9,9 @@ node logs, captures and diagnostics go to <out>/<scenario>/.
 
 A scenario has a time budget enforced here (SIGALRM); the whole runner has another one
 (stage2.sh's `timeout`) and the host a third.
+
+Over 400 lines because it holds every scenario of the one boot, one function each, in the order
+they run.
 """
 
 from __future__ import annotations

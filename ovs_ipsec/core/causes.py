@@ -18,6 +18,10 @@ N(NO_PROP), dropping IDr and AUTH; the initiator, lacking IDr, fails the IKE_SA 
 responder so, which deletes it. 5.9.8 keeps the IKE_SA. Both ends of that are only in ENC
 messages (the payloads of an IKE_AUTH response), so `log_wanted` lets those few through.
 
+Over 400 lines because it is one table: the rows of LOG_PATTERNS and ALERTS, each with the source
+it was checked against, are about 350 lines that read best side by side; the code around them is a
+few functions.
+
 May import: stdlib.
 """
 

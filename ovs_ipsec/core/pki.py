@@ -12,6 +12,10 @@ CA:TRUE. Unlike upstream (W16), any valid subject is accepted: CN only, CN first
 commas. Text taken from a certificate for display (subject, issuer, SAN) has its control
 characters escaped, so a hostile certificate cannot forge log lines.
 
+Over 400 lines because certificates and private keys are inspected with the same PEM/DER splitting,
+key facts and control-character escaping; split in two, each half would reach into the other's
+private helpers.
+
 May import: model, cryptography, stdlib.
 """
 

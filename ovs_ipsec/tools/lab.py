@@ -15,6 +15,10 @@ recycled PID is never signalled), every namespace as soon as it exists, and `sto
 those records, whatever state `start()` reached. It is idempotent and also runs at interpreter
 exit.
 
+Over 400 lines because its point is one cleanup bookkeeping (LabProcess records, Host, Lab.stop)
+that every process and namespace goes through; the `ovs-ipsec-lab` command line is the last 70
+lines.
+
 May import: capabilities, stdlib, vici, prometheus_client.parser (the tests' extra).
 """
 

@@ -6,6 +6,8 @@ Each generated set knows what it should become: valid (loaded into charon), inva
 named keys (reported with one of them), not IPsec at all, or chaos (anything consistent). The soak
 adds, changes and removes 200 tunnels in cycles for `OVS_IPSEC_SOAK_SECONDS` (default 80) and
 then expects nothing of ours anywhere and a flat resident set.
+
+Over 400 lines: the fuzzer's generators and its invariants live with the tests that run them.
 """
 
 from __future__ import annotations

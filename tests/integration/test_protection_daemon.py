@@ -12,6 +12,9 @@ in it, so an empty result cannot come from a dead or late capture.
 
 The daemon's own policies are recognised here by their priorities (430001 fail-closed, 430003
 ipsec_skb_mark) in plain `ip xfrm policy` output, independently of the product's parser.
+
+Over 400 lines: one test per moment of a tunnel's life at which plaintext could leak, sharing the
+packet probes.
 """
 
 from __future__ import annotations

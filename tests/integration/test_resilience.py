@@ -8,6 +8,9 @@ proves it stayed), the daemon through ovs-appctl, its log and /proc.
 Until the event session lands, charon restarts are noticed by the periodic check, so the tests that
 need it run the daemon with a short `--reconcile-interval` (CHECK) and bound recovery by that
 interval plus the daemon's retry back-off.
+
+Over 400 lines: one test per thing that can restart or vanish, sharing the observations from
+outside.
 """
 
 from __future__ import annotations

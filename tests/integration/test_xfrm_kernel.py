@@ -6,6 +6,9 @@ Hosts are namespaces joined by a veth pair: A (10.77.0.1, fd77::1) holds the pol
 for the skb mark OVS would set. Outbound: a block makes sendto() fail with EPERM and raises
 XfrmOutPolBlock; a trap with no SA lets sendto() succeed, raises XfrmOutNoStates and puts nothing
 on the wire. Inbound: a block raises XfrmInPolBlock and the receiving socket gets nothing.
+
+Over 400 lines: one test per kernel behaviour the protection relies on, sharing the namespace and
+packet helpers.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ fuzzing.
 
 Certificates come from `pki_builders` with a fixed `NOW`, so nothing depends on
 the clock; EC P-256 keys keep the whole module well under a second.
+
+Over 400 lines: one test per validation failure and per subject form.
 """
 
 from __future__ import annotations

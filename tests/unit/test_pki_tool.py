@@ -1,4 +1,7 @@
-"""ovs-ipsec-pki: the command line in a temporary directory, and the library's test helpers."""
+"""ovs-ipsec-pki: the command line in a temporary directory, and the library's test helpers.
+
+Over 400 lines: every subcommand of the command line, and the builders' knobs the other tests rely
+on."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 The golden `load-conn` bodies below are compared whole: the full message is the contract with
 charon, so any change to it must show up here.
+
+Over 400 lines: the golden load-conn bodies are compared whole, and they are most of it.
 """
 
 from __future__ import annotations

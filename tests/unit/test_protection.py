@@ -1,4 +1,6 @@
-"""protection.py: which block policies the daemon owns for a given Config (pure)."""
+"""protection.py: which block policies the daemon owns for a given Config (pure).
+
+Over 400 lines: one table of configurations and the block policies each must give."""
 
 from __future__ import annotations
 

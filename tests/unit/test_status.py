@@ -1,5 +1,7 @@
 """Tunnel states and their reasons: charon's events (recorded from a real 5.9.8 charon, and
-synthetic ones for 6.0's `alert`) folded by `Tracker`, SAs folded by sas.py, and `fold()`."""
+synthetic ones for 6.0's `alert`) folded by `Tracker`, SAs folded by sas.py, and `fold()`.
+
+Over 400 lines: recorded event streams replayed for each cause, and the fold's table."""
 
 from __future__ import annotations
 
