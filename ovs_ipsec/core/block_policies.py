@@ -352,9 +352,11 @@ def policies_to_add_and_remove_for_change(
 
 
 def _udp_or_gre(kind: TunnelType, dst_port: int | None) -> tuple[int, int | None]:
-    if kind is TunnelType.GRE:
-        return (IPPROTO_GRE, None)
-    return (IPPROTO_UDP, dst_port if dst_port is not None else DEFAULT_DST_PORT[kind])
+    # The port comes from parse.dst_port_of (the type's default when options:dst_port is unset),
+    # never from a default of this module's own.
+    if kind is TunnelType.GRE or dst_port is None:
+        return (IPPROTO_GRE, None) if kind is TunnelType.GRE else (IPPROTO_UDP, None)
+    return (IPPROTO_UDP, dst_port)
 
 
 def _valid_port(port: int) -> bool:

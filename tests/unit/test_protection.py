@@ -25,6 +25,7 @@ from ovs_ipsec.core.block_policies import (
     policies_to_add_and_remove_for_change,
 )
 from ovs_ipsec.core.model import (
+    DEFAULT_DST_PORT,
     IPPROTO_GRE,
     IPPROTO_UDP,
     AuthMode,
@@ -41,7 +42,13 @@ from ovs_ipsec.core.model import (
 GRE, UDP = IPPROTO_GRE, IPPROTO_UDP
 
 
+def default_port(kind, dst_port):
+    """What parse.dst_port_of gives a port without options:dst_port."""
+    return dst_port if dst_port is not None or kind is None else DEFAULT_DST_PORT.get(kind)
+
+
 def tunnel(name, kind, remote, dst_port=None, local=None):
+    dst_port = default_port(kind, dst_port)
     return Tunnel(
         name=name,
         type=kind,
@@ -54,6 +61,7 @@ def tunnel(name, kind, remote, dst_port=None, local=None):
 
 
 def invalid(name, remote=None, kind=None, dst_port=None):
+    dst_port = default_port(kind, dst_port)
     return InvalidTunnel(
         name=name,
         errors=(Invalid("psk", "missing"),),
