@@ -1,10 +1,12 @@
 """The adapters whose real component is on every machine, tested against it: files
-(adapters/files.py) on a real file system, programs (adapters/proc.py) really run, and glibc's
-malloc_trim (adapters/heap.py)."""
+(adapters/files.py) on a real file system, programs (adapters/proc.py) really run, glibc's
+malloc_trim (adapters/heap.py), and unix sockets (adapters/vici_socket.py; charon behind one is
+tests/integration/test_charon_pipeline.py's and test_events_adapter.py's)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,8 @@ import pytest
 
 from ovs_ipsec.adapters import heap, proc
 from ovs_ipsec.adapters.files import MAX_FILE_SIZE, read_files
-from ovs_ipsec.errors import CommandError
+from ovs_ipsec.adapters.vici_socket import open_vici
+from ovs_ipsec.errors import CharonUnreachable, CommandError
 
 
 def test_read_files_gives_bytes_or_why_not(tmp_path: Path) -> None:
@@ -87,3 +90,22 @@ def test_run_of_a_missing_program_is_a_command_error(tmp_path: Path) -> None:
 
 def test_heap_trim_runs_on_this_libc() -> None:
     heap.trim()  # on glibc: malloc_trim(0); elsewhere nothing
+
+
+def test_open_vici_connects_with_the_timeout_given(tmp_path: Path) -> None:
+    path = str(tmp_path / "charon.vici")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+        with open_vici(path, 2.5, "list-conns") as sock:
+            assert sock.gettimeout() == 2.5
+            peer, _ = server.accept()
+            peer.close()
+
+
+def test_open_vici_without_charon_names_the_socket_and_the_command(tmp_path: Path) -> None:
+    path = str(tmp_path / "nobody.vici")
+    with pytest.raises(CharonUnreachable) as caught:
+        open_vici(path, 1.0, "stats")
+    assert caught.value.command == "stats"
+    assert path in str(caught.value)
