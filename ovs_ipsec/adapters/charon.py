@@ -5,7 +5,7 @@ failures become `CharonError` (charon said no; the message is its `errmsg`) or
 `CharonUnreachable` (no socket, timeout, EOF: the session is closed and must be reopened).
 Secrets are unwrapped only here, at the VICI call.
 
-May import: vici, vici_socket, vicidata, naming, connections (its types), errors, stdlib.
+May import: vici, vici_socket, vici_wire, naming, connections (its types), errors, stdlib.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import vici.exception
 import vici.protocol
 
 from ovs_ipsec.adapters.vici_socket import open_vici
-from ovs_ipsec.core import naming, vicidata
+from ovs_ipsec.core import naming, vici_wire
 from ovs_ipsec.core.connections import ConnSpec, KeySpec, SharedSpec
-from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.core.vici_wire import bytes_to_text as decode
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
@@ -191,7 +191,9 @@ class Charon:
         in_flight: deque[str] = deque()
         try:
             for command, message in requests:
-                payload = message if isinstance(message, bytes) else vicidata.encode(message)
+                payload = (
+                    message if isinstance(message, bytes) else vici_wire.encode_message(message)
+                )
                 transport.send(vici.protocol.Packet.request(command, payload))
                 in_flight.append(command)
                 if len(in_flight) >= PIPELINE_WINDOW:
@@ -276,7 +278,7 @@ class Charon:
 
 
 def load_conn_request(spec: ConnSpec) -> Request:
-    return "load-conn", vicidata.section(spec.name, spec.wire)
+    return "load-conn", vici_wire.section(spec.name, spec.wire)
 
 
 def load_shared_request(spec: SharedSpec) -> Request:

@@ -10,7 +10,7 @@ that stops (or restarts) is noticed as soon as the loop wakes up, not at the nex
 Framing is vici.protocol's: a 4-byte big-endian length, then a `Packet` whose EVENT payload is
 a `Message`. Values are decoded from bytes to str here, like `Charon` does for replies.
 
-May import: vici.protocol, vici.exception, errors, vici_socket, vicidata, ovs.poller, stdlib.
+May import: vici.protocol, vici.exception, errors, vici_socket, vici_wire, ovs.poller, stdlib.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vici.exception import DeserializationException
 from vici.protocol import Message, Packet
 
 from ovs_ipsec.adapters.vici_socket import open_vici
-from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.core.vici_wire import bytes_to_text as decode
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
 # What the daemon folds into tunnel states. `alert` (strongSwan 6.0) names failure causes

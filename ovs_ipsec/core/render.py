@@ -6,7 +6,7 @@ Text keeps upstream's labels where they still mean something ("Interface name:",
 "Remote IP:", "PSK:", "IPsec connections that are active:" ...), and is correct where upstream's
 was not: each kernel policy is listed once, inbound ones under the peer they come from.
 
-May import: model, parse, block_policies, sas, status, stdlib.
+May import: model, parse, block_policies, connections, sas, status, stdlib.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ovs_ipsec.core.block_policies import PROTOCOL_NAMES, PolicySpec, is_owned, protocol_name
+from ovs_ipsec.core.block_policies import (
+    PROTOCOL_NAMES,
+    PolicyReason,
+    PolicySpec,
+    is_owned,
+    protocol_name,
+)
+from ovs_ipsec.core.connections import AuthClass, TrafficSelector
 from ovs_ipsec.core.model import Config
 from ovs_ipsec.core.parse import caveat
 from ovs_ipsec.core.sas import ChildSa, IkeSa
@@ -28,7 +35,6 @@ REDACTED = "<redacted>"
 # xfrm.iproute2.redact_states() already removes the key lines it knows; this catches any other
 # layout.
 _LONG_HEX = re.compile(r"0x[0-9a-fA-F]{32,}")
-_TS = re.compile(r"^dynamic\[(?P<proto>\d+)(?:/(?P<port>\d+))?\]$")
 
 
 class HealthLike(Protocol):
@@ -115,18 +121,10 @@ def _selector_text(selector: Selector) -> str:
     return f"{_ts_text(selector.local_ts)} === {_ts_text(selector.remote_ts)}"
 
 
-def _ts_text(ts: Sequence[str]) -> str:
-    """`dynamic[17/6081]` -> `udp/6081` (our IKE address, that protocol and port)."""
-    words = []
-    for item in ts:
-        match = _TS.match(item)
-        if match is None:
-            words.append(item)
-            continue
-        proto = int(match["proto"])
-        name = protocol_name(proto)
-        words.append(f"{name}/{match['port']}" if match["port"] else name)
-    return ", ".join(words) or "any"
+def _ts_text(ts: TrafficSelector) -> str:
+    """`udp/6081` for `dynamic[17/6081]` (our IKE address, that protocol and port)."""
+    name = protocol_name(ts.proto)
+    return name if ts.port is None else f"{name}/{ts.port}"
 
 
 def ike_sa_json(sa: IkeSa) -> dict[str, Any]:
@@ -193,7 +191,7 @@ def tunnels_json(
             "connection": status.conn,
             "config": tunnel_config_json(config, name),
             "auth": {
-                "mode": status.auth or None,
+                "mode": status.auth.value if status.auth else None,
                 "local_id": status.local_id or None,
                 "remote_id": status.remote_id or None,
             }
@@ -202,8 +200,8 @@ def tunnels_json(
             "selectors": [
                 {
                     "child": s.child,
-                    "local_ts": list(s.local_ts),
-                    "remote_ts": list(s.remote_ts),
+                    "local_ts": [s.local_ts.vici],
+                    "remote_ts": [s.remote_ts.vici],
                     "text": _selector_text(s),
                 }
                 for s in status.selectors
@@ -327,7 +325,7 @@ def _tunnel_lines(
         lines += [row("Config error", f"{e['key']}: {e['reason']}") for e in cfg["errors"]]
         lines.append(row("Protection", _protection_text(protection)))
         return [*lines, ""]
-    certs = status.auth == "pubkey"
+    certs = status.auth is AuthClass.PUBKEY
     lines += [
         row("Local IP", cfg["local_ip"] or "%any"),
         row("Remote IP", cfg["remote_ip"]),
@@ -394,7 +392,9 @@ def _peer(policy: PolicyLike) -> str | None:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else None
 
 
-def _spec_json(spec: PolicySpec, reasons: Sequence[str], installed: bool) -> dict[str, Any]:
+def _spec_json(
+    spec: PolicySpec, reasons: Sequence[PolicyReason], installed: bool
+) -> dict[str, Any]:
     return {
         "direction": spec.direction,
         "family": spec.family,
@@ -407,14 +407,14 @@ def _spec_json(spec: PolicySpec, reasons: Sequence[str], installed: bool) -> dic
         "action": spec.action,
         "priority": spec.priority,
         "purpose": spec.purpose,
-        "reasons": list(reasons),
+        "reasons": [str(reason) for reason in reasons],
         "installed": installed,
         "wanted": bool(reasons),
     }
 
 
 def policies_json(
-    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[str, ...]]
+    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[PolicyReason, ...]]
 ) -> dict[str, Any]:
     """Our protection policies (installed, and wanted but missing) apart from everybody else's
     (charon's traps and SAs, foreign ones), each kernel policy once."""
@@ -461,7 +461,7 @@ def _policy_line(p: Mapping[str, Any]) -> str:
 
 
 def policies_text(
-    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[str, ...]]
+    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[PolicyReason, ...]]
 ) -> str:
     data = policies_json(observed, explained)
     lines = ["Protection policies (ovs-monitor-ipsec's own blocks):"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from ovs_ipsec.adapters.xfrm.iproute2 import parse_policies, parse_states
 from ovs_ipsec.core import render
-from ovs_ipsec.core.block_policies import PolicySpec, explain_protection
+from ovs_ipsec.core.block_policies import PolicyReason, PolicySpec, Purpose, explain_protection
 from ovs_ipsec.core.connections import plan
 from ovs_ipsec.core.model import Config, InterfaceRow, Snapshot
 from ovs_ipsec.core.parse import parse_config
@@ -195,12 +195,13 @@ def ip_xfrm_text(spec: PolicySpec) -> str:
     )
 
 
-def kernel_policies() -> tuple[str, dict[PolicySpec, tuple[str, ...]]]:
+def kernel_policies() -> tuple[str, dict[PolicySpec, tuple[PolicyReason, ...]]]:
     """The tunnel's outbound blocks are installed, its inbound ones are not; one stale block of
     ours (10.9.9.9) and charon's policies."""
     explained = explain_protection(parse_config(Snapshot(ROWS, {})))
     outbound = [spec for spec, why in explained.items()
-                if why == ("tunnel good",) and spec.direction == "out"]  # fmt: skip
+                if why == (PolicyReason(Purpose.TUNNEL, "good"),)
+                and spec.direction == "out"]  # fmt: skip
     assert outbound
     return "".join(ip_xfrm_text(spec) for spec in outbound) + OTHERS, explained
 

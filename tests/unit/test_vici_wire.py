@@ -1,4 +1,4 @@
-"""vicidata's encoder and parser against the vici package's own serializer."""
+"""vici_wire's message encoder and decoder against the vici package's own serializer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import vici.protocol
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ovs_ipsec.core import vicidata
+from ovs_ipsec.core import vici_wire
 
 _NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=20).filter(
     lambda n: len(n.encode()) < 256
@@ -27,24 +27,28 @@ _BODIES = st.recursive(
 
 @given(_BODIES)
 def test_encode_is_what_vici_sends_and_parse_reads_it_back(body: dict[str, Any]) -> None:
-    wire = vicidata.encode(body)
+    wire = vici_wire.encode_message(body)
     assert wire == vici.protocol.Message.serialize(body)
-    assert vicidata.parse(wire) == body
+    assert vici_wire.decode_message(wire) == body
     stream = vici.protocol.FiniteStream(wire)
-    assert vicidata.parse(wire) == vicidata.decode(vici.protocol.Message.deserialize(stream))
+    assert vici_wire.decode_message(wire) == vici_wire.bytes_to_text(
+        vici.protocol.Message.deserialize(stream)
+    )
 
 
 @given(_NAMES, _BODIES)
 def test_a_section_around_an_encoded_body_is_the_message_of_both(
     name: str, body: dict[str, Any]
 ) -> None:
-    assert vicidata.section(name, vicidata.encode(body)) == vicidata.encode({name: body})
+    assert vici_wire.section(name, vici_wire.encode_message(body)) == vici_wire.encode_message(
+        {name: body}
+    )
 
 
 @given(st.binary(max_size=200))
 def test_parse_refuses_malformed_bytes_with_value_error_only(data: bytes) -> None:
     with contextlib.suppress(ValueError):
-        vicidata.parse(data)
+        vici_wire.decode_message(data)
 
 
 @pytest.mark.parametrize(
@@ -54,4 +58,4 @@ def test_parse_refuses_malformed_bytes_with_value_error_only(data: bytes) -> Non
 )
 def test_truncated_or_misplaced_elements_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
-        vicidata.parse(data)
+        vici_wire.decode_message(data)
