@@ -59,3 +59,43 @@ def test_parse_refuses_malformed_bytes_with_value_error_only(data: bytes) -> Non
 def test_truncated_or_misplaced_elements_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
         vici_wire.decode_message(data)
+
+
+# -- packets and frames -------------------------------------------------------------------------
+
+
+@given(_NAMES, _BODIES)
+def test_packets_are_what_vici_sends_and_read_back(name: str, body: dict[str, Any]) -> None:
+    message = vici.protocol.Message.serialize(body)
+    assert vici_wire.request_packet(name, body) == vici.protocol.Packet.request(name, message)
+    assert vici_wire.request_packet(name, message) == vici.protocol.Packet.request(name, message)
+    assert vici_wire.register_packet(name) == vici.protocol.Packet.register_event(name)
+    assert vici_wire.unregister_packet(name) == vici.protocol.Packet.unregister_event(name)
+    packet = vici_wire.decode_packet(vici.protocol.Packet.request(name, message))
+    assert (packet.type, packet.name, packet.payload) == (vici_wire.PacketType.CMD_REQUEST,
+                                                          name, message)  # fmt: skip
+    reply = vici_wire.decode_packet(bytes([vici.protocol.Packet.CMD_RESPONSE]) + message)
+    assert (reply.type, reply.name, reply.payload) == (vici_wire.PacketType.CMD_RESPONSE, "",
+                                                       message)  # fmt: skip
+
+
+def test_frames_come_off_a_buffer_whole_and_one_at_a_time() -> None:
+    first, second = vici_wire.register_packet("log"), bytes([vici_wire.PacketType.EVENT_CONFIRM])
+    data = vici_wire.frame(first) + vici_wire.frame(second)
+    buffer = bytearray(data[:3])
+    assert vici_wire.next_packet(buffer) is None and not vici_wire.packet_buffered(buffer)
+    buffer += data[3:6]
+    assert vici_wire.next_packet(buffer) is None
+    buffer += data[6:]
+    assert vici_wire.packet_buffered(buffer)
+    assert vici_wire.next_packet(buffer) == first
+    assert vici_wire.next_packet(buffer) == second
+    assert buffer == bytearray()
+
+
+def test_a_frame_longer_than_charon_sends_and_a_short_packet_are_refused() -> None:
+    with pytest.raises(ValueError, match="announced"):
+        vici_wire.next_packet(bytearray((vici_wire.MAX_PACKET + 1).to_bytes(4, "big")))
+    for short in (b"", bytes([vici_wire.PacketType.EVENT, 5]) + b"ab"):
+        with pytest.raises(ValueError):
+            vici_wire.decode_packet(short)
