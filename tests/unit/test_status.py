@@ -21,7 +21,7 @@ from ovs_ipsec.core.block_policies import (
 from ovs_ipsec.core.causes import ALERTS, LOG_PATTERNS, Cause, Scope, log_wanted
 from ovs_ipsec.core.connections import AuthClass, TrafficSelector, plan
 from ovs_ipsec.core.model import InterfaceRow, Snapshot
-from ovs_ipsec.core.outcomes import ConnOutcome, Outcome, Tracker
+from ovs_ipsec.core.outcomes import ConnOutcome, Outcome, Tracker, dispatch
 from ovs_ipsec.core.parse import parse_config
 from ovs_ipsec.core.sas import (
     Expected,
@@ -670,3 +670,15 @@ def test_status_book_equals_a_fresh_fold_after_any_sequence(steps: list[int]) ->
         book.refold(view, None if previous is None else _moved(previous, view))
         assert book.states() == _keys(view)
         previous = view
+
+
+def test_dispatch_feeds_the_tracker_and_the_sa_table_from_one_parse() -> None:
+    tracker = Tracker()
+    sas, expected, conns = dispatch("ike-updown", {"up": "yes", H1_CONN: ike_sa(4)}, tracker, {})
+    assert [sa.uniqueid for sa in sas[H1_CONN]] == [4] and expected == {(H1_CONN, 4): True}
+    assert conns == (H1_CONN,) and tracker.touched() == {H1_CONN}
+    same, expected, conns = dispatch("log", log("no acceptable proposal found"), tracker, sas)
+    assert same is sas and expected == {} and conns == ()
+    foreign = {"up": "yes", "office-vpn": ike_sa(9)}
+    assert dispatch("ike-updown", foreign, tracker, sas) == (sas, {}, ())
+    assert dispatch("no-such-event", {}, tracker, sas) == (sas, {}, ())
