@@ -11,7 +11,7 @@ Framing and the bounded waits are `ViciStream`'s (adapters/vici_socket.py), the 
 core/vici_wire.py's, both shared with `Charon`. Values are decoded to str here, like `Charon`
 does for replies; what they mean is read once, by core/sas.py's `parse_event`.
 
-May import: errors, vici_socket, vici_wire, ovs.poller, stdlib.
+May import: errors, vici_socket, vici_wire, sas (event names), ovs.poller, stdlib.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from typing import Any
 import ovs.poller
 
 from ovs_ipsec.adapters.vici_socket import ViciStream, open_vici
-from ovs_ipsec.core import vici_wire
+from ovs_ipsec.core import sas, vici_wire
 from ovs_ipsec.core.vici_wire import PacketType
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
-# What the daemon folds into tunnel states. `alert` (strongSwan 6.0) names failure causes
-# directly; 5.9.8 answers EVENT_UNKNOWN for it, and then `log` is where the causes are.
-REQUIRED_EVENTS = ("ike-updown", "child-updown", "ike-rekey", "child-rekey")
-ALERT_EVENT = "alert"
-LOG_EVENT = "log"
+# What the daemon folds into tunnel states (named where they are parsed, core/sas.py). `alert`
+# (strongSwan 6.0) names failure causes directly; 5.9.8 answers EVENT_UNKNOWN for it, and then
+# `log` is where the causes are.
+REQUIRED_EVENTS = tuple(kind.value for kind in sas.SaEventKind)
+ALERT_EVENT = sas.ALERT_EVENT
+LOG_EVENT = sas.LOG_EVENT
 
 MAX_MESSAGE = vici_wire.MAX_PACKET
 # One turn of the loop reads at most this much; the rest waits for the next turn (the socket

@@ -154,6 +154,10 @@ def parse_sas(entries: Iterable[Mapping[str, Any]]) -> dict[str, tuple[IkeSa, ..
 # -- events ---------------------------------------------------------------------------------
 
 
+ALERT_EVENT = "alert"
+LOG_EVENT = "log"
+
+
 class SaEventKind(enum.StrEnum):
     IKE_UPDOWN = "ike-updown"
     CHILD_UPDOWN = "child-updown"
@@ -210,7 +214,7 @@ Event = SaEvent | AlertEvent | LogEvent
 def parse_event(name: str, body: Mapping[str, Any]) -> Event | None:
     """A decoded event (as the event session receives it) as a typed value; None for an event
     the daemon does not fold."""
-    if name == "log":
+    if name == LOG_EVENT:
         ike_name = body.get("ikesa-name")
         return LogEvent(
             ike_name if isinstance(ike_name, str) else None,
@@ -218,7 +222,7 @@ def parse_event(name: str, body: Mapping[str, Any]) -> Event | None:
             body.get("group"),
             as_text(body.get("msg")),
         )
-    if name == "alert":
+    if name == ALERT_EVENT:
         sas = body.get("ike-sa")
         return AlertEvent(
             as_text(body.get("type")),
