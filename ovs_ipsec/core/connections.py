@@ -5,6 +5,9 @@ first connection whose identities match, so a second connection to the same peer
 a Geneve port to one host) would have its CHILD_SAs refused ("traffic selectors unacceptable").
 Each tunnel becomes one CHILD_SA config (two for UDP tunnels) inside its peer's connection.
 
+What status and render show of a connection (auth, identities, each tunnel's selectors) is
+kept typed beside its encoded body (`ConnSpec`), so nothing reads the VICI bytes back.
+
 May import: admission, credentials, ike_options.settings, model, naming, vici_wire, stdlib.
 """
 
