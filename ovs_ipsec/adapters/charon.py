@@ -1,32 +1,25 @@
 """Thin adapter over charon's VICI socket: one call, one type conversion, bounded in time.
 
-charon's replies are decoded from bytes to str here, streamed calls are materialised, and
-failures become `CharonError` (charon said no; the message is its `errmsg`) or
-`CharonUnreachable` (no socket, timeout, EOF: the session is closed and must be reopened).
-Secrets are unwrapped only here, at the VICI call.
+charon's replies are decoded to str here (core/vici_wire.py; the framing and the bounded waits
+are adapters/vici_socket.py's `ViciStream`, shared with the event session), streamed calls are
+materialised, and failures become `CharonError` (charon said no; the message is its `errmsg`) or
+`CharonUnreachable` (no socket, timeout, EOF, a reply that is not VICI: the session is closed
+and must be reopened). Secrets are unwrapped only here, at the VICI call.
 
-May import: vici, vici_socket, vicidata, naming, connections (its types), errors, stdlib.
+May import: vici_socket, vici_wire, naming, connections (its types), errors, stdlib.
 """
 
 from __future__ import annotations
 
-import contextlib
-import select
-import socket
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-import vici
-import vici.exception
-import vici.protocol
-
-from ovs_ipsec.adapters.vici_socket import open_vici
-from ovs_ipsec.core import naming, vicidata
+from ovs_ipsec.adapters.vici_socket import ViciStream, open_vici
+from ovs_ipsec.core import naming, vici_wire
 from ovs_ipsec.core.connections import ConnSpec, KeySpec, SharedSpec
-from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.core.vici_wire import PacketType
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
@@ -48,70 +41,12 @@ def vici_path(uri: str) -> str:
     return parsed.path
 
 
-# While waiting for a reply, the daemon's other duties (the control socket) run this often.
-WAIT_SLICE = 0.1
 # Requests written ahead of their replies in `pipeline`: enough to keep charon busy while we
 # encode the next ones, few enough that a refused batch is never far behind what was sent.
 PIPELINE_WINDOW = 32
 
 # A command and its message: a mapping, or a message already encoded (a connection's body).
 Request = tuple[str, Mapping[str, Any] | bytes]
-
-
-class _BoundedTransport(vici.protocol.Transport):
-    """vici's Transport lifts the socket timeout after the first byte of a reply, so a charon
-    stopped half-way through a reply (SIGSTOP) would block us for ever. This one keeps a single
-    deadline per read, and while it waits it calls `on_wait` every WAIT_SLICE seconds so that
-    ovs-appctl keeps getting answers from a daemon whose charon hangs."""
-
-    def __init__(
-        self, sock: socket.socket, timeout: float, on_wait: Callable[[], None] | None
-    ) -> None:
-        super().__init__(sock)
-        self.timeout = timeout
-        self.on_wait = on_wait
-        sock.setblocking(False)
-        self._poll = select.poll()
-        self._poll.register(sock.fileno(), select.POLLIN)
-
-    def send(self, packet: bytes) -> None:
-        data = memoryview(struct_length(packet) + packet)
-        deadline = time.monotonic() + self.timeout
-        while data:
-            try:
-                sent = self.socket.send(data)
-            except BlockingIOError:
-                sent = 0
-            data = data[sent:]
-            if data:
-                self._wait(deadline, select.POLLOUT)
-
-    def _recvall(self, count: int, timeout: Any = vici.protocol.RECV_TIMEOUT_DEFAULT) -> bytes:
-        limit = self.timeout if timeout is vici.protocol.RECV_TIMEOUT_DEFAULT else timeout
-        deadline = time.monotonic() + (self.timeout if limit is None else limit)
-        data = b""
-        while len(data) < count:
-            try:
-                chunk = self.socket.recv(count - len(data))
-            except BlockingIOError:
-                self._wait(deadline, select.POLLIN)
-                continue
-            if not chunk:
-                raise ConnectionError("Connection closed")
-            data += chunk
-        return data
-
-    def _wait(self, deadline: float, events: int) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("timed out")
-        self._poll.modify(self.socket.fileno(), events)
-        if not self._poll.poll(int(min(remaining, WAIT_SLICE) * 1000) + 1) and self.on_wait:
-            self.on_wait()
-
-
-def struct_length(packet: bytes) -> bytes:
-    return len(packet).to_bytes(4, "big")
 
 
 class Charon:
@@ -124,33 +59,29 @@ class Charon:
         self.path = path
         self.timeout = timeout
         self.on_wait = on_wait
-        self._session: vici.Session | None = None
-        self._socket: socket.socket | None = None
+        self._stream: ViciStream | None = None
         self._busy = False
 
     @property
     def connected(self) -> bool:
-        return self._session is not None
+        return self._stream is not None
 
     def connect(self) -> None:
         self.close()
         sock = open_vici(self.path, self.timeout, "connect")
-        session = vici.Session(sock)
-        session.transport = _BoundedTransport(sock, self.timeout, self._waiting)
-        self._session, self._socket = session, sock
+        self._stream = ViciStream(sock, self.timeout, self._waiting)
 
     def _waiting(self) -> None:
         if self.on_wait is not None:
             self.on_wait()
 
     def close(self) -> None:
-        if self._socket is not None:
-            with contextlib.suppress(OSError):
-                self._socket.close()
-        self._session, self._socket = None, None
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = None
 
     def fileno(self) -> int | None:
-        return self._socket.fileno() if self._socket is not None else None
+        return self._stream.fileno() if self._stream is not None else None
 
     def _call(self, command: str, message: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """One request: charon's reply, or its refusal raised as CharonError."""
@@ -159,20 +90,32 @@ class Charon:
             raise outcome
         return outcome
 
-    def _stream(
+    def _streamed(
         self, command: str, event: str, message: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        session = self._require(command)
+        """A request whose answer comes as `event`s before the reply (list-sas): charon sends
+        them only to a session registered for `event`, so register, ask, collect, unregister."""
+        stream = self._require(command)
         self._busy = True
         try:
-            return [decode(item) for item in session.streamed_request(command, event, message)]
-        except vici.exception.CommandException as exc:
-            raise CharonError(command, _errmsg(exc)) from exc
-        except (OSError, vici.exception.SessionException) as exc:
+            _registration(stream, vici_wire.register_packet(event))
+            stream.send(vici_wire.request_packet(command, message))
+            items: list[dict[str, Any]] = []
+            while True:
+                packet = vici_wire.decode_packet(stream.receive())
+                if packet.type != PacketType.EVENT:
+                    break
+                items.append(vici_wire.decode_message(packet.payload))
+            reply = _reply(command, packet)
+            _registration(stream, vici_wire.unregister_packet(event))
+        except (OSError, ValueError) as exc:
             self.close()
             raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
         finally:
             self._busy = False
+        if isinstance(reply, CharonError):
+            raise reply
+        return items
 
     def pipeline(self, requests: Sequence[Request]) -> list[dict[str, Any] | CharonError]:
         """Send simple (non-streamed) requests without waiting for each reply before the next.
@@ -184,21 +127,25 @@ class Charon:
         listing it again."""
         if not requests:
             return []
-        session = self._require(requests[0][0])
-        transport = session.transport
+        stream = self._require(requests[0][0])
         self._busy = True
         outcomes: list[dict[str, Any] | CharonError] = []
         in_flight: deque[str] = deque()
+
+        def take_reply() -> None:
+            command = in_flight[0]
+            outcomes.append(_reply(command, vici_wire.decode_packet(stream.receive())))
+            in_flight.popleft()
+
         try:
             for command, message in requests:
-                payload = message if isinstance(message, bytes) else vicidata.encode(message)
-                transport.send(vici.protocol.Packet.request(command, payload))
+                stream.send(vici_wire.request_packet(command, message))
                 in_flight.append(command)
                 if len(in_flight) >= PIPELINE_WINDOW:
-                    outcomes.append(_reply(in_flight.popleft(), transport.receive()))
+                    take_reply()
             while in_flight:
-                outcomes.append(_reply(in_flight.popleft(), transport.receive()))
-        except (OSError, vici.exception.SessionException) as exc:
+                take_reply()
+        except (OSError, ValueError) as exc:
             self.close()
             raise CharonUnreachable(in_flight[0] if in_flight else requests[0][0],
                                     str(exc) or type(exc).__name__) from exc  # fmt: skip
@@ -206,15 +153,15 @@ class Charon:
             self._busy = False
         return outcomes
 
-    def _require(self, command: str) -> vici.Session:
+    def _require(self, command: str) -> ViciStream:
         # on_wait runs other handlers while a call is outstanding; one of them calling charon
         # on this session would interleave two requests on one socket.
         if self._busy:
             raise RuntimeError(f"{command}: charon session is busy (re-entrant call)")
-        if self._session is None:
+        if self._stream is None:
             self.connect()
-        assert self._session is not None
-        return self._session
+        assert self._stream is not None
+        return self._stream
 
     @property
     def busy(self) -> bool:
@@ -244,7 +191,7 @@ class Charon:
         message = {"noblock": "yes"}
         if ike is not None:
             message["ike"] = ike
-        return self._stream("list-sas", "list-sa", message)
+        return self._streamed("list-sas", "list-sa", message)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -268,7 +215,7 @@ class Charon:
     def terminate_ike(self, conn: str) -> None:
         """Close every IKE_SA of `conn` without waiting (timeout -1: charon answers at once)."""
         try:
-            self._stream("terminate", "control-log", {"ike": conn, "timeout": "-1"})
+            self._streamed("terminate", "control-log", {"ike": conn, "timeout": "-1"})
         except CharonError as exc:
             # charon answers "no matching SAs to terminate found" when there is nothing to close.
             if "no matching" not in exc.errmsg:
@@ -276,7 +223,7 @@ class Charon:
 
 
 def load_conn_request(spec: ConnSpec) -> Request:
-    return "load-conn", vicidata.section(spec.name, spec.wire)
+    return "load-conn", vici_wire.section(spec.name, spec.wire)
 
 
 def load_shared_request(spec: SharedSpec) -> Request:
@@ -292,20 +239,23 @@ def unload_shared_request(secret_id: str) -> Request:
     return "unload-shared", {"id": secret_id}
 
 
-def _reply(command: str, payload: bytes) -> dict[str, Any] | CharonError:
-    """One reply of `pipeline`, judged as vici.Session.request judges it."""
-    packet = vici.protocol.Packet.parse(payload)
-    if packet.response_type != vici.protocol.Packet.CMD_RESPONSE:
-        raise vici.exception.SessionException(
-            f"{command}: unexpected response type {packet.response_type}"
-        )
-    reply = decode(vici.protocol.Message.deserialize(packet.payload))
+def _reply(command: str, packet: vici_wire.Packet) -> dict[str, Any] | CharonError:
+    """charon's reply to one request, or its refusal (a reply without `success=yes`)."""
+    if packet.type != PacketType.CMD_RESPONSE:
+        # CMD_UNKNOWN, or a packet out of turn: the session cannot be trusted any more.
+        raise ValueError(f"{command}: unexpected response type {packet.type}")
+    reply = vici_wire.decode_message(packet.payload)
     if reply.get("success", "yes") != "yes":
         return CharonError(command, str(reply.get("errmsg", "")))
     return reply
 
 
-def _errmsg(exc: Exception) -> str:
-    text = str(exc)
-    prefix = "Command failed: "
-    return text[len(prefix) :] if text.startswith(prefix) else text
+def _registration(stream: ViciStream, packet: bytes) -> None:
+    """(Un)register for an event: EVENT_CONFIRM, after any events still on their way."""
+    stream.send(packet)
+    while True:
+        reply = vici_wire.decode_packet(stream.receive())
+        if reply.type != PacketType.EVENT:
+            break
+    if reply.type != PacketType.EVENT_CONFIRM:
+        raise ValueError(f"unexpected response type {reply.type} to an event registration")

@@ -16,15 +16,19 @@ Ownership lives in the kernel object: a block policy at one of our reserved prio
 (`is_owned`). See the comment above `FAIL_CLOSED_PRIORITY` for why these numbers.
 
 Here: one policy (`PolicySpec`) and which ones are ours (`is_owned`); the policies a config wants
-and why (`explain_protection`, `protect_*`); what to add and remove to get them
-(`policies_to_add_and_remove`, `policies_to_add_and_remove_for_change`). Address text is parsed
-in `addresses`.
+and why (`explain_protection`, each reason a typed `PolicyReason`; `protect_*`); what to add and
+remove to get them (`policies_to_add_and_remove`, `policies_to_add_and_remove_for_change`).
+Address text is parsed in `addresses`.
+
+About 400 lines, in one file because a policy's shape, its priority (the long comment below is
+why these numbers are safe next to charon's) and the reasons it is wanted are read together.
 
 May import: addresses, model, stdlib.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -212,6 +216,31 @@ class PolicySpec:
         )
 
 
+class Purpose(enum.Enum):
+    """Why a block policy is wanted."""
+
+    TUNNEL = "tunnel"  # fail-closed for a valid tunnel
+    INVALID_TUNNEL = "invalid tunnel"  # fail-closed for a tunnel rejected by parse or plan
+    SKB_MARK = "ipsec_skb_mark"  # other_config:ipsec_skb_mark
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReason:
+    """One reason a block policy is wanted: its purpose and, for fail-closed ones, the tunnel.
+    `str()` is how people read it: `tunnel NAME`, `invalid tunnel NAME`, `ipsec_skb_mark`."""
+
+    purpose: Purpose
+    tunnel: str | None = None
+
+    def __str__(self) -> str:
+        if self.tunnel is None:
+            return self.purpose.value
+        return f"{self.purpose.value} {self.tunnel}"
+
+
+SKB_MARK_REASON = PolicyReason(Purpose.SKB_MARK)
+
+
 def is_owned(policy: Any) -> bool:
     """True for a policy (PolicySpec or observed) the daemon created: a block at our priority.
 
@@ -221,14 +250,14 @@ def is_owned(policy: Any) -> bool:
     return policy.action == BLOCK and policy.priority in OWNED_PRIORITIES
 
 
-def explain_protection(config: Config) -> dict[PolicySpec, tuple[str, ...]]:
-    """Every desired policy, with the reasons it exists (`tunnel NAME`, `ipsec_skb_mark`).
+def explain_protection(config: Config) -> dict[PolicySpec, tuple[PolicyReason, ...]]:
+    """Every desired policy, with the reasons it exists.
 
     Deterministic (insertion order follows sorted tunnel names) and O(tunnels + ports).
     """
-    reasons: dict[PolicySpec, list[str]] = {}
+    reasons: dict[PolicySpec, list[PolicyReason]] = {}
 
-    def want(specs: Iterable[PolicySpec], reason: str) -> None:
+    def want(specs: Iterable[PolicySpec], reason: PolicyReason) -> None:
         for spec in specs:
             bucket = reasons.setdefault(spec, [])
             if reason not in bucket:
@@ -237,14 +266,14 @@ def explain_protection(config: Config) -> dict[PolicySpec, tuple[str, ...]]:
     gc = config.global_config
     if not gc.fail_open:
         for name in sorted(config.tunnels):
-            want(protect_tunnel(config.tunnels[name]), f"tunnel {name}")
+            want(protect_tunnel(config.tunnels[name]), PolicyReason(Purpose.TUNNEL, name))
         for name in sorted(config.invalid):
-            want(protect_invalid(config.invalid[name]), f"invalid tunnel {name}")
+            want(protect_invalid(config.invalid[name]), PolicyReason(Purpose.INVALID_TUNNEL, name))
     if gc.skb_mark is not None:
         ports = set(config.tunnel_ports)
         ports.update(t.dst_port for t in config.tunnels.values() if t.dst_port is not None)
         ports.update(i.dst_port for i in config.invalid.values() if i.dst_port is not None)
-        want(protect_skb_mark(gc.skb_mark, ports), "ipsec_skb_mark")
+        want(protect_skb_mark(gc.skb_mark, ports), SKB_MARK_REASON)
     return {spec: tuple(why) for spec, why in reasons.items()}
 
 

@@ -1,5 +1,5 @@
 """Failure causes: the table of charon log messages (5.9.8, 6.0) and `alert` types (6.0.3 and
-later) that tell why a negotiation failed. Pure data, used by status.Tracker.
+later) that tell why a negotiation failed. Pure data, used by outcomes.Tracker.
 
 strongSwan 6.0.3 and later send `alert` events that name the cause (`ALERTS`). 5.9.8 and 6.0.1
 (Debian bookworm and trixie) have no `alert` event (6.0.1 refuses the registration): their

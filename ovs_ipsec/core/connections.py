@@ -5,17 +5,22 @@ first connection whose identities match, so a second connection to the same peer
 a Geneve port to one host) would have its CHILD_SAs refused ("traffic selectors unacceptable").
 Each tunnel becomes one CHILD_SA config (two for UDP tunnels) inside its peer's connection.
 
-May import: credentials, ike_options.translate, ike_options.settings, model, naming, vicidata,
-stdlib.
+What status and render show of a connection (auth, identities, each tunnel's selectors) is
+kept typed beside its encoded body (`ConnSpec`), so nothing reads the VICI bytes back.
+
+May import: admission, credentials, ike_options.settings, model, naming, vici_wire, stdlib.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ovs_ipsec.core import naming, vicidata
+from ovs_ipsec.core import naming, vici_wire
+from ovs_ipsec.core.admission import admit, split_conflicts
 from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.ike_options import settings as ike_settings
 from ovs_ipsec.core.model import (
@@ -23,7 +28,6 @@ from ovs_ipsec.core.model import (
     IPPROTO_UDP,
     AuthMode,
     Config,
-    Invalid,
     InvalidTunnel,
     Secret,
     Tunnel,
@@ -37,27 +41,66 @@ ESP_PROPOSALS = ike_settings.ESP_PROPOSALS
 VICI = dict[str, Any]
 
 
+class AuthClass(enum.StrEnum):
+    """charon's `auth` of one side of a connection."""
+
+    PSK = "psk"
+    PUBKEY = "pubkey"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelector:
+    """A CHILD_SA's traffic selector on one side: our (or the peer's) IKE address, one protocol
+    and, if set, one port. VICI spells it `dynamic[17/6081]` (`vici`)."""
+
+    proto: int
+    port: int | None = None
+
+    @property
+    def vici(self) -> str:
+        if self.port is None:
+            return f"dynamic[{self.proto}]"
+        return f"dynamic[{self.proto}/{self.port}]"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """One CHILD_SA config of a tunnel, named `naming.child_name(tunnel, suffix)`. Equal for
+    every tunnel of one type and port, so one object serves them all (`_children`)."""
+
+    suffix: str
+    local_ts: TrafficSelector
+    remote_ts: TrafficSelector
+
+
 @dataclass(frozen=True, slots=True)
 class ConnSpec:
     """One VICI connection and the tunnels it carries. The `load-conn` body is kept encoded
     (`wire`, the bytes sent to charon, compared to tell whether charon has it): at thousands
-    of connections, four dicts and a list each would be a fifth of the daemon's state. `body`
-    decodes it for the few that read it (status commands, tests)."""
+    of connections, four dicts and a list each would be a fifth of the daemon's state. What
+    status and render show of it is kept typed beside it: the identities (bare, without the
+    `fqdn:` charon is told) and each tunnel's children, in the order of `tunnels` (shared
+    tuples: tunnels of one type and port have equal ones). `body` decodes the wire for tests."""
 
     name: str
     remote_ip: str
     tunnels: tuple[str, ...]
     wire: bytes
+    auth: AuthClass
+    local_id: str  # "": charon uses our IKE address
+    remote_id: str
+    children: tuple[tuple[ChildSpec, ...], ...]
 
-    @classmethod
-    def of(
-        cls, name: str, remote_ip: str, tunnels: tuple[str, ...], body: Mapping[str, Any]
-    ) -> ConnSpec:
-        return cls(name, remote_ip, tunnels, vicidata.encode(body))
+    def children_of(self, tunnel: str) -> tuple[ChildSpec, ...]:
+        """The CHILD_SA configs of one of `tunnels` (none for any other name)."""
+        for name, children in zip(self.tunnels, self.children, strict=True):
+            if name == tunnel:
+                return children
+        return ()
 
     @property
     def body(self) -> dict[str, Any]:
-        return vicidata.parse(self.wire)
+        return vici_wire.decode_message(self.wire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,26 +163,6 @@ def plan(
     )
 
 
-def admit(
-    tunnel: Tunnel, credentials: Credentials, use_default_crypto: bool
-) -> tuple[ike_settings.IkeSettings | None, InvalidTunnel | None]:
-    """A tunnel's translated ipsec_* options, or why it cannot be loaded (options or
-    credentials)."""
-    translated: ike_settings.IkeSettings | None = ike_settings.NO_SETTINGS
-    option_errors: tuple[Invalid, ...] = ()
-    if tunnel.ike_options:
-        # The option table: loaded when first needed.
-        from ovs_ipsec.core.ike_options.translate import translate
-
-        translated, option_errors = translate(
-            tunnel.ike_options, use_default_crypto=use_default_crypto
-        )
-    errors = option_errors + credential_errors(tunnel, credentials)
-    if errors or translated is None:
-        return None, _invalid(tunnel, errors)
-    return translated, None
-
-
 def plan_peer(
     remote_ip: str,
     group: list[Tunnel],
@@ -160,86 +183,6 @@ def plan_keys(credentials: Credentials, uses_key: bool) -> dict[str, KeySpec]:
     return {local.key_digest: KeySpec(local.key_digest, local.key.pem)}
 
 
-def credential_errors(tunnel: Tunnel, credentials: Credentials) -> tuple[Invalid, ...]:
-    """Why a certificate tunnel cannot be loaded with the credentials at hand."""
-    if tunnel.auth is AuthMode.PSK:
-        return ()
-    errors: list[Invalid] = []
-    if credentials.local is None:
-        errors.extend(credentials.local_errors or (Invalid("certificate", "not readable"),))
-    if tunnel.auth is AuthMode.CA_SIGNED and not credentials.cas:
-        errors.extend(credentials.ca_errors or (Invalid("ca_cert", "no usable CA"),))
-    if tunnel.auth is AuthMode.SELF_SIGNED:
-        assert tunnel.remote_cert is not None
-        remote = credentials.remote_certs.get(tunnel.remote_cert)
-        if remote is None:
-            errors.append(
-                credentials.remote_errors.get(tunnel.remote_cert)
-                or Invalid("remote_cert", "not readable")
-            )
-        elif tunnel.remote_name and remote.cn != tunnel.remote_name:
-            errors.append(
-                Invalid(
-                    "remote_name",
-                    f"{tunnel.remote_name!r} is not the CN of remote_cert "
-                    f"({remote.cn!r}); remove remote_name or make them agree",
-                )
-            )
-    return tuple(errors)
-
-
-def _invalid(tunnel: Tunnel, errors: tuple[Invalid, ...]) -> InvalidTunnel:
-    return InvalidTunnel(
-        name=tunnel.name,
-        errors=errors,
-        type=tunnel.type,
-        remote_ip=tunnel.remote_ip,
-        dst_port=tunnel.dst_port,
-    )
-
-
-def peer_settings(tunnel: Tunnel) -> tuple[tuple[str, Any], ...]:
-    """What every tunnel to one peer must agree on, since they share one IKE_SA."""
-    return (
-        ("local_ip", tunnel.local_ip),
-        ("auth", tunnel.auth),
-        ("psk", tunnel.psk),
-        ("remote_cert", tunnel.remote_cert),
-        ("remote_name", tunnel.remote_name),
-    )
-
-
-def split_conflicts(
-    group: list[Tunnel], settings: Mapping[str, ike_settings.IkeSettings] | None = None
-) -> tuple[list[Tunnel], dict[str, InvalidTunnel]]:
-    """Keep the tunnels that agree with the first (by name); the others are invalid."""
-    first = group[0]
-    reference = dict(peer_settings(first))
-    members = [first]
-    conflicts: dict[str, InvalidTunnel] = {}
-    for tunnel in group[1:]:
-        differing = [k for k, v in peer_settings(tunnel) if reference[k] != v]
-        if settings is not None:
-            # Connection-level ipsec_* options live on the one IKE_SA the peer's tunnels share.
-            differing += ike_settings.conn_differences(
-                settings.get(first.name, ike_settings.NO_SETTINGS),
-                settings.get(tunnel.name, ike_settings.NO_SETTINGS),
-            )
-        if not differing:
-            members.append(tunnel)
-            continue
-        errors = tuple(
-            Invalid(
-                key,
-                f"differs from tunnel {first.name!r} to the same remote_ip {first.remote_ip}; "
-                "all tunnels to one peer share one IKE SA and must agree",
-            )
-            for key in differing
-        )
-        conflicts[tunnel.name] = _invalid(tunnel, errors)
-    return members, conflicts
-
-
 def plan_conn(
     remote_ip: str,
     members: list[Tunnel],
@@ -250,9 +193,14 @@ def plan_conn(
     first = members[0]
     settings = settings or {}
     ike_default, esp_default = ike_settings.default_proposals(use_default_crypto)
+    auth, local_id, remote_id = plan_identities(first, credentials)
+    local, remote = _auth_sections(first, credentials, auth, local_id, remote_id)
+    per_tunnel = _shared(tuple(tunnel_children(t.dst_port) for t in members))
     children: VICI = {}
-    for tunnel in members:
-        children.update(plan_children(tunnel, settings.get(tunnel.name), esp_default))
+    for tunnel, specs in zip(members, per_tunnel, strict=True):
+        extra = settings[tunnel.name].child_vici() if tunnel.name in settings else {}
+        for spec in specs:
+            children[naming.child_name(tunnel.name, spec.suffix)] = _child(spec, extra, esp_default)
     body: VICI = {
         "version": "2",
         "local_addrs": [first.local_ip or "%any"],
@@ -261,8 +209,8 @@ def plan_conn(
         "keyingtries": "0",
         # Hosts do not move; without this IKE floats to port 4500 from the second exchange.
         "mobike": "no",
-        "local": plan_local_auth(first, credentials),
-        "remote": plan_remote_auth(first, credentials),
+        "local": local,
+        "remote": remote,
         "children": children,
     }
     if ike_default:
@@ -270,11 +218,15 @@ def plan_conn(
     if first.name in settings:
         # The same for every member (split_conflicts); explicit options win over defaults.
         body.update(settings[first.name].conn_vici())
-    return ConnSpec.of(
+    return ConnSpec(
         name=naming.conn_name(remote_ip),
         remote_ip=remote_ip,
         tunnels=tuple(t.name for t in members),
-        body=body,
+        wire=vici_wire.encode_message(body),
+        auth=auth,
+        local_id=local_id,
+        remote_id=remote_id,
+        children=per_tunnel,
     )
 
 
@@ -284,38 +236,44 @@ def fqdn(name: str) -> str:
     return f"fqdn:{name}"
 
 
-def plan_local_auth(tunnel: Tunnel, credentials: Credentials) -> VICI:
+def plan_identities(tunnel: Tunnel, credentials: Credentials) -> tuple[AuthClass, str, str]:
+    """(auth, local id, remote id) of a peer's connection, bare (charon gets CNs as `fqdn()`)."""
     if tunnel.auth is AuthMode.PSK:
         # Without local_ip charon uses the address IKE runs from, which is what the peer (ours or
         # upstream's, whose default rightid is our address) expects.
-        if tunnel.local_ip:
-            return {"auth": "psk", "id": tunnel.local_ip}
-        return {"auth": "psk"}
+        return AuthClass.PSK, tunnel.local_ip or "", tunnel.remote_ip
     local = credentials.local
     assert local is not None  # credential_errors() keeps such tunnels out
-    # strongSwan 6 defaults the identity to the subject DN when a certificate is present; the
-    # OVS contract is the CN, so it is always explicit.
-    return {"auth": "pubkey", "id": fqdn(local.identity), "certs": [local.cert.pem]}
-
-
-def plan_remote_auth(tunnel: Tunnel, credentials: Credentials) -> VICI:
-    if tunnel.auth is AuthMode.PSK:
-        return {"auth": "psk", "id": tunnel.remote_ip}
     if tunnel.auth is AuthMode.SELF_SIGNED:
         assert tunnel.remote_cert is not None
         pinned = credentials.remote_certs[tunnel.remote_cert]
         assert pinned.cn is not None
+        return AuthClass.PUBKEY, local.identity, pinned.cn
+    assert tunnel.remote_name is not None
+    return AuthClass.PUBKEY, local.identity, tunnel.remote_name
+
+
+def _auth_sections(
+    tunnel: Tunnel, credentials: Credentials, auth: AuthClass, local_id: str, remote_id: str
+) -> tuple[VICI, VICI]:
+    """The `local` and `remote` sections of a connection."""
+    if auth is AuthClass.PSK:
+        local: VICI = {"auth": auth.value, "id": local_id} if local_id else {"auth": auth.value}
+        return local, {"auth": auth.value, "id": remote_id}
+    assert credentials.local is not None
+    # strongSwan 6 defaults the identity to the subject DN when a certificate is present; the
+    # OVS contract is the CN, so it is always explicit.
+    local = {"auth": auth.value, "id": fqdn(local_id), "certs": [credentials.local.cert.pem]}
+    if tunnel.auth is AuthMode.SELF_SIGNED:
+        assert tunnel.remote_cert is not None
         # A certificate in the remote section is a constraint: the peer must authenticate with
         # exactly this one.
-        return {"auth": "pubkey", "id": fqdn(pinned.cn), "certs": [pinned.pem]}
-    assert tunnel.remote_name is not None
+        pinned = credentials.remote_certs[tunnel.remote_cert]
+        return local, {"auth": auth.value, "id": fqdn(remote_id), "certs": [pinned.pem]}
     # cacerts constrains the chain to these CAs (all of them during a rollover); the id pins
     # the peer's CN.
-    return {
-        "auth": "pubkey",
-        "id": fqdn(tunnel.remote_name),
-        "cacerts": [ca.pem for ca in credentials.cas],
-    }
+    cacerts = [ca.pem for ca in credentials.cas]
+    return local, {"auth": auth.value, "id": fqdn(remote_id), "cacerts": cacerts}
 
 
 def plan_shared(conn: ConnSpec, tunnel: Tunnel) -> SharedSpec | None:
@@ -329,37 +287,34 @@ def plan_shared(conn: ConnSpec, tunnel: Tunnel) -> SharedSpec | None:
     )
 
 
-def plan_children(
-    tunnel: Tunnel,
-    settings: ike_settings.IkeSettings | None = None,
-    esp_default: tuple[str, ...] = ESP_PROPOSALS,
-) -> VICI:
-    """CHILD_SA configs: GRE is one protocol both ways; a UDP tunnel sends from a hashed source
-    port to the fixed destination port, so it needs one child per direction of the flow."""
-    extra = settings.child_vici() if settings is not None else {}
-    if tunnel.dst_port is None:
-        gre = f"dynamic[{IPPROTO_GRE}]"
-        return {naming.child_name(tunnel.name): _child(gre, gre, extra, esp_default)}
-    port_ts = f"dynamic[{IPPROTO_UDP}/{tunnel.dst_port}]"
-    any_ts = f"dynamic[{IPPROTO_UDP}]"
-    return {
-        naming.child_name(tunnel.name, "-in"): _child(port_ts, any_ts, extra, esp_default),
-        naming.child_name(tunnel.name, "-out"): _child(any_ts, port_ts, extra, esp_default),
-    }
+@functools.lru_cache(maxsize=1024)
+def tunnel_children(dst_port: int | None) -> tuple[ChildSpec, ...]:
+    """CHILD_SA configs: GRE (no port) is one protocol both ways; a UDP tunnel sends from a
+    hashed source port to the fixed destination port, so it needs one child per direction of
+    the flow. Cached: every tunnel of one type and port shares one tuple."""
+    if dst_port is None:
+        gre = TrafficSelector(IPPROTO_GRE)
+        return (ChildSpec("", gre, gre),)
+    port_ts = TrafficSelector(IPPROTO_UDP, dst_port)
+    any_ts = TrafficSelector(IPPROTO_UDP)
+    return (ChildSpec("-in", port_ts, any_ts), ChildSpec("-out", any_ts, port_ts))
+
+
+@functools.lru_cache(maxsize=256)
+def _shared(per_tunnel: tuple[tuple[ChildSpec, ...], ...]) -> tuple[tuple[ChildSpec, ...], ...]:
+    # Equal values are one object: thousands of one-tunnel peers hold a handful of tuples.
+    return per_tunnel
 
 
 def _child(
-    local_ts: str,
-    remote_ts: str,
-    extra: Mapping[str, Any],
-    esp_default: tuple[str, ...] = ESP_PROPOSALS,
+    spec: ChildSpec, extra: Mapping[str, Any], esp_default: tuple[str, ...] = ESP_PROPOSALS
 ) -> VICI:
     # Built afresh for every connection: a body is encoded (ConnSpec.wire) as soon as it is
     # planned, so sharing its parts between connections would save no memory.
     child: VICI = {
         "mode": "transport",
-        "local_ts": [local_ts],
-        "remote_ts": [remote_ts],
+        "local_ts": [spec.local_ts.vici],
+        "remote_ts": [spec.remote_ts.vici],
         # Trap policies from the moment the connection is loaded: no SA, no plaintext.
         "start_action": "trap",
     }

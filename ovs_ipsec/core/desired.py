@@ -7,8 +7,8 @@ policies, and reports exactly those names for the reconciler to diff. A change t
 (certificates, ipsec_skb_mark, fail-open) re-evaluates every IPsec port. Work per change is thus
 proportional to what changed, not to the number of tunnels.
 
-May import: model, parse, naming, credentials, connections, block_policies, ike_options.settings,
-stdlib.
+May import: model, parse, naming, credentials, admission, connections, block_policies,
+ike_options.settings, stdlib.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from ovs_ipsec.core import naming
+from ovs_ipsec.core.admission import admit
 from ovs_ipsec.core.block_policies import (
     PolicySpec,
     protect_invalid,
@@ -32,7 +33,6 @@ from ovs_ipsec.core.connections import (
     Desired,
     KeySpec,
     SharedSpec,
-    admit,
     plan_keys,
     plan_peer,
 )

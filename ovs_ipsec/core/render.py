@@ -1,74 +1,34 @@
-"""Status -> text and JSON for ovs-appctl. All redaction happens here: no secret is ever part
-of what these functions return. The JSON shapes are documented in docs/status-json.md; a change
-there is a change of a public interface.
+"""Status -> text and JSON for ovs-appctl (tunnels/show, ipsec/status, memory/show; the kernel's
+policies and SAs are render_xfrm.py's). All redaction happens in these two modules: no secret is
+ever part of what their functions return. The JSON shapes are documented in docs/status-json.md;
+a change there is a change of a public interface.
 
 Text keeps upstream's labels where they still mean something ("Interface name:", "Tunnel Type:",
 "Remote IP:", "PSK:", "IPsec connections that are active:" ...), and is correct where upstream's
 was not: each kernel policy is listed once, inbound ones under the peer they come from.
 
-May import: model, parse, block_policies, sas, status, stdlib.
+May import: model, parse, block_policies, connections, sas, status, stdlib.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from ovs_ipsec.core.block_policies import PROTOCOL_NAMES, PolicySpec, is_owned, protocol_name
+from ovs_ipsec.core.block_policies import protocol_name
+from ovs_ipsec.core.connections import AuthClass, TrafficSelector
 from ovs_ipsec.core.model import Config
 from ovs_ipsec.core.parse import caveat
 from ovs_ipsec.core.sas import ChildSa, IkeSa
 from ovs_ipsec.core.status import Protection, Selector, TunnelStatus
 
 REDACTED = "<redacted>"
-# An `ip xfrm state` key is at least 16 bytes (32 hex digits); SPIs and marks are 8 digits.
-# xfrm.iproute2.redact_states() already removes the key lines it knows; this catches any other
-# layout.
-_LONG_HEX = re.compile(r"0x[0-9a-fA-F]{32,}")
-_TS = re.compile(r"^dynamic\[(?P<proto>\d+)(?:/(?P<port>\d+))?\]$")
 
 
 class HealthLike(Protocol):
     charon_reachable: bool
     charon_error: str
-
-
-class PolicyLike(Protocol):
-    """A kernel XFRM policy as xfrm.iproute2.parse_policies() returns it (render never imports
-    the adapter: it gets plain objects with these fields)."""
-
-    direction: str
-    family: int
-    src: str
-    dst: str
-    proto: int | None
-    sport: int | None
-    dport: int | None
-    action: str
-    priority: int
-    ptype: str
-    socket: bool
-    mark: int
-    mask: int
-    templates: tuple[str, ...]
-
-    def to_spec(self) -> PolicySpec | None: ...
-
-
-class StateLike(Protocol):
-    """An SA as xfrm.iproute2.parse_states() returns it."""
-
-    src: str | None
-    dst: str | None
-    proto: str | None
-    spi: str | None
-    reqid: int | None
-    mode: str | None
-    selector: str | None
-    text: str
 
 
 def to_json(value: Any) -> str:
@@ -115,18 +75,10 @@ def _selector_text(selector: Selector) -> str:
     return f"{_ts_text(selector.local_ts)} === {_ts_text(selector.remote_ts)}"
 
 
-def _ts_text(ts: Sequence[str]) -> str:
-    """`dynamic[17/6081]` -> `udp/6081` (our IKE address, that protocol and port)."""
-    words = []
-    for item in ts:
-        match = _TS.match(item)
-        if match is None:
-            words.append(item)
-            continue
-        proto = int(match["proto"])
-        name = protocol_name(proto)
-        words.append(f"{name}/{match['port']}" if match["port"] else name)
-    return ", ".join(words) or "any"
+def _ts_text(ts: TrafficSelector) -> str:
+    """`udp/6081` for `dynamic[17/6081]` (our IKE address, that protocol and port)."""
+    name = protocol_name(ts.proto)
+    return name if ts.port is None else f"{name}/{ts.port}"
 
 
 def ike_sa_json(sa: IkeSa) -> dict[str, Any]:
@@ -193,7 +145,7 @@ def tunnels_json(
             "connection": status.conn,
             "config": tunnel_config_json(config, name),
             "auth": {
-                "mode": status.auth or None,
+                "mode": status.auth.value if status.auth else None,
                 "local_id": status.local_id or None,
                 "remote_id": status.remote_id or None,
             }
@@ -202,8 +154,8 @@ def tunnels_json(
             "selectors": [
                 {
                     "child": s.child,
-                    "local_ts": list(s.local_ts),
-                    "remote_ts": list(s.remote_ts),
+                    "local_ts": [s.local_ts.vici],
+                    "remote_ts": [s.remote_ts.vici],
                     "text": _selector_text(s),
                 }
                 for s in status.selectors
@@ -327,7 +279,7 @@ def _tunnel_lines(
         lines += [row("Config error", f"{e['key']}: {e['reason']}") for e in cfg["errors"]]
         lines.append(row("Protection", _protection_text(protection)))
         return [*lines, ""]
-    certs = status.auth == "pubkey"
+    certs = status.auth is AuthClass.PUBKEY
     lines += [
         row("Local IP", cfg["local_ip"] or "%any"),
         row("Remote IP", cfg["remote_ip"]),
@@ -373,150 +325,6 @@ def ipsec_status_json(statuses: Mapping[str, TunnelStatus]) -> dict[str, Any]:
         name: {"state": status.state.value, "reason": status.reason}
         for name, status in statuses.items()
     }
-
-
-# -- xfrm/policies -------------------------------------------------------------------------------
-
-
-def _proto(proto: int | None) -> str | None:
-    if proto is None:
-        return None
-    return PROTOCOL_NAMES.get(proto, str(proto))
-
-
-def _peer(policy: PolicyLike) -> str | None:
-    """The remote end of a policy: where outbound traffic goes, where inbound comes from."""
-    side = policy.dst if policy.direction == "out" else policy.src
-    try:
-        net = ipaddress.ip_network(side, strict=False)
-    except ValueError:
-        return None
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else None
-
-
-def _spec_json(spec: PolicySpec, reasons: Sequence[str], installed: bool) -> dict[str, Any]:
-    return {
-        "direction": spec.direction,
-        "family": spec.family,
-        "src": spec.src,
-        "dst": spec.dst,
-        "proto": _proto(spec.proto),
-        "sport": spec.sport,
-        "dport": spec.dport,
-        "mark": f"{spec.mark:#x}/{spec.mask:#x}" if spec.mask else None,
-        "action": spec.action,
-        "priority": spec.priority,
-        "purpose": spec.purpose,
-        "reasons": list(reasons),
-        "installed": installed,
-        "wanted": bool(reasons),
-    }
-
-
-def policies_json(
-    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[str, ...]]
-) -> dict[str, Any]:
-    """Our protection policies (installed, and wanted but missing) apart from everybody else's
-    (charon's traps and SAs, foreign ones), each kernel policy once."""
-    ours: list[tuple[PolicySpec, dict[str, Any]]] = []
-    others: list[dict[str, Any]] = []
-    seen: set[PolicySpec] = set()
-    for policy in observed:
-        spec = policy.to_spec() if is_owned(policy) else None
-        if spec is not None:
-            seen.add(spec)
-            ours.append((spec, _spec_json(spec, explained.get(spec, ()), True)))
-            continue
-        others.append(
-            {
-                "peer": _peer(policy),
-                "direction": policy.direction,
-                "family": policy.family,
-                "src": policy.src,
-                "dst": policy.dst,
-                "proto": _proto(policy.proto),
-                "sport": policy.sport,
-                "dport": policy.dport,
-                "mark": f"{policy.mark:#x}/{policy.mask:#x}" if policy.mask else None,
-                "action": policy.action,
-                "priority": policy.priority,
-                "type": policy.ptype,
-                "socket": policy.socket,
-                "templates": list(policy.templates),
-            }
-        )
-    for spec, reasons in explained.items():
-        if spec not in seen:
-            ours.append((spec, _spec_json(spec, reasons, False)))
-    ours.sort(key=lambda item: item[0].sort_key())
-    others.sort(key=lambda p: (p["peer"] or "~", p["direction"], p["src"], p["dst"]))
-    return {"protection": [entry for _, entry in ours], "other": others}
-
-
-def _policy_line(p: Mapping[str, Any]) -> str:
-    ports = "".join(f" {k} {p[k]}" for k in ("sport", "dport") if p.get(k) is not None)
-    mark = f" mark {p['mark']}" if p.get("mark") else ""
-    proto = f" {p['proto']}" if p.get("proto") else ""
-    return f"{p['direction']:<3} {p['src']} -> {p['dst']}{proto}{ports}{mark}: {p['action']}"
-
-
-def policies_text(
-    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[str, ...]]
-) -> str:
-    data = policies_json(observed, explained)
-    lines = ["Protection policies (ovs-monitor-ipsec's own blocks):"]
-    if not data["protection"]:
-        lines.append("  none")
-    for p in data["protection"]:
-        why = ", ".join(p["reasons"]) or "no longer wanted"
-        missing = "" if p["installed"] else "MISSING: "
-        lines.append(
-            f"  {missing}{_policy_line(p)} (priority {p['priority']}, {p['purpose']}) [{why}]"
-        )
-    lines.append("Other policies (charon's and others'), by peer:")
-    if not data["other"]:
-        lines.append("  none")
-    peer: object = object()
-    for p in data["other"]:
-        if p["peer"] != peer:
-            peer = p["peer"]
-            lines.append(f"  {peer or 'no single peer'}:")
-        extra = f" (priority {p['priority']}" + (", socket" if p["socket"] else "") + ")"
-        tmpl = "".join(f"; {t}" for t in p["templates"])
-        lines.append(f"    {_policy_line(p)}{extra}{tmpl}")
-    return "\n".join(lines) + "\n"
-
-
-# -- xfrm/state ----------------------------------------------------------------------------------
-
-
-def redact_hex(text: str) -> str:
-    return _LONG_HEX.sub(REDACTED, text)
-
-
-def states_json(states: Sequence[StateLike]) -> dict[str, Any]:
-    """The SAs of `ip xfrm state` (parsed, keys already redacted) as a list."""
-    return {
-        "states": [
-            {
-                "src": state.src,
-                "dst": state.dst,
-                "proto": state.proto,
-                "spi": state.spi,
-                "reqid": state.reqid,
-                "mode": state.mode,
-                "selector": state.selector,
-                "text": redact_hex(state.text),
-            }
-            for state in states
-        ]
-    }
-
-
-def states_text(states: Sequence[StateLike]) -> str:
-    if not states:
-        return "No XFRM states\n"
-    return "".join(redact_hex(state.text) + "\n" for state in states)
 
 
 def memory_text(

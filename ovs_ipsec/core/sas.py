@@ -1,5 +1,6 @@
-"""charon's SAs as plain data: `list-sas` replies and SA events parsed, and the events folded
-into the last listing. Pure.
+"""charon's SAs and events as plain data: `list-sas` replies and events parsed once, here, into
+typed values (`parse_sas`, `parse_event`), and the SA events folded into the last listing. Pure.
+Every key of charon's SA and event messages is read in this module only.
 
 charon's events carry the SA they are about; folding them into the last listing keeps states
 current between listings. `list-sas` with noblock (which never waits for an SA a charon thread
@@ -13,6 +14,7 @@ May import: naming, stdlib.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +151,124 @@ def parse_sas(entries: Iterable[Mapping[str, Any]]) -> dict[str, tuple[IkeSa, ..
     }
 
 
+# -- events ---------------------------------------------------------------------------------
+
+
+ALERT_EVENT = "alert"
+LOG_EVENT = "log"
+
+
+class SaEventKind(enum.StrEnum):
+    IKE_UPDOWN = "ike-updown"
+    CHILD_UPDOWN = "child-updown"
+    IKE_REKEY = "ike-rekey"
+    CHILD_REKEY = "child-rekey"
+
+
+ChildPair = tuple[ChildSa | None, ChildSa | None]  # (old, new) of a CHILD_SA rekeying
+
+
+@dataclass(frozen=True, slots=True)
+class EventSa:
+    """One IKE_SA an event is about, under the name charon gave it (`UNNAMED` before a
+    connection was chosen). `ike` is what the event said of it (for ike-rekey: nothing, the
+    two IKE_SAs are in `rekeyed`; for child-rekey: without its CHILD_SAs, which are in
+    `child_pairs`, one per CHILD_SA the event named, (None, None) for one it garbled)."""
+
+    name: str
+    ike: IkeSa
+    rekeyed: tuple[IkeSa, IkeSa] | None = None  # ike-rekey: (old, new)
+    child_pairs: tuple[ChildPair, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SaEvent:
+    """ike-updown, child-updown, ike-rekey or child-rekey."""
+
+    kind: SaEventKind
+    up: bool
+    sas: tuple[EventSa, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """strongSwan 6's `alert`: its type and the IKE_SA(s) it names (None: it names none)."""
+
+    type: str
+    sas: tuple[EventSa, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One of charon's log messages; `ike_name`/`ike_id` None when it is not about an IKE_SA."""
+
+    ike_name: str | None
+    ike_id: int | None
+    group: object  # charon's log group ("IKE", "CFG", ...), as sent
+    message: str
+
+
+Event = SaEvent | AlertEvent | LogEvent
+
+
+def parse_event(name: str, body: Mapping[str, Any]) -> Event | None:
+    """A decoded event (as the event session receives it) as a typed value; None for an event
+    the daemon does not fold."""
+    if name == LOG_EVENT:
+        ike_name = body.get("ikesa-name")
+        return LogEvent(
+            ike_name if isinstance(ike_name, str) else None,
+            as_int(body.get("ikesa-uniqueid")),
+            body.get("group"),
+            as_text(body.get("msg")),
+        )
+    if name == ALERT_EVENT:
+        sas = body.get("ike-sa")
+        return AlertEvent(
+            as_text(body.get("type")),
+            tuple(_event_sa(SaEventKind.IKE_UPDOWN, n, sa) for n, sa in sas.items()
+                  if isinstance(sa, Mapping)) if isinstance(sas, Mapping) else None,
+        )  # fmt: skip
+    try:
+        kind = SaEventKind(name)
+    except ValueError:
+        return None
+    return SaEvent(
+        kind,
+        body.get("up") == "yes",
+        tuple(
+            _event_sa(kind, n, sa)
+            for n, sa in body.items()
+            if n != "up" and isinstance(sa, Mapping)
+        ),
+    )
+
+
+def _event_sa(kind: SaEventKind, name: str, sa: Mapping[str, Any]) -> EventSa:
+    if kind is SaEventKind.IKE_REKEY:
+        old, new = sa.get("old"), sa.get("new")
+        rekeyed = None
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            rekeyed = (parse_ike(name, old), parse_ike(name, new))
+        return EventSa(name, parse_ike(name, {}), rekeyed)
+    if kind is SaEventKind.CHILD_REKEY:
+        pairs = sa.get("child-sas")
+        child_pairs = tuple(
+            (_child_or_none(pair, "old"), _child_or_none(pair, "new"))
+            if isinstance(pair, Mapping)
+            else (None, None)
+            for pair in (pairs.values() if isinstance(pairs, Mapping) else ())
+        )
+        ike = parse_ike(name, {k: v for k, v in sa.items() if k != "child-sas"})
+        return EventSa(name, ike, child_pairs=child_pairs)
+    return EventSa(name, parse_ike(name, sa))
+
+
+def _child_or_none(pair: Mapping[str, Any], key: str) -> ChildSa | None:
+    value = pair.get(key)
+    return parse_child(value) if isinstance(value, Mapping) else None
+
+
 def current_ike(sas: Iterable[IkeSa]) -> IkeSa | None:
     """The IKE_SA that speaks for a connection: the newest established one, else the newest
     one being negotiated; SAs being deleted do not count."""
@@ -177,27 +297,26 @@ def _replace_ike(sas: list[IkeSa], new: IkeSa, keep_children: bool) -> list[IkeS
 
 
 def fold_sa_event(
-    sas: Mapping[str, tuple[IkeSa, ...]], name: str, body: Mapping[str, Any]
+    sas: Mapping[str, tuple[IkeSa, ...]], event: SaEvent
 ) -> tuple[dict[str, tuple[IkeSa, ...]], Expected]:
-    """The snapshot after an ike-updown, child-updown, ike-rekey or child-rekey event, and what
-    a listing should now show. Only the event's connections are copied and sorted again (an
-    event names one or two of thousands)."""
+    """The snapshot after an SA event, and what a listing should now show. Only the event's
+    connections are copied and sorted again (an event names one or two of thousands)."""
     result: dict[str, list[IkeSa]] = {}
     expected: Expected = {}
-    up = body.get("up") == "yes"
-    for conn, sa in body.items():
-        if not naming.is_owned_conn(conn) or not isinstance(sa, Mapping):
+    up = event.up
+    for entry in event.sas:
+        conn = entry.name
+        if not naming.is_owned_conn(conn):
             continue
         current = result.setdefault(conn, list(sas.get(conn, ())))
-        if name == "ike-updown":
-            ike = parse_ike(conn, sa)
+        ike = entry.ike
+        if event.kind is SaEventKind.IKE_UPDOWN:
             if up:
                 result[conn] = _replace_ike(current, ike, keep_children=True)
             else:
                 result[conn] = [s for s in current if s.uniqueid != ike.uniqueid]
             expected[(conn, ike.uniqueid)] = up
-        elif name == "child-updown":
-            ike = parse_ike(conn, sa)
+        elif event.kind is SaEventKind.CHILD_UPDOWN:
             old = next((s for s in current if s.uniqueid == ike.uniqueid), None)
             children = {c.uniqueid: c for c in (old.children if old else ())}
             for child in ike.children:
@@ -205,41 +324,30 @@ def fold_sa_event(
                     children[child.uniqueid] = child
                 else:
                     children.pop(child.uniqueid, None)
-            ike = dataclasses.replace(
-                ike, children=tuple(sorted(children.values(), key=lambda c: (c.name, c.uniqueid)))
-            )
+            ike = dataclasses.replace(ike, children=_sorted_children(children.values()))
             result[conn] = _replace_ike(current, ike, keep_children=False)
             if up:
                 expected[(conn, ike.uniqueid)] = True
-        elif name == "ike-rekey":
-            old_sa, new_sa = sa.get("old"), sa.get("new")
-            if isinstance(old_sa, Mapping) and isinstance(new_sa, Mapping):
-                old = parse_ike(conn, old_sa)
-                previous = next((s for s in current if s.uniqueid == old.uniqueid), None)
-                new = parse_ike(conn, new_sa)
+        elif event.kind is SaEventKind.IKE_REKEY:
+            if entry.rekeyed is not None:
+                old_ike, new = entry.rekeyed
+                previous = next((s for s in current if s.uniqueid == old_ike.uniqueid), None)
                 if previous is not None:  # the CHILD_SAs move over to the new IKE_SA
                     new = dataclasses.replace(new, children=previous.children)
-                kept = [s for s in current if s.uniqueid != old.uniqueid]
+                kept = [s for s in current if s.uniqueid != old_ike.uniqueid]
                 result[conn] = _replace_ike(kept, new, keep_children=True)
-                expected[(conn, old.uniqueid)] = False
+                expected[(conn, old_ike.uniqueid)] = False
                 expected[(conn, new.uniqueid)] = True
-        elif name == "child-rekey":
-            ike = parse_ike(conn, {k: v for k, v in sa.items() if k != "child-sas"})
+        else:  # CHILD_REKEY
             old = next((s for s in current if s.uniqueid == ike.uniqueid), None)
             children = {c.uniqueid: c for c in (old.children if old else ())}
-            pairs = sa.get("child-sas")
-            for pair in pairs.values() if isinstance(pairs, Mapping) else ():
-                if not isinstance(pair, Mapping):
-                    continue
-                for key, present in (("old", False), ("new", True)):
-                    if isinstance(pair.get(key), Mapping):
-                        child = parse_child(pair[key])
+            for old_child, new_child in entry.child_pairs:
+                for child, present in ((old_child, False), (new_child, True)):
+                    if child is not None:
                         children.pop(child.uniqueid, None)
                         if present:
                             children[child.uniqueid] = child
-            ike = dataclasses.replace(
-                ike, children=tuple(sorted(children.values(), key=lambda c: (c.name, c.uniqueid)))
-            )
+            ike = dataclasses.replace(ike, children=_sorted_children(children.values()))
             result[conn] = _replace_ike(current, ike, keep_children=False)
     snapshot = dict(sas)
     for conn, found in result.items():
@@ -248,6 +356,10 @@ def fold_sa_event(
         else:
             snapshot.pop(conn, None)
     return snapshot, expected
+
+
+def _sorted_children(children: Iterable[ChildSa]) -> tuple[ChildSa, ...]:
+    return tuple(sorted(children, key=lambda c: (c.name, c.uniqueid)))
 
 
 def merge_listing(

@@ -11,7 +11,7 @@ Status commands answer text by default, JSON with `--json`, and a JSON value (no
 a client that said `set-options --format json` (`ovs-appctl --format json`, OVS 3.4+; the
 library has that command from OVS 3.3 on). The shapes are in docs/status-json.md.
 
-May import: ovs, render, status, xfrm.iproute2, daemon.loop (its types), errors,
+May import: ovs, render, render_xfrm, status, xfrm.iproute2, daemon.loop (its types), errors,
 stdlib.
 """
 
@@ -183,8 +183,8 @@ class Control:
         _reply(
             conn,
             argv,
-            lambda: _render().policies_json(observed, explained),
-            lambda: _render().policies_text(observed, explained),
+            lambda: _render_xfrm().policies_json(observed, explained),
+            lambda: _render_xfrm().policies_text(observed, explained),
         )
 
     def _xfrm_state(self, conn: Any, argv: list[str], aux: Any) -> None:
@@ -196,7 +196,10 @@ class Control:
             conn.reply_error(f"cannot list XFRM states: {exc}")
             return
         _reply(
-            conn, argv, lambda: _render().states_json(states), lambda: _render().states_text(states)
+            conn,
+            argv,
+            lambda: _render_xfrm().states_json(states),
+            lambda: _render_xfrm().states_text(states),
         )
 
     def _memory_show(self, conn: Any, argv: list[str], aux: Any) -> None:
@@ -219,6 +222,13 @@ def _render() -> ModuleType:
     from ovs_ipsec.core import render
 
     return render
+
+
+def _render_xfrm() -> ModuleType:
+    """The kernel's policies and SAs as text, loaded with the first xfrm/ command."""
+    from ovs_ipsec.core import render_xfrm
+
+    return render_xfrm
 
 
 def _allocation_sites(limit: int = 15) -> list[tuple[str, int, int]]:

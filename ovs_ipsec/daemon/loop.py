@@ -35,6 +35,7 @@ from ovs_ipsec.adapters.xfrm.adapter import Xfrm
 from ovs_ipsec.core import naming
 from ovs_ipsec.core.block_policies import (
     FAIL_CLOSED_PRIORITY,
+    PolicyReason,
     PolicySpec,
     explain_protection,
     policies_to_add_and_remove,
@@ -54,6 +55,7 @@ from ovs_ipsec.core.desired import Delta, Planner
 from ovs_ipsec.core.failures import FailureCounts
 from ovs_ipsec.core.ike_options.settings import NO_SETTINGS
 from ovs_ipsec.core.model import AuthMode, Config
+from ovs_ipsec.core.outcomes import Tracker, dispatch
 from ovs_ipsec.core.reconcile import (
     Action,
     Applied,
@@ -68,12 +70,11 @@ from ovs_ipsec.core.reconcile import (
     diff,
     record,
 )
-from ovs_ipsec.core.sas import IkeSa, fold_sa_event, merge_listing, parse_sas
+from ovs_ipsec.core.sas import IkeSa, merge_listing, parse_sas
 from ovs_ipsec.core.status import (
     Protection,
     StateKey,
     StatusBook,
-    Tracker,
     TunnelStatus,
     View,
     fold,
@@ -760,7 +761,7 @@ class Daemon:
             first = self._unlogged.get(name)
             self._unlogged[name] = (before if first is None else first[0], now)
 
-    def explained_policies(self) -> dict[PolicySpec, tuple[str, ...]]:
+    def explained_policies(self) -> dict[PolicySpec, tuple[PolicyReason, ...]]:
         """Every protection policy wanted now, with the tunnels (or ipsec_skb_mark) it is for;
         the same config the planner protects, invalid tunnels found while planning included."""
         return explain_protection(dataclasses.replace(self.config, invalid=self.desired.invalid))
@@ -814,11 +815,11 @@ class Daemon:
         received = self.events.receive()
         changed = False
         for name, body in received.events:
-            if self.tracker.feed(name, body):
+            self.sas, expected, conns = dispatch(name, body, self.tracker, self.sas)
+            if conns:
                 changed = True
-                self.sas, expected = fold_sa_event(self.sas, name, body)
                 self._sas_expected.update(expected)
-                self._touch(conn for conn, sa in body.items() if isinstance(sa, Mapping))
+                self._touch(conns)
         self._touch(self.tracker.touched())
         if changed:
             self._sas_rechecks = 0

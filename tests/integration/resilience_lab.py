@@ -20,7 +20,7 @@ from typing import Any
 
 import vici.exception
 
-from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.core.vici_wire import bytes_to_text as decode
 from ovs_ipsec.tools.lab import Host, wait_for
 
 # The reserved priorities of the daemon's own block policies (fail-closed, ipsec_skb_mark).

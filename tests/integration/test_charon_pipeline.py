@@ -5,6 +5,7 @@ same as with one request at a time."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,8 @@ from ovs_ipsec.adapters.charon import (
     load_shared_request,
     unload_shared_request,
 )
-from ovs_ipsec.core.connections import ConnSpec, SharedSpec
+from ovs_ipsec.core import vici_wire
+from ovs_ipsec.core.connections import AuthClass, ConnSpec, SharedSpec
 from ovs_ipsec.core.model import Secret
 from ovs_ipsec.errors import CharonError
 from ovs_ipsec.tools.lab import Lab
@@ -35,7 +37,14 @@ def conn_spec(peer: str) -> ConnSpec:
                               "mode": "transport", "start_action": "trap"},
         },
     }  # fmt: skip
-    return ConnSpec.of(name=name, remote_ip=peer, tunnels=(f"t-{peer}",), body=body)
+    return spec(name, peer, f"t-{peer}", body)
+
+
+def spec(name: str, peer: str, tunnel: str, body: dict[str, Any]) -> ConnSpec:
+    """A connection of any body (identities and children as status would show them unused)."""
+    return ConnSpec(name=name, remote_ip=peer, tunnels=(tunnel,),
+                    wire=vici_wire.encode_message(body), auth=AuthClass.PSK, local_id="",
+                    remote_id=peer, children=((),))  # fmt: skip
 
 
 def secret_spec(peer: str) -> SharedSpec:
@@ -50,8 +59,7 @@ def test_pipeline_outcomes_in_order_with_a_refusal_in_the_middle(
     host = lab.hosts[0]
     charon = Charon(host.vici_path, timeout=10)
     peers = [f"10.201.{i // 250}.{i % 250 + 1}" for i in range(3 * PIPELINE_WINDOW)]
-    broken = ConnSpec.of(name="ovs-10.99.0.1", remote_ip="10.99.0.1", tunnels=("bad",),
-                      body={"proposals": ["no-such-algorithm"]})  # fmt: skip
+    broken = spec("ovs-10.99.0.1", "10.99.0.1", "bad", {"proposals": ["no-such-algorithm"]})
     requests = [load_shared_request(secret_spec(p)) for p in peers]
     requests += [load_conn_request(conn_spec(p)) for p in peers[:50]]
     requests.append(load_conn_request(broken))

@@ -3,7 +3,7 @@ what is missing with the plugin and Debian package, judged against real charon 5
 
 tests/unit/data/charon-5.9.8-capabilities.json holds `get-algorithms`, the `plugins` of `stats`
 and `version` of a lab charon (ovs_ipsec.tools.lab, CHARON_PLUGINS) started with every plugin and
-without some (`Host.start_charon(without=...)`), decoded with vicidata.decode; recorded by
+without some (`Host.start_charon(without=...)`), decoded with vici_wire.bytes_to_text; recorded by
 tests/unit/data/record_capabilities.py.
 """
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import pytest
 
 from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, vici_path
-from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.core.vici_wire import bytes_to_text as decode
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ from ovs_ipsec.core.causes import Cause
 from ovs_ipsec.core.connections import plan
 from ovs_ipsec.core.failures import FailureCounts
 from ovs_ipsec.core.model import InterfaceRow, Snapshot
+from ovs_ipsec.core.outcomes import Tracker
 from ovs_ipsec.core.parse import parse_config
-from ovs_ipsec.core.status import State, StateKey, StatusBook, Tracker, View
+from ovs_ipsec.core.sas import parse_event
+from ovs_ipsec.core.status import State, StateKey, StatusBook, View
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "charon-5.9.8-events.json").read_text())
 GENERIC: StateKey = (State.FAILED, "IKE negotiation with 10.77.0.2 failed", Cause.NEGOTIATION)
@@ -21,6 +23,12 @@ AUTH: StateKey = (State.FAILED, "authentication failed: peer 10.77.0.2 rejected 
                   Cause.AUTHENTICATION)  # fmt: skip
 CONFIGURED: StateKey = (State.CONFIGURED, "loaded", None)
 CONNECTING: StateKey = (State.CONNECTING, "negotiating", None)
+
+
+def feed(tracker: Tracker, name: str, body: dict[str, Any]) -> None:
+    event = parse_event(name, body)
+    if event is not None:
+        tracker.feed(event)
 
 
 class Loop:
@@ -39,7 +47,7 @@ class Loop:
 
     def turn(self, events: list[tuple[str, dict[str, Any]]], at: float) -> dict[str, int]:
         for name, body in events:
-            self.tracker.feed(name, body)
+            feed(self.tracker, name, body)
         for name, (before, now) in self.book.refold(self.view).items():
             self.failures.change(name, before, now, at)
         self.failures.settle(at)

@@ -17,7 +17,10 @@ from ovs_ipsec.core.block_policies import (
     FAIL_CLOSED_PRIORITY,
     OWNED_PRIORITIES,
     SKB_MARK_PRIORITY,
+    SKB_MARK_REASON,
+    PolicyReason,
     PolicySpec,
+    Purpose,
     explain_protection,
     is_owned,
     plan_protection,
@@ -152,7 +155,10 @@ def test_two_tunnels_to_one_peer_share_nothing_but_dedupe_identical_specs():
     )
     assert plan_protection(cfg) == both("10.0.0.2", GRE) | both("10.0.0.2", UDP, 6081)
     reasons = explain_protection(cfg)
-    assert reasons[fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)] == ("tunnel gre0", "tunnel gre1")
+    assert reasons[fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)] == (
+        PolicyReason(Purpose.TUNNEL, "gre0"),
+        PolicyReason(Purpose.TUNNEL, "gre1"),
+    )
 
 
 def test_fail_closed_keys_never_equal_a_charon_trap_without_local_address():
@@ -187,7 +193,9 @@ def test_invalid_tunnel_with_remote_ip_fails_closed(kind, dst_port, expected):
     for proto, port in expected:
         want |= both("10.0.0.9", proto, port)
     assert plan_protection(cfg) == want
-    assert set(explain_protection(cfg).values()) == {("invalid tunnel bad0",)}
+    assert set(explain_protection(cfg).values()) == {
+        (PolicyReason(Purpose.INVALID_TUNNEL, "bad0"),)
+    }
 
 
 def test_fail_open_drops_per_tunnel_blocks_but_keeps_skb_mark():
@@ -214,7 +222,7 @@ def test_skb_mark_covers_gre_and_every_tunnel_port_outbound_both_families():
     }
     assert plan == want
     assert len(plan) == 8
-    assert set(explain_protection(cfg).values()) == {("ipsec_skb_mark",)}
+    assert set(explain_protection(cfg).values()) == {(SKB_MARK_REASON,)}
 
 
 def test_skb_mark_always_covers_vxlan_and_geneve_and_ipsec_tunnel_ports():

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovs_ipsec.adapters.charon import Charon
-from ovs_ipsec.core import naming, vicidata
-from ovs_ipsec.core.connections import ConnSpec, Desired, KeySpec, SharedSpec
+from ovs_ipsec.core import naming, vici_wire
+from ovs_ipsec.core.connections import AuthClass, ConnSpec, Desired, KeySpec, SharedSpec
 from ovs_ipsec.core.model import Secret
 from ovs_ipsec.core.reconcile import (
     Applied,
@@ -38,11 +38,16 @@ PEERS = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1", "2001:db8::2"]
 
 
 def conn(remote_ip: str, variant: int = 0) -> ConnSpec:
-    return ConnSpec.of(
+    body = {"version": "2", "remote_addrs": [remote_ip], "children": {f"ovs-t{variant}": {}}}
+    return ConnSpec(
         name=naming.conn_name(remote_ip),
         remote_ip=remote_ip,
         tunnels=(f"t{variant}",),
-        body={"version": "2", "remote_addrs": [remote_ip], "children": {f"ovs-t{variant}": {}}},
+        wire=vici_wire.encode_message(body),
+        auth=AuthClass.PSK,
+        local_id="",
+        remote_id=remote_ip,
+        children=((),),
     )
 
 
@@ -242,7 +247,7 @@ def test_secret_load_without_renegotiation(believed_secret: str | None, conn_loa
 
 @pytest.mark.parametrize(
     "believed",
-    [None, b"", vicidata.encode({"version": "2"}), conn(PEERS[0], 1).wire],
+    [None, b"", vici_wire.encode_message({"version": "2"}), conn(PEERS[0], 1).wire],
     ids=["unknown", "empty", "partial", "other"],
 )
 def test_connection_with_unknown_or_different_content_is_reloaded(believed: Any) -> None:

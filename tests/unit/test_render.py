@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ovs_ipsec.adapters.xfrm.iproute2 import parse_policies, parse_states
-from ovs_ipsec.core import render
-from ovs_ipsec.core.block_policies import PolicySpec, explain_protection
+from ovs_ipsec.core import render, render_xfrm
+from ovs_ipsec.core.block_policies import PolicyReason, PolicySpec, Purpose, explain_protection
 from ovs_ipsec.core.connections import plan
 from ovs_ipsec.core.model import Config, InterfaceRow, Snapshot
 from ovs_ipsec.core.parse import parse_config
@@ -162,8 +162,8 @@ def test_show_json_has_the_documented_shape() -> None:
 
     walk(data)
     text_in, explained = kernel_policies()
-    walk(render.policies_json(parse_policies(text_in), explained))
-    walk(render.states_json(parse_states(STATES)))
+    walk(render_xfrm.policies_json(parse_policies(text_in), explained))
+    walk(render_xfrm.states_json(parse_states(STATES)))
     walk(render.ipsec_status_json(statuses))
     assert produced <= documented, produced - documented
     assert documented <= produced, documented - produced
@@ -195,12 +195,13 @@ def ip_xfrm_text(spec: PolicySpec) -> str:
     )
 
 
-def kernel_policies() -> tuple[str, dict[PolicySpec, tuple[str, ...]]]:
+def kernel_policies() -> tuple[str, dict[PolicySpec, tuple[PolicyReason, ...]]]:
     """The tunnel's outbound blocks are installed, its inbound ones are not; one stale block of
     ours (10.9.9.9) and charon's policies."""
     explained = explain_protection(parse_config(Snapshot(ROWS, {})))
     outbound = [spec for spec, why in explained.items()
-                if why == ("tunnel good",) and spec.direction == "out"]  # fmt: skip
+                if why == (PolicyReason(Purpose.TUNNEL, "good"),)
+                and spec.direction == "out"]  # fmt: skip
     assert outbound
     return "".join(ip_xfrm_text(spec) for spec in outbound) + OTHERS, explained
 
@@ -210,7 +211,7 @@ def test_policies_ours_apart_each_once_inbound_under_its_peer() -> None:
     missing says so; one that is ours but no longer wanted says that; charon's are grouped
     under the peer, inbound ones too (by source), each once."""
     text_in, explained = kernel_policies()
-    data = render.policies_json(parse_policies(text_in), explained)
+    data = render_xfrm.policies_json(parse_policies(text_in), explained)
     good = [p for p in data["protection"] if p["reasons"] == ["tunnel good"]]
     assert {(p["direction"], p["installed"]) for p in good} == {("out", True), ("in", False)}
     assert {p["purpose"] for p in good} == {"fail-closed"}
@@ -218,7 +219,7 @@ def test_policies_ours_apart_each_once_inbound_under_its_peer() -> None:
     assert [(p["src"], p["installed"]) for p in stale] == [("10.9.9.9/32", True)]
     assert [(p["peer"], p["direction"]) for p in data["other"]] == [
         ("192.0.2.2", "in"), ("192.0.2.2", "out"), (None, "in")]  # fmt: skip
-    text = render.policies_text(parse_policies(text_in), explained)
+    text = render_xfrm.policies_text(parse_policies(text_in), explained)
     assert text.count("192.0.2.2/32 -> 192.0.2.1/32") == 1
     assert "MISSING: in  192.0.2.2/32 -> " in text
     assert "[no longer wanted]" in text
@@ -237,14 +238,14 @@ src 192.0.2.1 dst 192.0.2.2
 
 def test_states_never_show_a_key_and_parse_the_ids() -> None:
     states = parse_states(STATES)
-    data = render.states_json(states)
+    data = render_xfrm.states_json(states)
     assert data["states"] == [{
         "src": "192.0.2.1", "dst": "192.0.2.2", "proto": "esp", "spi": "0xc0671655",
         "reqid": 1, "mode": "transport", "selector": "src 192.0.2.1/32 dst 192.0.2.2/32 proto gre",
         "text": data["states"][0]["text"]}]  # fmt: skip
-    for output in (json.dumps(data), render.states_text(states)):
+    for output in (json.dumps(data), render_xfrm.states_text(states)):
         assert "00112233445566778899" not in output
-    assert render.states_text(parse_states("")) == "No XFRM states\n"
+    assert render_xfrm.states_text(parse_states("")) == "No XFRM states\n"
 
 
 def test_memory_text() -> None:

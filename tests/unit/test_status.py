@@ -14,20 +14,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovs_ipsec.core.block_policies import explain_protection
+from ovs_ipsec.core.block_policies import (
+    SKB_MARK_REASON,
+    PolicyReason,
+    Purpose,
+    explain_protection,
+)
 from ovs_ipsec.core.causes import ALERTS, LOG_PATTERNS, Cause, Scope, log_wanted
-from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.connections import AuthClass, TrafficSelector, plan
 from ovs_ipsec.core.model import InterfaceRow, Snapshot
+from ovs_ipsec.core.outcomes import ConnOutcome, Outcome, Tracker, dispatch
 from ovs_ipsec.core.parse import parse_config
-from ovs_ipsec.core.sas import IkeSa, current_ike, fold_sa_event, merge_listing, parse_sas
+from ovs_ipsec.core.sas import (
+    Expected,
+    IkeSa,
+    SaEvent,
+    current_ike,
+    fold_sa_event,
+    merge_listing,
+    parse_event,
+    parse_sas,
+)
 from ovs_ipsec.core.status import (
-    ConnOutcome,
-    Outcome,
     Protection,
     State,
     StateKey,
     StatusBook,
-    Tracker,
     View,
     fold,
     protection_by_tunnel,
@@ -40,13 +52,27 @@ H1_CONN = "ovs-10.77.0.2"  # h1's connection to h2
 H2_CONN = "ovs-10.77.0.1"
 
 
+def feed(tracker: Tracker, name: str, body: dict[str, Any]) -> bool:
+    """An event as the event session receives it, parsed and fed as the daemon does."""
+    event = parse_event(name, body)
+    return event is not None and tracker.feed(event)
+
+
+def fold_event(
+    sas: dict[str, tuple[IkeSa, ...]], name: str, body: dict[str, Any]
+) -> tuple[dict[str, tuple[IkeSa, ...]], Expected]:
+    event = parse_event(name, body)
+    assert isinstance(event, SaEvent)
+    return fold_sa_event(sas, event)
+
+
 def replay(
     scenario: str, host: str, only: Iterable[str] | None = None, recorded: Any = RECORDED
 ) -> Tracker:
     tracker = Tracker()
     for name, body in recorded[scenario][host]:
         if only is None or name in only:
-            tracker.feed(name, body)
+            feed(tracker, name, body)
     return tracker
 
 
@@ -125,7 +151,7 @@ def test_unnamed_responder_failure_is_filed_under_the_peer_and_names_its_identit
             (sa.get("uniqueid") for sa in body.values() if isinstance(sa, dict)), None
         )
         if uid == "1":
-            tracker.feed(name, body)
+            feed(tracker, name, body)
     failure = tracker.outcomes()[H1_CONN].failure
     assert failure is not None and failure.cause is Cause.AUTHENTICATION
     assert "presented identity 'h3'" in failure.reason
@@ -147,9 +173,9 @@ def test_event_order_does_not_matter_for_the_reason() -> None:
     logs = [e for e in events if e[0] != "ike-updown"]
     first, last = Tracker(), Tracker()
     for name, body in updown + logs:
-        first.feed(name, body)
+        feed(first, name, body)
     for name, body in logs + updown:
-        last.feed(name, body)
+        feed(last, name, body)
     assert first.outcomes()[H1_CONN].failure == last.outcomes()[H1_CONN].failure
     assert "rejected us as '10.77.0.1'" in str(first.outcomes()[H1_CONN].failure)
 
@@ -182,7 +208,7 @@ def test_6_0_kernel_refusal_reason_whatever_the_event_order() -> None:
     for order in (updown + logs, logs + updown, events):
         tracker = Tracker()
         for name, body in order:
-            tracker.feed(name, body)
+            feed(tracker, name, body)
         outcomes.append(tracker.outcomes()[H2_CONN].failure)
     assert outcomes[0] is not None and outcomes.count(outcomes[0]) == 3
 
@@ -215,7 +241,7 @@ def test_only_ike_auth_responses_are_read_from_the_packet_log() -> None:
     assert not log_wanted("ENC", "parsed INFORMATIONAL request 2 [ N(AUTH_FAILED) ]")
     assert not log_wanted("NET", "received packet: from 10.77.0.1[500] to 10.77.0.2[500]")
     tracker = Tracker()
-    tracker.feed("log", {**log("generating IKE_AUTH response 1 [ N(NO_PROP) ]"), "group": "NET"})
+    feed(tracker, "log", {**log("generating IKE_AUTH response 1 [ N(NO_PROP) ]"), "group": "NET"})
     assert tracker.outcomes() == {}
 
 
@@ -287,8 +313,8 @@ def test_every_cause_pattern_yields_a_formatted_reason(message: str, cause: Caus
     """Each reason formats completely (no braces left), and an IKE failure is the connection's
     failure while a CHILD one is its child failure."""
     tracker = Tracker()
-    tracker.feed("log", log("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2"))
-    tracker.feed("log", log(message))
+    feed(tracker, "log", log("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2"))
+    feed(tracker, "log", log(message))
     outcome = tracker.outcomes()[H1_CONN]
     found = outcome.failure or outcome.child_failure
     assert found is not None and found.cause is cause
@@ -297,10 +323,10 @@ def test_every_cause_pattern_yields_a_formatted_reason(message: str, cause: Caus
 
 def test_messages_about_other_ike_sas_or_none_or_from_chatty_groups_are_ignored() -> None:
     tracker = Tracker()
-    tracker.feed("log", {**log("received AUTHENTICATION_FAILED notify error"), "group": "NET"})
-    tracker.feed("log", log("received AUTHENTICATION_FAILED notify error", ike="office-vpn"))
-    tracker.feed("log", log("received AUTHENTICATION_FAILED notify error", ike=None, uid=None))
-    tracker.feed("log", log("added vici connection: ovs-10.77.0.2", ike=None, uid=None))
+    feed(tracker, "log", {**log("received AUTHENTICATION_FAILED notify error"), "group": "NET"})
+    feed(tracker, "log", log("received AUTHENTICATION_FAILED notify error", ike="office-vpn"))
+    feed(tracker, "log", log("received AUTHENTICATION_FAILED notify error", ike=None, uid=None))
+    feed(tracker, "log", log("added vici connection: ovs-10.77.0.2", ike=None, uid=None))
     assert tracker.outcomes() == {}
 
 
@@ -308,37 +334,37 @@ def test_failed_candidate_before_success_is_not_a_failure() -> None:
     """charon logs a failed candidate key before trying the next one; once the IKE_SA is
     established, such IKE-level messages are not failures, but a lost peer still is."""
     tracker = Tracker()
-    tracker.feed("ike-updown", {"up": "yes", H1_CONN: ike_sa(3)})
-    tracker.feed("log", log("no trusted RSA public key found for 'h2'", uid=3))
+    feed(tracker, "ike-updown", {"up": "yes", H1_CONN: ike_sa(3)})
+    feed(tracker, "log", log("no trusted RSA public key found for 'h2'", uid=3))
     assert tracker.outcomes()[H1_CONN].failure is None
-    tracker.feed("log", log("giving up after 5 retransmits", uid=3))
+    feed(tracker, "log", log("giving up after 5 retransmits", uid=3))
     failure = tracker.outcomes()[H1_CONN].failure
     assert failure is not None and failure.cause is Cause.UNREACHABLE
 
 
 def test_up_clears_failures_and_priority_keeps_the_specific_reason() -> None:
     tracker = Tracker()
-    tracker.feed("log", log("tried 1 shared key for 'a' - 'b', but MAC mismatched", uid=1))
-    tracker.feed("log", log("received INVALID_SYNTAX notify error", uid=1))  # less specific
+    feed(tracker, "log", log("tried 1 shared key for 'a' - 'b', but MAC mismatched", uid=1))
+    feed(tracker, "log", log("received INVALID_SYNTAX notify error", uid=1))  # less specific
     failure = tracker.outcomes()[H1_CONN].failure
     assert failure is not None and "pre-shared key" in failure.reason
-    tracker.feed("ike-updown", {H1_CONN: ike_sa(2, "CONNECTING")})  # a later attempt fails
+    feed(tracker, "ike-updown", {H1_CONN: ike_sa(2, "CONNECTING")})  # a later attempt fails
     failure = tracker.outcomes()[H1_CONN].failure
     assert failure is not None and failure.ike_id == 2 and failure.cause is Cause.NEGOTIATION
-    tracker.feed("ike-updown", {"up": "yes", H1_CONN: ike_sa(3)})
+    feed(tracker, "ike-updown", {"up": "yes", H1_CONN: ike_sa(3)})
     assert tracker.outcomes()[H1_CONN].failure is None
 
 
 def test_forget_and_reset_and_bounded_context() -> None:
     tracker = Tracker(max_attempts=4)
     for uid in range(1, 20):
-        tracker.feed("log", log("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2", uid=uid))
+        feed(tracker, "log", log("initiating IKE_SA ovs-10.77.0.2[1] to 10.77.0.2", uid=uid))
     assert len(tracker._attempts) == 4
-    tracker.feed("log", log("no acceptable proposal found", uid=19))
+    feed(tracker, "log", log("no acceptable proposal found", uid=19))
     assert tracker.outcomes()[H1_CONN].failure is not None
     tracker.forget(H1_CONN)
     assert H1_CONN not in tracker.outcomes()
-    tracker.feed("log", log("no acceptable proposal found", uid=19))
+    feed(tracker, "log", log("no acceptable proposal found", uid=19))
     tracker.reset()
     assert tracker.outcomes() == {} and not tracker._attempts
 
@@ -346,15 +372,15 @@ def test_forget_and_reset_and_bounded_context() -> None:
 def test_alerts_of_strongswan_6_classify_without_log_messages() -> None:
     tracker = Tracker()
     sa = ike_sa(5, "CONNECTING", **{"remote-id": "h2"})
-    tracker.feed("alert", {"type": "peer-auth-failed", "ike-sa": {H1_CONN: sa}})
+    feed(tracker, "alert", {"type": "peer-auth-failed", "ike-sa": {H1_CONN: sa}})
     failure = tracker.outcomes()[H1_CONN].failure
     assert failure is not None and failure.cause is Cause.AUTHENTICATION
     assert "'h2'" in failure.reason
-    tracker.feed("alert", {"type": "install-child-sa-failed", "ike-sa": {H1_CONN: ike_sa(6)}})
+    feed(tracker, "alert", {"type": "install-child-sa-failed", "ike-sa": {H1_CONN: ike_sa(6)}})
     child = tracker.outcomes()[H1_CONN].child_failure
     assert child is not None and child.reason.startswith("kernel refused the SA")
-    tracker.feed("alert", {"type": "shutdown-signal"})  # no IKE_SA, not a tunnel's cause
-    tracker.feed("alert", {"type": "cert-expired", "ike-sa": {"office-vpn": ike_sa(7)}})
+    feed(tracker, "alert", {"type": "shutdown-signal"})  # no IKE_SA, not a tunnel's cause
+    feed(tracker, "alert", {"type": "cert-expired", "ike-sa": {"office-vpn": ike_sa(7)}})
     assert set(tracker.outcomes()) == {H1_CONN}
     for template in (t for _, _, t in ALERTS.values()):
         assert template.count("{") == template.count("}")
@@ -362,10 +388,10 @@ def test_alerts_of_strongswan_6_classify_without_log_messages() -> None:
 
 def test_rekey_events_count_and_only_sa_events_ask_for_a_listing() -> None:
     tracker = Tracker()
-    assert tracker.feed("ike-rekey", {H1_CONN: {"old": ike_sa(1), "new": ike_sa(2)}})
-    assert tracker.feed("child-rekey", {H1_CONN: {**ike_sa(2), "child-sas": {"ovs-t0": {}}}})
-    assert not tracker.feed("log", log("no acceptable proposal found"))
-    assert not tracker.feed("ike-updown", {"up": "yes", "office-vpn": ike_sa(9)})
+    assert feed(tracker, "ike-rekey", {H1_CONN: {"old": ike_sa(1), "new": ike_sa(2)}})
+    assert feed(tracker, "child-rekey", {H1_CONN: {**ike_sa(2), "child-sas": {"ovs-t0": {}}}})
+    assert not feed(tracker, "log", log("no acceptable proposal found"))
+    assert not feed(tracker, "ike-updown", {"up": "yes", "office-vpn": ike_sa(9)})
     outcome = tracker.outcomes()[H1_CONN]
     assert (outcome.ike_rekeys, outcome.child_rekeys) == (1, 1)
 
@@ -404,7 +430,7 @@ def test_current_ike_prefers_the_newest_established_and_ignores_deleting() -> No
 def test_events_update_the_snapshot_until_a_listing_agrees() -> None:
     """ike-updown adds or removes the IKE_SA at once; a noblock listing that does not show it
     yet (charon was still busy with it) does not undo that, and says to look again."""
-    sas, expected = fold_sa_event({}, "ike-updown", {"up": "yes", H1_CONN: ike_sa(4)})
+    sas, expected = fold_event({}, "ike-updown", {"up": "yes", H1_CONN: ike_sa(4)})
     assert [sa.uniqueid for sa in sas[H1_CONN]] == [4]
     assert expected == {(H1_CONN, 4): True}
     sas, unmet = merge_listing({}, sas, expected)
@@ -412,11 +438,11 @@ def test_events_update_the_snapshot_until_a_listing_agrees() -> None:
     sas, unmet = merge_listing(listing((H1_CONN, ike_sa(4))), sas, unmet)
     assert unmet == {}
     body = {"up": "yes", H1_CONN: {**ike_sa(4), "child-sas": {"x": child_sa("ovs-t0", 5)}}}
-    sas, _ = fold_sa_event(sas, "child-updown", body)
+    sas, _ = fold_event(sas, "child-updown", body)
     assert [c.name for c in sas[H1_CONN][0].children] == ["ovs-t0"]
-    sas, _ = fold_sa_event(sas, "child-updown", {H1_CONN: body[H1_CONN]})
+    sas, _ = fold_event(sas, "child-updown", {H1_CONN: body[H1_CONN]})
     assert sas[H1_CONN][0].children == ()
-    sas, expected = fold_sa_event(sas, "ike-updown", {H1_CONN: ike_sa(4, "DELETING")})
+    sas, expected = fold_event(sas, "ike-updown", {H1_CONN: ike_sa(4, "DELETING")})
     assert sas == {} and expected == {(H1_CONN, 4): False}
     sas, unmet = merge_listing(listing((H1_CONN, ike_sa(4))), {}, expected)
     assert sas == {} and unmet == expected
@@ -424,13 +450,13 @@ def test_events_update_the_snapshot_until_a_listing_agrees() -> None:
 
 def test_rekeys_move_children_to_the_new_sa() -> None:
     body = {"up": "yes", H1_CONN: {**ike_sa(1), "child-sas": {"x": child_sa("ovs-t0", 2)}}}
-    sas, _ = fold_sa_event({}, "child-updown", body)
-    sas, expected = fold_sa_event(sas, "ike-rekey", {H1_CONN: {"old": ike_sa(1),
+    sas, _ = fold_event({}, "child-updown", body)
+    sas, expected = fold_event(sas, "ike-rekey", {H1_CONN: {"old": ike_sa(1),
                                                                "new": ike_sa(7)}})  # fmt: skip
     assert [(sa.uniqueid, [c.uniqueid for c in sa.children]) for sa in sas[H1_CONN]] == [(7, [2])]
     assert expected == {(H1_CONN, 1): False, (H1_CONN, 7): True}
     pair = {"old": child_sa("ovs-t0", 2), "new": child_sa("ovs-t0", 8)}
-    sas, _ = fold_sa_event(sas, "child-rekey", {H1_CONN: {**ike_sa(7), "child-sas": {"x": pair}}})
+    sas, _ = fold_event(sas, "child-rekey", {H1_CONN: {**ike_sa(7), "child-sas": {"x": pair}}})
     assert [c.uniqueid for c in sas[H1_CONN][0].children] == [8]
 
 
@@ -496,11 +522,13 @@ def test_configured_connecting_failed_ike_up_and_up() -> None:
 
 def test_identities_and_selectors_come_from_the_loaded_connection() -> None:
     status = fold(View(DESIRED, frozenset(DESIRED.conns)))["v0"]
-    assert (status.auth, status.local_id, status.remote_id) == ("psk", "", "10.77.0.2")
+    assert (status.auth, status.local_id, status.remote_id) == (AuthClass.PSK, "", "10.77.0.2")
+    port, udp = TrafficSelector(17, 4789), TrafficSelector(17)
     assert [(s.child, s.local_ts, s.remote_ts) for s in status.selectors] == [
-        ("ovs-v0-in", ("dynamic[17/4789]",), ("dynamic[17]",)),
-        ("ovs-v0-out", ("dynamic[17]",), ("dynamic[17/4789]",)),
+        ("ovs-v0-in", port, udp),
+        ("ovs-v0-out", udp, port),
     ]
+    assert (port.vici, udp.vici) == ("dynamic[17/4789]", "dynamic[17]")
 
 
 def test_every_state_but_up_has_a_reason() -> None:
@@ -516,8 +544,8 @@ def test_every_state_but_up_has_a_reason() -> None:
 def test_protection_counts_per_tunnel() -> None:
     config = parse_config(Snapshot(ROWS, {"ipsec_skb_mark": "1/1"}))
     explained = explain_protection(config)
-    g0 = {spec for spec, why in explained.items() if "tunnel g0" in why}
-    skb = {spec for spec, why in explained.items() if "ipsec_skb_mark" in why}
+    g0 = {spec for spec, why in explained.items() if PolicyReason(Purpose.TUNNEL, "g0") in why}
+    skb = {spec for spec, why in explained.items() if SKB_MARK_REASON in why}
     result = protection_by_tunnel(explained, frozenset(g0 | skb), ["g0", "v0", "bad"])
     assert result["g0"] == Protection((len(g0), len(g0)), (len(skb), len(skb)))
     assert result["g0"].active and len(g0) >= 2
@@ -531,7 +559,7 @@ def test_protection_counts_per_tunnel() -> None:
 def test_outcomes_mapping_is_read_only() -> None:
     tracker = Tracker()
     outcomes: Any = tracker.outcomes()
-    tracker.feed("log", log("no acceptable proposal found"))
+    feed(tracker, "log", log("no acceptable proposal found"))
     assert set(outcomes) == {H1_CONN}
     with pytest.raises(TypeError):
         outcomes[H1_CONN] = ConnOutcome()
@@ -539,10 +567,10 @@ def test_outcomes_mapping_is_read_only() -> None:
 
 def test_an_sa_event_leaves_the_other_connections_as_they_were() -> None:
     one, other = "ovs-10.77.1.1", "ovs-10.77.1.2"
-    sas, _ = fold_sa_event({}, "ike-updown", {"up": "yes", other: ike_sa(7)})
-    after, _ = fold_sa_event(sas, "ike-updown", {"up": "yes", one: ike_sa(8)})
+    sas, _ = fold_event({}, "ike-updown", {"up": "yes", other: ike_sa(7)})
+    after, _ = fold_event(sas, "ike-updown", {"up": "yes", one: ike_sa(8)})
     assert after[other] is sas[other] and [s.uniqueid for s in after[one]] == [8]
-    gone, _ = fold_sa_event(after, "ike-updown", {one: ike_sa(8)})
+    gone, _ = fold_event(after, "ike-updown", {one: ike_sa(8)})
     assert set(gone) == {other} and gone[other] is sas[other]
 
 
@@ -554,7 +582,7 @@ def _memo_views() -> tuple[Any, list[View]]:
     desired = plan(parse_config(Snapshot(rows, {})))
     one, other = "ovs-10.77.1.1", "ovs-10.77.1.2"
     body = {"up": "yes", one: {**ike_sa(1), "child-sas": {"x": child_sa("ovs-t0", 2)}}}
-    sas, _ = fold_sa_event({}, "child-updown", body)
+    sas, _ = fold_event({}, "child-updown", body)
     loaded = frozenset(desired.conns)
     return desired, [
         View(desired),
@@ -644,3 +672,15 @@ def test_status_book_equals_a_fresh_fold_after_any_sequence(steps: list[int]) ->
         book.refold(view, None if previous is None else _moved(previous, view))
         assert book.states() == _keys(view)
         previous = view
+
+
+def test_dispatch_feeds_the_tracker_and_the_sa_table_from_one_parse() -> None:
+    tracker = Tracker()
+    sas, expected, conns = dispatch("ike-updown", {"up": "yes", H1_CONN: ike_sa(4)}, tracker, {})
+    assert [sa.uniqueid for sa in sas[H1_CONN]] == [4] and expected == {(H1_CONN, 4): True}
+    assert conns == (H1_CONN,) and tracker.touched() == {H1_CONN}
+    same, expected, conns = dispatch("log", log("no acceptable proposal found"), tracker, sas)
+    assert same is sas and expected == {} and conns == ()
+    foreign = {"up": "yes", "office-vpn": ike_sa(9)}
+    assert dispatch("ike-updown", foreign, tracker, sas) == (sas, {}, ())
+    assert dispatch("no-such-event", {}, tracker, sas) == (sas, {}, ())

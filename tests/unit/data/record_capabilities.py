@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ovs_ipsec.core.vicidata import decode
+from ovs_ipsec.core.vici_wire import bytes_to_text as decode
 from ovs_ipsec.tools.lab import Lab
 
 VARIANTS: dict[str, tuple[str, ...]] = {
