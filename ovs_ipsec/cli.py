@@ -1,7 +1,8 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
-May import: daemon.loop, control, charon, events, ovsdb, xfrm.adapter, sdnotify, metrics_http,
-metrics, ovs_dirs, ovs, prometheus_client (only to tell whether it is installed), stdlib.
+May import: daemon.loop, daemon.health, control, charon, events, ovsdb, xfrm.adapter, sdnotify,
+metrics_http, metrics, ovs_dirs, ovs, prometheus_client (only to tell whether it is installed),
+stdlib.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ovs_ipsec.adapters.sdnotify import notify
 from ovs_ipsec.adapters.xfrm.adapter import Xfrm
 from ovs_ipsec.core.ovs_dirs import OvsDirs, effective_dirs
 from ovs_ipsec.daemon.control import Control
-from ovs_ipsec.daemon.loop import Daemon, Settings, vlog
+from ovs_ipsec.daemon.health import vlog
+from ovs_ipsec.daemon.loop import Daemon, Settings
 
 if TYPE_CHECKING:
     from ovs_ipsec.adapters.metrics_http import Handler, HttpServer

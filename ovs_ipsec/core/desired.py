@@ -131,7 +131,6 @@ class Planner:
         self.tunnel_policies: dict[str, tuple[PolicySpec, ...]] = {}
         self.mark_policies: tuple[PolicySpec, ...] = ()
         self.policy_counts: Counter[PolicySpec] = Counter()
-        self.policies_version = 0  # moves whenever a policy comes or goes
 
     # -- views ------------------------------------------------------------------------------
 
@@ -151,7 +150,7 @@ class Planner:
     @property
     def policies(self) -> AbstractSet[PolicySpec]:
         """Every policy wanted now: a live view (a set of thousands would be a copy to keep);
-        `policies_version` tells whether it moved."""
+        each update's Delta says which policies came and went."""
         return self.policy_counts.keys()
 
     def wants(self, spec: PolicySpec) -> bool:
@@ -393,14 +392,12 @@ class Planner:
         for spec in old:
             self.policy_counts[spec] -= 1
             if self.policy_counts[spec] <= 0:
-                self.policies_version += 1
                 del self.policy_counts[spec]
                 delta.policies_removed.add(spec)
                 delta.policies_added.discard(spec)
                 removed.add(spec)
         for spec in new:
             if self.policy_counts[spec] == 0:
-                self.policies_version += 1
                 delta.policies_added.add(spec)
                 delta.policies_removed.discard(spec)
                 delta.policies_of_deleted.discard(spec)

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from ovs_ipsec.daemon.loop import LINGER_GRAIN
+from ovs_ipsec.daemon.policy_guard import LINGER_GRAIN
 from ovs_ipsec.tools.lab import Host, Lab, in_netns, wait_for
 
 pytestmark = pytest.mark.lab

@@ -45,7 +45,7 @@ from resilience_lab import (
     xfrm_policies,
 )
 
-from ovs_ipsec.daemon.loop import LISTING_EVERY
+from ovs_ipsec.daemon.policy_guard import LISTING_EVERY
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab

@@ -144,7 +144,9 @@ class FakeOvsdb:
             self.needs_full_read = True
 
     def wait(self, poller: FakePoller) -> None:
-        if self._reconnected or (self.connected and self.changed()):
+        # Contents the daemon has not read wake it (the IDL's socket was readable); before
+        # the first contents there is nothing to read.
+        if self._reconnected or (self.ready and self.connected and self.changed()):
             poller.immediate_wake()
 
     def close(self) -> None:

@@ -3,7 +3,8 @@ retries and back-off, the SA-listing cadence, charon and OVSDB coming and going.
 
 Only the Daemon's constructor and the surface the control socket and cli.py use are touched
 (run, wait, statuses, health, converged_once, first_pass_done, explained_policies, memory_counts,
-request_refresh, request_sas, cleanup), so that these tests survive a reshuffle of its insides.
+request_refresh, request_sas, cleanup), so that these tests survive a reshuffle of its insides;
+the policy guard's listing decision is also tested on the guard alone (`moved`).
 Assertions are on what the fake charon and kernel hold, what they were asked to write, and when
 the Daemon asks to wake up. The same behaviours against the real components are in
 tests/integration (root-only labs).
@@ -14,28 +15,29 @@ files would only scatter the helpers.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from typing import Any
 
 import pytest
-from fakes import FakePoller, World
+from fakes import FakeClock, FakePoller, FakeXfrm, World
 
-from ovs_ipsec.core.block_policies import PolicySpec
+from ovs_ipsec.core.block_policies import (
+    SKB_MARK_PRIORITY,
+    PolicySpec,
+    policies_to_add_and_remove,
+)
+from ovs_ipsec.core.desired import Planner
+from ovs_ipsec.daemon import policy_guard
+from ovs_ipsec.daemon.health import Health
+from ovs_ipsec.daemon.policy_guard import LISTING_EVERY, PolicyGuard
 
 PEERS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")
 CHECK = 15.0
 LINGER = 30.0
-XFRM_ADD_RETRY = "issue 14: failed block add waits for the 15 s check"
-SECRET_REFUSAL = (
-    "issue 14: a refused load-shared is forgotten when its connection loads in the same pass "
-    "(health.failures entry popped by the LoadConn, no full diff at the next checks)"
-)
 RESTART_RELOADS = (
     "issue 14 item 3: a restarted daemon reloads every connection and secret charon already "
     "holds (get-conns gives names only, so their contents are unknown)"
-)
-OVSDB_SPIN = (
-    "issue 14: until OVSDB is first read (ovsdb-server down at start) wait() asks for an "
-    "immediate wake-up: a busy loop (the real daemon measured at ~88% CPU)"
 )
 
 
@@ -189,7 +191,6 @@ def test_linger_zero_removes_the_blocks_of_a_deleted_port_at_once() -> None:
 # -- kernel XFRM failures ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=XFRM_ADD_RETRY)
 def test_a_refused_block_add_is_retried_within_a_second() -> None:
     world = converged()
     add_tunnel(world, 9, "10.0.0.9")
@@ -203,7 +204,6 @@ def test_a_refused_block_add_is_retried_within_a_second() -> None:
     assert world.daemon.health.xfrm_error == ""
 
 
-@pytest.mark.xfail(strict=True, reason=XFRM_ADD_RETRY)
 def test_netlink_failing_at_start_is_retried_within_a_second_then_backing_off() -> None:
     world = World()
     for index, peer in enumerate(PEERS):
@@ -271,6 +271,158 @@ def _planned_blocks(world: World, index: int, peer: str) -> set[PolicySpec]:
     return blocks_of(scratch, peer)
 
 
+def test_a_refused_block_add_is_retried_within_a_second_while_charon_backs_off() -> None:
+    """The guard's retry has its own timer: charon's back-off (8 s by now) does not hold it."""
+    world = World()
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.charon.stop()
+    world.run_for(30.0)
+    attempts = len(world.charon.connect_attempts)
+    world.xfrm.refuse_add = _planned_blocks(world, 9, "10.0.0.9")
+    add_tunnel(world, 9, "10.0.0.9")
+    world.settle()
+    # Tried at once, not at charon's next retry.
+    assert world.xfrm.applies[-1] == pytest.approx(world.clock(), abs=0.02)
+    assert world.daemon.health.xfrm_error
+    world.xfrm.refuse_add = set()
+    world.run_for(1.05)
+    assert blocks_of(world, "10.0.0.9") <= world.xfrm.policies
+    assert world.daemon.health.xfrm_error == ""
+    assert len(world.charon.connect_attempts) <= attempts + 1
+    assert not world.daemon.health.charon_reachable
+
+
+def test_new_blocks_go_in_at_once_while_charon_backs_off() -> None:
+    world = World()
+    add_tunnel(world, 0, PEERS[0])
+    world.charon.stop()
+    world.run_for(30.0)
+    add_tunnel(world, 9, "10.0.0.9")
+    world.settle()
+    assert blocks_of(world, "10.0.0.9") <= world.xfrm.policies
+
+
+def test_blocks_no_longer_wanted_leave_only_with_a_pass_that_goes_to_charon() -> None:
+    """While charon's retry waits, a port made plain keeps its blocks (its connection may still
+    be in charon); they leave with the next pass, after charon's side."""
+    world = converged()
+    blocks = blocks_of(world, "10.0.0.3")
+    world.charon.unreachable = True
+    world.daemon.request_refresh()
+    world.run_for(20.0)  # charon's back-off reaches 8 s
+    world.ovsdb.set_row("uuid-1", "gre1", "gre", remote_ip="10.0.0.3")  # psk gone: plain
+    add_tunnel(world, 9, "10.0.0.9")  # a guard pass of its own for the new blocks
+    world.settle()
+    assert blocks_of(world, "10.0.0.9") <= world.xfrm.policies
+    assert blocks <= world.xfrm.policies
+    world.run_for(8.5)
+    assert not blocks & world.xfrm.policies
+
+
+# -- listing the kernel ----------------------------------------------------------------------
+
+
+def test_checks_list_the_kernel_only_every_twentieth_time_while_nothing_moves() -> None:
+    world = converged()
+    listed = world.xfrm.listings
+    world.run_for(19 * CHECK)
+    assert world.xfrm.listings == listed  # the counts stood still
+    world.run_for(CHECK)
+    assert world.xfrm.listings == listed + 1  # the LISTING_EVERY-th check lists anyway
+
+
+def test_a_foreign_policy_moving_the_counts_makes_the_next_check_list_once() -> None:
+    world = converged()
+    world.run_for(CHECK)
+    listed = world.xfrm.listings
+    world.xfrm.foreign += 1  # someone's policy: the counts move, ours stand
+    world.run_for(CHECK)
+    assert world.xfrm.listings == listed + 1
+    world.run_for(3 * CHECK)
+    assert world.xfrm.listings == listed + 1
+    assert world.xfrm.writes[-1][2] < world.clock() - 4 * CHECK + 1  # nothing to restore
+
+
+def test_one_of_ours_replaced_in_place_is_restored_within_twenty_checks() -> None:
+    """A change that keeps every count (`ip xfrm policy update` on one of ours) is seen only
+    by the LISTING_EVERY-th check's listing."""
+    world = converged()
+    spec = sorted(blocks_of(world, "10.0.0.2"), key=PolicySpec.sort_key)[0]
+    swapped = dataclasses.replace(spec, priority=SKB_MARK_PRIORITY)
+    world.xfrm.policies = (world.xfrm.policies - {spec}) | {swapped}
+    world.run_for(CHECK)
+    assert swapped in world.xfrm.policies
+    world.run_for(20 * CHECK)
+    assert world.xfrm.policies == wanted(world)
+
+
+def test_our_own_changes_do_not_make_the_next_check_list() -> None:
+    """The counts are followed across a pass that found them as recorded: what moved them
+    was that pass (and charon's traps for it)."""
+    world = converged()
+    world.run_for(CHECK)
+    listed = world.xfrm.listings
+    add_tunnel(world, 9, "10.0.0.9")
+    world.settle()
+    world.ovsdb.delete_row("uuid-1")
+    world.run_for(LINGER + 2 * CHECK)
+    assert world.xfrm.policies == wanted(world)
+    assert world.xfrm.listings == listed
+
+
+def test_checks_compare_desired_and_held_only_when_either_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = converged()
+    world.run_for(CHECK)
+    compared: list[float] = []
+
+    def counted(*args: Any) -> Any:
+        compared.append(world.clock())
+        return policies_to_add_and_remove(*args)
+
+    monkeypatch.setattr(policy_guard, "policies_to_add_and_remove", counted)
+    world.run_for(3 * CHECK)
+    assert compared == []
+    world.xfrm.foreign += 1  # listed at the next check, and found as held
+    world.run_for(2 * CHECK)
+    assert compared == []
+    add_tunnel(world, 9, "10.0.0.9")  # desired moved (and held, by our own writes)
+    world.run_for(3 * CHECK)
+    assert len(compared) == 1
+
+
+def test_the_guard_lists_when_unknown_when_the_counts_moved_or_every_twentieth_check() -> None:
+    xfrm = FakeXfrm()
+    clock = FakeClock()
+    planner = Planner(lambda paths: {})
+    guard = PolicyGuard(xfrm, planner, Health(), clock, linger=LINGER)  # type: ignore[arg-type]
+    assert guard.moved(xfrm.policy_count())  # nothing known yet
+    guard.protect(1, check=True)
+    guard.unprotect(1, after_charon=True)
+    assert xfrm.listings == 1
+    counts = xfrm.policy_count()
+    assert not guard.moved(counts)
+    assert guard.moved(None)  # the counts could not be read
+    xfrm.foreign += 1
+    assert guard.moved(xfrm.policy_count())
+    xfrm.foreign -= 1
+    for check in range(2, LISTING_EVERY + 1):  # checks 1 to 19 after the listing
+        guard.protect(check, check=True)
+        guard.unprotect(check, after_charon=True)
+    assert xfrm.listings == 1
+    assert not guard.moved(counts)
+    guard.protect(99, check=True)  # the 20th lists, counts or not
+    assert xfrm.listings == 2
+    guard.unprotect(99, after_charon=True)
+    guard.protect(100, check=False)  # a pass between checks never lists a known kernel
+    xfrm.foreign += 1
+    guard.unprotect(100, after_charon=True)
+    guard.protect(101, check=False)
+    assert xfrm.listings == 2
+
+
 # -- charon refusing ---------------------------------------------------------------------------
 
 
@@ -293,7 +445,6 @@ def test_a_refusal_in_the_middle_of_a_pipelined_load_leaves_the_others_loaded() 
     assert set(states.values()) == {"configured"}
 
 
-@pytest.mark.xfail(strict=True, reason=SECRET_REFUSAL)
 def test_a_refused_secret_is_reported_and_retried() -> None:
     world = World()
     world.charon.refuse[("load-shared", secret("10.0.0.3"))] = "bad secret"
@@ -566,7 +717,6 @@ def test_nothing_is_touched_before_ovsdb_is_first_read() -> None:
     assert world.xfrm.writes[kernel_writes:] == []
 
 
-@pytest.mark.xfail(strict=True, reason=OVSDB_SPIN)
 def test_the_loop_sleeps_while_ovsdb_is_not_read_yet() -> None:
     world = World()
     world.ovsdb.ready = False

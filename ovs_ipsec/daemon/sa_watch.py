@@ -1,0 +1,164 @@
+"""The SaWatch: what charon's SAs are, from its events (folded as they arrive) and from list-sas,
+which runs when the schedule says: at each periodic check, soon after a burst of events (at most
+every SAS_MIN_INTERVAL), when a status command wants current counters, and again while an SA an
+event announced is missing from the listing (charon's noblock listing skips busy SAs).
+
+A lost event session or a failed listing raises `CharonUnreachable`; the loop handles charon's
+loss for both sessions (`reset` here).
+
+May import: core.sas, core.outcomes, adapters.charon, adapters.events, daemon.health, errors,
+stdlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ovs_ipsec.adapters.charon import Charon
+from ovs_ipsec.adapters.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
+from ovs_ipsec.core.outcomes import Tracker, dispatch
+from ovs_ipsec.core.sas import IkeSa, merge_listing, parse_sas
+from ovs_ipsec.daemon.health import Health, vlog
+from ovs_ipsec.errors import CharonError, CharonUnreachable
+
+Touch = Callable[[Iterable[str] | None], None]
+
+# list-sas after events at most this often: a burst of events costs one listing.
+SAS_MIN_INTERVAL = 0.5
+# Listings that may still miss an SA an event announced (noblock skips busy SAs) before the
+# listing is believed.
+SAS_RECHECKS = 10
+
+
+class SaWatch:
+    def __init__(
+        self,
+        charon: Charon,
+        events: Events | None,
+        health: Health,
+        touch: Touch,
+        clock: Callable[[], float],
+        *,
+        command_timeout: float,
+    ) -> None:
+        self.charon = charon
+        # charon's event session (None: SAs are only polled); its outcomes and the last list-sas.
+        self.events = events
+        self.health = health
+        self._touch = touch
+        self.clock = clock
+        self._command_timeout = command_timeout
+        self.tracker = Tracker()
+        self.sas: dict[str, tuple[IkeSa, ...]] = {}
+        self.listed_at: float | None = None
+        self._due: float | None = None
+        self._expected: dict[tuple[str, int], bool] = {}
+        self._rechecks = 0
+
+    # -- the schedule ---------------------------------------------------------------------
+
+    def request(self) -> None:
+        """List the SAs as soon as the rate bound allows (status commands, checks)."""
+        now = self.clock()
+        due = now if self.listed_at is None else max(now, self.listed_at + SAS_MIN_INTERVAL)
+        self._due = due if self._due is None else min(self._due, due)
+
+    def age(self) -> float | None:
+        """Seconds since the last list-sas; None when there is none (charon not reachable)."""
+        return None if self.listed_at is None else self.clock() - self.listed_at
+
+    def settled(self, since: float) -> bool:
+        """True once the SAs were listed after `since`, or cannot be listed now."""
+        if self.listed_at is not None and self.listed_at >= since:
+            return True
+        return not self._reachable() or self.clock() - since > self._command_timeout
+
+    def deadline(self) -> float | None:
+        """When the loop must turn for the SAs (None: nothing scheduled)."""
+        if not self._reachable():
+            return None
+        if self.events is not None and not self.events.connected:
+            return self.clock()  # subscribe (in run) as soon as the loop turns
+        if self._due is None and self.listed_at is None:
+            return self.clock()  # never listed yet
+        return self._due
+
+    def _reachable(self) -> bool:
+        return self.health.charon_reachable and self.charon.connected
+
+    # -- events and listings ----------------------------------------------------------------
+
+    def run_events(self) -> None:
+        """Fold what the event session brought. Raises CharonUnreachable when it ended."""
+        if self.events is None or not self.events.connected:
+            return
+        received = self.events.receive()
+        changed = False
+        for name, body in received.events:
+            self.sas, expected, conns = dispatch(name, body, self.tracker, self.sas)
+            if conns:
+                changed = True
+                self._expected.update(expected)
+                self._touch(conns)
+        self._touch(self.tracker.touched())
+        if changed:
+            self._rechecks = 0
+            self.request()
+        if received.lost is not None:
+            # EOF here is how a charon restart or crash shows up first: at once, not at the
+            # next request.
+            raise CharonUnreachable("events", received.lost)
+
+    def run(self) -> None:
+        """Subscribe to events if needed, and list the SAs when due. Raises CharonUnreachable."""
+        if not self._reachable() or self.charon.busy:
+            return
+        if self.events is not None and not self.events.connected:
+            self._connect_events()
+        deadline = self.deadline()
+        if deadline is None or self.clock() < deadline:
+            return
+        try:
+            entries = self.charon.list_sas()
+        except CharonError as exc:
+            vlog.warn(f"charon refused list-sas: {exc.errmsg}")
+            entries = []
+        previous = self.sas
+        self.sas, self._expected = merge_listing(parse_sas(entries), self.sas, self._expected)
+        self._touch(
+            c for c in previous.keys() | self.sas.keys() if previous.get(c) != self.sas.get(c)
+        )
+        self.listed_at = self.clock()
+        self._due = None
+        if self._expected:
+            self._rechecks += 1
+            if self._rechecks < SAS_RECHECKS:
+                self.request()
+            else:
+                self._expected = {}
+
+    def _connect_events(self) -> None:
+        assert self.events is not None
+        try:
+            registered = self.events.connect(REQUIRED_EVENTS, ((ALERT_EVENT, LOG_EVENT),))
+        except CharonError as exc:
+            vlog.err(f"charon's events unavailable ({exc.errmsg}); tunnel states are polled only")
+            self.events = None
+            return
+        how = "alerts" if ALERT_EVENT in registered else "log messages (no alert event)"
+        vlog.info(f"listening to charon's events ({', '.join(registered)}); failure causes "
+                  f"from {how}")  # fmt: skip
+        # Whatever happened before the subscription is only in charon's SAs: list them now.
+        self.listed_at = None
+        self.request()
+
+    def reset(self) -> None:
+        """charon went away: the event session closes (a charon that came back is a new one,
+        its SAs and loaded state lost; events are subscribed again once the command session
+        has resynchronised), and nothing is known of its SAs."""
+        if self.events is not None:
+            self.events.close()
+        self.tracker.reset()
+        self.sas = {}
+        self._expected = {}
+        self.listed_at = self._due = None
