@@ -29,10 +29,6 @@ SECRET_REFUSAL = (
     "issue 14: a refused load-shared is forgotten when its connection loads in the same pass "
     "(health.failures entry popped by the LoadConn, no full diff at the next checks)"
 )
-RESTART_RELOADS = (
-    "issue 14 item 3: a restarted daemon reloads every connection and secret charon already "
-    "holds (get-conns gives names only, so their contents are unknown)"
-)
 OVSDB_SPIN = (
     "issue 14: until OVSDB is first read (ovsdb-server down at start) wait() asks for an "
     "immediate wake-up: a busy loop (the real daemon measured at ~88% CPU)"
@@ -538,7 +534,6 @@ def test_a_restarted_daemon_leaves_the_kernel_alone() -> None:
     assert set(world.states().values()) == {"configured"}
 
 
-@pytest.mark.xfail(strict=True, reason=RESTART_RELOADS)
 def test_a_restarted_daemon_finds_charon_holding_everything_and_writes_nothing() -> None:
     world = converged()
     charon_writes = len(world.charon.writes)
