@@ -3,7 +3,8 @@ retries and back-off, the SA-listing cadence, charon and OVSDB coming and going.
 
 Only the Daemon's constructor and the surface the control socket and cli.py use are touched
 (run, wait, statuses, health, converged_once, first_pass_done, explained_policies, memory_counts,
-request_refresh, request_sas, cleanup), so that these tests survive a reshuffle of its insides.
+request_refresh, request_sas, cleanup, take_over, hand_over), so that these tests survive a
+reshuffle of its insides.
 Assertions are on what the fake charon and kernel hold, what they were asked to write, and when
 the Daemon asks to wake up. The same behaviours against the real components are in
 tests/integration (root-only labs).
