@@ -556,8 +556,8 @@ class Daemon:
         conns = sum(wire is not None for wire in self.applied.conns.values())
         shared = sum(s is not handover.PREVIOUS_SECRET for s in self.applied.shared.values())
         vlog.info(
-            f"[{pass_id}] the previous daemon left {conns} connections and {shared} secrets in "
-            "charon as wanted now"
+            f"[{pass_id}] the previous daemon's record vouches for {conns} connections and "
+            f"{shared} secrets as wanted now"
         )
 
     def _ask_capabilities(self, pass_id: int, stats: Mapping[str, object]) -> None:

@@ -234,7 +234,7 @@ def test_a_restart_while_charon_holds_everything_writes_nothing_but_a_psk_change
     time.sleep(0.3)
     assert charon_writes(a.charon_log()[charon_log:]) == []
     assert a.run(["ip", "-s", "xfrm", "policy"]).stdout == policies
-    assert "the previous daemon left 4 connections and 4 secrets" in a.daemon_log()
+    assert "record vouches for 4 connections and 4 secrets" in a.daemon_log()
 
     a.stop_daemon()
     a.vsctl("set", "interface", "tb", "options:psk=new-key")
