@@ -26,6 +26,7 @@ from resilience_lab import (
     LogCursor,
     add_tunnel,
     charon_actions,
+    charon_writes,
     conn_names,
     conns,
     cpu_seconds,
@@ -188,14 +189,6 @@ def test_daemon_restarts_leave_sas_alone_apply_offline_changes_and_spare_foreign
     assert not ours(shared_ids(a)), shared_ids(a)
     assert not protection(a)
     assert_foreigners_intact(a, foreign_traps)
-
-
-def charon_writes(log: str) -> list[str]:
-    """The VICI requests that change charon in a slice of its log, in order: at `cfg` level 2
-    (the lab's charon.log) the vici plugin logs every request it dispatches, whoever sent it."""
-    requests = re.findall(r"vici client \d+ requests: ([\w-]+)", log)
-    assert requests, "charon's log shows no VICI request at all (cfg log level < 2?)"
-    return [r for r in requests if not r.startswith(("get-", "list-", "version", "stats"))]
 
 
 @pytest.mark.keeps_ike_sa
