@@ -1,8 +1,8 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
 May import: daemon.loop, daemon.health, control, charon, events, ovsdb, xfrm.adapter, sdnotify,
-metrics_http, metrics, ovs_dirs, ovs, prometheus_client (only to tell whether it is installed),
-stdlib.
+stop_signal, files, metrics_http, metrics, ovs_dirs, ovs, prometheus_client (only to tell whether
+it is installed), stdlib.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import ovs.vlog
 from ovs_ipsec import PROGRAM_NAME, __version__
 from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.adapters.events import Events
+from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.adapters.sdnotify import notify
+from ovs_ipsec.adapters.stop_signal import StopSignal
 from ovs_ipsec.adapters.xfrm.adapter import Xfrm
 from ovs_ipsec.core.ovs_dirs import OvsDirs, effective_dirs
 from ovs_ipsec.daemon.control import Control
@@ -168,11 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     # never reach a log, so that module stays at info whatever -v asks for.
     ovs.vlog.Vlog.set_level("jsonrpc", "any", "info")
     ovs.daemon.handle_args(args)
+    pidfile = ovs.daemon.make_pidfile_name(args.pidfile) if args.pidfile else None
     if args.pidfile is None:
         # `ovs-appctl -t ovs-monitor-ipsec` (and ovs-ctl, logrotate) find the control socket
         # only through <rundir>/ovs-monitor-ipsec.pid, so there is one even without --pidfile.
         if os.path.isdir(ovs.dirs.RUNDIR):
             ovs.daemon.set_pidfile(None)
+            pidfile = ovs.daemon.make_pidfile_name(None)
         else:
             vlog.warn(
                 f"no pidfile: {ovs.dirs.RUNDIR} does not exist (is Open vSwitch installed? "
@@ -202,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         Xfrm(timeout=settings.command_timeout),
         events=Events(path, settings.command_timeout),
     )
+    # Beside the pidfile: the run directory, root's alone (core/handover.py).
+    handover_path = None if pidfile is None else f"{os.path.splitext(pidfile)[0]}.handover"
+    if handover_path is not None:
+        take_over(daemon, handover_path)
     try:
         control = Control(daemon, settings.unixctl_path)
     except OSError as exc:
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
 
     charon.on_wait = serve_while_waiting
     vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
-    run_loop(daemon, control, metrics)
+    run_loop(daemon, control, metrics, StopSignal(), handover_path)
 
 
 def metrics_library_present() -> bool:
@@ -255,7 +263,32 @@ def metrics_handler(daemon: Daemon) -> Handler:
     return handle
 
 
-def run_loop(daemon: Daemon, control: Control, metrics: HttpServer | None = None) -> None:
+def take_over(daemon: Daemon, path: str) -> None:
+    """The record the previous daemon left at its clean exit, if any (read once: deleted)."""
+    record = take_private(path)
+    if isinstance(record, str):
+        vlog.warn(f"ignoring the previous daemon's record: {record}")
+    elif record is not None:
+        daemon.take_over(record)
+
+
+def hand_over(daemon: Daemon, path: str) -> None:
+    record = daemon.hand_over()
+    if record is None:
+        return
+    try:
+        write_private(path, record)
+    except OSError as exc:
+        vlog.warn(f"cannot leave a record for the next daemon at {path}: {exc}")
+
+
+def run_loop(
+    daemon: Daemon,
+    control: Control,
+    metrics: HttpServer | None = None,
+    stop: StopSignal | None = None,
+    handover_path: str | None = None,
+) -> None:
     started = time.monotonic()
     completed = False
     ready = False
@@ -282,9 +315,13 @@ def run_loop(daemon: Daemon, control: Control, metrics: HttpServer | None = None
                     vlog.warn("OVSDB not reachable yet; continuing in the background")
                 ovs.daemon.daemonize_complete()
                 completed = True
-            if daemon.exiting:
+            if stop is not None:
+                stop.run()
+            if daemon.exiting or (stop is not None and stop.received):
                 break
             poller = ovs.poller.Poller()
+            if stop is not None:
+                stop.wait(poller)
             control.wait(poller)
             if metrics is not None:
                 metrics.wait(poller)
@@ -296,6 +333,8 @@ def run_loop(daemon: Daemon, control: Control, metrics: HttpServer | None = None
     notify("STOPPING=1")
     if daemon.cleanup_on_exit:
         daemon.cleanup()
+    elif handover_path is not None:
+        hand_over(daemon, handover_path)
     vlog.info("exiting" + ("" if daemon.cleanup_on_exit else " (IPsec state left in place)"))
     control.run()
     control.close()

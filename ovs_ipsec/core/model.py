@@ -8,6 +8,7 @@ desired charon and kernel state. May import: stdlib.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -59,6 +60,11 @@ class Secret:
 
     def __str__(self) -> str:
         return "<redacted>"
+
+    def keyed_digest(self, key: bytes) -> str:
+        """A keyed BLAKE2b digest of the value (hex): tells whether a secret is the one
+        recorded earlier without the record holding it (core/handover.py)."""
+        return hashlib.blake2b(self._value.encode(), key=key, digest_size=32).hexdigest()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and other._value == self._value

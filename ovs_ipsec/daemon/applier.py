@@ -16,7 +16,7 @@ May import: core.*, adapters.charon, daemon.health, errors, stdlib.
 
 from __future__ import annotations
 
-import datetime as dt
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -27,7 +27,7 @@ from ovs_ipsec.adapters.charon import (
     load_shared_request,
     unload_shared_request,
 )
-from ovs_ipsec.core import naming
+from ovs_ipsec.core import handover, naming
 from ovs_ipsec.core.capabilities import (
     Lack,
     Preflight,
@@ -106,6 +106,8 @@ class Applier:
         self.preflight: Preflight | None = None
         self.lacks: dict[str, Lack] = {}
         self._judged_credentials: Credentials | None = None
+        # The previous daemon's record (core/handover.py), until the first listing of charon.
+        self._handover: handover.Handover | None = None
 
     # -- one pass ---------------------------------------------------------------------------
 
@@ -150,11 +152,13 @@ class Applier:
             )
         stats = self.charon.stats()
         since = str(stats.get("uptime", {}).get("since", ""))
-        if _restarted(self.health.charon_since, since):
+        if handover.charon_restarted(self.health.charon_since, since):
             vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
             self.applied = Applied()
             changed = True
         self.health.charon_since = since
+        if self._handover is not None:
+            self._take_handover(pass_id, since)
         if changed or self.preflight is None:
             self._ask_capabilities(pass_id, stats)
         key_ids = self.charon.key_ids() if self.applied.keys else frozenset()
@@ -175,6 +179,49 @@ class Applier:
         self.health.charon_reachable = True
         self.health.charon_error = ""
         return changed
+
+    def _take_handover(self, pass_id: int, since: str) -> None:
+        """Believe what the previous daemon's record vouches for: objects charon still lists
+        with the content wanted now are not loaded again (see core/handover.py)."""
+        record, self._handover = self._handover, None
+        assert record is not None
+        self.applied, why = handover.believed(
+            record, self.health.charon_version, since, self.planner.desired
+        )
+        if why:
+            vlog.info(f"[{pass_id}] the previous daemon's record does not apply: {why}")
+            return
+        conns = sum(wire is not None for wire in self.applied.conns.values())
+        shared = sum(s is not handover.PREVIOUS_SECRET for s in self.applied.shared.values())
+        vlog.info(
+            f"[{pass_id}] the previous daemon's record vouches for {conns} connections and "
+            f"{shared} secrets as wanted now"
+        )
+
+    def take_over(self, record: bytes) -> None:
+        """Start from the record the previous daemon left at its clean exit (`hand_over`); it is
+        judged at the first listing of charon."""
+        try:
+            self._handover = handover.decode(record)
+        except ValueError as exc:
+            vlog.warn(f"ignoring the previous daemon's record ({exc}); loading everything")
+
+    def hand_over(self) -> bytes | None:
+        """The record for the next daemon, at a clean exit between two turns of the loop (no
+        request in flight). None while charon is unreachable: requests it may have carried
+        out unanswered leave its contents unknown."""
+        if self._handover is not None:
+            return handover.encode(self._handover)  # charon never listed: pass it on
+        if not self.health.charon_reachable or not self.health.charon_since:
+            return None
+        return handover.encode(
+            handover.handover_of(
+                self.applied,
+                self.health.charon_version,
+                self.health.charon_since,
+                secrets.token_bytes(handover.KEY_BYTES),
+            )
+        )
 
     def lost(self, exc: CharonUnreachable) -> bool:
         """charon went away: its command session closes and everything is diffed once it is
@@ -359,21 +406,6 @@ class Applier:
             self.tracker.forget(action.spec.conn)
         elif isinstance(action, (TerminateIke, UnloadConn)):
             self.tracker.forget(action.conn)
-
-
-def _restarted(before: str, now: str) -> bool:
-    """Has charon restarted, judging by two `stats` uptime.since values? charon computes since
-    as time(NULL) minus its monotonic uptime, both whole seconds, so the same charon reports
-    values a second apart; a restart moves it by at least the seconds charon was down and took
-    to start, which is more."""
-    if not before or before == now:
-        return False
-    try:
-        then = dt.datetime.strptime(before, "%b %d %H:%M:%S %Y")
-        later = dt.datetime.strptime(now, "%b %d %H:%M:%S %Y")
-    except ValueError:
-        return True  # not the format charon uses: trust any change
-    return abs((later - then).total_seconds()) > 1
 
 
 def _key_algorithms(credentials: Credentials) -> frozenset[str]:

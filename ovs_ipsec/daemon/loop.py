@@ -305,6 +305,14 @@ class Daemon:
 
     # -- exit -------------------------------------------------------------------------------
 
+    def take_over(self, record: bytes) -> None:
+        """Start from the previous daemon's record (`Applier.take_over`)."""
+        self.applier.take_over(record)
+
+    def hand_over(self) -> bytes | None:
+        """The record for the next daemon at a clean exit (`Applier.hand_over`)."""
+        return self.applier.hand_over()
+
     def cleanup(self) -> None:
         """`exit` without --no-cleanup: take our connections, secrets and protection out."""
         try:

@@ -306,6 +306,14 @@ def charon_actions(log: str, *, beside_restarts: bool = False) -> list[str]:
     return [what for pass_id, what in _ACTION.findall(log) if pass_id not in restarts]
 
 
+def charon_writes(log: str) -> list[str]:
+    """The VICI requests that change charon in a slice of its log, in order: at `cfg` level 2
+    (the lab's charon.log) the vici plugin logs every request it dispatches, whoever sent it."""
+    requests = re.findall(r"vici client \d+ requests: ([\w-]+)", log)
+    assert requests, "charon's log shows no VICI request at all (cfg log level < 2?)"
+    return [r for r in requests if not r.startswith(("get-", "list-", "version", "stats"))]
+
+
 def loaded_conns(log: str, *, beside_restarts: bool = False) -> list[str]:
     """Connections the daemon loaded, in order."""
     return [

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from resilience_lab import charon_writes
 
 from ovs_ipsec.tools import pki_builders, pki_tool
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
@@ -132,6 +133,25 @@ def test_ca_signed_establishes(pair: Lab, ca: pki_builders.CertAndKey) -> None:
         add_tunnel(host, peer, remote_name=peer.name)
     sa = connect(a, b)
     assert sa["remote-id"] == b"h2"
+
+
+@pytest.mark.keeps_ike_sa
+def test_a_restart_loads_neither_the_key_nor_the_connection_again(
+    pair: Lab, ca: pki_builders.CertAndKey
+) -> None:
+    """SIGTERM and start while charon holds the private key and the connection: the record the
+    daemon left (core/handover.py) names the key charon still lists, so the new daemon writes
+    nothing to charon, and the tunnel still negotiates."""
+    a, b = pair.hosts
+    for host, peer in ((a, b), (b, a)):
+        set_local_pki(host, *pki_builders.make_host_cert(host.name, ca), ca=ca.cert_pem)
+        add_tunnel(host, peer, remote_name=peer.name)
+    wait_for(lambda: loaded(a, b) and loaded(b, a), 10, what="connections loaded on both hosts")
+    a.stop_daemon()
+    charon_log = len(a.charon_log())
+    a.start_daemon()
+    assert charon_writes(a.charon_log()[charon_log:]) == []
+    assert connect(a, b)["remote-id"] == b"h2"
 
 
 @pytest.mark.keeps_ike_sa

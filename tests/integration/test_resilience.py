@@ -29,6 +29,7 @@ from resilience_lab import (
     LogCursor,
     add_tunnel,
     charon_actions,
+    charon_writes,
     conn_names,
     conns,
     cpu_seconds,
@@ -191,6 +192,58 @@ def test_daemon_restarts_leave_sas_alone_apply_offline_changes_and_spare_foreign
     assert not ours(shared_ids(a)), shared_ids(a)
     assert not protection(a)
     assert_foreigners_intact(a, foreign_traps)
+
+
+@pytest.mark.keeps_ike_sa
+def test_a_restart_while_charon_holds_everything_writes_nothing_but_a_psk_changed_meanwhile(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """SIGTERM leaves a record of what the daemon loaded (core/handover.py: 0600, no secret in
+    it), which the next daemon reads once: finding charon holding all of it, it writes nothing
+    to charon (charon's log shows every VICI request) nor to the kernel (`ip -s xfrm policy` is
+    unchanged: a policy written again would show a new index or a later add time). A PSK changed
+    on both sides while the daemon was down is the one thing loaded, and negotiates."""
+    lab = make_lab(2)
+    a, b = lab.hosts
+    conn_b = f"ovs-{b.ipv4}"
+    add_tunnel(a, "tb", "gre", b.ipv4, psk="old-key")
+    add_tunnel(b, "ta", "gre", a.ipv4, psk="old-key")
+    for i in range(3):
+        add_tunnel(a, f"t{i}", "vxlan", f"10.77.0.{90 + i}", psk=f"key-{i}")
+    wait_loaded(a, conn_b, {"ovs-tb"})
+    for i in range(3):
+        wait_loaded(a, f"ovs-10.77.0.{90 + i}", {f"ovs-t{i}-in", f"ovs-t{i}-out"})
+    wait_loaded(b, f"ovs-{a.ipv4}", {"ovs-ta"})
+    time.sleep(0.5)  # the daemon's pass is over
+
+    record = f"{os.path.splitext(a.daemon_pidfile)[0]}.handover"
+    policies = a.run(["ip", "-s", "xfrm", "policy"]).stdout
+    a.stop_daemon()
+    assert os.stat(record).st_mode & 0o777 == 0o600
+    with open(record, "rb") as f:
+        content = f.read()
+    assert b"old-key" not in content and b"key-0" not in content
+    time.sleep(1.1)  # a policy added from now on has a later add time
+    charon_log = len(a.charon_log())
+    a.start_daemon()  # returns once its first pass is done
+    assert not os.path.exists(record), "the record is read once"
+    time.sleep(0.3)
+    assert charon_writes(a.charon_log()[charon_log:]) == []
+    assert a.run(["ip", "-s", "xfrm", "policy"]).stdout == policies
+    assert "record vouches for 4 connections and 4 secrets" in a.daemon_log()
+
+    a.stop_daemon()
+    a.vsctl("set", "interface", "tb", "options:psk=new-key")
+    log_b = len(b.daemon_log())
+    b.vsctl("set", "interface", "ta", "options:psk=new-key")
+    charon_log, log_a = len(a.charon_log()), len(a.daemon_log())
+    a.start_daemon()
+    a.await_psk_change(b.ipv4, since=log_a)
+    b.await_psk_change(a.ipv4, since=log_b)
+    time.sleep(0.3)
+    assert charon_writes(a.charon_log()[charon_log:]) == ["load-shared", "terminate"]
+    initiate(a, conn_b, "ovs-tb")
+    wait_for(lambda: established(a, conn_b), 10, what="IKE_SA with the PSK changed meanwhile")
 
 
 # -- 2. restarts and wipes of charon --------------------------------------------------------------

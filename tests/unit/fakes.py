@@ -571,9 +571,11 @@ class World:
             events=self.events,  # type: ignore[arg-type]
         )
 
-    def restart_daemon(self, *, ovsdb_ready: bool = True) -> None:
+    def restart_daemon(self, *, ovsdb_ready: bool = True, clean: bool = True) -> None:
         """A new Daemon (and OVSDB and event sessions) on the same charon and kernel, as after
-        `systemctl restart`: OVSDB holds the same rows."""
+        `systemctl restart`: OVSDB holds the same rows. A clean exit hands the new daemon the
+        old one's record, as cli.py does through a file (`clean=False`: a crash, no record)."""
+        record = self.daemon.hand_over() if clean else None
         server = self.ovsdb.server
         self.ovsdb = FakeOvsdb(server)
         self.ovsdb.ready = ovsdb_ready
@@ -582,6 +584,8 @@ class World:
             self.events = FakeEvents(self.charon)
         self.charon.close()
         self._build_daemon()
+        if record is not None:
+            self.daemon.take_over(record)
 
     def turn(self) -> float | None:
         """One turn of the loop: run(), then wait(); returns the seconds it would sleep."""

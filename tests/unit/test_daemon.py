@@ -3,8 +3,9 @@ retries and back-off, the SA-listing cadence, charon and OVSDB coming and going.
 
 Only the Daemon's constructor and the surface the control socket and cli.py use are touched
 (run, wait, statuses, health, converged_once, first_pass_done, explained_policies, memory_counts,
-request_refresh, request_sas, cleanup), so that these tests survive a reshuffle of its insides;
-the policy guard's listing decision is also tested on the guard alone (`moved`).
+request_refresh, request_sas, cleanup, take_over, hand_over), so that these tests survive a
+reshuffle of its insides; the policy guard's listing decision is also tested on the guard alone
+(`moved`).
 Assertions are on what the fake charon and kernel hold, what they were asked to write, and when
 the Daemon asks to wake up. The same behaviours against the real components are in
 tests/integration (root-only labs).
@@ -35,10 +36,6 @@ from ovs_ipsec.daemon.policy_guard import LISTING_EVERY, PolicyGuard
 PEERS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")
 CHECK = 15.0
 LINGER = 30.0
-RESTART_RELOADS = (
-    "issue 14 item 3: a restarted daemon reloads every connection and secret charon already "
-    "holds (get-conns gives names only, so their contents are unknown)"
-)
 
 
 def conn(peer: str) -> str:
@@ -689,11 +686,73 @@ def test_a_restarted_daemon_leaves_the_kernel_alone() -> None:
     assert set(world.states().values()) == {"configured"}
 
 
-@pytest.mark.xfail(strict=True, reason=RESTART_RELOADS)
 def test_a_restarted_daemon_finds_charon_holding_everything_and_writes_nothing() -> None:
     world = converged()
     charon_writes = len(world.charon.writes)
     world.restart_daemon()
+    world.settle()
+    assert world.daemon.converged_once
+    assert world.charon.writes_since(charon_writes) == []
+
+
+def test_a_psk_changed_while_the_daemon_was_down_is_the_only_write() -> None:
+    world = converged()
+    charon_writes = len(world.charon.writes)
+    world.ovsdb.server["uuid-1"] = dataclasses.replace(
+        world.ovsdb.server["uuid-1"], options={"remote_ip": "10.0.0.3", "psk": "changed"}
+    )
+    world.restart_daemon()
+    world.settle()
+    writes = [(w.command, w.target) for w in world.charon.writes_since(charon_writes)]
+    # The new secret, then the IKE_SAs made with the old one closed, as while running.
+    assert writes == [("load-shared", secret("10.0.0.3")), ("terminate", conn("10.0.0.3"))]
+    assert set(world.states().values()) == {"configured"}
+
+
+def test_a_restart_after_a_crash_loads_everything_again() -> None:
+    world = converged()
+    charon_writes = len(world.charon.writes)
+    world.restart_daemon(clean=False)
+    world.settle()
+    loaded = {w.target for w in world.charon.writes_since(charon_writes)}
+    assert loaded == {conn(p) for p in PEERS} | {secret(p) for p in PEERS}
+
+
+def test_a_record_left_for_a_charon_since_restarted_is_not_believed() -> None:
+    world = converged()
+    charon_writes = len(world.charon.writes)
+    record = world.daemon.hand_over()
+    world.charon.stop()
+    world.clock.advance(5.0)
+    world.charon.start()
+    world.restart_daemon(clean=False)
+    assert record is not None
+    world.daemon.take_over(record)
+    world.settle()
+    loaded = {w.target for w in world.charon.writes_since(charon_writes)}
+    assert loaded == {conn(p) for p in PEERS} | {secret(p) for p in PEERS}
+    assert sorted(world.charon.conns) == sorted(conn(p) for p in PEERS)
+
+
+def test_a_corrupt_record_is_ignored_and_everything_loaded() -> None:
+    world = converged()
+    charon_writes = len(world.charon.writes)
+    record = world.daemon.hand_over()
+    assert record is not None
+    world.restart_daemon(clean=False)
+    world.daemon.take_over(record[:-10])
+    world.settle()
+    assert len(world.charon.writes_since(charon_writes)) == 2 * len(PEERS)
+
+
+def test_a_record_outlives_a_daemon_that_never_reached_charon() -> None:
+    world = converged()
+    charon_writes = len(world.charon.writes)
+    world.charon.unreachable = True
+    world.restart_daemon()
+    world.run_for(3.0)
+    world.restart_daemon()  # the record it was given, passed on
+    world.charon.unreachable = False
     world.settle()
     assert world.daemon.converged_once
     assert world.charon.writes_since(charon_writes) == []

@@ -1,20 +1,26 @@
 """The adapters whose real component is on every machine, tested against it: files
 (adapters/files.py) on a real file system, programs (adapters/proc.py) really run, glibc's
-malloc_trim (adapters/heap.py), and unix sockets (adapters/vici_socket.py; charon behind one is
-tests/integration/test_charon_pipeline.py's and test_events_adapter.py's)."""
+malloc_trim (adapters/heap.py), SIGTERM really sent (adapters/stop_signal.py), and unix
+sockets (adapters/vici_socket.py; charon behind one is tests/integration/test_charon_pipeline.py's
+and test_events_adapter.py's)."""
 
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 
+import ovs.poller
 import pytest
 
 from ovs_ipsec.adapters import heap, proc
-from ovs_ipsec.adapters.files import MAX_FILE_SIZE, read_files
+from ovs_ipsec.adapters.files import MAX_FILE_SIZE, read_files, take_private, write_private
+from ovs_ipsec.adapters.stop_signal import StopSignal
 from ovs_ipsec.adapters.vici_socket import open_vici
 from ovs_ipsec.errors import CharonUnreachable, CommandError
 
@@ -109,3 +115,63 @@ def test_open_vici_without_charon_names_the_socket_and_the_command(tmp_path: Pat
         open_vici(path, 1.0, "stats")
     assert caught.value.command == "stats"
     assert path in str(caught.value)
+
+
+def test_a_private_file_is_ours_alone_and_read_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "record")
+    stale = tmp_path / "record.tmp"  # a crash's leftover, open to all
+    stale.write_bytes(b"old")
+    stale.chmod(0o666)
+    write_private(path, b"first")
+    write_private(path, b"second")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record"]
+    assert take_private(path) == b"second"
+    assert not os.path.exists(path)
+    assert take_private(path) is None
+
+
+def test_a_private_file_open_to_others_or_a_symlink_is_not_believed_and_goes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "record"
+    path.write_bytes(b"planted")
+    path.chmod(0o644)
+    assert take_private(str(path)) == f"{path} is open to others (mode 644)"
+    assert not path.exists()
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"x")
+    target.chmod(0o600)
+    path.symlink_to(target)
+    why = take_private(str(path))
+    assert isinstance(why, str) and why.startswith(f"cannot read {path}")
+    assert not path.exists() and target.exists()
+
+
+def test_a_private_file_that_cannot_be_written_leaves_the_old_one(tmp_path: Path) -> None:
+    path = tmp_path / "record"
+    write_private(str(path), b"kept")
+    with pytest.raises(OSError):
+        write_private(str(tmp_path / "missing" / "record"), b"lost")
+    assert path.read_bytes() == b"kept"
+
+
+def test_sigterm_is_a_request_to_stop_that_wakes_the_poll() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopSignal()
+    try:
+        poller = ovs.poller.Poller()
+        stop.wait(poller)
+        os.kill(os.getpid(), signal.SIGTERM)
+        started = time.monotonic()
+        poller.timer_wait(5000)
+        poller.block()
+        assert time.monotonic() - started < 1.0
+        assert stop.received
+        stop.run()  # drains the wake-up bytes
+        assert select.select([stop._read], [], [], 0)[0] == []
+        # A second SIGTERM goes to whatever handled it before: stop now.
+        assert signal.getsignal(signal.SIGTERM) == before
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, before)
