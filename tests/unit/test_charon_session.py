@@ -98,6 +98,7 @@ def test_pipelined_replies_in_order_a_refusal_costs_only_its_request(path: str) 
     assert isinstance(refused, CharonError) and refused.errmsg == "bad: no such algorithm"
     assert all(o == {"success": "yes", "echo": "load-shared"} for o in outcomes[21:])
     assert session.version() == {"success": "yes", "echo": "version"}  # values are str
+    session.close()
     charon.close()
 
 
@@ -109,6 +110,7 @@ def test_list_sas_registers_collects_the_events_and_unregisters(path: str) -> No
     assert charon.seen == [(Packet.EVENT_REGISTER, "list-sa"), (Packet.CMD_REQUEST, "list-sas"),
                            (Packet.EVENT_UNREGISTER, "list-sa")]  # fmt: skip
     assert not session.busy and session.connected
+    session.close()
     charon.close()
 
 

@@ -15,7 +15,8 @@ import ovs.poller
 import pytest
 from vici.protocol import Message, Packet
 
-from ovs_ipsec.adapters.events import MAX_MESSAGE, Events
+from ovs_ipsec.adapters import events as events_adapter
+from ovs_ipsec.adapters.events import MAX_MESSAGE
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
 
@@ -77,9 +78,22 @@ class FakeCharon:
         self.listener.close()
 
 
+_opened: list[events_adapter.Events] = []
+
+
+class Events(events_adapter.Events):
+    """The adapter, each session closed at the end of its test."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _opened.append(self)
+
+
 @pytest.fixture
 def path(tmp_path: Path) -> Iterator[str]:
     yield str(tmp_path / "charon.vici")
+    while _opened:
+        _opened.pop().close()
 
 
 KNOWN_598 = {"ike-updown", "child-updown", "ike-rekey", "child-rekey", "log"}

@@ -101,6 +101,7 @@ def test_server_answers_a_real_client_from_its_loop() -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{url}/other", timeout=5)
         assert err.value.code == 404
+        err.value.close()
         idle = socket.create_connection(("127.0.0.1", server.port))
         idle.close()
     finally:
