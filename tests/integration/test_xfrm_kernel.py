@@ -34,6 +34,7 @@ from ovs_ipsec.core.block_policies import (
     policies_to_add_and_remove,
 )
 from ovs_ipsec.core.model import (
+    DEFAULT_DST_PORT,
     AuthMode,
     Config,
     GlobalConfig,
@@ -231,6 +232,8 @@ def probe_in(a: Host, b: Host, family: int, target, src_index: int = 0) -> str:
 
 
 def tunnel(name, kind, remote, dst_port=None):
+    if dst_port is None:
+        dst_port = DEFAULT_DST_PORT.get(kind)  # as parse.dst_port_of gives it
     return Tunnel(name, kind, remote, None, dst_port, AuthMode.PSK, Secret("swordfish"))
 
 
