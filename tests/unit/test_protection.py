@@ -1,4 +1,4 @@
-"""protection.py: which block policies the daemon owns for a given Config (pure).
+"""core.block_policies: which block policies the daemon owns for a given Config (pure).
 
 Over 400 lines: one table of configurations and the block policies each must give."""
 
