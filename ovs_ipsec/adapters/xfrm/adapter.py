@@ -5,7 +5,7 @@
 `ip` runs through `proc.run` (bounded by `timeout`), for status commands and when netlink fails;
 everything acts in the network namespace the process runs in. `Xfrm` is the thin I/O shell.
 
-May import: errors, proc, block_policies, xfrm.iproute2, xfrm.netlink, stdlib.
+May import: errors, proc, log_text, block_policies, xfrm.iproute2, xfrm.netlink, stdlib.
 """
 
 from __future__ import annotations
@@ -168,5 +168,8 @@ class Xfrm:
 
 
 def _error_text(result: proc.Result) -> str:
-    text = result.stderr.strip() or result.stdout.strip()
+    # stderr only: stdout is what was asked for, and `ip xfrm state` prints every SA's keys.
+    from ovs_ipsec.adapters.proc import error_text
+
+    text = error_text(result.stderr)
     return f"exit code {result.returncode}: {text}" if text else f"exit code {result.returncode}"
