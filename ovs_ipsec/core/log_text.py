@@ -2,10 +2,12 @@
 log line, whoever wrote it, with secrets taken out (`redact_secrets`).
 
 `printable` is the one helper for anything an OVSDB writer chose (interface names, option
-keys): control characters become `\\xNN`, so a newline cannot forge a log line, and a huge value
-is cut so it cannot flood the log. `redact_secrets` is the last line of defence applied to every
-message on its way to a log (adapters/log_guard.py): the ovs library logs whole OVSDB messages
-at debug level, and a PSK in them is `["psk","..."]` in JSON.
+keys) shown bare, `quoted` for values shown in quotes: control characters are escaped, so a
+newline cannot forge a log line, and a huge value is cut so it cannot flood the log.
+
+`redact_secrets` is the last line of defence, applied to every message on its way to a log
+(adapters/log_guard.py): the ovs library logs whole OVSDB messages at debug level, and a PSK in
+them is `["psk","..."]` in JSON.
 
 May import: stdlib.
 """
@@ -28,6 +30,12 @@ def printable(text: str, limit: int | None = NAME_LIMIT) -> str:
     if limit is not None and len(text) > limit:
         text = text[:limit] + "..."
     return _CONTROL.sub(_escape, text)
+
+
+def quoted(value: str, limit: int = NAME_LIMIT) -> str:
+    """A value quoted for an error message (repr: escaped), cut so a huge one cannot flood
+    the log."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -69,4 +77,4 @@ def redact_secrets(text: str) -> str:
     return text
 
 
-__all__ = ["NAME_LIMIT", "REDACTED", "printable", "redact_secrets"]
+__all__ = ["NAME_LIMIT", "REDACTED", "printable", "quoted", "redact_secrets"]

@@ -2,7 +2,7 @@
 
 Everything here is stdlib-only and immutable: OVSDB rows arrive as `InterfaceRow`/`Snapshot`,
 `parse` turns them into `Tunnel`/`GlobalConfig` (or `Invalid` reasons), and `plan` turns those into
-desired charon and kernel state. May import: stdlib.
+desired charon and kernel state. May import: log_text, stdlib.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from ovs_ipsec.core.log_text import printable
 
 
 class TunnelType(enum.StrEnum):
@@ -84,7 +86,7 @@ class Invalid:
     reason: str
 
     def describe(self, where: str) -> str:
-        return f"{where}: {self.key}: {self.reason}"
+        return f"{where}: {printable(self.key)}: {self.reason}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +170,8 @@ class InvalidTunnel:
 
     @property
     def reason(self) -> str:
-        return "; ".join(f"{e.key}: {e.reason}" for e in self.errors)
+        # Keys are whatever the OVSDB writer chose: escaped and cut, as names are in logs.
+        return "; ".join(f"{printable(e.key)}: {e.reason}" for e in self.errors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Never raises on bad input: a bad port becomes an `InvalidTunnel` whose reasons name the key, and
 a bad global key becomes an `Invalid` in `GlobalConfig.errors`.
 
-May import: model, stdlib.
+May import: model, log_text, stdlib.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
+from ovs_ipsec.core.log_text import quoted
 from ovs_ipsec.core.model import (
     UDP_TUNNEL_PORTS,
     AuthMode,
@@ -320,12 +321,6 @@ def _parse_u32(text: str) -> int | None:
     else:
         return None
     return number if 0 <= number <= 0xFFFFFFFF else None
-
-
-def quoted(value: str, limit: int = 64) -> str:
-    """A value quoted for an error message, shortened so a huge value cannot flood the log."""
-    shown = value if len(value) <= limit else value[:limit] + "..."
-    return repr(shown)
 
 
 __all__ = [

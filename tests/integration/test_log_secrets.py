@@ -72,3 +72,30 @@ def test_no_secret_in_the_log_at_debug_level_and_the_file_is_private(
     os.chmod(log_path, 0o644)
     host.start_daemon()
     assert not others_may_read(log_path), oct(os.stat(log_path).st_mode)
+
+
+def test_names_and_keys_can_neither_forge_nor_flood_log_lines(make_lab: Callable[..., Lab]) -> None:
+    """Interface names and option keys are the OVSDB writer's choice: a newline in one would
+    start a line of its own, and a huge one would fill the log (issue 15, item 18)."""
+    (host,) = make_lab(1).hosts
+    forged = "2026-01-01T00:00:00.000Z|00001|ovs-monitor-ipsec|ERR|FORGED-NAME"
+    for name, option in (
+        (f"p0\n{forged}", r'options:"ipsec_ikev2\nFORGED-KEY"=yes'),
+        ("L" * 5000, f'options:"ipsec_{"K" * 5000}"=yes'),
+    ):
+        host.vsctl(
+            "add-port", "br0", name, "--", "set", "interface", name, "type=gre",
+            "options:remote_ip=10.77.0.9", "options:psk=swordfish", option,
+        )  # fmt: skip
+    wait_for(
+        lambda: host.daemon_log().count("invalid IPsec configuration") >= 2,
+        10,
+        what="both ports reported invalid",
+    )
+    lines = host.daemon_log().splitlines()
+    assert not [line for line in lines if line.startswith(("2026-01-01", "FORGED"))]
+    warnings = [line for line in lines if "invalid IPsec configuration" in line]
+    assert any("p0\\x0a2026-01-01" in line and "ipsec_ikev2\\x0aFORGED-KEY" in line
+               for line in warnings)  # fmt: skip
+    assert not [line for line in lines if "L" * 65 in line or "K" * 65 in line]
+    assert max(len(line) for line in warnings) < 1000
