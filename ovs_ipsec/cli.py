@@ -1,8 +1,8 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
 May import: daemon.loop, daemon.health, control, charon, events, ovsdb, xfrm.adapter, sdnotify,
-stop_signal, files, log_guard, metrics_http, metrics, ovs_dirs, ovs, prometheus_client (only to
-tell whether it is installed), stdlib.
+stop_signal, files, log_guard, core_dumps, metrics_http, metrics, ovs_dirs, ovs,
+prometheus_client (only to tell whether it is installed), stdlib.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import ovs.vlog
 
 from ovs_ipsec import PROGRAM_NAME, __version__
 from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, Charon, vici_path
+from ovs_ipsec.adapters.core_dumps import disable_core_dumps
 from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     guard_logs()
     tighten_log_file(log_file_path(args.log_file))
     ovs.vlog.handle_args(args)
+    for problem in disable_core_dumps():
+        vlog.warn(f"core dumps may hold secrets: {problem}")
     # At debug level ovs.jsonrpc logs every OVSDB message whole, options:psk included: the
     # filter redacts it, and at start-up the module stays at info whatever -v asks for (a dump
     # of every message is rarely what -v meant).

@@ -98,11 +98,17 @@ class Invalid:
 RowId = Hashable
 
 
+# An option's value: text, except options:psk, which the OVSDB adapter wraps in a Secret as it
+# copies the row, so no repr of a row (or of the planner holding rows) shows it. Plain text is
+# accepted there too (tests, tools).
+OptionValue = str | Secret
+
+
 @dataclass(frozen=True, slots=True)
 class InterfaceRow:
     name: str
     type: str
-    options: Mapping[str, str]
+    options: Mapping[str, OptionValue]
 
 
 @dataclass(frozen=True, slots=True)

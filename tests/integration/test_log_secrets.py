@@ -1,9 +1,11 @@
-"""No secret in any log whatever `vlog/set` asks, and a log file others cannot read: the real
-daemon, a real ovsdb-server and the real ovs-appctl in a namespace host (issue 15, item 1)."""
+"""What the daemon logs, against the real daemon, a real ovsdb-server and the real ovs-appctl
+in a namespace host: no secret whatever `vlog/set` asks and a log file others cannot read
+(issue 15, item 1); names and keys that can neither forge nor flood a line (item 18)."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,9 @@ def test_no_secret_in_the_log_at_debug_level_and_the_file_is_private(
     (host,) = make_lab(1).hosts
     log_path = host.daemon_log_path
     assert not others_may_read(log_path), oct(os.stat(log_path).st_mode)
+    # Its memory holds the secrets: no core file either (issue 15, item 16).
+    limits = Path(f"/proc/{host.daemon_pid}/limits").read_text()
+    assert re.search(r"^Max core file size\s+0\s+0\s", limits, re.MULTILINE), limits
     for spec in LEVEL_CHANGES:
         assert host.appctl("vlog/set", spec) == ""
     levels = {line.split()[0]: line.split()[1:] for line in host.appctl("vlog/list").splitlines()}

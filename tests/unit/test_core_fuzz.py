@@ -81,7 +81,8 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     "remote_ip": addresses,
     "local_ip": addresses,
     "dst_port": ports,
-    "psk": st.one_of(psks, st.just("")),
+    # Plain text (tests, tools) or a Secret, as the OVSDB adapter hands it over.
+    "psk": st.one_of(psks, psks.map(Secret), st.just("")),
     "remote_cert": st.one_of(paths, junk),
     "remote_name": st.one_of(st.sampled_from(["peer", "host1", ""]), junk),
     "ipsec_skb_mark": marks,

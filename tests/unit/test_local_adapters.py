@@ -129,6 +129,19 @@ def test_run_of_a_missing_program_is_a_command_error(tmp_path: Path) -> None:
     assert error.value.returncode is None
 
 
+def test_core_dumps_are_off_after_start_up() -> None:
+    """In a fresh process (this kernel's prctl and rlimits): not dumpable, no core size."""
+    code = (
+        "import resource\n"
+        "from ovs_ipsec.adapters.core_dumps import disable_core_dumps, dumpable\n"
+        "before = dumpable()\n"
+        "assert disable_core_dumps() == []\n"
+        "print(before, dumpable(), *resource.getrlimit(resource.RLIMIT_CORE))\n"
+    )
+    result = proc.run([sys.executable, "-c", code], timeout=30)
+    assert result.stdout.split() == ["1", "0", "0", "0"]
+
+
 def test_heap_trim_runs_on_this_libc() -> None:
     heap.trim()  # on glibc: malloc_trim(0); elsewhere nothing
 
