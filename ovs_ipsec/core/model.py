@@ -2,7 +2,7 @@
 
 Everything here is stdlib-only and immutable: OVSDB rows arrive as `InterfaceRow`/`Snapshot`,
 `parse` turns them into `Tunnel`/`GlobalConfig` (or `Invalid` reasons), and `plan` turns those into
-desired charon and kernel state. May import: stdlib.
+desired charon and kernel state. May import: log_text, stdlib.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from ovs_ipsec.core.log_text import printable
 
 
 class TunnelType(enum.StrEnum):
@@ -84,7 +86,7 @@ class Invalid:
     reason: str
 
     def describe(self, where: str) -> str:
-        return f"{where}: {self.key}: {self.reason}"
+        return f"{where}: {printable(self.key)}: {self.reason}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,11 +98,17 @@ class Invalid:
 RowId = Hashable
 
 
+# An option's value: text, except options:psk, which the OVSDB adapter wraps in a Secret as it
+# copies the row, so no repr of a row (or of the planner holding rows) shows it. Plain text is
+# accepted there too (tests, tools).
+OptionValue = str | Secret
+
+
 @dataclass(frozen=True, slots=True)
 class InterfaceRow:
     name: str
     type: str
-    options: Mapping[str, str]
+    options: Mapping[str, OptionValue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +176,8 @@ class InvalidTunnel:
 
     @property
     def reason(self) -> str:
-        return "; ".join(f"{e.key}: {e.reason}" for e in self.errors)
+        # Keys are whatever the OVSDB writer chose: escaped and cut, as names are in logs.
+        return "; ".join(f"{printable(e.key)}: {e.reason}" for e in self.errors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Never raises on bad input: a bad port becomes an `InvalidTunnel` whose reasons name the key, and
 a bad global key becomes an `Invalid` in `GlobalConfig.errors`.
 
-May import: model, stdlib.
+May import: model, log_text, stdlib.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
+from ovs_ipsec.core.log_text import quoted
 from ovs_ipsec.core.model import (
     UDP_TUNNEL_PORTS,
     AuthMode,
@@ -20,6 +21,7 @@ from ovs_ipsec.core.model import (
     InterfaceRow,
     Invalid,
     InvalidTunnel,
+    OptionValue,
     Secret,
     SkbMark,
     Snapshot,
@@ -37,7 +39,7 @@ _DECIMAL = re.compile(r"[0-9]{1,10}")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]{1,8}")
 
 
-def is_ipsec_port(options: Mapping[str, str]) -> bool:
+def is_ipsec_port(options: Mapping[str, OptionValue]) -> bool:
     return any(key in options for key in IPSEC_AUTH_KEYS)
 
 
@@ -158,7 +160,7 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
         )
     )
     for key, value in options.items():
-        if len(value) > MAX_OPTION_LENGTH and key != "psk":
+        if key != "psk" and len(value) > MAX_OPTION_LENGTH:
             errors.append(
                 Invalid(key or "''", f"value is longer than {MAX_OPTION_LENGTH} characters")
             )
@@ -186,7 +188,7 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
 
 
 def _parse_auth(
-    options: Mapping[str, str], global_config: GlobalConfig, errors: list[Invalid]
+    options: Mapping[str, OptionValue], global_config: GlobalConfig, errors: list[Invalid]
 ) -> tuple[AuthMode | None, Secret | None]:
     present = [key for key in IPSEC_AUTH_KEYS if key in options]
     if "psk" in options:
@@ -200,7 +202,8 @@ def _parse_auth(
                 )
             )
             return None, None
-        psk = options["psk"]
+        value = options["psk"]
+        psk = value.reveal() if isinstance(value, Secret) else value
         if not psk:
             errors.append(Invalid("psk", "is empty"))
             return None, None
@@ -320,12 +323,6 @@ def _parse_u32(text: str) -> int | None:
     else:
         return None
     return number if 0 <= number <= 0xFFFFFFFF else None
-
-
-def quoted(value: str, limit: int = 64) -> str:
-    """A value quoted for an error message, shortened so a huge value cannot flood the log."""
-    shown = value if len(value) <= limit else value[:limit] + "..."
-    return repr(shown)
 
 
 __all__ = [

@@ -440,6 +440,32 @@ def test_thousands_of_policies_in_one_batch(host):
     assert t1 - t0 < 3 and t2 - t1 < 3 and t3 - t2 < 3
 
 
+def test_thousands_of_refused_policies_make_one_short_error(host, monkeypatch):
+    """The kernel refusing every one of 4,000 policies (each request corrupted on its way, so
+    the kernel answers EINVAL to each): the error names a few and counts the rest, short
+    enough for one log line and one control reply."""
+    tunnels = [
+        tunnel(f"g{i}", TunnelType.GRE, f"10.79.{i // 250}.{i % 250 + 1}") for i in range(1000)
+    ]
+    plan = plan_protection(config(tunnels))
+    build = xfrm_netlink.update_message
+
+    def corrupted(spec, seq):
+        message = bytearray(build(spec, seq))
+        message[16 + 42] = 33  # nlmsghdr, then the selector's prefixlen_d: a /33 IPv4 prefix
+        return bytes(message)
+
+    monkeypatch.setattr(xfrm_netlink, "update_message", corrupted)
+    with pytest.raises(XfrmApplyError) as info:
+        host.apply(add=plan)
+    assert len(info.value.failures) == len(plan) == 4000
+    message = str(info.value)
+    assert len(message) < 1000, len(message)
+    assert message.startswith("4000 of 4000 XFRM policy changes failed: add ")
+    assert message.endswith("; and 3997 more (in all: 4000 Invalid argument)")
+    assert host.observe() == frozenset()
+
+
 # --- ipsec_skb_mark: 0/1 and 1/1 ----------------------------------------------------------------
 
 TARGETS = ["gre", 4789, 6081, CUSTOM_PORT]

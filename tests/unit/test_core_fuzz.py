@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import ovs.json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ovs_ipsec.core import render
 from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.log_text import NAME_LIMIT, printable, redact_secrets
 from ovs_ipsec.core.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapshot
 from ovs_ipsec.core.parse import is_ipsec_port, parse_config
 from ovs_ipsec.core.reconcile import Applied, LoadKey, diff, record
@@ -79,7 +81,8 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     "remote_ip": addresses,
     "local_ip": addresses,
     "dst_port": ports,
-    "psk": st.one_of(psks, st.just("")),
+    # Plain text (tests, tools) or a Secret, as the OVSDB adapter hands it over.
+    "psk": st.one_of(psks, psks.map(Secret), st.just("")),
     "remote_cert": st.one_of(paths, junk),
     "remote_name": st.one_of(st.sampled_from(["peer", "host1", ""]), junk),
     "ipsec_skb_mark": marks,
@@ -321,3 +324,36 @@ def test_secret_never_shows_its_value(value: str) -> None:
     assert secret.reveal() == value
     assert secret == Secret(value)
     assert secret != Secret(value + "x")
+
+
+@given(secret_values, st.sampled_from(["psk", "PSK"]), st.integers(0, 3))
+def test_a_psk_is_redacted_in_every_form_a_log_line_shows_it(
+    value: str, key: str, cut: int
+) -> None:
+    """Whatever the value (quotes, backslashes, newlines, unicode), the ovs library's JSON of
+    an OVSDB update, a Python repr of options and `psk=...` lose it to redact_secrets, also
+    when the message is cut inside the value."""
+    texts = [
+        "received notification, params="
+        + ovs.json.to_string(["x", {"Interface": {"u": {"new": {"options": [
+            "map", [["local_ip", "1.2.3.4"], [key, value], ["remote_ip", "10.0.0.2"]]]}}}}]),
+        repr({key: value, "remote_ip": "10.0.0.2"}),
+        f"options:{key}={value.split()[0] if value.split() else value}",
+    ]  # fmt: skip
+    for text in texts:
+        # A message cut anywhere after the key's value has begun.
+        start = text.index(PSK_MARK)
+        for end in (len(text), start + len(PSK_MARK) + cut):
+            assert PSK_MARK not in redact_secrets(text[:end]), text[:end]
+
+
+@FUZZ
+@given(snapshots())
+def test_names_and_keys_reach_no_reason_raw(snapshot: Snapshot) -> None:
+    """Names and option keys with control characters (a newline forges a log line) and any
+    length: every invalid reason and every name as logged is one line of bounded length."""
+    config = parse_config(snapshot)
+    for name, invalid in config.invalid.items():
+        for text in (printable(name), invalid.reason, *(e.describe("x") for e in invalid.errors)):
+            assert not any(ch in text for ch in "\n\r\x00\x1b\x85\u2028"), text
+        assert len(printable(name)) <= 4 * (NAME_LIMIT + 3)

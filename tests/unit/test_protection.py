@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovs_ipsec.adapters.xfrm import iproute2
+from ovs_ipsec.adapters.xfrm.adapter import Operation, PolicyFailure, XfrmApplyError
 from ovs_ipsec.core.addresses import canonical_prefix, is_canonical_ip
 from ovs_ipsec.core.block_policies import (
     FAIL_CLOSED_PRIORITY,
@@ -523,3 +524,19 @@ def test_prefixes_recognised_without_parsing_agree_with_ipaddress(
     except ValueError:
         owned = False
     assert is_canonical_ip(text) == owned
+
+
+def test_an_apply_error_names_a_few_failures_and_counts_the_rest():
+    specs = sorted(plan_protection(config([tunnel("g", TunnelType.GRE, "10.0.0.2")])))
+    few = [PolicyFailure(Operation("add", s), "Operation not permitted") for s in specs[:2]]
+    assert str(XfrmApplyError(few, 2)) == (
+        "2 of 2 XFRM policy changes failed: "
+        + "; ".join(f"add {s.describe()}: Operation not permitted" for s in specs[:2])
+    )
+    many = [
+        PolicyFailure(Operation("add", specs[i % 2]), "Operation not permitted" if i else "busy")
+        for i in range(4000)
+    ]
+    message = str(XfrmApplyError(many, 4000))
+    assert len(message) < 1000
+    assert message.endswith("; and 3997 more (in all: 3999 Operation not permitted, 1 busy)")
