@@ -10,13 +10,14 @@ May import: ovs.db.idl, ovs.jsonrpc, ovs.poller, model, stdlib.
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from typing import Any
 
 import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 
-from ovs_ipsec.core.model import InterfaceRow, OptionValue, RowId, Secret
+from ovs_ipsec.core.model import InterfaceRow, OptionValue, PortStatus, RowId, Secret
 
 _STRING_MAP = {"key": "string", "value": "string", "min": 0, "max": "unlimited"}
 SCHEMA: dict[str, Any] = {
@@ -33,6 +34,10 @@ SCHEMA: dict[str, Any] = {
                 "name": {"type": "string", "mutable": False},
                 "type": {"type": "string"},
                 "options": {"type": _STRING_MAP},
+                # Display only (tunnels/show's Ofport and CFM state, as upstream's): a change
+                # of either alone is not a change of the tunnel (_TrackingIdl.notify).
+                "ofport": {"type": {"key": "integer", "min": 0, "max": 1}},
+                "cfm_fault": {"type": {"key": "boolean", "min": 0, "max": 1}},
             },
             "indexes": [["name"]],
         },
@@ -96,6 +101,15 @@ def receive_whole_utf8_characters() -> None:
     ovs.jsonrpc.Connection.recv = _recv_whole_characters
 
 
+_DISPLAY_ONLY = frozenset(("ofport", "cfm_fault"))
+
+
+def _columns(updates: Any) -> set[str]:
+    """The columns an update changed (the IDL's Row of old values holds only those)."""
+    data = getattr(updates, "_data", None)
+    return set(data) if data else {"?"}
+
+
 class _TrackingIdl(ovs.db.idl.Idl):
     """Remembers which rows changed, so a change costs in proportion to itself."""
 
@@ -107,6 +121,10 @@ class _TrackingIdl(ovs.db.idl.Idl):
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
         if row._table.name == "Interface":
+            # vswitchd sets ofport on every new port just after it is created: that update
+            # (and a CFM fault's) would otherwise re-parse every port of a bulk add again.
+            if event == ovs.db.idl.ROW_UPDATE and _DISPLAY_ONLY.issuperset(_columns(updates)):
+                return
             self.changed_interfaces.add(row.uuid)
         else:
             self.other_config_changed = True
@@ -115,7 +133,7 @@ class _TrackingIdl(ovs.db.idl.Idl):
 class Ovsdb:
     def __init__(self, remote: str) -> None:
         helper = ovs.db.idl.SchemaHelper(schema_json=SCHEMA)
-        helper.register_columns("Interface", ["name", "type", "options"])
+        helper.register_columns("Interface", ["name", "type", "options", "ofport", "cfm_fault"])
         helper.register_columns("Open_vSwitch", ["other_config"])
         self.idl = _TrackingIdl(remote, helper)
         self.seen_seqno = 0
@@ -174,6 +192,20 @@ class Ovsdb:
         self.idl.other_config_changed = False
         self.needs_full_read = False
         return {uuid: _interface(row) for uuid, row in self.idl.tables["Interface"].rows.items()}
+
+    def port_status(self, row_ids: Mapping[str, RowId]) -> dict[str, PortStatus]:
+        """Ofport and CFM fault of these ports (name -> row uuid), as the IDL holds them now."""
+        table = self.idl.tables["Interface"].rows
+        found = {}
+        for name, uuid in row_ids.items():
+            row = table.get(uuid)
+            if row is not None:
+                ofport, cfm_fault = row.ofport, row.cfm_fault
+                found[name] = PortStatus(
+                    ofport=ofport[0] if ofport and ofport[0] != -1 else None,
+                    cfm_fault=cfm_fault[0] if cfm_fault else None,
+                )
+        return found
 
     def other_config(self) -> dict[str, str]:
         other_config: dict[str, str] = {}

@@ -73,6 +73,9 @@ class Delta:
     # The removed policies that belonged to ports deleted from OVSDB (and only to them): those
     # are the ones worth keeping a while, for a port OVS may be re-creating.
     policies_of_deleted: set[PolicySpec] = field(default_factory=set)
+    # IPsec ports whose configuration version moved: appeared, changed or gone (upstream's
+    # "Tunnel ... appeared in OVSDB" lines; the planner's `versions` says which).
+    versioned: set[str] = field(default_factory=set)
 
     def merge(self, other: Delta) -> None:
         self.conns |= other.conns
@@ -82,6 +85,7 @@ class Delta:
         self.policies_added |= other.policies_added
         self.policies_removed |= other.policies_removed
         self.policies_of_deleted |= other.policies_of_deleted
+        self.versioned |= other.versioned
 
     def __bool__(self) -> bool:
         return bool(
@@ -118,6 +122,8 @@ class Planner:
         self.tunnels: dict[str, Tunnel] = {}
         self.parse_invalid: dict[str, InvalidTunnel] = {}
         self.caveats: dict[str, str] = {}  # valid tunnels that will carry nothing, and why
+        # Per IPsec port, the version of its configuration (upstream's `v<N>`, display only).
+        self.versions: dict[str, int] = {}
         self.port_counts: Counter[int] = Counter()
         # Admission (options, credentials) and per-peer plans.
         # Translated ipsec_* options of admitted tunnels that have any (absent: NO_SETTINGS).
@@ -145,6 +151,7 @@ class Planner:
             tunnels=self.tunnels,
             invalid=self.parse_invalid,
             tunnel_ports=tuple(sorted(p for p, n in self.port_counts.items() if n > 0)),
+            versions=self.versions,
         )
 
     @property
@@ -208,7 +215,8 @@ class Planner:
         # A certificate tunnel coming, going or changing may need other files.
         cert_touched = bool(cert_names())
         for name in affected:
-            self._reparse(name)
+            if self._reparse(name, global_changed=everything):
+                delta.versioned.add(name)
         cert_touched = cert_touched or bool(cert_names())
         if (everything or cert_touched or reread_files) and self._refresh_credentials(now):
             affected |= {n for n, t in self.tunnels.items() if t.auth is not PSK}
@@ -248,21 +256,26 @@ class Planner:
             if self.port_counts[port] <= 0:
                 del self.port_counts[port]
 
-    def _reparse(self, name: str) -> None:
-        self.tunnels.pop(name, None)
-        self.parse_invalid.pop(name, None)
+    def _reparse(self, name: str, *, global_changed: bool = False) -> bool:
+        """Parse the port again; True if its version moved (appeared, changed or gone)."""
+        before_valid = self.tunnels.pop(name, None)
+        before = self.parse_invalid.pop(name, None) or before_valid
         self.caveats.pop(name, None)
         uuid = self.row_of.get(name)
         row = self.rows.get(uuid) if uuid is not None else None
         if row is None or not is_ipsec_port(row.options):
-            return
+            return self.versions.pop(name, None) is not None
         parsed = parse_tunnel(row, self.global_config)
+        moved = parsed != before or global_changed or name not in self.versions
+        if moved:
+            self.versions[name] = self.versions.get(name, 0) + 1
         if isinstance(parsed, Tunnel):
             self.tunnels[name] = parsed
             if (warning := caveat(parsed)) is not None:
                 self.caveats[name] = warning
         else:
             self.parse_invalid[name] = parsed
+        return moved
 
     def _refresh_credentials(self, now: dt.datetime) -> bool:
         """Re-read the certificate files in use; True if the credentials changed."""

@@ -112,6 +112,15 @@ class InterfaceRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PortStatus:
+    """What ovs-vswitchd reports of a port (display only, as upstream shows it): its OpenFlow
+    port number (None: not assigned yet) and its CFM fault (None: CFM not enabled)."""
+
+    ofport: int | None = None
+    cfm_fault: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     interfaces: tuple[InterfaceRow, ...]
     other_config: Mapping[str, str]
@@ -189,3 +198,6 @@ class Config:
     invalid: Mapping[str, InvalidTunnel] = field(default_factory=dict)
     # Every UDP destination port any OVSDB tunnel uses (IPsec or not), for ipsec_skb_mark.
     tunnel_ports: tuple[int, ...] = ()
+    # Per IPsec port: its configuration's version, 1 when it appeared, one more at each change
+    # (upstream's `v<N>` in tunnels/show; any global change counts, as it does upstream).
+    versions: Mapping[str, int] = field(default_factory=dict)

@@ -3,11 +3,16 @@ policies and SAs are render_xfrm.py's). All redaction happens in these two modul
 ever part of what their functions return. The JSON shapes are documented in docs/status-json.md;
 a change there is a change of a public interface.
 
-Text keeps upstream's labels where they still mean something ("Interface name:", "Tunnel Type:",
-"Remote IP:", "PSK:", "IPsec connections that are active:" ...), and is correct where upstream's
-was not: each kernel policy is listed once, inbound ones under the peer they come from.
+`tunnels/show` text is a superset of upstream's (OVS 3.1 to 3.7, `IPsecTunnel.show`): every line
+and section upstream prints, in its order and spelling (tests/unit/data/upstream_tunnels_show.txt
+is upstream's own output), then ours as extra lines; the PSK and all key material redacted. It is
+correct where upstream's was not: each kernel policy is listed once, inbound ones under the peer
+they come from, with direction, action and mark (render_kernel.py).
 
-May import: model, parse, block_policies, connections, sas, status, stdlib.
+One file over 400 lines: each command's text and JSON stay side by side, so that a field added
+to one is added to the other.
+
+May import: model, parse, block_policies, connections, render_kernel, sas, status, stdlib.
 """
 
 from __future__ import annotations
@@ -18,10 +23,20 @@ from typing import Any, Protocol
 
 from ovs_ipsec.core.block_policies import protocol_name
 from ovs_ipsec.core.connections import AuthClass, TrafficSelector
-from ovs_ipsec.core.model import Config
+from ovs_ipsec.core.model import Config, PortStatus
 from ovs_ipsec.core.parse import caveat
+from ovs_ipsec.core.render_kernel import (
+    NO_KERNEL,
+    Kernel,
+    kernel_policies,
+    kernel_states,
+    policy_json,
+    policy_line,
+    state_json,
+    state_line,
+)
 from ovs_ipsec.core.sas import ChildSa, IkeSa
-from ovs_ipsec.core.status import Protection, Selector, TunnelStatus
+from ovs_ipsec.core.status import Protection, Selector, State, TunnelStatus
 
 REDACTED = "<redacted>"
 
@@ -33,6 +48,34 @@ class HealthLike(Protocol):
 
 def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
+
+
+NO_PORTS: Mapping[str, PortStatus] = {}
+# ipsec_* keys whose value may be a secret (all refused by ike_options, but still shown).
+_SECRET_OPTION_WORDS = ("psk", "secret", "ppk", "pass", "xauth")
+
+
+def custom_options(config: Config, name: str) -> dict[str, str] | None:
+    """The port's `ipsec_*` options with the prefix cut, as upstream's `Custom Options` (None
+    when the port did not parse); any value that may be a secret is redacted."""
+    tunnel = config.tunnels.get(name)
+    if tunnel is None:
+        return None
+    return {
+        key: REDACTED if any(word in key.lower() for word in _SECRET_OPTION_WORDS) else value
+        for key, value in tunnel.ike_options
+    }
+
+
+def ofport_text(port: PortStatus | None) -> str:
+    return "Not assigned" if port is None or port.ofport is None else str(port.ofport)
+
+
+def cfm_text(port: PortStatus | None) -> str:
+    """Upstream's words: `Up` for cfm_fault false, `Down` for true, else `Disabled`."""
+    if port is None or port.cfm_fault is None:
+        return "Disabled"
+    return "Down" if port.cfm_fault else "Up"
 
 
 # -- tunnels/show -------------------------------------------------------------------------------
@@ -135,10 +178,19 @@ def tunnels_json(
     config: Config,
     statuses: Mapping[str, TunnelStatus],
     protection: Mapping[str, Protection] | None = None,
+    ports: Mapping[str, PortStatus] = NO_PORTS,
+    kernel: Kernel = NO_KERNEL,
 ) -> dict[str, Any]:
     protection = protection or {}
     return {
         name: {
+            "version": config.versions.get(name, 1),
+            # Upstream shows only CONFIGURED tunnels (it drops INVALID ones from its table).
+            "upstream_state": "INVALID" if status.state is State.INVALID else "CONFIGURED",
+            "custom_options": custom_options(config, name),
+            "ofport": ports[name].ofport if name in ports else None,
+            "cfm_state": cfm_text(ports.get(name)),
+            "kernel": _kernel_json(kernel, _remote_ip(config, name)),
             "state": status.state.value,
             "reason": status.reason,
             "cause": status.cause.value if status.cause else None,
@@ -166,6 +218,22 @@ def tunnels_json(
             "protection": protection_json(protection.get(name)),
         }
         for name, status in statuses.items()
+    }
+
+
+def _remote_ip(config: Config, name: str) -> str | None:
+    tunnel = config.tunnels.get(name)
+    if tunnel is not None:
+        return tunnel.remote_ip
+    invalid = config.invalid.get(name)
+    return invalid.remote_ip if invalid is not None else None
+
+
+def _kernel_json(kernel: Kernel, remote_ip: str | None) -> dict[str, Any]:
+    return {
+        "policies": [policy_json(p) for p in kernel_policies(kernel, remote_ip)],
+        "security_associations": [state_json(s) for s in kernel_states(kernel, remote_ip)],
+        "error": kernel.error or None,
     }
 
 
@@ -245,13 +313,15 @@ def tunnels_text(
     statuses: Mapping[str, TunnelStatus],
     health: HealthLike,
     protection: Mapping[str, Protection] | None = None,
+    ports: Mapping[str, PortStatus] = NO_PORTS,
+    kernel: Kernel = NO_KERNEL,
 ) -> str:
     protection = protection or {}
     lines: list[str] = []
     if not statuses:
         lines.append("No tunnels configured with IPsec")
     for name, status in statuses.items():
-        lines += _tunnel_lines(config, name, status, protection.get(name))
+        lines += _tunnel_lines(config, name, status, protection.get(name), ports.get(name), kernel)
     for error in config.global_config.errors:
         lines.append(f"other_config:{error.key}: invalid: {error.reason}")
     if not health.charon_reachable:
@@ -260,56 +330,70 @@ def tunnels_text(
 
 
 def _tunnel_lines(
-    config: Config, name: str, status: TunnelStatus, protection: Protection | None
+    config: Config,
+    name: str,
+    status: TunnelStatus,
+    protection: Protection | None,
+    port: PortStatus | None,
+    kernel: Kernel,
 ) -> list[str]:
+    """Upstream's block (header, 15 labelled lines, three kernel/IKE sections, a blank line)
+    with our lines after upstream's labelled ones. The header's state word is ours."""
+
     def row(label: str, value: Any) -> str:
         return f"  {label + ':':<16}{_value(value)}"
 
-    lines = [f"Interface name: {name} ({status.state.value.upper()})"]
+    cfg = tunnel_config_json(config, name)
+    certs = status.auth is AuthClass.PUBKEY
+    options = custom_options(config, name)
+    version = config.versions.get(name, 1)
+    lines = [
+        f"Interface name: {name} v{version} ({status.state.value.upper()})",
+        row("Tunnel Type", cfg.get("type")),
+        row("Local IP", (cfg.get("local_ip") or "%any") if "errors" not in cfg else None),
+        row("Remote IP", cfg.get("remote_ip")),
+        row("Address Family", cfg.get("address_family")),
+        row("SKB mark", cfg.get("skb_mark")),
+        row("Local cert", cfg.get("certificate")),
+        row("Local name", status.local_id if certs else None),
+        row("Local key", cfg.get("private_key")),
+        row("Remote cert", cfg.get("remote_cert")),
+        row("Remote name", cfg.get("remote_name")),
+        row("CA cert", cfg.get("ca_cert")),
+        row("PSK", cfg.get("psk")),
+        row("Custom Options", options),
+        row("Ofport", ofport_text(port)),
+        row("CFM state", cfm_text(port)),
+    ]
+    # Ours, after upstream's.
     if status.reason:
         lines.append(row("Reason", status.reason))
-    cfg = tunnel_config_json(config, name)
     if cfg.get("warning"):
         lines.append(row("Warning", cfg["warning"]))
-    lines.append(row("Tunnel Type", cfg.get("type")))
-    if "errors" in cfg:
-        lines.append(row("Remote IP", cfg.get("remote_ip")))
-        if cfg.get("dst_port") is not None:
-            lines.append(row("Dst port", cfg["dst_port"]))
-        lines += [row("Config error", f"{e['key']}: {e['reason']}") for e in cfg["errors"]]
-        lines.append(row("Protection", _protection_text(protection)))
-        return [*lines, ""]
-    certs = status.auth is AuthClass.PUBKEY
-    lines += [
-        row("Local IP", cfg["local_ip"] or "%any"),
-        row("Remote IP", cfg["remote_ip"]),
-        row("Address Family", cfg["address_family"]),
-    ]
-    if cfg["dst_port"] is not None:
+    if cfg.get("dst_port") is not None:
         lines.append(row("Dst port", cfg["dst_port"]))
-    lines += [
-        row("Auth mode", cfg["auth"]),
-        row("SKB mark", cfg["skb_mark"]),
-        row("Local cert", cfg["certificate"]),
-        row("Local name", status.local_id if certs else None),
-        row("Local key", cfg["private_key"]),
-        row("Remote cert", cfg["remote_cert"]),
-        row("Remote name", cfg["remote_name"]),
-        row("CA cert", cfg["ca_cert"]),
-        row("PSK", cfg["psk"]),
-        row("Connection", status.conn),
-        row("Local id", status.local_id or "(our IKE address)"),
-        row("Remote id", status.remote_id),
-    ]
-    lines += [row("Selectors", f"{s.child}: {_selector_text(s)}") for s in status.selectors]
-    lines += [
-        row("Rekeys", f"IKE {status.ike_rekeys}, CHILD {status.child_rekeys}"),
-        row("Protection", _protection_text(protection)),
-        "IPsec connections that are active:",
-    ]
-    if status.ike_sa is None:
-        lines.append("  none")
+    if "errors" in cfg:
+        lines += [row("Config error", f"{e['key']}: {e['reason']}") for e in cfg["errors"]]
     else:
+        lines += [
+            row("Auth mode", cfg["auth"]),
+            row("Connection", status.conn),
+            row("Local id", status.local_id or "(our IKE address)"),
+            row("Remote id", status.remote_id),
+        ]
+        lines += [row("Selectors", f"{s.child}: {_selector_text(s)}") for s in status.selectors]
+        lines.append(row("Rekeys", f"IKE {status.ike_rekeys}, CHILD {status.child_rekeys}"))
+    lines.append(row("Protection", _protection_text(protection)))
+
+    remote_ip = cfg.get("remote_ip")
+    lines.append("Kernel policies installed:")
+    lines += [f"  {policy_line(p)}" for p in kernel_policies(kernel, remote_ip)]
+    lines.append("Kernel security associations installed:")
+    lines += [f"  {state_line(s)}" for s in kernel_states(kernel, remote_ip)]
+    if kernel.error:
+        lines.append(f"  (kernel not listed: {kernel.error})")
+    lines.append("IPsec connections that are active:")
+    if status.ike_sa is not None:
         lines.append(f"  {_ike_line(status.ike_sa)}")
         for child in status.child_sas:
             lines += [f"  {line}" for line in _child_lines(child)]

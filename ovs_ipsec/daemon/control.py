@@ -157,12 +157,27 @@ class Control:
         daemon = self.daemon
         statuses = daemon.statuses()
         protection = daemon.protection()
+        ports = daemon.port_status(statuses)
+        kernel = self._kernel() if statuses else _render().NO_KERNEL
         _reply(
             conn,
             argv,
-            lambda: _render().tunnels_json(daemon.config, statuses, protection),
-            lambda: _render().tunnels_text(daemon.config, statuses, daemon.health, protection),
+            lambda: _render().tunnels_json(daemon.config, statuses, protection, ports, kernel),
+            lambda: _render().tunnels_text(
+                daemon.config, statuses, daemon.health, protection, ports, kernel
+            ),
         )
+
+    def _kernel(self) -> Any:
+        """The kernel's policies and SAs for tunnels/show's sections (upstream's, listed the
+        same way: `ip xfrm policy` and `ip xfrm state`, keys redacted as they are read)."""
+        render = _render()
+        try:
+            policies = parse_policies(self.daemon.xfrm.policies_text())
+            states = parse_states(self.daemon.xfrm.states_text())
+        except XfrmError as exc:
+            return render.Kernel(error=str(exc))
+        return render.Kernel(policies=policies, states=states)
 
     def _ipsec_status(self, conn: Any, argv: list[str], aux: Any) -> None:
         if not _format_ok(conn, argv):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ from ovs_ipsec.adapters.xfrm.adapter import Xfrm
 from ovs_ipsec.core.block_policies import PolicyReason, PolicySpec
 from ovs_ipsec.core.connections import Desired
 from ovs_ipsec.core.desired import Delta, Planner
-from ovs_ipsec.core.model import Config
+from ovs_ipsec.core.model import Config, PortStatus
 from ovs_ipsec.core.reconcile import UnloadConn
 from ovs_ipsec.core.status import Protection, TunnelStatus
 from ovs_ipsec.daemon.applier import Applier
@@ -206,6 +206,8 @@ class Daemon:
 
     def _absorb(self, delta: Delta) -> None:
         self.report.log_warnings()
+        if delta.versioned:
+            self.report.log_tunnel_changes(delta.versioned)
         if delta:
             self._conns_changed |= delta.conns
             self._shared_changed |= delta.shared
@@ -230,6 +232,7 @@ class Daemon:
         self.health.passes += 1
         pass_id = self.health.passes
         check = self._check_due
+        changed = self._dirty
         # Protection first, whatever charon's state: new block policies are in the kernel before
         # anything is loaded into charon, and old ones leave only after charon's side changed.
         self.guard.protect(pass_id, check=check)
@@ -247,6 +250,8 @@ class Daemon:
             self._check_due = False
             self._backoff = 0.0
             self._next_check = self.clock() + self.settings.reconcile_interval
+            if changed:
+                self.report.log_refreshed()
         finally:
             self.guard.unprotect(pass_id, after_charon=True)
             self.first_pass_done = True
@@ -284,6 +289,9 @@ class Daemon:
 
     def protection(self) -> dict[str, Protection]:
         return self.report.protection()
+
+    def port_status(self, names: Iterable[str]) -> dict[str, PortStatus]:
+        return self.report.port_status(names)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         return self.report.metrics_snapshot()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
@@ -28,9 +28,10 @@ from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.desired import Planner
 from ovs_ipsec.core.failures import FailureCounts
 from ovs_ipsec.core.log_text import printable
-from ovs_ipsec.core.model import Config
+from ovs_ipsec.core.model import Config, PortStatus
 from ovs_ipsec.core.status import (
     Protection,
+    State,
     StateKey,
     StatusBook,
     TunnelStatus,
@@ -46,6 +47,12 @@ from ovs_ipsec.errors import XfrmError
 
 if TYPE_CHECKING:
     from ovs_ipsec.adapters.metrics import MetricsSnapshot
+
+# Upstream's words (and typo), kept so that alerts on them keep firing.
+UPSTREAM_PKI_WARNING = (
+    "The cert and key configuration is not valid. The valid configuations are 1): certificate, "
+    "private_key and ca_cert are not set; or 2): certificate and private_key are all set."
+)
 
 
 class Stale:
@@ -101,6 +108,27 @@ class Report:
         self._reported_invalid: dict[str, str] = {}
         self._reported_caveats: dict[str, str] = {}
         self._reported_warnings: tuple[str, ...] = ()
+        self._all_up_logged = False
+        self._pki_judged: object = None
+
+    # -- upstream's log lines (README "Log lines"): same words, same levels, same events ------
+
+    def log_tunnel_changes(self, names: Iterable[str]) -> None:
+        """Upstream's INFO lines for a port that appeared, changed or disappeared."""
+        versions = self.planner.versions
+        for name in sorted(names):
+            version = versions.get(name)
+            shown = printable(name)
+            if version is None:
+                vlog.info(f"Tunnel {shown} disappeared from OVSDB")
+            elif version == 1:
+                vlog.info(f"Tunnel {shown} appeared in OVSDB")
+            else:
+                vlog.info(f"Tunnel's '{shown}' configuration changed in OVSDB to {version}")
+
+    def log_refreshed(self) -> None:
+        """Upstream's line at the end of a refresh that had something to do."""
+        vlog.info("Refreshing is done.")
 
     # -- tunnel states ----------------------------------------------------------------------
 
@@ -145,6 +173,16 @@ class Report:
             state, reason, cause = now
             log = vlog.dbg if cause in (Cause.CHARON, Cause.CONFIG, Cause.CAPABILITY) else vlog.info
             log(f"{printable(name)}: {state.value}" + (f": {reason}" if reason else ""))
+        if changed:
+            self._log_all_up()
+
+    def _log_all_up(self) -> None:
+        """Upstream's line once every configured tunnel is up (again)."""
+        states = self._book.states()
+        all_up = bool(states) and all(state is State.UP for state, _, _ in states.values())
+        if all_up and not self._all_up_logged:
+            vlog.info(f"Connections for all({len(states)}) configured tunnels are Up.")
+        self._all_up_logged = all_up
 
     def log_invalid_changes(self) -> None:
         """Warn once per new reason, naming the interface and the key."""
@@ -154,7 +192,14 @@ class Report:
         for name, reason in current.items():
             if self._reported_invalid.get(name) != reason:
                 vlog.warn(f"{printable(name)}: invalid IPsec configuration: {reason}")
+                if name in self.planner.desired.invalid:
+                    vlog.warn(f"{printable(name)} contains invalid configuration: {reason}")
         self._reported_invalid = current
+        other_config = self.planner.other_config
+        if other_config is not self._pki_judged:  # replaced, never mutated, on a change
+            self._pki_judged = other_config
+            if not upstream_pki_valid(other_config):
+                vlog.warn(UPSTREAM_PKI_WARNING)
         caveats = self.planner.caveats
         if caveats != self._reported_caveats:
             for name, warning in caveats.items():
@@ -202,6 +247,11 @@ class Report:
         return protection_by_tunnel(self.explained_policies(), installed, names, fail_open)
 
     # -- snapshots --------------------------------------------------------------------------
+
+    def port_status(self, names: Iterable[str]) -> dict[str, PortStatus]:
+        """Ofport and CFM fault of these ports, as the OVSDB adapter holds them now."""
+        row_of = self.planner.row_of
+        return self.ovsdb.port_status({name: row_of[name] for name in names if name in row_of})
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Everything /metrics reports, from state the daemon already holds (nothing here
@@ -272,6 +322,13 @@ class Report:
             "lingering": self.guard.lingering,
             "ike_sas": sum(len(sas) for sas in self.sa_watch.sas.values()),
         }
+
+
+def upstream_pki_valid(other_config: Mapping[str, str]) -> bool:
+    """Upstream's rule for the global PKI: certificate and private_key both set, or none of
+    certificate, private_key and ca_cert (ours judges each tunnel by what it needs)."""
+    cert, key = other_config.get("certificate"), other_config.get("private_key")
+    return bool(cert and key) or not (cert or key or other_config.get("ca_cert"))
 
 
 def certificate_expiry(

@@ -28,7 +28,7 @@ from ovs_ipsec.adapters.xfrm.adapter import Operation, PolicyFailure, XfrmApplyE
 from ovs_ipsec.core import naming
 from ovs_ipsec.core.block_policies import PolicySpec
 from ovs_ipsec.core.connections import KeySpec
-from ovs_ipsec.core.model import InterfaceRow, RowId
+from ovs_ipsec.core.model import InterfaceRow, PortStatus, RowId
 from ovs_ipsec.daemon.loop import Daemon, Settings
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 
@@ -174,6 +174,10 @@ class FakeOvsdb:
 
     def other_config(self) -> dict[str, str]:
         return dict(self._idl_other_config)
+
+    def port_status(self, row_ids: Mapping[str, RowId]) -> dict[str, PortStatus]:
+        """Every port has ofport 1 and no CFM (display only)."""
+        return {name: PortStatus(ofport=1) for name, uuid in row_ids.items() if uuid in self._idl}
 
 
 # -- charon -------------------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def test_tunnel_outputs_name_state_reason_and_redact_the_psk() -> None:
     assert tunnels["good"]["config"]["psk"] == render.REDACTED
     assert tunnels["good"]["config"]["dst_port"] == 4790
     assert [e["key"] for e in tunnels["bad"]["config"]["errors"]] == ["remote_ip"]
-    assert "Interface name: good (CONFIGURED)" in text and "Interface name: bad (INVALID)" in text
+    assert "Interface name: good v1 (CONFIGURED)" in text
+    assert "Interface name: bad v1 (INVALID)" in text
     assert "plain" not in text
     for output in (text, json.dumps(tunnels), json.dumps(status)):
         assert PSK not in output
@@ -108,7 +109,7 @@ def test_show_with_sas_and_protection_text() -> None:
     config, statuses = snapshot_state(with_sas=True)
     protection = {"good": Protection((1, 2), None), "bad": Protection(None, None)}
     text = render.tunnels_text(config, statuses, Health(), protection)
-    assert "Interface name: good (IKE-UP)" in text
+    assert "Interface name: good v1 (IKE-UP)" in text
     for line in (
         "  Tunnel Type:    vxlan",
         "  Remote IP:      192.0.2.2",
@@ -135,7 +136,10 @@ def test_show_json_has_the_documented_shape() -> None:
     docs/status-json.md, and the document lists no key that is not produced."""
     config, statuses = snapshot_state(with_sas=True)
     protection = {"good": Protection((2, 2), (24, 24))}
-    data = json.loads(render.to_json(render.tunnels_json(config, statuses, protection)))
+    kernel = render.Kernel(parse_policies(kernel_policies()[0]), parse_states(STATES))
+    data = json.loads(render.to_json(render.tunnels_json(config, statuses, protection, {},
+                                                         kernel)))  # fmt: skip
+    assert data["good"]["kernel"]["policies"] and data["good"]["kernel"]["security_associations"]
     good = data["good"]
     assert good["ike_sa"]["remote"] == {"host": "192.0.2.2", "port": 4500, "id": "192.0.2.2"}
     assert good["ike_sa"]["nat"] == {"local": False, "remote": True, "any": True}
