@@ -132,7 +132,9 @@ class Control:
 
     def _exit(self, conn: Any, argv: list[str], aux: Any) -> None:
         if argv and argv[0] != "--no-cleanup":
-            conn.reply_error(f"unrecognized parameter: {argv[0]}")
+            # Upstream's reply, as a normal one (scripts check ovs-appctl's status), and the
+            # daemon keeps running.
+            conn.reply(f"unrecognized parameter: {argv[0]}")
             return
         self.daemon.cleanup_on_exit = not argv
         self.daemon.exiting = True
