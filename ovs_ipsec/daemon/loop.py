@@ -112,6 +112,7 @@ class Daemon:
         # True once a pass completed with charon reachable: everything desired was attempted.
         self.converged_once = False
         self._dirty = False
+        self._refresh_requested = False
         self._check_due = True
         self._next_check = 0.0
         self._retry_at = 0.0
@@ -223,6 +224,7 @@ class Daemon:
         self._check_due = False
         self._next_check = 0.0
         self._retry_at = 0.0
+        self._refresh_requested = True
         self.sa_watch.request()
 
     # -- passes -----------------------------------------------------------------------------
@@ -232,7 +234,7 @@ class Daemon:
         self.health.passes += 1
         pass_id = self.health.passes
         check = self._check_due
-        changed = self._dirty
+        changed = self._dirty or self._refresh_requested  # upstream's refresh() runs then
         # Protection first, whatever charon's state: new block policies are in the kernel before
         # anything is loaded into charon, and old ones leave only after charon's side changed.
         self.guard.protect(pass_id, check=check)
@@ -251,6 +253,7 @@ class Daemon:
             self._backoff = 0.0
             self._next_check = self.clock() + self.settings.reconcile_interval
             if changed:
+                self._refresh_requested = False
                 self.report.log_refreshed()
         finally:
             self.guard.unprotect(pass_id, after_charon=True)

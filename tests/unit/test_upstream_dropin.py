@@ -65,15 +65,21 @@ def test_upstream_lines_for_a_tunnel_that_appears_changes_goes_bad_and_disappear
     assert world.daemon.config.versions == {}
 
 
-def test_a_pass_with_nothing_changed_is_not_a_refresh(logged: list[tuple[str, str]]) -> None:
-    """Upstream logs `Refreshing is done.` after a refresh, which runs on a change; ours does
-    not log it at each periodic check."""
+def test_a_check_with_nothing_changed_is_not_a_refresh_the_command_is(
+    logged: list[tuple[str, str]],
+) -> None:
+    """Upstream logs `Refreshing is done.` after a refresh, which runs on a change or on the
+    `refresh` command; ours does too, and not at each periodic check."""
     world = World()
     world.ovsdb.set_row("u1", "t1", "gre", remote_ip="10.0.0.2", psk=PSK)
     world.settle()
     del logged[:]
     world.run_for(world.reconcile_interval * 3)
     assert ("INFO", "Refreshing is done.") not in logged
+    # The `refresh` command is upstream's refresh(): it says so when done.
+    world.daemon.request_refresh()
+    world.settle()
+    assert logged.count(("INFO", "Refreshing is done.")) == 1
 
 
 def test_all_up_once_every_tunnel_is_up(logged: list[tuple[str, str]]) -> None:
