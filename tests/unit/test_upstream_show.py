@@ -1,9 +1,10 @@
 """`tunnels/show` as a superset of upstream's (issue 16, section 1): the golden layout test.
 
 tests/unit/data/upstream_show/tunnels_show.txt is upstream's own output (its code run on the
-listings beside it: record.py says how). Ours, for the same tunnel and the same kernel listings,
-must carry every line and section of it, in its order and spelling and at its columns, with our
-lines as extras; the PSK and every key redacted.
+listings beside it: record.py says how); tunnels_show_live.txt is a live reply of upstream's
+running monitor, with its own charon, to our daemon as its peer (record_live.py). Ours, for the
+same tunnel and the same kernel listings, must carry every line and section of it, in its order
+and spelling and at its columns, with our lines as extras; the PSK and every key redacted.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def test_ours_carries_upstreams_lines_and_sections_in_order() -> None:
     assert "  PSK:            <redacted>" in lines
     assert "  Local IP:       %any" in lines
     assert PSK not in text
+
+
+def test_the_live_upstream_reply_has_the_same_layout() -> None:
+    """Upstream's running monitor answered with the layout its code gives, which ours holds."""
+    live = (DATA / "tunnels_show_live.txt").read_text()
+    assert labels(live) == labels(UPSTREAM)
+    assert live.startswith("Interface name: gre1 v1 (CONFIGURED)\n") and live.endswith("\n\n")
+    assert "  Ofport:         Not assigned" in live.splitlines()
 
 
 def section(text: str, title: str) -> list[str]:
