@@ -187,6 +187,11 @@ class StatusBook:
         """Every port's state key as of the last refold, sorted by name."""
         return dict(sorted(self._states.items()))
 
+    def all_up(self) -> int:
+        """The number of ports if every one is up, else 0 (stops at the first that is not)."""
+        states = self._states
+        return len(states) if states and all(k[0] is State.UP for k in states.values()) else 0
+
     def refold(
         self, view: View, stale: Iterable[str] | None = None
     ) -> dict[str, tuple[StateKey | None, StateKey | None]]:

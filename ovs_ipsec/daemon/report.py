@@ -31,7 +31,6 @@ from ovs_ipsec.core.log_text import printable
 from ovs_ipsec.core.model import Config, PortStatus
 from ovs_ipsec.core.status import (
     Protection,
-    State,
     StateKey,
     StatusBook,
     TunnelStatus,
@@ -178,11 +177,10 @@ class Report:
 
     def _log_all_up(self) -> None:
         """Upstream's line once every configured tunnel is up (again)."""
-        states = self._book.states()
-        all_up = bool(states) and all(state is State.UP for state, _, _ in states.values())
-        if all_up and not self._all_up_logged:
-            vlog.info(f"Connections for all({len(states)}) configured tunnels are Up.")
-        self._all_up_logged = all_up
+        up = self._book.all_up()
+        if up and not self._all_up_logged:
+            vlog.info(f"Connections for all({up}) configured tunnels are Up.")
+        self._all_up_logged = bool(up)
 
     def log_invalid_changes(self) -> None:
         """Warn once per new reason, naming the interface and the key."""

@@ -12,7 +12,7 @@ import ovs.poller
 import pytest
 
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
-from ovs_ipsec.core.model import InterfaceRow, Secret
+from ovs_ipsec.core.model import InterfaceRow, PortStatus, Secret
 from ovs_ipsec.tools.lab import Host, Lab
 
 pytestmark = pytest.mark.lab
@@ -140,5 +140,34 @@ def test_long_non_ascii_options_arrive_whole(make_lab: Callable[..., Lab]) -> No
         rows = by_name(ovsdb.all_rows())  # type: ignore[arg-type]
         assert rows["t0"].options["remote_name"] == value
         assert ovsdb.connected
+    finally:
+        ovsdb.close()
+
+
+def test_ofport_and_cfm_are_read_but_are_no_change_of_the_row(make_lab: Callable[..., Lab]) -> None:
+    """Ofport and cfm_fault (upstream's `Ofport` and `CFM state`, display only) are read from
+    the server; an update of only those wakes the IDL but reports no changed row (vswitchd
+    sets ofport on every new port just after creating it), while a change of options still
+    does."""
+    host = make_lab(1, daemon=False).hosts[0]
+    add_port(host, "t0", remote_ip="10.1.0.2", psk="swordfish")
+    ovsdb = Ovsdb(host.db)
+    try:
+        turn_until(ovsdb, lambda: ovsdb.ready)
+        (uuid,) = (uuid for uuid, row in ovsdb.all_rows().items() if row.name == "t0")
+        assert ovsdb.port_status({"t0": uuid}) == {"t0": PortStatus(None, None)}
+
+        op = ('["Open_vSwitch", {"op": "update", "table": "Interface", "where": '
+              '[["name", "==", "t0"]], "row": {"ofport": 5, "cfm_fault": false}}]')  # fmt: skip
+        host.run(["ovsdb-client", "transact", host.db, op])
+        turn_until(ovsdb, lambda: ovsdb.port_status({"t0": uuid})["t0"].ofport == 5)
+        assert ovsdb.port_status({"t0": uuid}) == {"t0": PortStatus(5, False)}
+        changed, other_config = ovsdb.changes()
+        assert changed == {} and other_config is None
+
+        host.vsctl("set", "interface", "t0", "options:remote_ip=10.1.0.3", "ofport=-1")
+        turn_until(ovsdb, lambda: ovsdb.port_status({"t0": uuid})["t0"].ofport is None)
+        changed, _ = ovsdb.changes()
+        assert list(by_name(changed)) == ["t0"]  # type: ignore[arg-type]
     finally:
         ovsdb.close()
