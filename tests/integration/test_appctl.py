@@ -170,7 +170,7 @@ def test_states_follow_real_ike_outcomes_and_charon_restarts(
         "authentication", "unreachable", "config")  # fmt: skip
     assert shown["t2"]["ike_sa"]["state"] == "CONNECTING"
     text = a.appctl("tunnels/show")
-    assert "Interface name: t0 (IKE-UP)" in text and "Interface name: t3 (INVALID)" in text
+    assert "Interface name: t0 v1 (IKE-UP)" in text and "Interface name: t3 v1 (INVALID)" in text
     assert re.search(rf"ovs-{re.escape(b.ipv4)}\[\d+\]: ESTABLISHED \d+ seconds ago", text)
     assert "  PSK:            <redacted>" in text and "swordfish" not in text
     assert text.count("Protection:     active") == 3
