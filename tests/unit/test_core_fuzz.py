@@ -11,16 +11,25 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ovs.json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ovs_ipsec.adapters.xfrm.iproute2 import parse_policies, parse_states, redact_states
 from ovs_ipsec.core import render
 from ovs_ipsec.core.connections import plan
 from ovs_ipsec.core.log_text import NAME_LIMIT, printable, redact_secrets
-from ovs_ipsec.core.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapshot
+from ovs_ipsec.core.model import (
+    InterfaceRow,
+    Invalid,
+    InvalidTunnel,
+    PortStatus,
+    Secret,
+    Snapshot,
+)
 from ovs_ipsec.core.parse import is_ipsec_port, parse_config
 from ovs_ipsec.core.reconcile import Applied, LoadKey, diff, record
 from ovs_ipsec.core.status import View, fold
@@ -183,9 +192,17 @@ def run_pipeline(snapshot: Snapshot, data: st.DataObject) -> dict[str, Any]:
     applied = Applied()
     for action in actions:
         record(applied, action, "kid" if isinstance(action, LoadKey) else "")
+    # What vswitchd reports of each port, and the kernel as listed (issue 16: upstream's lines).
+    ports = {
+        name: PortStatus(
+            data.draw(st.none() | st.integers(1, 65279)), data.draw(st.none() | st.booleans())
+        )
+        for name in statuses
+    }
+    kernel = render.Kernel(KERNEL_POLICIES, KERNEL_STATES)
     outputs = {
-        "text": render.tunnels_text(config, statuses, health),
-        "tunnels": render.to_json(render.tunnels_json(config, statuses)),
+        "text": render.tunnels_text(config, statuses, health, None, ports, kernel),
+        "tunnels": render.to_json(render.tunnels_json(config, statuses, None, ports, kernel)),
         "status": render.to_json(render.ipsec_status_json(statuses)),
         "configs": [render.tunnel_config_json(config, name) for name in statuses],
     }
@@ -198,6 +215,10 @@ def run_pipeline(snapshot: Snapshot, data: st.DataObject) -> dict[str, Any]:
         "outputs": outputs,
     }
 
+
+_LISTINGS = Path(__file__).resolve().parent / "data" / "upstream_show"
+KERNEL_POLICIES = parse_policies((_LISTINGS / "ip_xfrm_policy.txt").read_text())
+KERNEL_STATES = parse_states(redact_states((_LISTINGS / "ip_xfrm_state.txt").read_text()))
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
