@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from ovs_ipsec.core.model import (
+    REMOTE_FLOW,
     AuthMode,
     GlobalConfig,
     InterfaceRow,
@@ -213,7 +214,8 @@ def test_bad_remote_ip_is_rejected_naming_remote_ip(type_: str, text: str | None
     rejected with exactly one reason, on `remote_ip`; type and dst_port are kept."""
     result = invalid(parse(type_, with_psk(remote_ip=text)))
     assert error_keys(result) == ["remote_ip"]
-    assert result.remote_ip is None
+    # `flow` is kept: OVS sends wherever a flow says, and the blocks cover every address.
+    assert result.remote_ip == (REMOTE_FLOW if text == "flow" else None)
     assert result.type is TunnelType(type_)
     assert result.dst_port == (4789 if type_ == "vxlan" else None)
 
