@@ -6,9 +6,9 @@ through charon), so they hold while charon or the daemon is down:
 * **fail-closed**, per IPsec tunnel (valid or invalid, as long as its remote address is known):
   OUT `any -> remote/host` and IN `remote/host -> any` for the tunnel's protocol (GRE, or UDP to
   its destination port; for a port of a type IPsec lacks, the protocol and port OVS sends it
-  with; `remote_ip=flow`: to and from every address), no mark (so they match every skb mark). Whenever charon's per-peer trap
-  or IPsec policy exists it wins and the traffic is encrypted; whenever it does not, the packet is
-  dropped instead of leaving (or being accepted) in clear. `other_config:ipsec_fail_open=true`
+  with; `remote_ip=flow`: to and from every address), no mark (so they match every skb mark).
+  Whenever charon's per-peer trap or IPsec policy exists it wins and the traffic is encrypted;
+  whenever it does not, the packet is dropped instead of leaving (or being accepted) in clear. `other_config:ipsec_fail_open=true`
   turns these off: plaintext then flows while no charon policy exists (upstream's behaviour).
 * **ipsec_skb_mark**: OUT and IN, IPv4 and IPv6, `0/0 <-> 0/0`, GRE and UDP to every tunnel
   destination port, carrying `mark VALUE mask MASK`.
