@@ -8,13 +8,16 @@ through charon), so they hold while charon or the daemon is down:
   its destination port; for a port of a type IPsec lacks, the protocol and port OVS sends it
   with; `remote_ip=flow`: to and from every address), no mark (so they match every skb mark).
   Whenever charon's per-peer trap or IPsec policy exists it wins and the traffic is encrypted;
-  whenever it does not, the packet is dropped instead of leaving (or being accepted) in clear. `other_config:ipsec_fail_open=true`
-  turns these off: plaintext then flows while no charon policy exists (upstream's behaviour).
+  whenever it does not, the packet is dropped instead of leaving (or being accepted) in clear.
+  `other_config:ipsec_fail_open=true` turns these off: plaintext then flows while no charon
+  policy exists (upstream's behaviour).
 * **ipsec_skb_mark**: OUT and IN, IPv4 and IPv6, `0/0 <-> 0/0`, GRE and UDP to every tunnel
   destination port, carrying `mark VALUE mask MASK`.
 
-Ownership lives in the kernel object: a block policy at one of our reserved priorities is ours
-(`is_owned`). See the comment above `FAIL_CLOSED_PRIORITY` for why these numbers.
+Ownership lives in the kernel object: a block policy at one of our reserved priorities, of a
+shape these plans make, is ours (`is_owned`); the netlink adapter creates a policy only where its
+key is free and replaces or deletes only ours. See the comment above `FAIL_CLOSED_PRIORITY` for
+why these numbers.
 
 Here: one policy (`PolicySpec`) and which ones are ours (`is_owned`); the policies a config wants
 and why (`explain_protection`, each reason a typed `PolicyReason`; `protect_*`); what to add and
@@ -41,6 +44,7 @@ from ovs_ipsec.core.addresses import canonical_prefix
 from ovs_ipsec.core.model import (
     DEFAULT_DST_PORT,
     IPPROTO_GRE,
+    IPPROTO_TCP,
     IPPROTO_UDP,
     OVS_TUNNEL_WIRE,
     REMOTE_FLOW,
@@ -88,6 +92,7 @@ _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 # and the two would overwrite each other. charon never uses /1, so the halves never collide.
 _ANY_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 _HOST_BITS = {4: 32, 6: 128}
+_BLOCKED_PROTOCOLS = frozenset({IPPROTO_GRE, IPPROTO_UDP, IPPROTO_TCP})
 # Protocol names as iproute2 prints and reads them (/etc/protocols); others are numbers.
 PROTOCOL_NUMBERS: Mapping[str, int] = MappingProxyType(
     {
@@ -245,12 +250,27 @@ SKB_MARK_REASON = PolicyReason(Purpose.SKB_MARK)
 
 
 def is_owned(policy: Any) -> bool:
-    """True for a policy (PolicySpec or observed) the daemon created: a block at our priority.
+    """True for a policy (PolicySpec or observed) the daemon created: a block at our priority,
+    and, for a PolicySpec, of a shape the daemon makes (a fail-closed block: no mark, a /1 on
+    the local side; an skb-mark block: `0/0 -> 0/0`), with a protocol it blocks.
 
     charon never produces these priorities (see FAIL_CLOSED_PRIORITY), and operators are told
     not to use them; any other policy is foreign and is never returned by observe nor removed.
     """
-    return policy.action == BLOCK and policy.priority in OWNED_PRIORITIES
+    if policy.action != BLOCK or policy.priority not in OWNED_PRIORITIES:
+        return False
+    return not isinstance(policy, PolicySpec) or _has_our_shape(policy)
+
+
+def _has_our_shape(spec: PolicySpec) -> bool:
+    # Earlier versions' shapes count too (a `0/0` local side, inbound skb-mark blocks), so
+    # that an upgraded daemon still removes what its predecessor left.
+    if spec.sport is not None or spec.proto not in _BLOCKED_PROTOCOLS:
+        return False
+    if spec.priority == SKB_MARK_PRIORITY:
+        return spec.src == spec.dst == _ANY[spec.family]
+    local = spec.src if spec.direction == "out" else spec.dst
+    return not spec.mask and (local in _ANY_HALVES[spec.family] or local == _ANY[spec.family])
 
 
 def explain_protection(config: Config) -> dict[PolicySpec, tuple[PolicyReason, ...]]:

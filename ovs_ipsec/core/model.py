@@ -154,6 +154,7 @@ class GlobalConfig:
     skb_mark: SkbMark | None = None
     fail_open: bool = False
     errors: tuple[Invalid, ...] = ()
+    warnings: tuple[Invalid, ...] = ()  # valid, but likely not what was meant
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,11 +84,21 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
         paths[key] = value
 
     skb_mark: SkbMark | None = None
+    warnings: list[Invalid] = []
     raw_mark = other_config.get("ipsec_skb_mark")
     if raw_mark is not None:
         skb_mark, mark_error = parse_skb_mark(raw_mark)
         if mark_error:
             errors.append(mark_error)
+        elif skb_mark is not None and skb_mark.mask == 0:
+            warnings.append(
+                Invalid(
+                    "ipsec_skb_mark",
+                    f"mask 0 ({quoted(raw_mark)}) matches every packet: all GRE and tunnel UDP "
+                    "traffic of this host that IPsec does not carry is blocked, plain tunnels' "
+                    "included",
+                )
+            )
 
     fail_open = False
     raw_fail_open = other_config.get("ipsec_fail_open")
@@ -108,6 +118,7 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
         skb_mark=skb_mark,
         fail_open=fail_open,
         errors=tuple(errors),
+        warnings=tuple(warnings),
     )
 
 

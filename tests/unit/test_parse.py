@@ -697,3 +697,18 @@ def test_invalid_tunnel_keeps_what_parsed() -> None:
         7000,
     )
     assert "remote_name: " in result.reason
+
+
+@pytest.mark.parametrize("text", ["0/0", "0x0/0x0", " 0/0 "])
+def test_skb_mark_mask_zero_is_accepted_with_a_warning(text: str) -> None:
+    """A mask of 0 matches every packet: every plain tunnel of the host is blocked. It is what
+    the operator wrote, so it stands, but it is not silent (issue 15, item 15)."""
+    config = parse_global({"ipsec_skb_mark": text})
+    assert config.skb_mark == SkbMark(0, 0) and not config.errors
+    assert [w.key for w in config.warnings] == ["ipsec_skb_mark"]
+    assert "every packet" in config.warnings[0].reason
+
+
+@pytest.mark.parametrize("text", ["0/1", "1/1", "1"])
+def test_skb_mark_with_a_mask_has_no_warning(text: str) -> None:
+    assert parse_global({"ipsec_skb_mark": text}).warnings == ()
