@@ -1038,3 +1038,29 @@ def test_what_ovs_sends_meets_a_block(make_lab: Callable[..., Lab], net: Net) ->
         assert probe_out(net, a, b, b.ipv4, port) == "blocked"
     assert probe_out(net, a, b, b.ipv4, CONTROL_PORT) == "received"
     assert probe_out(net, a, b, b.ipv6, 4789) == "received"  # not the default: what OVS uses
+
+
+def test_a_foreign_policy_in_the_way_is_reported_and_kept_and_ours_follows_soon_after_it_goes(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """Issue 15, items 15 and 7, against the real kernel: a hand-added policy holding the key
+    of one of our blocks (other priority, `allow`) is reported and left alone (before: replaced
+    in place by XFRM_MSG_UPDPOLICY); the rest of the tunnel's blocks go in. Once it is deleted,
+    the guard's own retry (1 s, backing off to 8 s; not the 15 s periodic check) puts ours in."""
+    lab = make_lab(2, daemon_args=NO_LINGER)
+    a, b = lab.hosts
+    wanted = fail_closed(b.ipv4, "gre")
+    taken = block("out", "0.0.0.0/1", f"{b.ipv4}/32", "gre", FAIL_CLOSED)
+    selector = f"src 0.0.0.0/1 dst {b.ipv4}/32 proto gre dir out"
+    ip_xfrm(a, f"add {selector} priority 100 action allow")
+    start = len(a.daemon_log())
+    add_tunnel(a, "g4", "gre", b.ipv4, psk="swordfish")
+    wait_for(lambda: "not ours holds this key" in a.daemon_log()[start:], WAIT,
+             what="the foreign policy in the way reported")  # fmt: skip
+    wait_own(a, wanted - {taken})
+    assert any(p.startswith(selector) and "priority 100 " in p for p in others(a)), others(a)
+
+    ip_xfrm(a, f"delete {selector}")
+    gone_at = time.monotonic()
+    wait_own(a, wanted)
+    assert time.monotonic() - gone_at < 9.0
