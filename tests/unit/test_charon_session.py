@@ -18,6 +18,7 @@ import pytest
 from vici.protocol import FiniteStream, Message, Packet
 
 from ovs_ipsec.adapters.charon import Charon
+from ovs_ipsec.core.sas import parse_sas
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
 Reply = Callable[[socket.socket, int, str, dict[str, Any]], None]
@@ -142,4 +143,34 @@ def test_a_charon_stopped_half_way_through_a_reply_is_unreachable_in_bounded_tim
     assert 0.4 < time.monotonic() - started < 2
     assert len(waited) >= 3  # the daemon's other duties ran while it waited
     assert not session.connected
+    charon.close()
+
+
+def test_a_foreign_sa_named_in_invalid_utf8_is_listed_and_the_session_kept(path: str) -> None:
+    """issue 15 item 11: a list-sa event naming a foreign IKE_SA in bytes that are not UTF-8
+    (charon's VICI refuses such names, its other config back-ends do not) failed to decode, and
+    the failure was taken for a lost charon. Names and values decode leniently; ours are found."""
+    foreign = b"legacy-\xff\xfe-\xc3("
+
+    def lists_foreign(conn: socket.socket, kind: int, name: str, body: dict[str, Any]) -> None:
+        if kind in (Packet.EVENT_REGISTER, Packet.EVENT_UNREGISTER):
+            send(conn, bytes([Packet.EVENT_CONFIRM]))
+            return
+        event = b"list-sa"
+        raw = (bytes([1, len(foreign)]) + foreign  # SECTION_START, a name no codec would write
+               + bytes([3, 8]) + b"uniqueid" + (2).to_bytes(2, "big") + b"\xe97"
+               + bytes([2]))  # fmt: skip
+        send(conn, bytes([Packet.EVENT, len(event)]) + event + raw)
+        ours = Message.serialize({"ovs-10.0.0.1": {"uniqueid": "1", "state": "ESTABLISHED"}})
+        send(conn, bytes([Packet.EVENT, len(event)]) + event + ours)
+        send(conn, response({}))
+
+    charon = FakeCharon(path, lists_foreign)
+    session = Charon(path, timeout=2)
+    listing = session.list_sas()
+    assert listing == [{"legacy-\ufffd\ufffd-\ufffd(": {"uniqueid": "\ufffd7"}},
+                       {"ovs-10.0.0.1": {"uniqueid": "1", "state": "ESTABLISHED"}}]  # fmt: skip
+    assert list(parse_sas(listing)) == ["ovs-10.0.0.1"]
+    assert session.connected
+    session.close()
     charon.close()
