@@ -7,17 +7,20 @@ encodes every name as UTF-8, and charon keeps names as plain bytes)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from resilience_lab import add_tunnel
+from resilience_lab import add_tunnel, conns
 
 from ovs_ipsec.adapters.charon import Charon
 from ovs_ipsec.core import vici_wire
 from ovs_ipsec.core.sas import parse_sas
 from ovs_ipsec.core.vici_wire import PacketType
+from ovs_ipsec.tools import pki_builders, pki_tool
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -94,3 +97,53 @@ def test_foreign_sas_with_odd_names_leave_charon_reachable(make_lab: Callable[..
     time.sleep(4)  # several periodic checks, each with a list-sas
     assert "charon unreachable" not in a.daemon_log()[log_before:]
     assert "charon unreachable" not in a.daemon_log()
+
+
+def test_charon_drops_a_session_announcing_more_than_512_kib(make_lab: Callable[..., Lab]) -> None:
+    """The limit the daemon keeps every request under (vici_wire.MAX_PACKET), as charon
+    enforces it: a longer message costs the whole session, every request pipelined on it."""
+    (a,) = make_lab(1, daemon=False).hosts
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(a.vici_path)
+        sock.sendall((vici_wire.MAX_PACKET + 1).to_bytes(4, "big"))
+        assert sock.recv(1) == b""  # closed, not waiting for the rest
+    charon = Charon(a.vici_path, timeout=10)
+    try:
+        body = vici_wire.encode_message({f"k{i}": "x" * 60000 for i in range(9)})
+        (refused, version) = charon.pipeline([("load-conn", body), ("version", {})])
+        assert "not sent" in str(refused) and version["daemon"]
+    finally:
+        charon.close()
+
+
+def test_an_80_kib_remote_cert_makes_its_tunnel_invalid_and_the_daemon_lives(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """issue 15 item 5 against a real daemon and charon: a remote_cert with 2,000 SANs (81 KiB
+    as PEM) raised OverflowError while planning, and the daemon exited, again at every
+    restart. Now that tunnel is invalid with the reason and a PSK tunnel beside it is loaded."""
+    lab = make_lab(2, daemon_args=["--reconcile-interval=1"])
+    a, b = lab.hosts
+    local = pki_builders.make_self_signed("h1")
+    names = ["h2"] + [f"host-{i:05d}.a-rather-long-subdomain.example" for i in range(2000)]
+    big = pki_builders.make_self_signed("h2", san=names).cert_pem
+    assert len(big) > 80 * 1024
+    paths = {}
+    for name, data in (("cert", local.cert_pem), ("key", local.key_pem), ("peer", big)):
+        paths[name] = os.path.join(a.dir, f"{name}.pem")
+        pki_tool.write_atomic(Path(paths[name]), data, 0o600)
+    a.vsctl("set", "Open_vSwitch", ".", f"other_config:certificate={paths['cert']}",
+            f"other_config:private_key={paths['key']}")  # fmt: skip
+    add_tunnel(a, "big", "gre", b.ipv4, remote_cert=paths["peer"])
+    add_tunnel(a, "ok", "gre", b.ipv6, psk="fine")
+    wait_for(
+        lambda: "big: invalid IPsec configuration: remote_cert: a certificate of" in a.daemon_log(),
+        10,
+        what="the certificate refused with its key named",
+    )
+    wait_for(lambda: f"ovs-{b.ipv6}" in conns(a), 10, what="the PSK tunnel loaded")
+    pid = a.daemon_pid
+    time.sleep(2.5)  # periodic re-reads plan it again, and again refuse it
+    assert a.daemon_pid == pid and "charon takes at most 65535" in a.appctl("tunnels/show")
+    assert f"ovs-{b.ipv4}" not in conns(a)

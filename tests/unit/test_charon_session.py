@@ -174,3 +174,32 @@ def test_a_foreign_sa_named_in_invalid_utf8_is_listed_and_the_session_kept(path:
     assert session.connected
     session.close()
     charon.close()
+
+
+def test_a_request_longer_than_charon_takes_is_refused_unsent_and_the_session_kept(
+    path: str,
+) -> None:
+    """issue 15 item 5: charon drops the session of a client announcing a message over 512 KiB
+    (VICI_MESSAGE_SIZE_MAX), and a value over 64 KiB cannot be encoded at all. Either is one
+    refused request, found before sending; the requests around it are answered."""
+    charon = FakeCharon(path, answers)
+    session = Charon(path, timeout=2)
+    requests: list[tuple[str, Any]] = [
+        ("load-shared", {"id": "before"}),
+        ("load-shared", {"id": "big", "data": "x" * 70000}),
+        ("load-conn", b"\x03\x01v\xff\xff" + b"x" * 65535 + b"\x03\x01w\xff\xff" + b"x" * 65535
+         + b"".join(bytes((3, 1, 97 + i)) + b"\xff\xff" + b"x" * 65535 for i in range(7))),
+        ("load-shared", {"id": "after"}),
+    ]  # fmt: skip
+    outcomes = session.pipeline(requests)
+    assert outcomes[0] == outcomes[3] == {"success": "yes", "echo": "load-shared"}
+    assert isinstance(outcomes[1], CharonError) and "data: a value of 70000 bytes" in str(
+        outcomes[1].errmsg
+    )
+    assert isinstance(outcomes[2], CharonError) and "charon takes at most 524288" in str(
+        outcomes[2].errmsg
+    )
+    assert [name for _, name in charon.seen] == ["load-shared", "load-shared"]
+    assert session.connected
+    session.close()
+    charon.close()

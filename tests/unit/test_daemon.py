@@ -836,3 +836,36 @@ def test_the_event_session_lost_alone_reconnects_without_reloading() -> None:
     assert world.events.connected and world.events.subscriptions == 2
     assert world.charon.writes_since(writes) == []  # the same charon: nothing to reload
     assert set(world.states().values()) == {"configured"}
+
+
+# -- a bug met while planning one tunnel --------------------------------------------------------
+
+
+def test_an_exception_planning_one_tunnel_is_logged_and_the_daemon_carries_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """issue 15 item 5: an exception in planning (OverflowError from a 64 KiB VICI value) left
+    the loop and stopped the daemon, again at every restart. Now that tunnel is invalid, its
+    traceback logged, and every other tunnel loaded and protected."""
+    from ovs_ipsec.core import desired
+    from ovs_ipsec.daemon import loop
+
+    original = desired.parse_tunnel
+
+    def parse_tunnel(row: Any, *args: Any) -> Any:
+        if row.name == "gre1":
+            raise OverflowError("int too big to convert")
+        return original(row, *args)
+
+    logged: list[str] = []
+    monkeypatch.setattr(desired, "parse_tunnel", parse_tunnel)
+    monkeypatch.setattr(loop.vlog, "err", logged.append)
+    world = World()
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.settle()
+    assert sorted(world.charon.conns) == [conn(PEERS[0]), conn(PEERS[2])]
+    assert blocks_of(world, PEERS[1]) and world.xfrm.policies == wanted(world)
+    assert logged[0] == "gre1: internal error while planning; it is invalid"
+    assert any("OverflowError: int too big to convert" in line for line in logged)
+    assert "internal error" in world.daemon.statuses()["gre1"].reason
