@@ -123,8 +123,9 @@ class Charon:
         charon handles the requests of one session in order and answers in order, so the
         outcome is that of calling them one by one: one reply or refusal per request, in the
         requests' order. Only the round trips overlap (charon works on one while we encode the
-        next). `CharonUnreachable` if the session fails; what charon did before it is found by
-        listing it again."""
+        next). A request VICI cannot carry (too large, not UTF-8) is refused here, unsent:
+        charon would drop the session for it. `CharonUnreachable` if the session fails; what
+        charon did before it is found by listing it again."""
         if not requests:
             return []
         stream = self._require(requests[0][0])
@@ -141,7 +142,7 @@ class Charon:
             for index, (command, message) in enumerate(requests):
                 try:
                     packet = vici_wire.request_packet(command, message)
-                except vici_wire.TooLarge as exc:
+                except vici_wire.Unsendable as exc:
                     # charon would drop the whole session for it: refused here, unsent.
                     outcomes[index] = CharonError(command, f"not sent: {exc}")
                     continue

@@ -7,7 +7,7 @@ policies, and reports exactly those names for the reconciler to diff. A change t
 (certificates, ipsec_skb_mark, fail-open) re-evaluates every IPsec port. Work per change is thus
 proportional to what changed, not to the number of tunnels.
 
-One tunnel's trouble stays its own: input VICI cannot carry (vici_wire.TooLarge) makes the
+One tunnel's trouble stays its own: input VICI cannot carry (vici_wire.Unsendable) makes the
 tunnels of that peer invalid with the reason, and any other exception while planning a tunnel,
 a peer or the credentials makes what it was about invalid ("internal error"), fail closed, and
 is handed to the daemon in `Delta.internal_errors` to log with its traceback. A bug met by one
@@ -66,7 +66,7 @@ from ovs_ipsec.core.parse import (
     parse_tunnel,
     row_port,
 )
-from ovs_ipsec.core.vici_wire import TooLarge
+from ovs_ipsec.core.vici_wire import Unsendable
 
 PSK = AuthMode.PSK
 ReadFiles = Callable[[Iterable[str]], Mapping[str, FileContent]]
@@ -357,8 +357,8 @@ class Planner:
             )
         except Exception as exc:
             # One connection carries the whole group: none of it can be loaded.
-            if isinstance(exc, TooLarge):
-                why = Invalid("ipsec", f"too large for charon: {exc}")
+            if isinstance(exc, Unsendable):
+                why = Invalid("ipsec", f"cannot be given to charon: {exc}")
             else:
                 delta.internal_errors.append((f"peer {peer}", exc))
                 why = INTERNAL_ERROR

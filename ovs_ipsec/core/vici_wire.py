@@ -48,9 +48,14 @@ MAX_NAME = 0xFF  # a name's length is one byte
 MAX_VALUE = 0xFFFF  # a value's length is two bytes
 
 
-class TooLarge(ValueError):
-    """What VICI cannot carry: a name, a value or a whole message over its limit. Said before
-    anything is sent, so it costs one request, never the session."""
+class Unsendable(ValueError):
+    """What VICI cannot carry: text that is not UTF-8 (a lone surrogate, as JSON may hold), or
+    (TooLarge) a name, a value or a whole message over its limit. Said before anything is sent,
+    so it costs one request, never the session."""
+
+
+class TooLarge(Unsendable):
+    pass
 
 
 # -- messages -------------------------------------------------------------------------------
@@ -200,15 +205,22 @@ def packet_buffered(buffer: bytes | bytearray) -> bool:
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Unsendable(f"{what} is not valid unicode ({exc.reason})") from None
+
+
 def _named(kind: int, name: str) -> bytes:
-    raw = name.encode("utf-8")
+    raw = _utf8(name, "a name")
     if len(raw) > MAX_NAME:
         raise TooLarge(f"a name of {len(raw)} bytes; VICI names hold at most {MAX_NAME}")
     return bytes((kind, len(raw))) + raw
 
 
 def _value(value: Any, key: str) -> bytes:
-    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    raw = value if isinstance(value, bytes) else _utf8(str(value), f"{key}: a value")
     if len(raw) > MAX_VALUE:
         raise TooLarge(f"{key}: a value of {len(raw)} bytes; VICI values hold at most {MAX_VALUE}")
     return len(raw).to_bytes(2, "big") + raw
