@@ -359,6 +359,8 @@ class Planner:
             # One connection carries the whole group: none of it can be loaded.
             if isinstance(exc, Unsendable):
                 why = Invalid("ipsec", f"cannot be given to charon: {exc}")
+            elif isinstance(exc, UnicodeError):  # a name with a lone surrogate (naming.py)
+                why = Invalid("ipsec", "cannot be given to charon: a name is not valid unicode")
             else:
                 delta.internal_errors.append((f"peer {peer}", exc))
                 why = INTERNAL_ERROR
