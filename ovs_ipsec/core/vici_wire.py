@@ -182,24 +182,34 @@ def frame(packet: bytes) -> bytes:
 def next_packet(buffer: bytearray) -> bytes | None:
     """Take one complete packet off the front of `buffer` (None: not all there yet).
     ValueError for a frame longer than charon would ever send."""
-    if len(buffer) < HEADER_SIZE:
-        return None
-    length = int.from_bytes(buffer[:HEADER_SIZE], "big")
-    if length > MAX_PACKET:
-        raise ValueError(f"message of {length} bytes announced")
-    end = HEADER_SIZE + length
-    if len(buffer) < end:
-        return None
-    packet = bytes(buffer[HEADER_SIZE:end])
-    del buffer[:end]
+    packet, end = packet_at(buffer, 0)
+    if packet is not None:
+        del buffer[:end]
     return packet
 
 
-def packet_buffered(buffer: bytes | bytearray) -> bool:
-    """Whether `buffer` holds at least one complete frame."""
-    if len(buffer) < HEADER_SIZE:
+def packet_at(buffer: bytes | bytearray, start: int) -> tuple[bytes | None, int]:
+    """The complete packet framed at `start` of `buffer` and where the next frame starts; (None,
+    `start`) when it has not all arrived. A reader that keeps its place this way instead of
+    deleting each packet off the front does not move the rest of a large buffer per packet.
+    ValueError for a frame longer than charon would ever send."""
+    if len(buffer) - start < HEADER_SIZE:
+        return None, start
+    length = int.from_bytes(buffer[start : start + HEADER_SIZE], "big")
+    if length > MAX_PACKET:
+        raise ValueError(f"message of {length} bytes announced")
+    end = start + HEADER_SIZE + length
+    if len(buffer) < end:
+        return None, start
+    return bytes(buffer[start + HEADER_SIZE : end]), end
+
+
+def packet_buffered(buffer: bytes | bytearray, start: int = 0) -> bool:
+    """Whether `buffer` holds at least one complete frame at `start`."""
+    if len(buffer) - start < HEADER_SIZE:
         return False
-    return len(buffer) >= HEADER_SIZE + int.from_bytes(buffer[:HEADER_SIZE], "big")
+    length = int.from_bytes(buffer[start : start + HEADER_SIZE], "big")
+    return len(buffer) - start >= HEADER_SIZE + length
 
 
 # -- helpers --------------------------------------------------------------------------------
