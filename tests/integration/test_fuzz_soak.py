@@ -316,8 +316,8 @@ def test_fuzzed_options_never_hurt_the_daemon_or_the_good_tunnels(
     make_lab: Callable[..., Lab],
 ) -> None:
     """Hundreds of random option sets (bad and huge values, unicode, type changes, PSK and
-    certificate options mixed, remote_cert naming FIFOs, devices and files too large, ports
-    removed and re-added, a garbage ipsec_skb_mark) written with
+    certificate options mixed, certificate and remote_cert naming FIFOs, devices and files too
+    large, ports removed and re-added, a garbage ipsec_skb_mark) written with
     ovs-vsctl into a running daemon's OVSDB in bursts, with periodic checks (every second) in the
     quiet moments between them. Afterwards the daemon is the same live process and answers;
     every valid tunnel is loaded, every invalid one is reported (status and log) with a key that
@@ -331,6 +331,10 @@ def test_fuzzed_options_never_hurt_the_daemon_or_the_good_tunnels(
     a = lab.hosts[0]
     pid = a.daemon_pid
     SPECIAL_FILES[:] = make_special_files(a.dir)
+    # So that certificate tunnels get as far as reading files: a FIFO and a device, never to
+    # be opened, then whatever remote_cert names.
+    a.vsctl("set", "open", ".", f"other_config:certificate={SPECIAL_FILES[0]}",
+            "other_config:private_key=/dev/ptmx")  # fmt: skip
     a.vsctl("set", "open", ".", f"other_config:ipsec_skb_mark={GOOD_MARK}")
     for name, (kind, remote, extra) in GOOD.items():
         add_tunnel(a, name, kind, remote, psk=f"good-{name}-secret", **extra)
