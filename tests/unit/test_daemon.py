@@ -869,3 +869,32 @@ def test_an_exception_planning_one_tunnel_is_logged_and_the_daemon_carries_on(
     assert logged[0] == "gre1: internal error while planning; it is invalid"
     assert any("OverflowError: int too big to convert" in line for line in logged)
     assert "internal error" in world.daemon.statuses()["gre1"].reason
+
+
+def test_log_events_dropped_in_a_flood_are_reported_at_most_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """issue 15 item 20: what the event session dropped for want of budget is said in the log,
+    with its count, without the report becoming a flood of its own."""
+    from ovs_ipsec.adapters.events import Received
+    from ovs_ipsec.daemon import sa_watch
+
+    class FloodedEvents:
+        connected = True
+
+        def receive(self) -> Received:
+            return Received([], None, dropped_logs=700)
+
+    warned: list[str] = []
+    monkeypatch.setattr(sa_watch.vlog, "warn", warned.append)
+    clock = FakeClock()
+    watch = sa_watch.SaWatch(None, FloodedEvents(), Health(), lambda conns: None,  # type: ignore[arg-type]
+                             clock, command_timeout=5)  # fmt: skip
+    for _ in range(10):  # 10 s of flood
+        watch.run_events()
+        clock.advance(1.0)
+    assert len(warned) == 1 and "700 log events dropped undecoded" in warned[0]
+    for _ in range(55):
+        watch.run_events()
+        clock.advance(1.0)
+    assert len(warned) == 2 and f"{700 * 60} log events dropped" in warned[1]
