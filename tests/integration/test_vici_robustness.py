@@ -1,6 +1,7 @@
-"""What charon may hold or say that the daemon must survive, against a real charon: a foreign
-IKE_SA whose name is not UTF-8 (issue 15 item 11), a certificate too large for one VICI value
-(item 5), and a flood of log events (item 20, measured in bench/ike_flood.py).
+"""What charon may hold, say or refuse that the daemon must survive, against a real charon:
+foreign IKE_SAs with odd names, and which names charon's VICI takes at all (issue 15 item 11);
+charon's 512 KiB message limit and a certificate too large for one VICI value (item 5). A flood
+of log events (item 20) is measured by bench/ike_flood.py.
 
 Foreign connections are loaded with VICI messages written by the test itself (the vici package
 encodes every name as UTF-8, and charon keeps names as plain bytes)."""
