@@ -208,12 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     ovs.daemon.daemonize_start()
     receive_whole_utf8_characters()
     charon = Charon(path, settings.command_timeout)
+    events = Events(path, settings.command_timeout)
     daemon = Daemon(
         settings,
         Ovsdb(settings.database),
         charon,
         Xfrm(timeout=settings.command_timeout),
-        events=Events(path, settings.command_timeout),
+        events=events,
     )
     # Beside the pidfile: the run directory, root's alone (core/handover.py).
     handover_path = None if pidfile is None else f"{os.path.splitext(pidfile)[0]}.handover"
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics.run()
 
     charon.on_wait = serve_while_waiting
+    events.on_wait = serve_while_waiting  # registering can wait on charon too (issue 15 item 20)
     vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
     run_loop(daemon, control, metrics, StopSignal(), handover_path)
 

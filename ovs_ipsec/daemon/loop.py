@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -206,6 +207,12 @@ class Daemon:
 
     def _absorb(self, delta: Delta) -> None:
         self.report.log_warnings()
+        for what, exc in delta.internal_errors:
+            # The planner made `what` invalid and carried on (issue 15 item 5); the traceback is
+            # for a bug report. Names are escaped: a newline in one must not forge a log line.
+            vlog.err(f"{ascii(what)[1:-1][:80]}: internal error while planning; it is invalid")
+            for line in "".join(traceback.format_exception(exc)).splitlines():
+                vlog.err(f"    {ascii(line)[1:-1]}")
         if delta:
             self._conns_changed |= delta.conns
             self._shared_changed |= delta.shared

@@ -9,6 +9,7 @@ reach charon over VICI as data; the daemon re-reads the files at every periodic 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -331,3 +332,32 @@ def test_a_wildcard_remote_name_is_refused_because_charon_takes_any_peer_for_it(
              and "wildcard" in a.daemon_log()[start:], 10,
              what="remote_name=* reported invalid")  # fmt: skip
     assert not loaded(a, b)
+
+
+def test_a_fifo_or_device_as_certificate_is_refused_and_the_daemon_keeps_answering(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """issue 15 item 3: the daemon read certificate and key paths in its loop whatever they
+    were, and a FIFO (open blocks) or /dev/ptmx (read blocks) stopped it for good. Now neither
+    is opened: the tunnels that need them are invalid, named, and the control socket answers."""
+    (a,) = make_lab(1, daemon_args=["--reconcile-interval=1"]).hosts
+    fifo = os.path.join(a.dir, "cert.fifo")
+    os.mkfifo(fifo)
+    peer = write(os.path.join(a.dir, "peer.pem"), pki_builders.make_self_signed("h2").cert_pem)
+    a.vsctl("set", "Open_vSwitch", ".", f"other_config:certificate={fifo}",
+            "other_config:private_key=/dev/ptmx")  # fmt: skip
+    a.vsctl("add-port", "br0", "t0", "--", "set", "interface", "t0", "type=gre",
+            "options:remote_ip=192.0.2.7", f"options:remote_cert={peer}")  # fmt: skip
+    wait_for(
+        lambda: (
+            f"certificate: {fifo} is not a regular file (a FIFO)" in a.daemon_log()
+            and "private_key: /dev/ptmx is not a regular file (a character device)"
+            in a.daemon_log()
+        ),
+        10,
+        what="both paths refused with their keys named",
+    )
+    assert "not a regular file" in a.appctl("tunnels/show", timeout=5)
+    # Periodic re-reads (every second here) keep refusing without blocking.
+    time.sleep(2.5)
+    assert a.appctl("version", timeout=5)

@@ -1,6 +1,9 @@
 """Hypothesis fuzzing of the whole pure pipeline: OVSDB snapshot -> parse_config -> plan ->
 status.fold -> render, with arbitrary option maps (real and random keys, unicode, huge values,
-bad addresses, marks and ports, type changes, random other_config).
+bad addresses, marks and ports, type changes, random other_config); and of the incremental
+Planner with whatever the certificate files turn out to be (what adapters/files.py says of a
+FIFO, a device or a file too large; garbage; certificates too large for VICI) and names that
+are not valid unicode.
 
 PSKs are drawn from a distinctive alphabet-free pattern ("Zq9PSK" + hex + "Kx") that no other
 strategy can produce, so finding one in any output is a leak, not a coincidence.
@@ -9,10 +12,13 @@ strategy can produce, so finding one in any output is a leak, not a coincidence.
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
+import functools
 import ipaddress
 import json
 import logging
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +29,13 @@ from hypothesis import strategies as st
 from ovs_ipsec.core import render
 from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY, plan_protection
 from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.desired import Planner
 from ovs_ipsec.core.log_text import NAME_LIMIT, printable, redact_secrets
 from ovs_ipsec.core.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapshot
 from ovs_ipsec.core.parse import is_ipsec_port, parse_config
 from ovs_ipsec.core.reconcile import Applied, LoadKey, diff, record
 from ovs_ipsec.core.status import View, fold
+from ovs_ipsec.tools import pki_builders
 
 PSK_MARK = "Zq9PSK"
 
@@ -475,3 +483,79 @@ def test_no_wildcard_or_control_character_reaches_a_remote_identity(snapshot: Sn
         assert "*" not in name and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name)
     for conn in plan(config).conns.values():
         assert "*" not in conn.remote_id
+
+
+# -- the incremental planner, with files of every kind ---------------------------------------
+
+
+@functools.cache
+def real_files() -> tuple[bytes, ...]:
+    """A certificate and its key, one with 2,000 SANs (81 KiB: more than a VICI value holds),
+    a CA, and a file of two certificates."""
+    host = pki_builders.make_self_signed("peer")
+    many = pki_builders.make_self_signed(
+        "peer", san=["peer"] + [f"h{i:05d}.a-rather-long-subdomain.example" for i in range(2000)]
+    )
+    ca = pki_builders.make_ca("fuzz CA")
+    return (host.cert_pem, host.key_pem, many.cert_pem, many.key_pem, ca.cert_pem,
+            host.cert_pem + ca.cert_pem)  # fmt: skip
+
+
+file_contents = st.one_of(
+    st.sampled_from([
+        "cannot read {path}: No such file or directory",
+        "{path} is not a regular file (a FIFO)",
+        "{path} is not a regular file (a character device)",
+        "cannot read {path}: Is a directory",
+        "{path} is larger than 1048576 bytes",
+    ]),
+    st.binary(max_size=300),
+    st.sampled_from(range(6)).map(lambda i: real_files()[i]),
+    st.sampled_from(range(6)).map(lambda i: real_files()[i]),
+    st.integers(65_000, 70_000).map(lambda n: b"-----BEGIN CERTIFICATE-----\n" + b"A" * n),
+)  # fmt: skip
+# Lone surrogates: what a JSON string from OVSDB may hold, and what no UTF-8 encoder takes.
+odd_names = st.sampled_from(["t\udcff", "\ud800", "é\udc80x", "a" * 300, "ok"])
+cert_paths = st.sampled_from(["/c.pem", "/k.pem", "/ca.pem", "/peer.pem", "/p\udcff.pem"])
+
+
+@FUZZ
+@given(snapshots(), st.data())
+def test_planner_never_raises_whatever_the_files_and_names(
+    snapshot: Snapshot, data: st.DataObject
+) -> None:
+    """Certificate options pointing at files of every kind, and interface names VICI cannot
+    carry: every IPsec port is loaded or invalid with a reason, never an exception and never
+    an internal error (those are for bugs, and the fuzz should find none)."""
+    contents: dict[str, bytes | str] = {}
+
+    def read(paths: Iterable[str]) -> Mapping[str, bytes | str]:
+        for path in paths:
+            if path not in contents:
+                drawn = data.draw(file_contents)
+                contents[path] = drawn.format(path=path) if isinstance(drawn, str) else drawn
+        return {path: contents[path] for path in paths}
+
+    rows = list(snapshot.interfaces)
+    for _ in range(data.draw(st.integers(0, 3))):
+        options = {
+            "remote_ip": data.draw(good_addresses),
+            data.draw(st.sampled_from(["remote_cert", "remote_name"])): data.draw(cert_paths),
+        }
+        rows.append(InterfaceRow(data.draw(odd_names), data.draw(types), options))  # fmt: skip
+    by_name = {row.name: row for row in rows}
+    other_config = dict(snapshot.other_config)
+    for key in ("certificate", "private_key", "ca_cert"):
+        other_config[key] = data.draw(cert_paths)
+    planner = Planner(read)
+    delta = planner.update({f"u{i}": r for i, r in enumerate(by_name.values())}, other_config,
+                           dt.datetime.now(dt.UTC))  # fmt: skip
+    assert delta.internal_errors == []
+    ipsec_ports = {name for name, row in by_name.items() if is_ipsec_port(row.options)}
+    planned = {name for conn in planner.desired.conns.values() for name in conn.tunnels}
+    invalid = planner.desired.invalid
+    assert planned | set(invalid) == ipsec_ports and not planned & set(invalid)
+    for entry in invalid.values():
+        assert entry.errors and all(e.key and e.reason for e in entry.errors)
+    for conn in planner.desired.conns.values():
+        assert len(conn.wire) < 512 * 1024
