@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-address",
         metavar="[HOST]:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; HOST "
+        "defaults to 127.0.0.1: 0.0.0.0 or [::] serve every address, without authentication)",
     )
     parser.add_argument("--no-restart-ike-daemon", action="store_true", help=argparse.SUPPRESS)
     for flag in (

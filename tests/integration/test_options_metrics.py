@@ -190,8 +190,12 @@ def test_metrics_follow_ike_success_failure_and_blocked_plaintext(
     blocked = scrape(a).get(("ovs_ipsec_xfrm_errors_total", (("counter", "XfrmOutPolBlock"),)), 0)
     a.stop_charon()
     assert a.send_probe(b.ipv4, "gre") == "EPERM"
-    got = scrape(a)
-    assert got[("ovs_ipsec_xfrm_errors_total", (("counter", "XfrmOutPolBlock"),))] > blocked
+    # A scrape may be answered from the page of up to a second ago (metrics_http.CACHE_SECONDS).
+    wait_for(
+        lambda: scrape(a)[("ovs_ipsec_xfrm_errors_total", (("counter", "XfrmOutPolBlock"),))]
+        > blocked,
+        5, what="XfrmOutPolBlock counted",
+    )  # fmt: skip
     wait_for(lambda: scrape(a)[("ovs_ipsec_charon_up", ())] == 0, 10, what="charon down")
     # The failed negotiation counted once, under its cause: not also as "negotiation", the cause
     # it has until charon's log line saying why arrives (which may be a turn of the loop later).
