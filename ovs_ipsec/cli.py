@@ -225,7 +225,11 @@ def main(argv: list[str] | None = None) -> None:
                 parse_address,
             )  # only with metrics
 
-            metrics = HttpServer(parse_address(args.metrics_address), metrics_handler(daemon))
+            metrics = HttpServer(
+                parse_address(args.metrics_address),
+                metrics_handler(daemon),
+                log_error=vlog.exception,
+            )
         except (OSError, ValueError) as exc:
             vlog.err(f"--metrics-address={args.metrics_address}: {exc}")
             sys.exit(1)

@@ -12,7 +12,7 @@ next client waits in the kernel's backlog), so a full table never wakes the loop
 A successful reply is kept for `CACHE_SECONDS`: scraping faster than that costs the loop nothing
 more. A handler that raises answers 500, and the daemon runs on.
 
-May import: ovs (vlog), stdlib.
+May import: stdlib.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import ovs.vlog
-
-vlog = ovs.vlog.Vlog("metrics")
 
 CLIENT_TIMEOUT = 5.0
 MAX_REQUEST = 8192
@@ -65,7 +61,10 @@ class HttpServer:
         address: tuple[str, int],
         handler: Handler,
         clock: Callable[[], float] = time.monotonic,
+        log_error: Callable[[str], None] | None = None,
     ) -> None:
+        """`log_error` is called inside the `except` block of a failed handler (so that
+        vlog.exception logs its traceback), at most once a minute."""
         host, port = address
         family = socket.AF_INET6 if ":" in host or not host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -78,6 +77,7 @@ class HttpServer:
         self.sock.setblocking(False)
         self.handler = handler
         self.clock = clock
+        self.log_error = log_error
         self.clients: list[_Client] = []
         # path -> (when, status, content type, body) of its last successful reply.
         self._cache: dict[str, tuple[float, str, str, bytes]] = {}
@@ -147,9 +147,10 @@ class HttpServer:
         try:
             status, ctype, body = self.handler(path)
         except Exception:
-            if self._error_logged is None or now - self._error_logged >= _ERROR_LOG_INTERVAL:
+            logged = self._error_logged
+            if self.log_error and (logged is None or now - logged >= _ERROR_LOG_INTERVAL):
                 self._error_logged = now
-                vlog.exception(f"metrics: the handler of {path[:100]!r} failed")
+                self.log_error(f"metrics: the handler of {path[:100]!r} failed")
             return "500 Internal Server Error", "text/plain", b"internal error\n"
         if status.startswith("200"):
             # Only the pages the handler knows (a few): unknown paths answer 404 uncached.

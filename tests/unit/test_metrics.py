@@ -190,10 +190,12 @@ def test_a_failing_handler_answers_500_and_the_server_serves_on() -> None:
             raise KeyError("a bug")
         return "200 OK", "text/plain", b"fine\n"
 
-    server = HttpServer(("127.0.0.1", 0), handler)
+    logged: list[str] = []
+    server = HttpServer(("127.0.0.1", 0), handler, log_error=logged.append)
     try:
         assert _get(server, "/metrics").startswith(b"HTTP/1.0 500 Internal Server Error")
         assert _get(server, "/metrics").endswith(b"fine\n")
+        assert logged == ["metrics: the handler of '/metrics' failed"]
     finally:
         server.close()
 
