@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import stat
 import time
@@ -182,3 +183,44 @@ def test_a_request_without_end_and_a_connection_flood_are_bounded(
             client.close()
     time.sleep(0.5)
     assert serving(host, pid)
+
+
+SEED = int(os.environ.get("OVS_IPSEC_FUZZ_SEED", "6"))
+WORDS = ["--json", "--help", "-h", "--format", "json", "text", "xml", "--no-cleanup", "", "any",
+         "dbg", "file", "FACILITY", "pattern", "jsonrpc", "x" * 3000, "\x01\x7f", "é\u2028",
+         "-", "--", "=", ":"]  # fmt: skip
+
+
+def random_argument(rng: random.Random) -> Any:
+    roll = rng.random()
+    if roll < 0.6:
+        return rng.choice(WORDS)
+    if roll < 0.8:
+        return ":".join(rng.choice(WORDS[:15]) for _ in range(rng.randint(1, 3)))
+    return rng.choice([0, -1, 2**70, 1.5, True, None, [], {}, ["x"], {"a": "b"}])
+
+
+def test_fuzz_the_real_daemons_commands(make_lab: Callable[..., Lab]) -> None:
+    """Seeded (OVS_IPSEC_FUZZ_SEED): 400 requests to the real daemon, each a command from its
+    table (or an unknown one) with random arguments, vlog/set's and set-options' grammar
+    included; `exit` and `vlog/close` only with arguments (so never valid): every request gets
+    a reply, and the same daemon serves on, with no traceback in its log."""
+    host = make_lab(1)[1]
+    pid = host.daemon_pid
+    assert pid is not None
+    listing = request(host, "list-commands", [])["result"]
+    commands = [line.split()[0] for line in listing.splitlines()[1:]] + ["no/such"]
+    rng = random.Random(SEED)
+    for round_ in range(400):
+        command = rng.choice(commands)
+        params = [random_argument(rng) for _ in range(rng.randint(0, 4))]
+        if command in ("exit", "vlog/close", "vlog/reopen", "refresh") and not params:
+            params = ["--bogus"]
+        reply = request(host, command, params)
+        assert reply["error"] is not None or reply["result"] is not None, (command, params)
+        if round_ % 50 == 0:
+            assert serving(host, pid), (round_, command, params)
+    assert serving(host, pid)
+    assert "Traceback" not in host.daemon_log()
+    request(host, "vlog/set", ["ANY:ANY:info"])
+    request(host, "exit", ["--no-cleanup"])
