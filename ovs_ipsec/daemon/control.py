@@ -309,7 +309,8 @@ def _guarded(
             _reply_error(conn, f"{name} failed: {exc.strerror or type(exc).__name__}"
                          + (f": {exc.filename}" if exc.filename else ""))  # fmt: skip
         except Exception as exc:
-            vlog.exception(f"control command {name} failed: {argv}")
+            # ascii() and a cap: a client's arguments must not forge or flood log lines.
+            vlog.exception(f"control command {name} failed: {ascii(argv)[:200]}")
             _reply_error(conn, f"internal error: {type(exc).__name__}")
 
     guarded.guarded = True  # type: ignore[attr-defined]
