@@ -1,8 +1,8 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
 May import: daemon.loop, daemon.health, control, charon, events, ovsdb, xfrm.adapter, sdnotify,
-stop_signal, files, metrics_http, metrics, ovs_dirs, ovs, prometheus_client (only to tell whether
-it is installed), stdlib.
+stop_signal, files, log_guard, core_dumps, metrics_http, metrics, ovs_dirs, ovs,
+prometheus_client (only to tell whether it is installed), stdlib.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import ovs.vlog
 
 from ovs_ipsec import PROGRAM_NAME, __version__
 from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, Charon, vici_path
+from ovs_ipsec.adapters.core_dumps import disable_core_dumps
 from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
+from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.adapters.sdnotify import Watchdog, notify, watchdog_interval
 from ovs_ipsec.adapters.stop_signal import StopSignal
@@ -166,9 +168,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.command_timeout <= 0 or args.reconcile_interval <= 0:
         parser.exit(1, f"{PROGRAM_NAME}: timeouts and intervals must be positive\n")
 
+    # Before the log file is opened: no secret reaches any log, whatever vlog/set asks later,
+    # and the file is not for others to read (adapters/log_guard.py).
+    guard_logs()
+    tighten_log_file(log_file_path(args.log_file))
     ovs.vlog.handle_args(args)
-    # At debug level ovs.jsonrpc logs every OVSDB message whole, options:psk included. Secrets
-    # never reach a log, so that module stays at info whatever -v asks for.
+    for problem in disable_core_dumps():
+        vlog.warn(f"core dumps may hold secrets: {problem}")
+    # At debug level ovs.jsonrpc logs every OVSDB message whole, options:psk included: the
+    # filter redacts it, and at start-up the module stays at info whatever -v asks for (a dump
+    # of every message is rarely what -v meant).
     ovs.vlog.Vlog.set_level("jsonrpc", "any", "info")
     ovs.daemon.handle_args(args)
     pidfile = ovs.daemon.make_pidfile_name(args.pidfile) if args.pidfile else None
@@ -250,6 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     charon.on_wait = serve_while_waiting
     vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
     run_loop(daemon, control, metrics, StopSignal(), handover_path, watchdog)
+
+
+def log_file_path(log_file: str | None) -> str | None:
+    """The file --log-file names (ovs.vlog.handle_args spells the default the same way)."""
+    if log_file == "default":
+        return f"{ovs.dirs.LOGDIR}/{ovs.util.PROGRAM_NAME}.log"
+    return log_file
 
 
 def metrics_library_present() -> bool:

@@ -16,7 +16,7 @@ import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 
-from ovs_ipsec.core.model import InterfaceRow, RowId
+from ovs_ipsec.core.model import InterfaceRow, OptionValue, RowId, Secret
 
 _STRING_MAP = {"key": "string", "value": "string", "min": 0, "max": "unlimited"}
 SCHEMA: dict[str, Any] = {
@@ -184,4 +184,8 @@ class Ovsdb:
 
 
 def _interface(row: Any) -> InterfaceRow:
-    return InterfaceRow(name=row.name, type=row.type, options=dict(row.options))
+    options: dict[str, OptionValue] = dict(row.options)
+    if "psk" in options:
+        # Wrapped at once: from here on no repr, log line or traceback shows it.
+        options["psk"] = Secret(str(options["psk"]))
+    return InterfaceRow(name=row.name, type=row.type, options=options)

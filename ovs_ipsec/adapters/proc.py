@@ -1,6 +1,6 @@
 """The one place that runs external programs: bounded by a timeout, killed when it expires.
 
-May import: stdlib, errors.
+May import: log_text, stdlib, errors.
 """
 
 from __future__ import annotations
@@ -9,7 +9,11 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ovs_ipsec.core.log_text import printable
 from ovs_ipsec.errors import CommandError
+
+# A failing program's stderr in an error message, at most this long (one line).
+STDERR_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,8 @@ def run(
 ) -> Result:
     """Run `argv`, feeding `input` on stdin; raise CommandError on timeout or (if `check`) failure.
 
-    `input` may carry data that must not be logged; CommandError never includes it.
+    `input` and the program's output may carry data that must not be logged (`ip xfrm state`
+    prints keys); CommandError includes neither: only stderr, escaped and cut to one line.
     """
     try:
         proc = subprocess.run(
@@ -46,5 +51,10 @@ def run(
         raise CommandError(tuple(argv), None, "", str(exc)) from exc
     result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
-        raise CommandError(result.argv, proc.returncode, proc.stdout, proc.stderr.strip())
+        raise CommandError(result.argv, proc.returncode, "", error_text(proc.stderr))
     return result
+
+
+def error_text(stderr: str) -> str:
+    """A program's stderr fit for an error message: one line, at most STDERR_LIMIT long."""
+    return printable(stderr.strip(), STDERR_LIMIT)

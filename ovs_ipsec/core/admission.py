@@ -2,7 +2,7 @@
 hand (`admit`), and, among the tunnels to one peer, those that agree with the first on what
 their shared IKE_SA needs (`split_conflicts`); the others become invalid, naming the OVSDB key.
 
-May import: credentials, ike_options.translate, ike_options.settings, model, stdlib.
+May import: credentials, ike_options.translate, ike_options.settings, log_text, model, stdlib.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.ike_options import settings as ike_settings
+from ovs_ipsec.core.log_text import quoted
 from ovs_ipsec.core.model import AuthMode, Invalid, InvalidTunnel, Tunnel
 
 
@@ -56,7 +57,7 @@ def credential_errors(tunnel: Tunnel, credentials: Credentials) -> tuple[Invalid
             errors.append(
                 Invalid(
                     "remote_name",
-                    f"{tunnel.remote_name!r} is not the CN of remote_cert "
+                    f"{quoted(tunnel.remote_name)} is not the CN of remote_cert "
                     f"({remote.cn!r}); remove remote_name or make them agree",
                 )
             )
@@ -106,8 +107,8 @@ def split_conflicts(
         errors = tuple(
             Invalid(
                 key,
-                f"differs from tunnel {first.name!r} to the same remote_ip {first.remote_ip}; "
-                "all tunnels to one peer share one IKE SA and must agree",
+                f"differs from tunnel {quoted(first.name)} to the same remote_ip "
+                f"{first.remote_ip}; all tunnels to one peer share one IKE SA and must agree",
             )
             for key in differing
         )

@@ -295,8 +295,9 @@ class Needs:
 
 @functools.lru_cache(maxsize=1024)
 def tunnel_needs(settings: IkeSettings, certificates: bool, use_default_crypto: bool) -> Needs:
-    """What one tunnel asks of charon, from what plan.py puts in its connection: the default
-    proposals unless its ipsec_* options chose others. Cached: most tunnels share one answer."""
+    """What one tunnel asks of charon, from what connections.py puts in its connection: the
+    default proposals unless its ipsec_* options chose others. Cached: most tunnels share one
+    answer."""
     ike, esp = default_proposals(use_default_crypto)
     conn, child = dict(settings.conn), dict(settings.child)
     return Needs(
@@ -306,7 +307,7 @@ def tunnel_needs(settings: IkeSettings, certificates: bool, use_default_crypto: 
 
 def conn_needs(tunnels: Iterable[Needs]) -> Needs:
     """A connection's needs from its tunnels' (the IKE proposals are the first tunnel's, as in
-    plan.py; each tunnel has its own CHILD_SAs)."""
+    connections.py; each tunnel has its own CHILD_SAs)."""
     found = list(tunnels)
     if len(found) == 1:
         return found[0]

@@ -10,6 +10,7 @@ May import: model, pki, stdlib.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
 
 # Bytes of a file, or why it could not be read.
 FileContent = bytes | str
+
+
+def file_digests(files: Mapping[str, FileContent]) -> dict[str, str]:
+    """Per path, a digest of the bytes (or why the file could not be read): enough to tell
+    that a file changed without keeping what it holds."""
+    return {
+        path: "sha256:" + hashlib.sha256(content).hexdigest()
+        if isinstance(content, bytes)
+        else f"unreadable: {content}"
+        for path, content in files.items()
+    }
 
 
 @dataclass(frozen=True)

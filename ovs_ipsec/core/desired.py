@@ -36,7 +36,7 @@ from ovs_ipsec.core.connections import (
     plan_keys,
     plan_peer,
 )
-from ovs_ipsec.core.credentials import Credentials, FileContent, resolve
+from ovs_ipsec.core.credentials import Credentials, FileContent, file_digests, resolve
 from ovs_ipsec.core.ike_options import settings as ike_settings
 from ovs_ipsec.core.model import (
     UDP_TUNNEL_PORTS,
@@ -107,7 +107,11 @@ class Planner:
         self.other_config: Mapping[str, str] = {}
         self.global_config = GlobalConfig()
         self.credentials = Credentials()
-        self.file_contents: Mapping[str, FileContent] = {}
+        # What the files in use held, as digests: only change detection needs them, and the
+        # bytes (the private key among them) are dropped once resolved. The key itself stays,
+        # as a Secret in `credentials`: charon loses it at each restart, and it is loaded again
+        # from memory, since the file may have changed or gone in the meantime.
+        self.file_digests: Mapping[str, str] = {}
         self.warnings: tuple[str, ...] = ()
         self._resolved = False
         # Parse results of IPsec ports, and the views a Config is made of.
@@ -269,9 +273,10 @@ class Planner:
             paths.update(p for p in (g.certificate, g.private_key, g.ca_cert) if p)
             paths.update(t.remote_cert for t in cert_tunnels if t.remote_cert)
         contents = self.read_files(sorted(paths)) if paths else {}
-        if contents == self.file_contents and self._resolved:
+        digests = file_digests(contents)
+        if digests == self.file_digests and self._resolved:
             return False
-        self.file_contents = contents
+        self.file_digests = digests
         self._resolved = True
         credentials = resolve(self.config, contents, now)
         self.warnings = credentials.warnings

@@ -2,7 +2,7 @@
 
 Everything here is stdlib-only and immutable: OVSDB rows arrive as `InterfaceRow`/`Snapshot`,
 `parse` turns them into `Tunnel`/`GlobalConfig` (or `Invalid` reasons), and `plan` turns those into
-desired charon and kernel state. May import: stdlib.
+desired charon and kernel state. May import: log_text, stdlib.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from ovs_ipsec.core.log_text import printable
 
 
 class TunnelType(enum.StrEnum):
@@ -24,17 +26,41 @@ class TunnelType(enum.StrEnum):
         return self is not TunnelType.GRE
 
 
+IPPROTO_TCP = 6
+IPPROTO_GRE = 47
+IPPROTO_UDP = 17
+# Every tunnel type Open vSwitch creates in the kernel datapath, as its packets leave the host:
+# (IP protocol, destination port when options:dst_port is unset; None: no port or no default).
+# From OVS lib/netdev-vport.c: set_tunnel_config's defaults and netdev_vport_needs_dst_port (the
+# types that read options:dst_port). Fail-closed blocks of a port that carries IPsec options
+# cover this, whether or not IPsec supports its type.
+OVS_TUNNEL_WIRE: Mapping[str, tuple[int, int | None]] = MappingProxyType(
+    {
+        "gre": (IPPROTO_GRE, None),
+        "ip6gre": (IPPROTO_GRE, None),
+        "erspan": (IPPROTO_GRE, None),
+        "ip6erspan": (IPPROTO_GRE, None),
+        "geneve": (IPPROTO_UDP, 6081),
+        "vxlan": (IPPROTO_UDP, 4789),
+        "lisp": (IPPROTO_UDP, 4341),
+        "gtpu": (IPPROTO_UDP, 2152),
+        "bareudp": (IPPROTO_UDP, None),
+        "stt": (IPPROTO_TCP, 7471),
+    }
+)
 # OVS tunnel types whose UDP destination port matters for ipsec_skb_mark, IPsec or not, and the
 # IANA port the kernel's device uses when options:dst_port is unset (None: no default).
 UDP_TUNNEL_PORTS: Mapping[str, int | None] = MappingProxyType(
-    {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None, "gtpu": 2152}
+    {kind: port for kind, (proto, port) in OVS_TUNNEL_WIRE.items() if proto == IPPROTO_UDP}
+)
+# The types that read options:dst_port (netdev_vport_needs_dst_port), STT's TCP port included.
+DST_PORT_TYPES = frozenset(
+    kind for kind, (proto, _) in OVS_TUNNEL_WIRE.items() if proto != IPPROTO_GRE
 )
 # The same ports for the UDP tunnel types IPsec supports (Geneve, VXLAN).
 DEFAULT_DST_PORT: Mapping[TunnelType, int] = MappingProxyType(
     {kind: port for kind in TunnelType if (port := UDP_TUNNEL_PORTS.get(kind)) is not None}
 )
-IPPROTO_GRE = 47
-IPPROTO_UDP = 17
 
 
 class AuthMode(enum.StrEnum):
@@ -84,7 +110,7 @@ class Invalid:
     reason: str
 
     def describe(self, where: str) -> str:
-        return f"{where}: {self.key}: {self.reason}"
+        return f"{where}: {printable(self.key)}: {self.reason}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,11 +122,17 @@ class Invalid:
 RowId = Hashable
 
 
+# An option's value: text, except options:psk, which the OVSDB adapter wraps in a Secret as it
+# copies the row, so no repr of a row (or of the planner holding rows) shows it. Plain text is
+# accepted there too (tests, tools).
+OptionValue = str | Secret
+
+
 @dataclass(frozen=True, slots=True)
 class InterfaceRow:
     name: str
     type: str
-    options: Mapping[str, str]
+    options: Mapping[str, OptionValue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +162,7 @@ class GlobalConfig:
     skb_mark: SkbMark | None = None
     fail_open: bool = False
     errors: tuple[Invalid, ...] = ()
+    warnings: tuple[Invalid, ...] = ()  # valid, but likely not what was meant
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +185,10 @@ class Tunnel:
         return 6 if ":" in self.remote_ip else 4
 
 
+# InvalidTunnel.remote_ip of `remote_ip=flow`: OVS sends to whatever address a flow sets.
+REMOTE_FLOW = "flow"
+
+
 @dataclass(frozen=True, slots=True)
 class InvalidTunnel:
     """A port that asked for IPsec but cannot have it; what is known of its traffic stays known.
@@ -163,12 +200,14 @@ class InvalidTunnel:
     name: str
     errors: tuple[Invalid, ...]
     type: TunnelType | None = None
-    remote_ip: str | None = None
+    remote_ip: str | None = None  # where OVS sends its packets; REMOTE_FLOW: anywhere
     dst_port: int | None = None
+    row_type: str = ""  # the Interface's type as OVSDB holds it (for a type IPsec lacks)
 
     @property
     def reason(self) -> str:
-        return "; ".join(f"{e.key}: {e.reason}" for e in self.errors)
+        # Keys are whatever the OVSDB writer chose: escaped and cut, as names are in logs.
+        return "; ".join(f"{printable(e.key)}: {e.reason}" for e in self.errors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ per IKE_SA, for the last MAX_ATTEMPTS IKE_SAs.
 
 `dispatch` is the one way an event enters: it feeds the tracker and folds the SA table.
 
-May import: causes, naming, sas, stdlib.
+May import: causes, log_text, naming, sas, stdlib.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 from ovs_ipsec.core import naming
 from ovs_ipsec.core.causes import ALERTS, LOG_PATTERNS, Cause, LogPattern, Scope, log_wanted
+from ovs_ipsec.core.log_text import printable
 from ovs_ipsec.core.sas import (
     CONNECTING_STATES,
     UNNAMED,
@@ -96,8 +97,13 @@ class _Fields(dict[str, str]):
         return "?"
 
 
+# Identities and charon's texts in a reason, at most this long each: a peer chooses its own
+# identity, unauthenticated, and every reason is logged.
+FIELD_LIMIT = 256
+
+
 def _format(template: str, values: Mapping[str, str]) -> str:
-    return template.format_map(_Fields(values))
+    return template.format_map(_Fields({k: printable(v, FIELD_LIMIT) for k, v in values.items()}))
 
 
 class Tracker:

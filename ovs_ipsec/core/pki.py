@@ -16,7 +16,7 @@ Over 400 lines because certificates and private keys are inspected with the same
 key facts and control-character escaping; split in two, each half would reach into the other's
 private helpers.
 
-May import: model, cryptography, stdlib.
+May import: model, log_text, cryptography, stdlib.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
+from ovs_ipsec.core import log_text
 from ovs_ipsec.core.model import Invalid, Secret
 
 # One PEM block: label and base64 body (RFC 7468, lax about whitespace and headers in the body).
@@ -185,8 +186,9 @@ def _spki(public_key: object) -> bytes:
 
 
 def printable(text: str) -> str:
-    """`text` with control characters as \\xNN, fit for a log line or a terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """`text` with control characters escaped, fit for a log line or a terminal (whole: a
+    certificate bounds its own names)."""
+    return log_text.printable(text, limit=None)
 
 
 def _format_general_name(name: x509.GeneralName) -> str:

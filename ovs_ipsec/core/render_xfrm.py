@@ -3,7 +3,7 @@ xfrm/state): our block policies with the typed reasons they exist for, apart fro
 others', each kernel policy once; SAs with any key left in their text redacted. The JSON shapes
 are documented in docs/status-json.md.
 
-May import: block_policies, render, stdlib.
+May import: block_policies, observed, render, stdlib.
 """
 
 from __future__ import annotations
@@ -11,50 +11,16 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from ovs_ipsec.core.block_policies import PROTOCOL_NAMES, PolicyReason, PolicySpec, is_owned
+from ovs_ipsec.core.observed import ObservedPolicy, ObservedState
 from ovs_ipsec.core.render import REDACTED
 
 # An `ip xfrm state` key is at least 16 bytes (32 hex digits); SPIs and marks are 8 digits.
 # xfrm.iproute2.redact_states() already removes the key lines it knows; this catches any other
 # layout.
 _LONG_HEX = re.compile(r"0x[0-9a-fA-F]{32,}")
-
-
-class PolicyLike(Protocol):
-    """A kernel XFRM policy as xfrm.iproute2.parse_policies() returns it (render never imports
-    the adapter: it gets plain objects with these fields)."""
-
-    direction: str
-    family: int
-    src: str
-    dst: str
-    proto: int | None
-    sport: int | None
-    dport: int | None
-    action: str
-    priority: int
-    ptype: str
-    socket: bool
-    mark: int
-    mask: int
-    templates: tuple[str, ...]
-
-    def to_spec(self) -> PolicySpec | None: ...
-
-
-class StateLike(Protocol):
-    """An SA as xfrm.iproute2.parse_states() returns it."""
-
-    src: str | None
-    dst: str | None
-    proto: str | None
-    spi: str | None
-    reqid: int | None
-    mode: str | None
-    selector: str | None
-    text: str
 
 
 # -- xfrm/policies -------------------------------------------------------------------------------
@@ -66,7 +32,7 @@ def _proto(proto: int | None) -> str | None:
     return PROTOCOL_NAMES.get(proto, str(proto))
 
 
-def _peer(policy: PolicyLike) -> str | None:
+def _peer(policy: ObservedPolicy) -> str | None:
     """The remote end of a policy: where outbound traffic goes, where inbound comes from."""
     side = policy.dst if policy.direction == "out" else policy.src
     try:
@@ -98,7 +64,7 @@ def _spec_json(
 
 
 def policies_json(
-    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[PolicyReason, ...]]
+    observed: Sequence[ObservedPolicy], explained: Mapping[PolicySpec, tuple[PolicyReason, ...]]
 ) -> dict[str, Any]:
     """Our protection policies (installed, and wanted but missing) apart from everybody else's
     (charon's traps and SAs, foreign ones), each kernel policy once."""
@@ -145,7 +111,7 @@ def _policy_line(p: Mapping[str, Any]) -> str:
 
 
 def policies_text(
-    observed: Sequence[PolicyLike], explained: Mapping[PolicySpec, tuple[PolicyReason, ...]]
+    observed: Sequence[ObservedPolicy], explained: Mapping[PolicySpec, tuple[PolicyReason, ...]]
 ) -> str:
     data = policies_json(observed, explained)
     lines = ["Protection policies (ovs-monitor-ipsec's own blocks):"]
@@ -178,7 +144,7 @@ def redact_hex(text: str) -> str:
     return _LONG_HEX.sub(REDACTED, text)
 
 
-def states_json(states: Sequence[StateLike]) -> dict[str, Any]:
+def states_json(states: Sequence[ObservedState]) -> dict[str, Any]:
     """The SAs of `ip xfrm state` (parsed, keys already redacted) as a list."""
     return {
         "states": [
@@ -197,7 +163,7 @@ def states_json(states: Sequence[StateLike]) -> dict[str, Any]:
     }
 
 
-def states_text(states: Sequence[StateLike]) -> str:
+def states_text(states: Sequence[ObservedState]) -> str:
     if not states:
         return "No XFRM states\n"
     return "".join(redact_hex(state.text) + "\n" for state in states)

@@ -39,6 +39,7 @@ from ovs_ipsec.core.connections import ConnSpec
 from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.desired import Planner
 from ovs_ipsec.core.ike_options.settings import NO_SETTINGS
+from ovs_ipsec.core.log_text import printable
 from ovs_ipsec.core.model import AuthMode
 from ovs_ipsec.core.outcomes import Tracker
 from ovs_ipsec.core.reconcile import (
@@ -477,9 +478,10 @@ def _describe(action: Action) -> str:
     if isinstance(action, UnloadKey):
         return f"unloaded the previous private key ({action.key_id})"
     if isinstance(action, LoadShared):
-        return f"loaded shared secret {action.spec.id} (owners {', '.join(action.spec.owners)})"
+        owners = ", ".join(printable(owner) for owner in action.spec.owners)
+        return f"loaded shared secret {action.spec.id} (owners {owners})"
     if isinstance(action, LoadConn):
-        tunnels = ", ".join(action.spec.tunnels)
+        tunnels = ", ".join(printable(tunnel) for tunnel in action.spec.tunnels)
         return f"loaded connection {action.spec.name} (tunnels {tunnels})"
     if isinstance(action, TerminateIke):
         return f"closed IKE_SAs of {action.conn} so that new credentials take effect"

@@ -314,7 +314,8 @@ class Daemon:
         return self.applier.hand_over()
 
     def cleanup(self) -> None:
-        """`exit` without --no-cleanup: take our connections, secrets and protection out."""
+        """`exit` without --no-cleanup: take our connections and secrets out, and the block
+        policies OVSDB no longer asks for (those it does stay: fail closed)."""
         try:
             if not self.charon.connected:
                 self.charon.connect()
@@ -328,7 +329,12 @@ class Daemon:
         except (CharonError, CharonUnreachable) as exc:
             vlog.warn(f"cleanup incomplete: {exc}")
         try:
-            removed = self.guard.remove_all()
+            removed, kept = self.guard.remove_all_but_wanted()
             vlog.info(f"cleanup: removed {removed} protection policies")
+            if kept:
+                vlog.info(
+                    f"cleanup: kept {kept} protection policies of ports that carry IPsec "
+                    "options and of ipsec_skb_mark (remove those to switch IPsec off)"
+                )
         except XfrmError as exc:
             vlog.warn(f"cleanup of protection policies incomplete: {exc}")

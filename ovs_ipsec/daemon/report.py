@@ -27,6 +27,7 @@ from ovs_ipsec.core.causes import Cause
 from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.desired import Planner
 from ovs_ipsec.core.failures import FailureCounts
+from ovs_ipsec.core.log_text import printable
 from ovs_ipsec.core.model import Config
 from ovs_ipsec.core.status import (
     Protection,
@@ -143,7 +144,7 @@ class Report:
                 continue  # gone
             state, reason, cause = now
             log = vlog.dbg if cause in (Cause.CHARON, Cause.CONFIG, Cause.CAPABILITY) else vlog.info
-            log(f"{name}: {state.value}" + (f": {reason}" if reason else ""))
+            log(f"{printable(name)}: {state.value}" + (f": {reason}" if reason else ""))
 
     def log_invalid_changes(self) -> None:
         """Warn once per new reason, naming the interface and the key."""
@@ -152,21 +153,25 @@ class Report:
         current.update({f"other_config:{e.key}": e.reason for e in config.global_config.errors})
         for name, reason in current.items():
             if self._reported_invalid.get(name) != reason:
-                vlog.warn(f"{name}: invalid IPsec configuration: {reason}")
+                vlog.warn(f"{printable(name)}: invalid IPsec configuration: {reason}")
         self._reported_invalid = current
         caveats = self.planner.caveats
         if caveats != self._reported_caveats:
             for name, warning in caveats.items():
                 if self._reported_caveats.get(name) != warning:
-                    vlog.warn(f"{name}: {warning}")
+                    vlog.warn(f"{printable(name)}: {warning}")
             self._reported_caveats = dict(caveats)
 
     def log_warnings(self) -> None:
-        """The credentials' warnings (files unreadable, a key that does not match), once."""
-        if self.planner.warnings != self._reported_warnings:
-            for warning in self.planner.warnings:
+        """The credentials' warnings (files unreadable, a key that does not match) and the
+        global keys' (an ipsec_skb_mark mask of 0), once."""
+        warnings = self.planner.warnings + tuple(
+            f"{w.key}: {w.reason}" for w in self.planner.config.global_config.warnings
+        )
+        if warnings != self._reported_warnings:
+            for warning in warnings:
                 vlog.warn(f"other_config: {warning}")
-            self._reported_warnings = self.planner.warnings
+            self._reported_warnings = warnings
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and logs."""

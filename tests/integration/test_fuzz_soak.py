@@ -77,8 +77,11 @@ BAD_IPS = (
     "10.88.1.1/24",
     "",
     "::ffff:1.2.3.4.5",
+    "::ffff:224.0.0.5",  # IPv4-mapped multicast: OVS sends to it, we refuse (and block) it
+    "10.88.1.1%eth0",
 )
-BAD_PORTS = ("0", "65536", "-1", "x", "٣٣", "99999999999", "", "0x12b5", "1e3", "+80", "4789x")
+BAD_PORTS = ("0", "65536", "-1", "x", "٣٣", "99999999999", "", "0x12b5", "1e3", "+80", "4789x",
+             "004790", "70000", " 4790 x")  # fmt: skip
 BAD_TYPES = ("stt", "bareudp", "internal", "", "GRE", "gre\u00e9", "patch", "vxlan ")
 BAD_MARKS = ("0x10/0x1", "banana", "", "0x1ffffffff", "-1", "٣", "0x10/", "/0x10", "10/0x10/1",
              "0x10/0x10/", "𝟏𝟔")  # fmt: skip
@@ -122,6 +125,9 @@ def valid_case(rng: random.Random, slot: int) -> Case:
     kind = rng.choice(("gre", "geneve", "vxlan"))
     family = rng.choice((4, 6))
     remote = slot_address(slot, family, rng)
+    canonical = str(ipaddress.ip_address(remote))
+    if family == 4 and rng.random() < 0.2:
+        remote = f"::ffff:{remote}"  # IPv4-mapped: what OVS sends is IPv4, so is the connection
     psk = rstr(rng, 12, 64)
     options = {"remote_ip": remote, "psk": psk}
     if kind != "gre" and rng.random() < 0.5:
@@ -130,7 +136,6 @@ def valid_case(rng: random.Random, slot: int) -> Case:
         options["local_ip"] = "10.77.0.1" if family == 4 else "fd77::1"
     for _ in range(rng.choice((0, 0, 1, 3))):
         options[free_key(rng)] = rstr(rng, 0, 200)
-    canonical = str(ipaddress.ip_address(remote))
     return Case(kind, options, "valid", conn=f"ovs-{canonical}", psks=[psk])
 
 
@@ -156,7 +161,8 @@ def invalid_case(rng: random.Random, slot: int) -> Case:
             kind = rng.choice(BAD_TYPES)
             keys.add("type")
         elif breaker == "auth":
-            how = rng.choice(("empty", "huge", "mix", "name", "cert", "cert-abs", "name-empty"))
+            how = rng.choice(("empty", "huge", "mix", "name", "cert", "cert-abs", "name-empty",
+                              "name-wild", "name-ctrl"))  # fmt: skip
             if how == "empty":
                 options["psk"] = ""
                 keys.add("psk")
@@ -170,7 +176,8 @@ def invalid_case(rng: random.Random, slot: int) -> Case:
                 del options["psk"]
                 key = "remote_name" if how.startswith("name") else "remote_cert"
                 options[key] = {"name": "peer", "cert": "peer.pem", "cert-abs": "/etc/peer.pem",
-                                "name-empty": " "}[how]  # fmt: skip
+                                "name-empty": " ", "name-wild": rng.choice(("*", "*.example")),
+                                "name-ctrl": "peer\x01"}[how]  # fmt: skip
                 keys.add(key)
         elif breaker == "huge":
             key = free_key(rng)

@@ -8,16 +8,22 @@ strategy can produce, so finding one in any output is a leak, not a coincidence.
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
 import json
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
+import ovs.json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ovs_ipsec.core import render
+from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY, plan_protection
 from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.log_text import NAME_LIMIT, printable, redact_secrets
 from ovs_ipsec.core.model import InterfaceRow, Invalid, InvalidTunnel, Secret, Snapshot
 from ovs_ipsec.core.parse import is_ipsec_port, parse_config
 from ovs_ipsec.core.reconcile import Applied, LoadKey, diff, record
@@ -36,6 +42,8 @@ addresses = st.one_of(
     good_addresses,
     good_addresses,
     st.ip_addresses().map(str),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),  # IPv4-mapped: OVS sends IPv4
+    st.ip_addresses(v=6).map(lambda a: f"{a}%{a.packed[0] % 3}"),  # scoped
     st.sampled_from(
         [
             "",
@@ -49,6 +57,14 @@ addresses = st.one_of(
             "1.2.3.4/24",
             "fe80::1%eth0",
             "::ffff:192.0.2.1",
+            "::ffff:224.0.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:c000:202",
+            "0:0:0:0:0:ffff:192.0.2.2",
+            "::192.0.2.2",
+            "192.0.2.2%eth0",
+            "fe80::1%1",
+            "fe80::1%",
             " 192.0.2.2 ",
             "host.example",
             "\x00",
@@ -59,6 +75,14 @@ addresses = st.one_of(
 ports = st.one_of(
     st.integers(-5, 70000).map(str),
     st.sampled_from(["", " ", " 4789", "6081 ", "0x10", "1e3", "+1", "²", "٨٠", "４７８９", "-0"]),
+    # What OVS's atoi reads as a port though we refuse it: suffixes, signs, leading zeros,
+    # white space, wrap-around past 65535, saturation.
+    st.tuples(
+        st.sampled_from(["", " ", "\t", "+", "-", "0", "00", " +0"]),
+        st.integers(0, 2**20),
+        st.sampled_from(["", "x", " ", ".5", "\n", "e2"]),
+    ).map(lambda t: f"{t[0]}{t[1]}{t[2]}"),
+    st.sampled_from(["99999999999999999999999", "-99999999999999999999999", "4294967296"]),
 )
 marks = st.one_of(
     st.tuples(st.integers(0, 2**33), st.integers(0, 2**33)).map(lambda t: f"{t[0]}/{t[1]}"),
@@ -79,9 +103,13 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     "remote_ip": addresses,
     "local_ip": addresses,
     "dst_port": ports,
-    "psk": st.one_of(psks, st.just("")),
+    # Plain text (tests, tools) or a Secret, as the OVSDB adapter hands it over.
+    "psk": st.one_of(psks, psks.map(Secret), st.just("")),
     "remote_cert": st.one_of(paths, junk),
-    "remote_name": st.one_of(st.sampled_from(["peer", "host1", ""]), junk),
+    "remote_name": st.one_of(
+        st.sampled_from(["peer", "host1", "", "*", "*.example", "peer*", "a\nb", "x\x00", "\x85"]),
+        junk,
+    ),
     "ipsec_skb_mark": marks,
     "ipsec_forceencaps": junk,
     "key": junk,
@@ -97,7 +125,7 @@ TUNNEL_KEYS = [
     "key",
 ]
 SUPPORTED_TYPES = ["gre", "geneve", "vxlan"]
-TYPES = ["stt", "ip6gre", "erspan", "bareudp", "gtpu", "", "internal"]
+TYPES = ["stt", "ip6gre", "erspan", "ip6erspan", "bareudp", "gtpu", "lisp", "", "internal"]
 types = st.one_of(
     st.sampled_from(SUPPORTED_TYPES),
     st.sampled_from(SUPPORTED_TYPES),
@@ -321,3 +349,129 @@ def test_secret_never_shows_its_value(value: str) -> None:
     assert secret.reveal() == value
     assert secret == Secret(value)
     assert secret != Secret(value + "x")
+
+
+@given(secret_values, st.sampled_from(["psk", "PSK"]), st.integers(0, 3))
+def test_a_psk_is_redacted_in_every_form_a_log_line_shows_it(
+    value: str, key: str, cut: int
+) -> None:
+    """Whatever the value (quotes, backslashes, newlines, unicode), the ovs library's JSON of
+    an OVSDB update, a Python repr of options and `psk=...` lose it to redact_secrets, also
+    when the message is cut inside the value."""
+    texts = [
+        "received notification, params="
+        + ovs.json.to_string(["x", {"Interface": {"u": {"new": {"options": [
+            "map", [["local_ip", "1.2.3.4"], [key, value], ["remote_ip", "10.0.0.2"]]]}}}}]),
+        repr({key: value, "remote_ip": "10.0.0.2"}),
+        f"options:{key}={value.split()[0] if value.split() else value}",
+    ]  # fmt: skip
+    for text in texts:
+        # A message cut anywhere after the key's value has begun.
+        start = text.index(PSK_MARK)
+        for end in (len(text), start + len(PSK_MARK) + cut):
+            assert PSK_MARK not in redact_secrets(text[:end]), text[:end]
+
+
+# -- what OVS sends, computed by the C library itself -------------------------------------------
+
+_LIBC = ctypes.CDLL(None)
+_LIBC.atoi.argtypes = [ctypes.c_char_p]
+_LIBC.atoi.restype = ctypes.c_int
+# lib/netdev-vport.c: each type's protocol and default port (0: none) in the kernel datapath.
+_OVS_TYPES = {"gre": (47, 0), "ip6gre": (47, 0), "erspan": (47, 0), "ip6erspan": (47, 0),
+              "geneve": (17, 6081), "vxlan": (17, 4789), "lisp": (17, 4341), "gtpu": (17, 2152),
+              "bareudp": (17, 0), "stt": (6, 7471)}  # fmt: skip
+
+
+def ovs_destination(row: InterfaceRow) -> tuple[str | None, int, int | None] | None:
+    """(address or None for `flow`, protocol, port or None) that OVS sends this port's packets
+    to, as OVS decides it: inet_pton (glibc) for remote_ip, unmapped when IPv4-mapped, multicast
+    refused before that; `htons(atoi(dst_port))` (glibc's atoi), the default for 0. None when
+    OVS creates no tunnel."""
+    if row.type not in _OVS_TYPES:
+        return None
+    proto, default = _OVS_TYPES[row.type]
+    text = row.options.get("remote_ip")
+    if text is None or "\0" in text:
+        return None
+    address: str | None
+    if text == "flow":
+        address = None
+    else:
+        try:
+            if ":" in text:
+                packed = socket.inet_pton(socket.AF_INET6, text)
+                if packed[0] == 0xFF or packed == bytes(16):
+                    return None  # multicast refused; unset
+                mapped = packed[:12] == bytes(10) + b"\xff\xff"
+                ip = ipaddress.ip_address(packed[12:] if mapped else packed)
+            else:
+                ip = ipaddress.ip_address(socket.inet_pton(socket.AF_INET, text))
+                if ip.is_multicast:
+                    return None
+        except OSError:
+            return None
+        if ip.is_unspecified:
+            return None  # sent to this host, not off it: nothing to protect
+        address = f"{ip}/{32 if ip.version == 4 else 128}"
+    port: int | None = None
+    if proto != 47:
+        raw = row.options.get("dst_port")
+        port = default
+        if raw is not None and "\0" not in raw:
+            port = (_LIBC.atoi(raw.encode()) & 0xFFFF) or default
+        port = port or None
+    return address, proto, port
+
+
+@FUZZ
+@given(snapshots())
+def test_names_and_keys_reach_no_reason_raw(snapshot: Snapshot) -> None:
+    """Names and option keys with control characters (a newline forges a log line) and any
+    length: every invalid reason and every name as logged is one line of bounded length."""
+    config = parse_config(snapshot)
+    for name, invalid in config.invalid.items():
+        for text in (printable(name), invalid.reason, *(e.describe("x") for e in invalid.errors)):
+            assert not any(ch in text for ch in "\n\r\x00\x1b\x85\u2028"), text
+        assert len(printable(name)) <= 4 * (NAME_LIMIT + 3)
+
+
+@FUZZ
+@given(snapshots())
+def test_every_packet_ovs_sends_for_an_ipsec_port_meets_a_block(snapshot: Snapshot) -> None:
+    """Whatever the options (IPv4-mapped and scoped addresses, ports OVS reads with atoi, types
+    IPsec lacks), for a port with IPsec options and no ipsec_fail_open, the destination OVS
+    computes is blocked both ways (issue 15, items 2 and 6), valid tunnel or not."""
+    config = parse_config(snapshot)
+    if config.global_config.fail_open:
+        return
+    blocks = {
+        (spec.direction, spec.src, spec.dst, spec.proto, spec.dport)
+        for spec in plan_protection(config)
+        if spec.priority == FAIL_CLOSED_PRIORITY
+    }
+    for row in snapshot.interfaces:
+        destination = ovs_destination(row) if is_ipsec_port(row.options) else None
+        if destination is None:
+            continue
+        address, proto, port = destination
+        # remote_ip=flow: every address, both families
+        remotes = ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"] if address is None else [address]
+        for remote in remotes:
+            halves = ("::/1", "8000::/1") if ":" in remote else ("0.0.0.0/1", "128.0.0.0/1")
+            for half in halves:
+                assert ("out", half, remote, proto, port) in blocks, (row, destination)
+                assert ("in", remote, half, proto, port) in blocks, (row, destination)
+
+
+@FUZZ
+@given(snapshots())
+def test_no_wildcard_or_control_character_reaches_a_remote_identity(snapshot: Snapshot) -> None:
+    """charon matches `*` in an FQDN identity as a wildcard: no valid tunnel, and no connection
+    planned, has one (issue 15, item 9)."""
+    config = parse_config(snapshot)
+    for tunnel in config.tunnels.values():
+        name = tunnel.remote_name or ""
+        assert "*" not in name and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name)
+    for conn in plan(config).conns.values():
+        assert "*" not in conn.remote_id

@@ -785,13 +785,45 @@ def test_the_loop_sleeps_while_ovsdb_is_not_read_yet() -> None:
 # -- cleanup -----------------------------------------------------------------------------------
 
 
-def test_cleanup_takes_out_our_connections_secrets_and_blocks() -> None:
+def test_cleanup_takes_out_our_connections_and_secrets_but_keeps_wanted_blocks() -> None:
+    """`exit` (what `ovs-ctl stop-ovs-ipsec` sends) unloads ours from charon; the blocks of
+    ports that still carry IPsec options stay, so that their traffic does not leave in clear
+    while the daemon is away (issue 15, item 12). A deleted port's lingering blocks go."""
     world = converged()
+    world.ovsdb.delete_row("uuid-2")
+    world.settle()
+    lingering = blocks_of(_converged_scratch(), PEERS[2])
+    assert lingering <= world.xfrm.policies  # kept for the linger
     world.charon.conns["someone-elses"] = {}
     world.daemon.cleanup()
     assert world.charon.conns == {"someone-elses": {}}
     assert world.charon.shared == {}
+    assert world.xfrm.policies == wanted(world)
+    assert blocks_of(world, PEERS[0]) and blocks_of(world, PEERS[0]) <= world.xfrm.policies
+    assert not lingering & world.xfrm.policies
+
+
+def test_cleanup_keeps_skb_mark_blocks_and_puts_missing_blocks_in() -> None:
+    world = converged()
+    world.ovsdb.set_other_config(ipsec_skb_mark="0/1")
+    world.settle()
+    marked = {p for p in wanted(world) if p.priority == SKB_MARK_PRIORITY}
+    assert marked
+    world.xfrm.policies.clear()  # flushed behind our back just before the exit
+    world.daemon.cleanup()
+    assert world.xfrm.policies == wanted(world) and marked <= world.xfrm.policies
+
+
+def test_cleanup_with_fail_open_and_no_mark_removes_every_block() -> None:
+    world = converged()
+    world.ovsdb.set_other_config(ipsec_fail_open="true")
+    world.settle()
+    world.daemon.cleanup()
     assert world.xfrm.policies == set()
+
+
+def _converged_scratch() -> World:
+    return converged()
 
 
 def test_an_sa_an_event_announced_is_listed_again_until_seen_then_given_up() -> None:

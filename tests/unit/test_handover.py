@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from specs import applied_after, conn, make_desired, shared
 
-from ovs_ipsec.core import naming, vici_wire
-from ovs_ipsec.core.connections import AuthClass, ConnSpec, Desired, KeySpec, SharedSpec
+from ovs_ipsec.core import naming
+from ovs_ipsec.core.connections import ConnSpec, Desired, KeySpec, SharedSpec
 from ovs_ipsec.core.handover import (
     PREVIOUS_SECRET,
     Handover,
@@ -42,41 +43,6 @@ KEY = bytes(range(32))
 PEERS = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1"]
 
 
-def conn(peer: str, variant: int = 0) -> ConnSpec:
-    body = {"version": "2", "remote_addrs": [peer], "children": {f"ovs-t{variant}": {}}}
-    return ConnSpec(
-        name=naming.conn_name(peer),
-        remote_ip=peer,
-        tunnels=(f"t{variant}",),
-        wire=vici_wire.encode_message(body),
-        auth=AuthClass.PSK,
-        local_id="",
-        remote_id=peer,
-        children=((),),
-    )
-
-
-def shared(peer: str, psk: str) -> SharedSpec:
-    return SharedSpec(naming.shared_id(peer), Secret(psk), (peer,), naming.conn_name(peer))
-
-
-def desired_of(*specs: ConnSpec | SharedSpec | KeySpec) -> Desired:
-    return Desired(
-        conns={s.name: s for s in specs if isinstance(s, ConnSpec)},
-        shared={s.id: s for s in specs if isinstance(s, SharedSpec)},
-        keys={s.digest: s for s in specs if isinstance(s, KeySpec)},
-    )
-
-
-def held(desired: Desired) -> Applied:
-    """What charon holds (and a daemon believes) once `desired` was loaded."""
-    return Applied(
-        conns={name: spec.wire for name, spec in desired.conns.items()},
-        shared={i: spec.secret for i, spec in desired.shared.items()},
-        keys={digest: f"kid-{digest}" for digest in desired.keys},
-    )
-
-
 def restart(
     before: Applied, now: Desired, *, version: str = VERSION, since: str = SINCE
 ) -> tuple[Applied, str]:
@@ -89,18 +55,18 @@ def restart(
     return listed, why
 
 
-A = desired_of(conn(PEERS[0]), shared(PEERS[0], "Zq-a"), conn(PEERS[1]), shared(PEERS[1], "Zq-b"),
+A = make_desired(conn(PEERS[0]), shared(PEERS[0], "Zq-a"), conn(PEERS[1]), shared(PEERS[1], "Zq-b"),
                KeySpec("sha256:k1", Secret("Zq-private-key")))  # fmt: skip
 
 
 def test_nothing_changed_means_nothing_to_do() -> None:
-    applied, why = restart(held(A), A)
+    applied, why = restart(applied_after(A), A)
     assert why == ""
     assert diff(A, applied) == []
 
 
 def test_another_charon_start_time_means_everything_is_loaded() -> None:
-    applied, why = restart(held(A), A, since="Dec 07 10:03:12 2026")
+    applied, why = restart(applied_after(A), A, since="Dec 07 10:03:12 2026")
     assert "charon restarted" in why
     actions = diff(A, applied)
     assert {a.spec.name for a in actions if isinstance(a, LoadConn)} == set(A.conns)
@@ -109,13 +75,13 @@ def test_another_charon_start_time_means_everything_is_loaded() -> None:
 
 
 def test_another_charon_version_means_everything_is_loaded() -> None:
-    applied, why = restart(held(A), A, version="charon-systemd 6.0.1")
+    applied, why = restart(applied_after(A), A, version="charon-systemd 6.0.1")
     assert "6.0.1" in why
     assert len([a for a in diff(A, applied) if isinstance(a, LoadConn)]) == len(A.conns)
 
 
 def test_charon_start_time_one_second_off_is_the_same_charon() -> None:
-    applied, why = restart(held(A), A, since="Dec 07 10:00:01 2026")
+    applied, why = restart(applied_after(A), A, since="Dec 07 10:00:01 2026")
     assert why == ""
     assert diff(A, applied) == []
     assert not charon_restarted(SINCE, "Dec 07 10:00:01 2026")
@@ -123,9 +89,9 @@ def test_charon_start_time_one_second_off_is_the_same_charon() -> None:
 
 
 def test_a_psk_changed_meanwhile_is_loaded_and_its_ike_sas_closed() -> None:
-    now = desired_of(*A.conns.values(), A.shared[naming.shared_id(PEERS[0])],
+    now = make_desired(*A.conns.values(), A.shared[naming.shared_id(PEERS[0])],
                      shared(PEERS[1], "Zq-b-new"), *A.keys.values())  # fmt: skip
-    applied, _ = restart(held(A), now)
+    applied, _ = restart(applied_after(A), now)
     assert diff(now, applied) == [
         LoadShared(now.shared[naming.shared_id(PEERS[1])]),
         TerminateIke(naming.conn_name(PEERS[1])),
@@ -133,14 +99,14 @@ def test_a_psk_changed_meanwhile_is_loaded_and_its_ike_sas_closed() -> None:
 
 
 def test_a_connection_changed_meanwhile_is_loaded_alone() -> None:
-    now = desired_of(conn(PEERS[0]), conn(PEERS[1], variant=1), *A.shared.values(),
+    now = make_desired(conn(PEERS[0]), conn(PEERS[1], variant=1), *A.shared.values(),
                      *A.keys.values())  # fmt: skip
-    applied, _ = restart(held(A), now)
+    applied, _ = restart(applied_after(A), now)
     assert diff(now, applied) == [LoadConn(now.conns[naming.conn_name(PEERS[1])])]
 
 
 def test_what_charon_lost_meanwhile_is_loaded_again() -> None:
-    handover = handover_of(held(A), VERSION, SINCE, KEY)
+    handover = handover_of(applied_after(A), VERSION, SINCE, KEY)
     applied, _ = believed(handover, VERSION, SINCE, A)
     gone = naming.conn_name(PEERS[0])
     listed = adopt(frozenset(A.conns) - {gone}, frozenset(A.shared), applied,
@@ -149,7 +115,7 @@ def test_what_charon_lost_meanwhile_is_loaded_again() -> None:
 
 
 def test_only_what_the_previous_daemon_loaded_is_vouched_for() -> None:
-    before = held(A)
+    before = applied_after(A)
     unknown = naming.conn_name(PEERS[1])
     before.conns[unknown] = None  # listed by charon, never loaded by that daemon
     handover = handover_of(before, VERSION, SINCE, KEY)
@@ -169,9 +135,9 @@ def test_a_different_secret_is_never_equal_to_any_secret() -> None:
 
 def test_the_record_never_holds_a_secret_in_clear() -> None:
     psk, private_key = "Zq-sup3r-s3cret-psk", "-----BEGIN PRIVATE KEY-----Zq-key"
-    desired = desired_of(conn(PEERS[0]), shared(PEERS[0], psk),
+    desired = make_desired(conn(PEERS[0]), shared(PEERS[0], psk),
                          KeySpec("sha256:k1", Secret(private_key)))  # fmt: skip
-    data = encode(handover_of(held(desired), VERSION, SINCE, KEY))
+    data = encode(handover_of(applied_after(desired), VERSION, SINCE, KEY))
     for value in (psk, private_key):
         for form in (
             value.encode(),
@@ -183,14 +149,14 @@ def test_the_record_never_holds_a_secret_in_clear() -> None:
 
 
 def test_the_same_secret_has_another_digest_under_another_key() -> None:
-    one = handover_of(held(A), VERSION, SINCE, KEY)
-    other = handover_of(held(A), VERSION, SINCE, bytes(32))
+    one = handover_of(applied_after(A), VERSION, SINCE, KEY)
+    other = handover_of(applied_after(A), VERSION, SINCE, bytes(32))
     assert set(one.shared.values()).isdisjoint(other.shared.values())
     assert one.conns == other.conns
 
 
 def test_a_record_reads_back_whole() -> None:
-    handover = handover_of(held(A), VERSION, SINCE, KEY)
+    handover = handover_of(applied_after(A), VERSION, SINCE, KEY)
     assert decode(encode(handover)) == Handover(
         VERSION, SINCE, KEY, dict(handover.conns), dict(handover.shared), dict(handover.keys)
     )
@@ -198,7 +164,7 @@ def test_a_record_reads_back_whole() -> None:
 
 def _resealed(change: Any) -> bytes:
     """A record whose body was edited and its checksum made to match again."""
-    _, _, body = encode(handover_of(held(A), VERSION, SINCE, KEY)).partition(b"\n")
+    _, _, body = encode(handover_of(applied_after(A), VERSION, SINCE, KEY)).partition(b"\n")
     record = json.loads(body)
     change(record)
     return encode_raw(json.dumps(record).encode())
@@ -213,8 +179,8 @@ def encode_raw(body: bytes) -> bytes:
     [
         b"",
         b"garbage",
-        encode(handover_of(held(A), VERSION, SINCE, KEY))[:-40],  # truncated
-        encode(handover_of(held(A), VERSION, SINCE, KEY)).replace(b'"conns"', b'"cnons"'),
+        encode(handover_of(applied_after(A), VERSION, SINCE, KEY))[:-40],  # truncated
+        encode(handover_of(applied_after(A), VERSION, SINCE, KEY)).replace(b'"conns"', b'"cnons"'),
         encode_raw(b"not json"),
         encode_raw(b"[1, 2]"),
         _resealed(lambda r: r.update(format=2)),
@@ -242,7 +208,7 @@ def desired_states(draw: st.DrawFn) -> Desired:
             specs.append(shared(peer, draw(st.sampled_from(["Zq-a", "Zq-b"]))))
     for digest in draw(st.lists(st.sampled_from(["d1", "d2"]), unique=True)):
         specs.append(KeySpec(digest, Secret(f"Zq-key-{digest}")))
-    return desired_of(*specs)
+    return make_desired(*specs)
 
 
 @given(
@@ -258,8 +224,8 @@ def test_after_a_hand_over_one_diff_makes_charon_hold_exactly_what_is_wanted(
     """charon held `before`; the previous daemon knew the content of all but `forgotten`;
     charon lost `lost` while no daemon ran (or was another charon). One diff on the believed
     state brings charon to `now` exactly, and loads nothing charon already held as wanted."""
-    charon = held(before)
-    believed_before = held(before)
+    charon = applied_after(before)
+    believed_before = applied_after(before)
     for peer in forgotten:
         if naming.conn_name(peer) in believed_before.conns:
             believed_before.conns[naming.conn_name(peer)] = None

@@ -22,7 +22,8 @@ from ovs_ipsec.adapters import heap, proc
 from ovs_ipsec.adapters.files import MAX_FILE_SIZE, read_files, take_private, write_private
 from ovs_ipsec.adapters.stop_signal import StopSignal
 from ovs_ipsec.adapters.vici_socket import open_vici
-from ovs_ipsec.errors import CharonUnreachable, CommandError
+from ovs_ipsec.adapters.xfrm.adapter import Xfrm
+from ovs_ipsec.errors import CharonUnreachable, CommandError, XfrmError
 
 
 def test_read_files_gives_bytes_or_why_not(tmp_path: Path) -> None:
@@ -80,6 +81,40 @@ def test_run_failure_carries_its_facts_but_never_its_input() -> None:
     assert unchecked.returncode == 3
 
 
+# What `ip xfrm state` prints: the SA's keys.
+KEY_HEX = "0x6b8e3f9a0c1d2e3f4a5b6c7d8e9f0a1b"
+STATE_TEXT = (
+    "src 10.0.0.1 dst 10.0.0.2\n\tproto esp spi 0x1 reqid 1 mode transport\n"
+    f"\tenc cbc(aes) {KEY_HEX}\n"
+)
+
+
+def test_a_failed_program_s_output_never_reaches_its_error(tmp_path: Path) -> None:
+    """Only stderr, escaped and cut; stdout (keys, for `ip xfrm state`) stays out."""
+    script = tmp_path / "fails.py"
+    script.write_text(
+        f"import sys\nprint({STATE_TEXT!r})\n"
+        "print('line1\\nline2' + 'x' * 5000, file=sys.stderr)\nsys.exit(1)\n"
+    )
+    with pytest.raises(CommandError) as error:
+        proc.run([sys.executable, str(script)], timeout=10)
+    assert KEY_HEX not in str(error.value) and KEY_HEX not in error.value.stdout
+    assert error.value.stderr.startswith("line1\\x0aline2xxx")
+    assert len(error.value.stderr) <= 4 * proc.STDERR_LIMIT + 3  # each character escaped at most
+
+
+def test_ip_xfrm_state_failing_silently_never_shows_its_keys(tmp_path: Path) -> None:
+    """`ip xfrm state` that prints its SAs and fails with nothing on stderr: the error (which
+    xfrm/state replies to ovs-appctl) says so without the keys."""
+    ip = tmp_path / "ip"
+    ip.write_text(f"#!/bin/sh\nprintf '%s' '{STATE_TEXT}'\nexit 2\n")
+    ip.chmod(0o755)
+    with pytest.raises(XfrmError) as error:
+        Xfrm(timeout=10, ip=str(ip)).states_text()
+    assert KEY_HEX not in str(error.value)
+    assert str(error.value) == "ip xfrm state list: exit code 2"
+
+
 def test_run_kills_a_program_that_outlives_its_timeout() -> None:
     started = time.monotonic()
     with pytest.raises(CommandError, match="timed out after 0.3 s") as error:
@@ -92,6 +127,19 @@ def test_run_of_a_missing_program_is_a_command_error(tmp_path: Path) -> None:
     with pytest.raises(CommandError) as error:
         proc.run([str(tmp_path / "no-such-program")], timeout=5)
     assert error.value.returncode is None
+
+
+def test_core_dumps_are_off_after_start_up() -> None:
+    """In a fresh process (this kernel's prctl and rlimits): not dumpable, no core size."""
+    code = (
+        "import resource\n"
+        "from ovs_ipsec.adapters.core_dumps import disable_core_dumps, dumpable\n"
+        "before = dumpable()\n"
+        "assert disable_core_dumps() == []\n"
+        "print(before, dumpable(), *resource.getrlimit(resource.RLIMIT_CORE))\n"
+    )
+    result = proc.run([sys.executable, "-c", code], timeout=30)
+    assert result.stdout.split() == ["1", "0", "0", "0"]
 
 
 def test_heap_trim_runs_on_this_libc() -> None:

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from ovs_ipsec.core.block_policies import plan_protection, protect_tunnel
 from ovs_ipsec.core.connections import plan
 from ovs_ipsec.core.desired import Planner
-from ovs_ipsec.core.model import InterfaceRow, SkbMark, Snapshot
+from ovs_ipsec.core.model import InterfaceRow, Secret, SkbMark, Snapshot
 from ovs_ipsec.core.parse import parse_config, parse_skb_mark, parse_tunnel
+from ovs_ipsec.tools import pki_builders
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
@@ -177,3 +178,56 @@ def test_only_ports_deleted_from_ovsdb_report_their_policies_as_deleted() -> Non
     planner.update({"u3": g2}, None, NOW)
     delta = planner.update({"u3": None, "u4": g2}, None, NOW)
     assert not delta.policies_removed and not delta.policies_of_deleted
+
+
+def _reachable_texts(root: object) -> list[str | bytes]:
+    """Every str and bytes reachable from `root` through containers, dataclasses and object
+    attributes; a Secret is not looked into (it is where a secret may be)."""
+    found: list[str | bytes] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or isinstance(item, Secret):
+            continue
+        seen.add(id(item))
+        if isinstance(item, (str, bytes)):
+            found.append(item)
+        elif isinstance(item, Mapping):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack += list(item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack += [getattr(item, f.name) for f in dataclasses.fields(item)]
+        elif hasattr(item, "__dict__") and not callable(item):
+            stack += list(vars(item).values())
+    return found
+
+
+def test_the_planner_keeps_digests_of_files_not_the_private_key_s_bytes() -> None:
+    """Change detection needs a digest only; the private key stays as a Secret alone (charon
+    gets it again from memory after a restart), and a PSK is a Secret in the rows too."""
+    ours, peer = pki_builders.make_self_signed("h1"), pki_builders.make_self_signed("h9")
+    files = {"/c.pem": ours.cert_pem, "/k.pem": ours.key_pem, "/p.pem": peer.cert_pem}
+    planner = Planner(lambda paths: {path: files[path] for path in paths})
+    rows = {
+        1: InterfaceRow("c0", "gre", {"remote_ip": "10.0.0.2", "remote_cert": "/p.pem"}),
+        2: InterfaceRow("p0", "gre", {"remote_ip": "10.0.0.3", "psk": Secret("Zq9-planner")}),
+    }
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)  # the certificates were made now
+    planner.update(rows, {"certificate": "/c.pem", "private_key": "/k.pem"}, now)
+    assert planner.credentials.local is not None
+    assert "c0" in planner.tunnels and "p0" in planner.tunnels
+    body = [line for line in ours.key_pem.splitlines() if len(line) >= 16 and b"-----" not in line]
+    texts = _reachable_texts(planner)
+    leaks = [
+        t for t in texts for line in body if line in (t if isinstance(t, bytes) else t.encode())
+    ]
+    assert leaks == []
+    assert not [t for t in texts if "Zq9-planner" in str(t)]
+    # A file that changes is still noticed.
+    before = dict(planner.file_digests)
+    files["/c.pem"] = pki_builders.make_self_signed("h1").cert_pem
+    planner.update({}, None, now, reread_files=True)
+    assert planner.file_digests["/c.pem"] != before["/c.pem"]
+    assert planner.file_digests["/k.pem"] == before["/k.pem"]

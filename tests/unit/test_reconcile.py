@@ -14,10 +14,11 @@ import pytest
 import vici.protocol
 from hypothesis import given
 from hypothesis import strategies as st
+from specs import applied_after, conn, make_desired, shared
 
 from ovs_ipsec.adapters.charon import Charon
 from ovs_ipsec.core import naming, vici_wire
-from ovs_ipsec.core.connections import AuthClass, ConnSpec, Desired, KeySpec, SharedSpec
+from ovs_ipsec.core.connections import ConnSpec, Desired, KeySpec, SharedSpec
 from ovs_ipsec.core.model import Secret
 from ovs_ipsec.core.reconcile import (
     Applied,
@@ -35,46 +36,6 @@ from ovs_ipsec.core.reconcile import (
 )
 
 PEERS = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1", "2001:db8::2"]
-
-
-def conn(remote_ip: str, variant: int = 0) -> ConnSpec:
-    body = {"version": "2", "remote_addrs": [remote_ip], "children": {f"ovs-t{variant}": {}}}
-    return ConnSpec(
-        name=naming.conn_name(remote_ip),
-        remote_ip=remote_ip,
-        tunnels=(f"t{variant}",),
-        wire=vici_wire.encode_message(body),
-        auth=AuthClass.PSK,
-        local_id="",
-        remote_id=remote_ip,
-        children=((),),
-    )
-
-
-def shared(remote_ip: str, psk: str = "Zq-psk") -> SharedSpec:
-    return SharedSpec(
-        id=naming.shared_id(remote_ip),
-        secret=Secret(psk),
-        owners=(remote_ip,),
-        conn=naming.conn_name(remote_ip),
-    )
-
-
-def make_desired(*specs: ConnSpec | SharedSpec | KeySpec) -> Desired:
-    return Desired(
-        conns={s.name: s for s in specs if isinstance(s, ConnSpec)},
-        shared={s.id: s for s in specs if isinstance(s, SharedSpec)},
-        keys={s.digest: s for s in specs if isinstance(s, KeySpec)},
-    )
-
-
-def applied_after(desired: Desired) -> Applied:
-    """What charon holds once `desired` is fully applied."""
-    return Applied(
-        conns={name: spec.wire for name, spec in desired.conns.items()},
-        shared={secret_id: spec.secret for secret_id, spec in desired.shared.items()},
-        keys={digest: f"kid-{digest}" for digest in desired.keys},
-    )
 
 
 def apply(applied: Applied, actions: list[Any]) -> None:

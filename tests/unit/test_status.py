@@ -684,3 +684,30 @@ def test_dispatch_feeds_the_tracker_and_the_sa_table_from_one_parse() -> None:
     foreign = {"up": "yes", "office-vpn": ike_sa(9)}
     assert dispatch("ike-updown", foreign, tracker, sas) == (sas, {}, ())
     assert dispatch("no-such-event", {}, tracker, sas) == (sas, {}, ())
+
+
+def test_a_peer_s_identity_is_escaped_and_cut_in_the_reason() -> None:
+    """A peer chooses its identity before it is authenticated, and every reason is logged:
+    control characters are escaped and a huge identity is cut (issue 15, item 18)."""
+    chosen = "h3\x1b[2J" + "x" * 5000
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("h3", chosen)
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        return value
+
+    tracker = Tracker()
+    for name, body in RECORDED["wrongname"]["h1"]:
+        uid = body.get("ikesa-uniqueid") or next(
+            (sa.get("uniqueid") for sa in body.values() if isinstance(sa, dict)), None
+        )
+        if uid == "1":
+            feed(tracker, name, swap(body))
+    failure = tracker.outcomes()[H1_CONN].failure
+    assert failure is not None and failure.cause is Cause.AUTHENTICATION
+    assert "presented identity 'h3\\x1b[2Jxxx" in failure.reason
+    assert "\x1b" not in failure.reason and "x" * 300 not in failure.reason

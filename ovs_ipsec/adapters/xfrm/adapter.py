@@ -5,13 +5,14 @@
 `ip` runs through `proc.run` (bounded by `timeout`), for status commands and when netlink fails;
 everything acts in the network namespace the process runs in. `Xfrm` is the thin I/O shell.
 
-May import: errors, proc, block_policies, xfrm.iproute2, xfrm.netlink, stdlib.
+May import: errors, proc, log_text, block_policies, xfrm.iproute2, xfrm.netlink, stdlib.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,13 +48,25 @@ class PolicyFailure:
         return f"{self.operation.kind} {self.operation.spec.describe()}: {self.error}"
 
 
+# An error names this many failed changes and counts the rest by error: the kernel refusing
+# thousands of policies (EPERM without CAP_NET_ADMIN) would otherwise make one log line, and
+# one control reply, of hundreds of kilobytes at every retry.
+SHOWN_FAILURES = 3
+
+
 class XfrmApplyError(XfrmError):
-    """Some policy changes failed; every other change was still made."""
+    """Some policy changes failed; every other change was still made. `failures` holds them
+    all; the message names the first few and counts the rest."""
 
     def __init__(self, failures: Sequence[PolicyFailure], attempted: int) -> None:
         self.failures = tuple(failures)
         self.attempted = attempted
-        listed = "; ".join(f.describe() for f in self.failures)
+        listed = "; ".join(f.describe() for f in self.failures[:SHOWN_FAILURES])
+        rest = len(self.failures) - SHOWN_FAILURES
+        if rest > 0:
+            by_error = Counter(f.error for f in self.failures).most_common()
+            counted = ", ".join(f"{n} {error}" for error, n in by_error)
+            listed += f"; and {rest} more (in all: {counted})"
         super().__init__(
             f"{len(self.failures)} of {attempted} XFRM policy changes failed: {listed}"
         )
@@ -112,7 +125,8 @@ class Xfrm:
     # -- changing ---------------------------------------------------------------------------
 
     def apply(self, add: Iterable[PolicySpec] = (), remove: Iterable[PolicySpec] = ()) -> None:
-        """Install `add` (create or replace by key), then delete `remove`, over netlink.
+        """Install `add` (create, or replace one of ours with the same key), then delete `remove`
+        (only ours), over netlink (`xfrm_netlink.send_policy_ops`).
 
         All additions go before any removal, and a removal with the same kernel key as an
         addition is dropped (the update replaced it). A removal whose policy is already gone
@@ -132,7 +146,7 @@ class Xfrm:
         except OSError as exc:
             raise XfrmError(f"netlink: {exc.strerror or exc}") from exc
         failures = [
-            PolicyFailure(op, os.strerror(error))
+            PolicyFailure(op, _describe_error(error))
             for op, error in zip(ops, errors, strict=True)
             if error and not (op.kind == "remove" and error == errno.ENOENT)
         ]
@@ -167,6 +181,15 @@ class Xfrm:
             raise XfrmError(f"ip {' '.join(args)}: {exc.stderr or exc}") from exc
 
 
+def _describe_error(error: int) -> str:
+    if error == xfrm_netlink.FOREIGN_POLICY:
+        return "a policy that is not ours holds this key (selector, direction, mark); left alone"
+    return os.strerror(error)
+
+
 def _error_text(result: proc.Result) -> str:
-    text = result.stderr.strip() or result.stdout.strip()
+    # stderr only: stdout is what was asked for, and `ip xfrm state` prints every SA's keys.
+    from ovs_ipsec.adapters.proc import error_text
+
+    text = error_text(result.stderr)
     return f"exit code {result.returncode}: {text}" if text else f"exit code {result.returncode}"

@@ -10,74 +10,17 @@ iproute2 facts this relies on (6.1, checked on kernel 6.18):
   /etc/protocols (number when unnamed).
 * The kernel stores a policy mark as `value & mask`.
 
-May import: addresses, block_policies, stdlib.
+May import: addresses, block_policies, observed, stdlib.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from ovs_ipsec.core.addresses import is_canonical_ipv4_host, parse_prefix
 from ovs_ipsec.core.block_policies import PROTOCOL_NUMBERS, PolicySpec, is_owned
-
-
-@dataclass(frozen=True)
-class ObservedPolicy:
-    """One policy as `ip xfrm policy list` shows it, foreign ones included.
-
-    `selector_extra`/`extra` hold whatever the parser does not model (ICMP type, GRE key, device,
-    if_id, security context, unknown lines); a policy with any of it cannot be a PolicySpec.
-    """
-
-    direction: str  # in, out, fwd
-    family: int
-    src: str  # canonical `addr/len`; host bits kept if the kernel has them
-    dst: str
-    proto: int | None
-    sport: int | None
-    dport: int | None
-    action: str  # allow, block
-    priority: int
-    ptype: str  # main, sub
-    socket: bool  # a per-socket policy (`socket in|out` line)
-    mark: int
-    mask: int
-    index: int | None  # printed by `ip -s` only
-    templates: tuple[str, ...]
-    selector_extra: tuple[str, ...]
-    extra: tuple[str, ...]
-    text: str
-
-    def to_spec(self) -> PolicySpec | None:
-        """This policy as a PolicySpec, or None if it has anything a PolicySpec cannot express."""
-        if (
-            self.socket
-            or self.templates
-            or self.selector_extra
-            or self.extra
-            or self.ptype != "main"
-            or self.direction not in ("in", "out")
-            or self.proto is None
-        ):
-            return None
-        try:
-            return PolicySpec(
-                direction=self.direction,
-                family=self.family,
-                src=self.src,
-                dst=self.dst,
-                proto=self.proto,
-                sport=self.sport,
-                dport=self.dport,
-                mark=self.mark,
-                mask=self.mask,
-                priority=self.priority,
-                action=self.action,
-            )
-        except ValueError:
-            return None  # for example host bits set in a prefix
+from ovs_ipsec.core.observed import ObservedPolicy, ObservedState
 
 
 def parse_policies(text: str) -> list[ObservedPolicy]:
@@ -259,20 +202,6 @@ def redact_states(text: str) -> str:
     return _KEY_LINE.sub(r"\1<redacted>", text)
 
 
-@dataclass(frozen=True)
-class ObservedState:
-    """One SA as `ip xfrm state` shows it (keys already redacted); `text` is its whole block."""
-
-    src: str | None
-    dst: str | None
-    proto: str | None
-    spi: str | None
-    reqid: int | None
-    mode: str | None
-    selector: str | None
-    text: str
-
-
 _STATE_HEAD = re.compile(r"^src (?P<src>\S+) dst (?P<dst>\S+)")
 _STATE_IDS = re.compile(
     r"proto (?P<proto>\S+) spi (?P<spi>0x[0-9a-fA-F]+)(?: reqid (?P<reqid>\d+))?"
@@ -319,6 +248,6 @@ def owned_specs(policies: Iterable[ObservedPolicy]) -> frozenset[PolicySpec]:
     for policy in policies:
         if is_owned(policy):
             spec = policy.to_spec()
-            if spec is not None:
+            if spec is not None and is_owned(spec):
                 owned.add(spec)
     return frozenset(owned)

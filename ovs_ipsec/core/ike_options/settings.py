@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 # Interoperable with upstream ovs-monitor-ipsec's strongSwan defaults
-# (ike=aes256gcm16-sha256-modp2048, esp=aes256gcm16-modp2048). plan.py builds bodies from
+# (ike=aes256gcm16-sha256-modp2048, esp=aes256gcm16-modp2048). connections.py builds bodies from
 # `default_proposals()`; a unit test checks plan's constants are these.
 IKE_PROPOSALS: tuple[str, ...] = ("aes256gcm16-prfsha256-modp2048",)
 ESP_PROPOSALS: tuple[str, ...] = ("aes256gcm16-modp2048",)
