@@ -26,7 +26,7 @@ from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
-from ovs_ipsec.adapters.sdnotify import notify
+from ovs_ipsec.adapters.sdnotify import Watchdog, notify, watchdog_interval
 from ovs_ipsec.adapters.stop_signal import StopSignal
 from ovs_ipsec.adapters.xfrm.adapter import Xfrm
 from ovs_ipsec.core.ovs_dirs import OvsDirs, effective_dirs
@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-address",
         metavar="[HOST]:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; HOST "
+        "defaults to 127.0.0.1: 0.0.0.0 or [::] serve every address, without authentication)",
     )
     parser.add_argument("--no-restart-ike-daemon", action="store_true", help=argparse.SUPPRESS)
     for flag in (
@@ -208,12 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     ovs.daemon.daemonize_start()
     receive_whole_utf8_characters()
     charon = Charon(path, settings.command_timeout)
+    events = Events(path, settings.command_timeout)
     daemon = Daemon(
         settings,
         Ovsdb(settings.database),
         charon,
         Xfrm(timeout=settings.command_timeout),
-        events=Events(path, settings.command_timeout),
+        events=events,
     )
     # Beside the pidfile: the run directory, root's alone (core/handover.py).
     handover_path = None if pidfile is None else f"{os.path.splitext(pidfile)[0]}.handover"
@@ -233,21 +235,32 @@ def main(argv: list[str] | None = None) -> None:
                 parse_address,
             )  # only with metrics
 
-            metrics = HttpServer(parse_address(args.metrics_address), metrics_handler(daemon))
+            metrics = HttpServer(
+                parse_address(args.metrics_address),
+                metrics_handler(daemon),
+                log_error=vlog.exception,
+            )
         except (OSError, ValueError) as exc:
             vlog.err(f"--metrics-address={args.metrics_address}: {exc}")
             sys.exit(1)
         vlog.info(f"serving metrics on {args.metrics_address} (/metrics)")
 
+    interval = watchdog_interval()
+    watchdog = None if interval is None else Watchdog(interval)
+
     def serve_while_waiting() -> None:
-        # A hung charon must not make the control socket (or a scrape) hang with it.
+        # A hung charon must not make the control socket (or a scrape) hang with it. Each
+        # wait is bounded (--command-timeout): the loop is alive, systemd's watchdog is told.
         control.run()
         if metrics is not None:
             metrics.run()
+        if watchdog is not None:
+            watchdog.run()
 
     charon.on_wait = serve_while_waiting
+    events.on_wait = serve_while_waiting  # registering can wait on charon too (issue 15 item 20)
     vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
-    run_loop(daemon, control, metrics, StopSignal(), handover_path)
+    run_loop(daemon, control, metrics, StopSignal(), handover_path, watchdog)
 
 
 def log_file_path(log_file: str | None) -> str | None:
@@ -279,6 +292,19 @@ def metrics_handler(daemon: Daemon) -> Handler:
     return handle
 
 
+def reload(daemon: Daemon) -> None:
+    """SIGHUP (`systemctl reload`, logrotate): reopen the log file, then re-read the certificate
+    files and charon as `refresh` does."""
+    try:
+        ovs.vlog.Vlog.reopen_log_file()
+    except OSError as exc:
+        vlog.warn(f"SIGHUP: cannot reopen the log file: {exc}; re-reading the certificate "
+                  "files and charon")  # fmt: skip
+    else:
+        vlog.info("SIGHUP: log file reopened; re-reading the certificate files and charon")
+    daemon.request_refresh()
+
+
 def take_over(daemon: Daemon, path: str) -> None:
     """The record the previous daemon left at its clean exit, if any (read once: deleted)."""
     record = take_private(path)
@@ -304,6 +330,7 @@ def run_loop(
     metrics: HttpServer | None = None,
     stop: StopSignal | None = None,
     handover_path: str | None = None,
+    watchdog: Watchdog | None = None,
 ) -> None:
     started = time.monotonic()
     completed = False
@@ -333,6 +360,10 @@ def run_loop(
                 completed = True
             if stop is not None:
                 stop.run()
+                if stop.take_hangup():
+                    reload(daemon)
+            if watchdog is not None:
+                watchdog.run()
             if daemon.exiting or (stop is not None and stop.received):
                 break
             poller = ovs.poller.Poller()
@@ -341,6 +372,8 @@ def run_loop(
             control.wait(poller)
             if metrics is not None:
                 metrics.wait(poller)
+            if watchdog is not None:
+                watchdog.wait(poller)
             daemon.wait(poller)
             poller.block()
     except Exception:

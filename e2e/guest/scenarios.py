@@ -459,6 +459,11 @@ def s1_psk(ctx: Ctx) -> None:
                 ctx.record(f"psk {ttype} ipv{family}", "SKIP", 0, GRE6_SKIP)
                 continue
             check_tunnel(ctx, a, b, t, f"psk {ttype} ipv{family}")
+    # remote_ip in its IPv4-mapped IPv6 spelling: OVS unmaps it and sends IPv4, so the daemon
+    # must protect the IPv4 peer (issue 15, item 2).
+    t = Tunnel("map4", "gre", 4, 18, options=(("psk", PSK),))
+    mapped = ({"remote_ip": f"::ffff:{b.ip(4)}"}, {"remote_ip": f"::ffff:{a.ip(4)}"})
+    check_tunnel(ctx, a, b, t, "psk gre ipv4-mapped remote_ip", side_options=mapped)
     # What IPsec cannot protect must not leak: ip6gre with a psk is refused by the daemon, and
     # its traffic must not leave in clear.
     t = Tunnel("i6g", "ip6gre", 6, 19, options=(("psk", PSK),))

@@ -123,35 +123,42 @@ class Charon:
         charon handles the requests of one session in order and answers in order, so the
         outcome is that of calling them one by one: one reply or refusal per request, in the
         requests' order. Only the round trips overlap (charon works on one while we encode the
-        next). `CharonUnreachable` if the session fails; what charon did before it is found by
-        listing it again."""
+        next). A request VICI cannot carry (too large, not UTF-8) is refused here, unsent:
+        charon would drop the session for it. `CharonUnreachable` if the session fails; what
+        charon did before it is found by listing it again."""
         if not requests:
             return []
         stream = self._require(requests[0][0])
         self._busy = True
-        outcomes: list[dict[str, Any] | CharonError] = []
-        in_flight: deque[str] = deque()
+        outcomes: list[dict[str, Any] | CharonError | None] = [None] * len(requests)
+        in_flight: deque[tuple[int, str]] = deque()
 
         def take_reply() -> None:
-            command = in_flight[0]
-            outcomes.append(_reply(command, vici_wire.decode_packet(stream.receive())))
+            index, command = in_flight[0]
+            outcomes[index] = _reply(command, vici_wire.decode_packet(stream.receive()))
             in_flight.popleft()
 
         try:
-            for command, message in requests:
-                stream.send(vici_wire.request_packet(command, message))
-                in_flight.append(command)
+            for index, (command, message) in enumerate(requests):
+                try:
+                    packet = vici_wire.request_packet(command, message)
+                except vici_wire.Unsendable as exc:
+                    # charon would drop the whole session for it: refused here, unsent.
+                    outcomes[index] = CharonError(command, f"not sent: {exc}")
+                    continue
+                stream.send(packet)
+                in_flight.append((index, command))
                 if len(in_flight) >= PIPELINE_WINDOW:
                     take_reply()
             while in_flight:
                 take_reply()
         except (OSError, ValueError) as exc:
             self.close()
-            raise CharonUnreachable(in_flight[0] if in_flight else requests[0][0],
+            raise CharonUnreachable(in_flight[0][1] if in_flight else requests[0][0],
                                     str(exc) or type(exc).__name__) from exc  # fmt: skip
         finally:
             self._busy = False
-        return outcomes
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def _require(self, command: str) -> ViciStream:
         # on_wait runs other handlers while a call is outstanding; one of them calling charon

@@ -9,6 +9,7 @@ May import: stdlib.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -18,19 +19,48 @@ MAX_PRIVATE_SIZE = 64 << 20
 
 
 def read_files(paths: Iterable[str]) -> dict[str, bytes | str]:
+    """Each path's bytes, or why they could not be read. Only regular files are read: a FIFO
+    would block the loop for ever on open or read, a device (`/dev/ptmx`, `/dev/zero`) never
+    ends or acts on being opened, so neither is opened, and what is opened never blocks."""
     contents: dict[str, bytes | str] = {}
     for path in paths:
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_FILE_SIZE + 1)
+            contents[path] = _read_regular(path)
         except OSError as exc:
             contents[path] = f"cannot read {path}: {exc.strerror or exc}"
-            continue
-        if len(data) > MAX_FILE_SIZE:
-            contents[path] = f"{path} is larger than {MAX_FILE_SIZE} bytes"
-        else:
-            contents[path] = data
     return contents
+
+
+def _read_regular(path: str) -> bytes | str:
+    # stat first so that a device is never opened; fstat after the open, for a path replaced in
+    # between.
+    if why := _not_regular(path, os.stat(path).st_mode):
+        return why
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if why := _not_regular(path, os.fstat(fd).st_mode):
+            return why
+        data = handle.read(MAX_FILE_SIZE + 1)
+    if len(data) > MAX_FILE_SIZE:
+        return f"{path} is larger than {MAX_FILE_SIZE} bytes"
+    return data
+
+
+_FILE_TYPES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(path: str, mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    kind = next((name for test, name in _FILE_TYPES if test(mode)), "not a file")
+    return f"{path} is not a regular file ({kind})"
 
 
 def write_private(path: str, data: bytes) -> None:

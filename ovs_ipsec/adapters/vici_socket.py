@@ -49,6 +49,7 @@ class ViciStream:
         self.timeout = timeout
         self.on_wait = on_wait
         self._buffer = bytearray()
+        self._start = 0  # where the next frame in _buffer begins (the rest is taken)
         sock.setblocking(False)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
@@ -60,6 +61,7 @@ class ViciStream:
         with contextlib.suppress(OSError):
             self.socket.close()
         self._buffer.clear()
+        self._start = 0
 
     def send(self, packet: bytes) -> None:
         """Write one framed packet, waiting (bounded) while the socket is full."""
@@ -79,7 +81,7 @@ class ViciStream:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         while True:
-            packet = vici_wire.next_packet(self._buffer)
+            packet = self.next_packet()
             if packet is not None:
                 return packet
             try:
@@ -108,10 +110,15 @@ class ViciStream:
 
     def next_packet(self) -> bytes | None:
         """A packet already read, if a whole one is there (never waits)."""
-        return vici_wire.next_packet(self._buffer)
+        packet, self._start = vici_wire.packet_at(self._buffer, self._start)
+        if packet is None or self._start == len(self._buffer):
+            # Drop what was taken once per batch, not once per packet.
+            del self._buffer[: self._start]
+            self._start = 0
+        return packet
 
     def packet_buffered(self) -> bool:
-        return vici_wire.packet_buffered(self._buffer)
+        return vici_wire.packet_buffered(self._buffer, self._start)
 
     def _wait(self, deadline: float, events: int) -> None:
         remaining = deadline - time.monotonic()

@@ -5,22 +5,26 @@ through charon), so they hold while charon or the daemon is down:
 
 * **fail-closed**, per IPsec tunnel (valid or invalid, as long as its remote address is known):
   OUT `any -> remote/host` and IN `remote/host -> any` for the tunnel's protocol (GRE, or UDP to
-  its destination port), no mark (so they match every skb mark). Whenever charon's per-peer trap
-  or IPsec policy exists it wins and the traffic is encrypted; whenever it does not, the packet is
-  dropped instead of leaving (or being accepted) in clear. `other_config:ipsec_fail_open=true`
-  turns these off: plaintext then flows while no charon policy exists (upstream's behaviour).
+  its destination port; for a port of a type IPsec lacks, the protocol and port OVS sends it
+  with; `remote_ip=flow`: to and from every address), no mark (so they match every skb mark).
+  Whenever charon's per-peer trap or IPsec policy exists it wins and the traffic is encrypted;
+  whenever it does not, the packet is dropped instead of leaving (or being accepted) in clear.
+  `other_config:ipsec_fail_open=true` turns these off: plaintext then flows while no charon
+  policy exists (upstream's behaviour).
 * **ipsec_skb_mark**: OUT and IN, IPv4 and IPv6, `0/0 <-> 0/0`, GRE and UDP to every tunnel
   destination port, carrying `mark VALUE mask MASK`.
 
-Ownership lives in the kernel object: a block policy at one of our reserved priorities is ours
-(`is_owned`). See the comment above `FAIL_CLOSED_PRIORITY` for why these numbers.
+Ownership lives in the kernel object: a block policy at one of our reserved priorities, of a
+shape these plans make, is ours (`is_owned`); the netlink adapter creates a policy only where its
+key is free and replaces or deletes only ours. See the comment above `FAIL_CLOSED_PRIORITY` for
+why these numbers.
 
 Here: one policy (`PolicySpec`) and which ones are ours (`is_owned`); the policies a config wants
 and why (`explain_protection`, each reason a typed `PolicyReason`; `protect_*`); what to add and
 remove to get them (`policies_to_add_and_remove`, `policies_to_add_and_remove_for_change`).
 Address text is parsed in `addresses`.
 
-About 400 lines, in one file because a policy's shape, its priority (the long comment below is
+About 470 lines, in one file because a policy's shape, its priority (the long comment below is
 why these numbers are safe next to charon's) and the reasons it is wanted are read together.
 
 May import: addresses, model, stdlib.
@@ -40,7 +44,10 @@ from ovs_ipsec.core.addresses import canonical_prefix
 from ovs_ipsec.core.model import (
     DEFAULT_DST_PORT,
     IPPROTO_GRE,
+    IPPROTO_TCP,
     IPPROTO_UDP,
+    OVS_TUNNEL_WIRE,
+    REMOTE_FLOW,
     Config,
     InvalidTunnel,
     SkbMark,
@@ -85,6 +92,7 @@ _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 # and the two would overwrite each other. charon never uses /1, so the halves never collide.
 _ANY_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 _HOST_BITS = {4: 32, 6: 128}
+_BLOCKED_PROTOCOLS = frozenset({IPPROTO_GRE, IPPROTO_UDP, IPPROTO_TCP})
 # Protocol names as iproute2 prints and reads them (/etc/protocols); others are numbers.
 PROTOCOL_NUMBERS: Mapping[str, int] = MappingProxyType(
     {
@@ -242,12 +250,27 @@ SKB_MARK_REASON = PolicyReason(Purpose.SKB_MARK)
 
 
 def is_owned(policy: Any) -> bool:
-    """True for a policy (PolicySpec or observed) the daemon created: a block at our priority.
+    """True for a policy (PolicySpec or observed) the daemon created: a block at our priority,
+    and, for a PolicySpec, of a shape the daemon makes (a fail-closed block: no mark, a /1 on
+    the local side; an skb-mark block: `0/0 -> 0/0`), with a protocol it blocks.
 
     charon never produces these priorities (see FAIL_CLOSED_PRIORITY), and operators are told
     not to use them; any other policy is foreign and is never returned by observe nor removed.
     """
-    return policy.action == BLOCK and policy.priority in OWNED_PRIORITIES
+    if policy.action != BLOCK or policy.priority not in OWNED_PRIORITIES:
+        return False
+    return not isinstance(policy, PolicySpec) or _has_our_shape(policy)
+
+
+def _has_our_shape(spec: PolicySpec) -> bool:
+    # Earlier versions' shapes count too (a `0/0` local side, inbound skb-mark blocks), so
+    # that an upgraded daemon still removes what its predecessor left.
+    if spec.sport is not None or spec.proto not in _BLOCKED_PROTOCOLS:
+        return False
+    if spec.priority == SKB_MARK_PRIORITY:
+        return spec.src == spec.dst == _ANY[spec.family]
+    local = spec.src if spec.direction == "out" else spec.dst
+    return not spec.mask and (local in _ANY_HALVES[spec.family] or local == _ANY[spec.family])
 
 
 def explain_protection(config: Config) -> dict[PolicySpec, tuple[PolicyReason, ...]]:
@@ -272,7 +295,12 @@ def explain_protection(config: Config) -> dict[PolicySpec, tuple[PolicyReason, .
     if gc.skb_mark is not None:
         ports = set(config.tunnel_ports)
         ports.update(t.dst_port for t in config.tunnels.values() if t.dst_port is not None)
-        ports.update(i.dst_port for i in config.invalid.values() if i.dst_port is not None)
+        ports.update(
+            i.dst_port
+            for i in config.invalid.values()
+            if i.dst_port is not None
+            and OVS_TUNNEL_WIRE.get(i.row_type, (IPPROTO_UDP,))[0] == IPPROTO_UDP
+        )
         want(protect_skb_mark(gc.skb_mark, ports), SKB_MARK_REASON)
     return {spec: tuple(why) for spec, why in reasons.items()}
 
@@ -283,17 +311,26 @@ def protect_tunnel(tunnel: Tunnel) -> tuple[PolicySpec, ...]:
 
 
 def protect_invalid(invalid: InvalidTunnel) -> tuple[PolicySpec, ...]:
-    """Fail-closed blocks for an invalid tunnel, as far as its traffic is known."""
+    """Fail-closed blocks for an invalid tunnel, as far as its traffic is known: the protocol
+    and port OVS sends it with (`parse.dst_port_of`), for every type OVS creates, IPsec's or not.
+    `remote_ip=flow` (OVS sends wherever a flow says) is blocked to every address."""
     if not invalid.remote_ip:
         return ()  # nothing is known to block
-    if invalid.type is None:
-        # Unknown type: cover everything it could be (fail closed).
+    wire = OVS_TUNNEL_WIRE.get(invalid.row_type or (invalid.type or ""))
+    targets: tuple[tuple[int, int | None], ...]
+    if invalid.type is not None:
+        targets = (_udp_or_gre(invalid.type, invalid.dst_port),)
+    elif wire is not None:
+        proto = wire[0]
+        targets = ((proto, None if proto == IPPROTO_GRE else invalid.dst_port),)
+    else:
+        # A type OVS does not know: cover everything it could be (fail closed).
         ports = set(_ALWAYS_UDP_PORTS)
         if invalid.dst_port is not None:
             ports.add(invalid.dst_port)
         targets = ((IPPROTO_GRE, None),) + tuple((IPPROTO_UDP, p) for p in sorted(ports))
-    else:
-        targets = (_udp_or_gre(invalid.type, invalid.dst_port),)
+    if invalid.remote_ip == REMOTE_FLOW:
+        return tuple(_fail_closed_anywhere(targets))
     return tuple(_fail_closed(invalid.remote_ip, targets))
 
 
@@ -406,13 +443,31 @@ def _fail_closed(remote_ip: str, targets: Iterable[tuple[int, int | None]]) -> l
     if host is None:
         return []
     family, remote = host
+    return _blocks(family, ((half, remote) for half in _ANY_HALVES[family]), targets)
+
+
+def _fail_closed_anywhere(targets: Iterable[tuple[int, int | None]]) -> list[PolicySpec]:
+    """Blocks to and from every address, both families: halves on both sides, so that no key
+    is a `0/0` one (a VICI drop shunt's or an skb-mark block's) nor a charon trap's."""
+    specs = []
+    for family, halves in _ANY_HALVES.items():
+        pairs = [(local, remote) for local in halves for remote in halves]
+        specs += _blocks(family, pairs, tuple(targets))
+    return specs
+
+
+def _blocks(
+    family: int, pairs: Iterable[tuple[str, str]], targets: Iterable[tuple[int, int | None]]
+) -> list[PolicySpec]:
+    """OUT `local -> remote` and IN `remote -> local` blocks of each (local, remote) pair."""
+    pairs, targets = tuple(pairs), tuple(targets)
     specs = []
     for proto, dport in targets:
         if dport is not None and not _valid_port(dport):
             continue
         for direction in DIRECTIONS:
-            for half in _ANY_HALVES[family]:
-                src, dst = (half, remote) if direction == "out" else (remote, half)
+            for local, remote in pairs:
+                src, dst = (local, remote) if direction == "out" else (remote, local)
                 specs.append(
                     PolicySpec(
                         direction=direction,

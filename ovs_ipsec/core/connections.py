@@ -218,11 +218,14 @@ def plan_conn(
     if first.name in settings:
         # The same for every member (split_conflicts); explicit options win over defaults.
         body.update(settings[first.name].conn_vici())
+    name = naming.conn_name(remote_ip)
+    wire = vici_wire.encode_message(body)  # TooLarge for a value VICI cannot carry
+    vici_wire.check_request("load-conn", vici_wire.section_size(name, wire))
     return ConnSpec(
-        name=naming.conn_name(remote_ip),
+        name=name,
         remote_ip=remote_ip,
         tunnels=tuple(t.name for t in members),
-        wire=vici_wire.encode_message(body),
+        wire=wire,
         auth=auth,
         local_id=local_id,
         remote_id=remote_id,

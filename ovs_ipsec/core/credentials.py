@@ -4,7 +4,7 @@ The daemon reads the files named in OVSDB (certificate, private_key, ca_cert, ea
 remote_cert) and hands their bytes here, or the reason they could not be read. Nothing here
 touches the filesystem, so a content change at the same path is just different input.
 
-May import: model, pki, stdlib.
+May import: model, pki, vici_wire, stdlib.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ovs_ipsec.core.model import Config, Invalid
+from ovs_ipsec.core.vici_wire import MAX_VALUE
 
 if TYPE_CHECKING:
     # At run time pki (and with it `cryptography`, about 14 MiB of memory) is imported only
@@ -84,6 +85,8 @@ def resolve(
             infos, error = pki.parse_certs(content, key="ca_cert")
             if error:
                 ca_errors.append(error)
+            elif too_large := next(filter(None, (_too_large("ca_cert", i) for i in infos)), None):
+                ca_errors.append(too_large)
             else:
                 cas, errors, ca_warnings = pki.check_ca_certs(infos, now, warn_days=warn_days)
                 ca_errors.extend(errors)
@@ -154,6 +157,8 @@ def _resolve_host_cert(
         return None, error
     if len(infos) != 1:
         return None, Invalid(key, f"holds {len(infos)} certificates; expected exactly one")
+    if too_large := _too_large(key, infos[0]):
+        return None, too_large
     errors, cert_warnings = pki.check_host_cert(infos[0], now, key=key, warn_days=warn_days)
     warnings.extend(f"{key}: {w}" for w in cert_warnings)
     if errors:
@@ -161,3 +166,12 @@ def _resolve_host_cert(
             key, "; ".join(e.reason for e in errors)
         )
     return infos[0], None
+
+
+def _too_large(key: str, info: pki.CertInfo) -> Invalid | None:
+    """A certificate charon cannot be given: VICI carries it as one value (a PEM of 80 KiB, a
+    certificate with a thousand SANs say, used to stop the daemon at every start)."""
+    if len(info.pem) <= MAX_VALUE:
+        return None
+    return Invalid(key, f"a certificate of {len(info.pem)} bytes as PEM; charon takes at most "
+                        f"{MAX_VALUE} in one VICI value")  # fmt: skip

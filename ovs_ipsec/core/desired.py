@@ -7,14 +7,24 @@ policies, and reports exactly those names for the reconciler to diff. A change t
 (certificates, ipsec_skb_mark, fail-open) re-evaluates every IPsec port. Work per change is thus
 proportional to what changed, not to the number of tunnels.
 
+One tunnel's trouble stays its own: input VICI cannot carry (vici_wire.Unsendable) makes the
+tunnels of that peer invalid with the reason, and any other exception while planning a tunnel,
+a peer or the credentials makes what it was about invalid ("internal error"), fail closed, and
+is handed to the daemon in `Delta.internal_errors` to log with its traceback. A bug met by one
+odd row must not stop the daemon, and with it every tunnel's protection, at every restart.
+
+One file, over 400 lines: every step reads and updates the same indexes of the Planner (rows,
+tunnels, members, conflicts, policy counts); split, they would be a dozen dicts passed around.
+
 May import: model, parse, naming, credentials, admission, connections, block_policies,
-ike_options.settings, stdlib.
+ike_options.settings, vici_wire, stdlib.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -44,6 +54,7 @@ from ovs_ipsec.core.model import (
     Config,
     GlobalConfig,
     InterfaceRow,
+    Invalid,
     InvalidTunnel,
     RowId,
     Tunnel,
@@ -55,9 +66,11 @@ from ovs_ipsec.core.parse import (
     parse_tunnel,
     row_port,
 )
+from ovs_ipsec.core.vici_wire import Unsendable
 
 PSK = AuthMode.PSK
 ReadFiles = Callable[[Iterable[str]], Mapping[str, FileContent]]
+INTERNAL_ERROR = Invalid("ipsec", "internal error while planning (the daemon's log has details)")
 
 
 @dataclass
@@ -76,6 +89,9 @@ class Delta:
     # IPsec ports whose configuration version moved: appeared, changed or gone (upstream's
     # "Tunnel ... appeared in OVSDB" lines; the planner's `versions` says which).
     versioned: set[str] = field(default_factory=set)
+    # Unexpected exceptions met while planning, each with what it was about (a tunnel, a peer,
+    # the credentials); that part is invalid, and the daemon logs each one's traceback.
+    internal_errors: list[tuple[str, Exception]] = field(default_factory=list)
 
     def merge(self, other: Delta) -> None:
         self.conns |= other.conns
@@ -86,6 +102,7 @@ class Delta:
         self.policies_removed |= other.policies_removed
         self.policies_of_deleted |= other.policies_of_deleted
         self.versioned |= other.versioned
+        self.internal_errors += other.internal_errors
 
     def __bool__(self) -> bool:
         return bool(
@@ -215,15 +232,15 @@ class Planner:
         # A certificate tunnel coming, going or changing may need other files.
         cert_touched = bool(cert_names())
         for name in affected:
-            if self._reparse(name, global_changed=everything):
+            if self._reparse(name, delta, global_changed=everything):
                 delta.versioned.add(name)
         cert_touched = cert_touched or bool(cert_names())
-        if (everything or cert_touched or reread_files) and self._refresh_credentials(now):
+        if (everything or cert_touched or reread_files) and self._refresh_credentials(now, delta):
             affected |= {n for n, t in self.tunnels.items() if t.auth is not PSK}
 
         peers: set[str] = set()
         for name in affected:
-            peers |= self._readmit(name)
+            peers |= self._readmit(name, delta)
         for peer in peers:
             self._replan_peer(peer, delta)
         self._refresh_invalid(affected | {n for p in peers for n in self.members.get(p, ())}, delta)
@@ -256,16 +273,20 @@ class Planner:
             if self.port_counts[port] <= 0:
                 del self.port_counts[port]
 
-    def _reparse(self, name: str, *, global_changed: bool = False) -> bool:
+    def _reparse(self, name: str, delta: Delta, *, global_changed: bool = False) -> bool:
         """Parse the port again; True if its version moved (appeared, changed or gone)."""
         before_valid = self.tunnels.pop(name, None)
         before = self.parse_invalid.pop(name, None) or before_valid
         self.caveats.pop(name, None)
         uuid = self.row_of.get(name)
         row = self.rows.get(uuid) if uuid is not None else None
-        if row is None or not is_ipsec_port(row.options):
-            return self.versions.pop(name, None) is not None
-        parsed = parse_tunnel(row, self.global_config)
+        try:
+            if row is None or not is_ipsec_port(row.options):
+                return self.versions.pop(name, None) is not None
+            parsed = parse_tunnel(row, self.global_config)
+        except Exception as exc:
+            delta.internal_errors.append((name, exc))
+            parsed = _unparsed(name, row)
         moved = parsed != before or global_changed or name not in self.versions
         if moved:
             self.versions[name] = self.versions.get(name, 0) + 1
@@ -277,7 +298,7 @@ class Planner:
             self.parse_invalid[name] = parsed
         return moved
 
-    def _refresh_credentials(self, now: dt.datetime) -> bool:
+    def _refresh_credentials(self, now: dt.datetime, delta: Delta) -> bool:
         """Re-read the certificate files in use; True if the credentials changed."""
         paths = set()
         cert_tunnels = [t for t in self.tunnels.values() if t.auth is not AuthMode.PSK]
@@ -291,14 +312,20 @@ class Planner:
             return False
         self.file_digests = digests
         self._resolved = True
-        credentials = resolve(self.config, contents, now)
+        try:
+            credentials = resolve(self.config, contents, now)
+        except Exception as exc:
+            # Every certificate tunnel is refused for it (admission names local_errors).
+            delta.internal_errors.append(("credentials", exc))
+            failed = dataclasses.replace(INTERNAL_ERROR, key="certificate")
+            credentials = Credentials(local_errors=(failed,), ca_errors=(failed,))
         self.warnings = credentials.warnings
         if credentials == self.credentials:
             return False
         self.credentials = credentials
         return True
 
-    def _readmit(self, name: str) -> set[str]:
+    def _readmit(self, name: str, delta: Delta) -> set[str]:
         """Re-decide whether `name` is loadable; returns the peers whose plan may change."""
         peers = set()
         old_peer = self.peer_of.pop(name, None)
@@ -310,7 +337,11 @@ class Planner:
         tunnel = self.tunnels.get(name)
         if tunnel is None:
             return peers
-        translated, rejected = admit(tunnel, self.credentials, self.use_default_crypto)
+        try:
+            translated, rejected = admit(tunnel, self.credentials, self.use_default_crypto)
+        except Exception as exc:
+            delta.internal_errors.append((name, exc))
+            translated, rejected = None, _refused(tunnel, INTERNAL_ERROR)
         if rejected is not None:
             self.rejected[name] = rejected
             return peers
@@ -337,9 +368,25 @@ class Planner:
                 delta.shared.add(secret_id)
             return
         group = [self.tunnels[n] for n in names]
-        conn, secret, conflicts = plan_peer(
-            peer, group, self.settings, self.credentials, self.use_default_crypto
-        )
+        try:
+            conn, secret, conflicts = plan_peer(
+                peer, group, self.settings, self.credentials, self.use_default_crypto
+            )
+        except Exception as exc:
+            # One connection carries the whole group: none of it can be loaded.
+            if isinstance(exc, Unsendable):
+                why = Invalid("ipsec", f"cannot be given to charon: {exc}")
+            elif isinstance(exc, UnicodeError):  # a name with a lone surrogate (naming.py)
+                why = Invalid("ipsec", "cannot be given to charon: a name is not valid unicode")
+            else:
+                delta.internal_errors.append((f"peer {peer}", exc))
+                why = INTERNAL_ERROR
+            self.conflicts[peer] = {t.name: _refused(t, why) for t in group}
+            if self.conns.pop(conn_name, None) is not None:
+                delta.conns.add(conn_name)
+            if self.shared.pop(secret_id, None) is not None:
+                delta.shared.add(secret_id)
+            return
         if conflicts:
             self.conflicts[peer] = conflicts
         else:
@@ -422,6 +469,23 @@ class Planner:
                 removed.discard(spec)
             self.policy_counts[spec] += 1
         return removed
+
+
+def _refused(tunnel: Tunnel, why: Invalid) -> InvalidTunnel:
+    """`tunnel` invalid for `why`, what is known of its traffic kept (its blocks stay)."""
+    return InvalidTunnel(tunnel.name, (why,), tunnel.type, tunnel.remote_ip, tunnel.dst_port)
+
+
+def _unparsed(name: str, row: InterfaceRow | None) -> InvalidTunnel:
+    """A port whose parsing failed unexpectedly: blocked as an unknown type towards its
+    remote_ip when that reads as an address (fail closed), otherwise nothing is known."""
+    remote_ip: str | None = None
+    try:
+        if row is not None:
+            remote_ip = str(ipaddress.ip_address(row.options.get("remote_ip", "")))
+    except ValueError:
+        pass
+    return InvalidTunnel(name, (INTERNAL_ERROR,), None, remote_ip, None)
 
 
 __all__ = ["Delta", "Planner", "UDP_TUNNEL_PORTS"]

@@ -26,17 +26,41 @@ class TunnelType(enum.StrEnum):
         return self is not TunnelType.GRE
 
 
+IPPROTO_TCP = 6
+IPPROTO_GRE = 47
+IPPROTO_UDP = 17
+# Every tunnel type Open vSwitch creates in the kernel datapath, as its packets leave the host:
+# (IP protocol, destination port when options:dst_port is unset; None: no port or no default).
+# From OVS lib/netdev-vport.c: set_tunnel_config's defaults and netdev_vport_needs_dst_port (the
+# types that read options:dst_port). Fail-closed blocks of a port that carries IPsec options
+# cover this, whether or not IPsec supports its type.
+OVS_TUNNEL_WIRE: Mapping[str, tuple[int, int | None]] = MappingProxyType(
+    {
+        "gre": (IPPROTO_GRE, None),
+        "ip6gre": (IPPROTO_GRE, None),
+        "erspan": (IPPROTO_GRE, None),
+        "ip6erspan": (IPPROTO_GRE, None),
+        "geneve": (IPPROTO_UDP, 6081),
+        "vxlan": (IPPROTO_UDP, 4789),
+        "lisp": (IPPROTO_UDP, 4341),
+        "gtpu": (IPPROTO_UDP, 2152),
+        "bareudp": (IPPROTO_UDP, None),
+        "stt": (IPPROTO_TCP, 7471),
+    }
+)
 # OVS tunnel types whose UDP destination port matters for ipsec_skb_mark, IPsec or not, and the
 # IANA port the kernel's device uses when options:dst_port is unset (None: no default).
 UDP_TUNNEL_PORTS: Mapping[str, int | None] = MappingProxyType(
-    {"geneve": 6081, "vxlan": 4789, "stt": None, "bareudp": None, "gtpu": 2152}
+    {kind: port for kind, (proto, port) in OVS_TUNNEL_WIRE.items() if proto == IPPROTO_UDP}
+)
+# The types that read options:dst_port (netdev_vport_needs_dst_port), STT's TCP port included.
+DST_PORT_TYPES = frozenset(
+    kind for kind, (proto, _) in OVS_TUNNEL_WIRE.items() if proto != IPPROTO_GRE
 )
 # The same ports for the UDP tunnel types IPsec supports (Geneve, VXLAN).
 DEFAULT_DST_PORT: Mapping[TunnelType, int] = MappingProxyType(
     {kind: port for kind in TunnelType if (port := UDP_TUNNEL_PORTS.get(kind)) is not None}
 )
-IPPROTO_GRE = 47
-IPPROTO_UDP = 17
 
 
 class AuthMode(enum.StrEnum):
@@ -147,6 +171,7 @@ class GlobalConfig:
     skb_mark: SkbMark | None = None
     fail_open: bool = False
     errors: tuple[Invalid, ...] = ()
+    warnings: tuple[Invalid, ...] = ()  # valid, but likely not what was meant
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +194,10 @@ class Tunnel:
         return 6 if ":" in self.remote_ip else 4
 
 
+# InvalidTunnel.remote_ip of `remote_ip=flow`: OVS sends to whatever address a flow sets.
+REMOTE_FLOW = "flow"
+
+
 @dataclass(frozen=True, slots=True)
 class InvalidTunnel:
     """A port that asked for IPsec but cannot have it; what is known of its traffic stays known.
@@ -180,8 +209,9 @@ class InvalidTunnel:
     name: str
     errors: tuple[Invalid, ...]
     type: TunnelType | None = None
-    remote_ip: str | None = None
+    remote_ip: str | None = None  # where OVS sends its packets; REMOTE_FLOW: anywhere
     dst_port: int | None = None
+    row_type: str = ""  # the Interface's type as OVSDB holds it (for a type IPsec lacks)
 
     @property
     def reason(self) -> str:

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 
 from ovs_ipsec.core.log_text import quoted
 from ovs_ipsec.core.model import (
+    DST_PORT_TYPES,
+    OVS_TUNNEL_WIRE,
+    REMOTE_FLOW,
     UDP_TUNNEL_PORTS,
     AuthMode,
     Config,
@@ -37,6 +40,11 @@ _FALSE = frozenset({"false", "no", "0", "off"})
 MAX_OPTION_LENGTH = 4096
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]{1,8}")
+# C's atoi: leading white space (isspace in the C locale), a sign, then digits up to the first
+# other character.
+_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]*)")
+# What charon reads as a wildcard in an FQDN identity, and characters no name has.
+_NOT_IN_A_NAME = re.compile(r"[*\x00-\x1f\x7f-\x9f]")
 
 
 def is_ipsec_port(options: Mapping[str, OptionValue]) -> bool:
@@ -78,11 +86,21 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
         paths[key] = value
 
     skb_mark: SkbMark | None = None
+    warnings: list[Invalid] = []
     raw_mark = other_config.get("ipsec_skb_mark")
     if raw_mark is not None:
         skb_mark, mark_error = parse_skb_mark(raw_mark)
         if mark_error:
             errors.append(mark_error)
+        elif skb_mark is not None and skb_mark.mask == 0:
+            warnings.append(
+                Invalid(
+                    "ipsec_skb_mark",
+                    f"mask 0 ({quoted(raw_mark)}) matches every packet: all GRE and tunnel UDP "
+                    "traffic of this host that IPsec does not carry is blocked, plain tunnels' "
+                    "included",
+                )
+            )
 
     fail_open = False
     raw_fail_open = other_config.get("ipsec_fail_open")
@@ -102,6 +120,7 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
         skb_mark=skb_mark,
         fail_open=fail_open,
         errors=tuple(errors),
+        warnings=tuple(warnings),
     )
 
 
@@ -144,11 +163,11 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
     if remote_ip and local_ip and (":" in remote_ip) != (":" in local_ip):
         errors.append(Invalid("local_ip", "address family differs from remote_ip"))
 
-    dst_port: int | None = None
-    if tunnel_type is not None:
-        dst_port, port_error = dst_port_of(row)
-        if port_error is not None:
-            errors.append(port_error)
+    # The port OVS sends to, for every type it has one; a bad value is reported only for the
+    # types IPsec supports (the type's own reason says enough for the others).
+    dst_port, port_error = dst_port_of(row)
+    if port_error is not None and tunnel_type is not None:
+        errors.append(port_error)
 
     auth, psk = _parse_auth(options, global_config, errors)
 
@@ -170,8 +189,9 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
             name=row.name,
             errors=tuple(errors),
             type=tunnel_type,
-            remote_ip=remote_ip,
+            remote_ip=remote_ip if remote_ip is not None else ovs_remote(options),
             dst_port=dst_port,
+            row_type=row.type,
         )
     return Tunnel(
         name=row.name,
@@ -223,6 +243,17 @@ def _parse_auth(
     if mode is AuthMode.SELF_SIGNED and not value.startswith("/"):
         errors.append(Invalid(key, f"must be an absolute path, got {quoted(value)}"))
         return None, None
+    if _NOT_IN_A_NAME.search(options.get("remote_name", "")):
+        # charon matches `fqdn:*` and `fqdn:*.example` as wildcards: any certificate the CA
+        # signed (for such a name) would be accepted as the peer.
+        errors.append(
+            Invalid(
+                "remote_name",
+                f"must be one peer's name, without wildcards ('*') or control characters, got "
+                f"{quoted(options['remote_name'])}",
+            )
+        )
+        return None, None
     missing = [k for k in ("certificate", "private_key") if getattr(global_config, k) is None]
     if mode is AuthMode.CA_SIGNED and global_config.ca_cert is None:
         missing.append("ca_cert")
@@ -248,23 +279,57 @@ def tunnel_ports(interfaces: tuple[InterfaceRow, ...]) -> tuple[int, ...]:
 
 
 def dst_port_of(row: InterfaceRow) -> tuple[int | None, Invalid | None]:
-    """The UDP destination port of one OVSDB tunnel port (IPsec or not): `options:dst_port`, or
-    its type's default; None for a type without one (GRE). The only reader of
-    `options:dst_port`: connections, block policies and the skb-mark ports all take it from here.
-    A value that is not a port number is reported, and the default stands for it."""
-    default = UDP_TUNNEL_PORTS.get(row.type)
+    """The destination port of one OVSDB tunnel port (IPsec or not): `options:dst_port`, or its
+    type's default; None for a type without one (GRE). The only reader of `options:dst_port`:
+    connections, block policies and the skb-mark ports all take it from here.
+
+    A value that is not a port number is reported, and the port stands for it that OVS
+    computes from it (what its packets really go to, so that blocks cover them): OVS reads the
+    option with `htons(atoi(value))` (lib/netdev-vport.c), so `4790x`, `+4790` and `004790` are
+    4790 and `70000` is 4464; 0 (no digits, `65536`) leaves the type's default."""
+    default = OVS_TUNNEL_WIRE.get(row.type, (0, None))[1]
     text = row.options.get("dst_port")
-    if row.type not in UDP_TUNNEL_PORTS or text is None:
+    if row.type not in DST_PORT_TYPES or text is None:
         return default, None
     port = _parse_port(text)
     if port is None:
-        return default, Invalid("dst_port", f"must be a port number 1-65535, got {quoted(text)}")
+        return ovs_port(text) or default, Invalid(
+            "dst_port", f"must be a port number 1-65535, got {quoted(text)}"
+        )
     return port, None
+
+
+def ovs_port(text: str) -> int:
+    """`htons(atoi(text))` as OVS computes it: C's atoi (strtol, saturating at the 64-bit
+    limits), cut to 16 bits; 0 when there are no digits."""
+    match = _ATOI.match(text)
+    assert match is not None  # every part of the pattern may be empty
+    sign, digits = match.groups()
+    number = int(digits) if digits else 0
+    number = max(-(2**63), min(2**63 - 1, -number if sign == "-" else number))
+    return number & 0xFFFF
 
 
 def row_port(row: InterfaceRow) -> int | None:
     """The UDP destination port of one OVSDB tunnel port (IPsec or not), if it has one."""
-    return dst_port_of(row)[0]
+    return dst_port_of(row)[0] if row.type in UDP_TUNNEL_PORTS else None
+
+
+def ovs_remote(options: Mapping[str, str]) -> str | None:
+    """Where OVS sends a tunnel's packets though this daemon rejects its remote_ip (for the
+    fail-closed blocks): REMOTE_FLOW for `flow` (anywhere), the IPv4 address of an IPv4-mapped
+    IPv6 multicast or unspecified one (OVS checks those before unmapping); None when OVS creates
+    no tunnel (no address, a multicast or unspecified one, a scoped one inet_pton refuses)."""
+    text = options.get("remote_ip")
+    if text == "flow":
+        return REMOTE_FLOW
+    try:
+        address = ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return None
 
 
 def parse_bool(text: str) -> bool | None:
@@ -298,6 +363,10 @@ def _parse_ip(
     except ValueError:
         errors.append(Invalid(key, f"is not an IP address: {quoted(text)}"))
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # OVS sends IPv4 to an IPv4-mapped address (tnl_port_send unmaps it): so must charon
+        # and the blocks.
+        address = address.ipv4_mapped
     if address.is_unspecified or address.is_multicast:
         errors.append(Invalid(key, f"must be a unicast address, got {address}"))
         return None

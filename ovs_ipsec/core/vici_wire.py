@@ -40,9 +40,22 @@ _NAMED = frozenset({PacketType.CMD_REQUEST, PacketType.EVENT_REGISTER,
 SECTION_START, SECTION_END, KEY_VALUE, LIST_START, LIST_ITEM, LIST_END = range(1, 7)
 
 HEADER_SIZE = 4
-# charon's own limit for one VICI message is 512 KiB (VICI_MESSAGE_SIZE_MAX); a longer frame is
-# a broken stream, not a big message.
+# charon's own limit for one VICI message is 512 KiB (VICI_MESSAGE_SIZE_MAX, vici_socket.h): a
+# longer frame from charon is a broken stream, not a big message, and charon drops the session
+# of a client that announces a longer one. Each pipelined request is one message.
 MAX_PACKET = 512 * 1024
+MAX_NAME = 0xFF  # a name's length is one byte
+MAX_VALUE = 0xFFFF  # a value's length is two bytes
+
+
+class Unsendable(ValueError):
+    """What VICI cannot carry: text that is not UTF-8 (a lone surrogate, as JSON may hold), or
+    (TooLarge) a name, a value or a whole message over its limit. Said before anything is sent,
+    so it costs one request, never the session."""
+
+
+class TooLarge(Unsendable):
+    pass
 
 
 # -- messages -------------------------------------------------------------------------------
@@ -53,13 +66,26 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
     Connection bodies are kept in this form: a few hundred bytes each instead of four dicts
     and a list."""
     out = bytearray()
-    _encode_section(message, out)
+    _encode_section(message, out, "")
     return bytes(out)
 
 
 def section(name: str, body: bytes) -> bytes:
     """`{name: <the section body already encoded>}`, encoded: a load-conn message."""
     return _named(SECTION_START, name) + body + bytes((SECTION_END,))
+
+
+def section_size(name: str, body: bytes) -> int:
+    """The length of `section(name, body)`, without building it."""
+    return 2 + len(name.encode("utf-8")) + len(body) + 1
+
+
+def check_request(command: str, message_size: int) -> None:
+    """TooLarge if a request of `command` with a message of `message_size` bytes would be
+    longer than charon takes."""
+    size = 2 + len(command.encode("utf-8")) + message_size
+    if size > MAX_PACKET:
+        raise TooLarge(f"a {command} request of {size} bytes; charon takes at most {MAX_PACKET}")
 
 
 def decode_message(data: bytes) -> dict[str, Any]:
@@ -124,6 +150,7 @@ def request_packet(command: str, message: Mapping[str, Any] | bytes | None = Non
     """A CMD_REQUEST; `message` a mapping, or a message already encoded."""
     if isinstance(message, Mapping):
         message = encode_message(message)
+    check_request(command, len(message or b""))
     return _named(PacketType.CMD_REQUEST, command) + (message or b"")
 
 
@@ -155,36 +182,57 @@ def frame(packet: bytes) -> bytes:
 def next_packet(buffer: bytearray) -> bytes | None:
     """Take one complete packet off the front of `buffer` (None: not all there yet).
     ValueError for a frame longer than charon would ever send."""
-    if len(buffer) < HEADER_SIZE:
-        return None
-    length = int.from_bytes(buffer[:HEADER_SIZE], "big")
-    if length > MAX_PACKET:
-        raise ValueError(f"message of {length} bytes announced")
-    end = HEADER_SIZE + length
-    if len(buffer) < end:
-        return None
-    packet = bytes(buffer[HEADER_SIZE:end])
-    del buffer[:end]
+    packet, end = packet_at(buffer, 0)
+    if packet is not None:
+        del buffer[:end]
     return packet
 
 
-def packet_buffered(buffer: bytes | bytearray) -> bool:
-    """Whether `buffer` holds at least one complete frame."""
-    if len(buffer) < HEADER_SIZE:
+def packet_at(buffer: bytes | bytearray, start: int) -> tuple[bytes | None, int]:
+    """The complete packet framed at `start` of `buffer` and where the next frame starts; (None,
+    `start`) when it has not all arrived. A reader that keeps its place this way instead of
+    deleting each packet off the front does not move the rest of a large buffer per packet.
+    ValueError for a frame longer than charon would ever send."""
+    if len(buffer) - start < HEADER_SIZE:
+        return None, start
+    length = int.from_bytes(buffer[start : start + HEADER_SIZE], "big")
+    if length > MAX_PACKET:
+        raise ValueError(f"message of {length} bytes announced")
+    end = start + HEADER_SIZE + length
+    if len(buffer) < end:
+        return None, start
+    return bytes(buffer[start + HEADER_SIZE : end]), end
+
+
+def packet_buffered(buffer: bytes | bytearray, start: int = 0) -> bool:
+    """Whether `buffer` holds at least one complete frame at `start`."""
+    if len(buffer) - start < HEADER_SIZE:
         return False
-    return len(buffer) >= HEADER_SIZE + int.from_bytes(buffer[:HEADER_SIZE], "big")
+    length = int.from_bytes(buffer[start : start + HEADER_SIZE], "big")
+    return len(buffer) - start >= HEADER_SIZE + length
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Unsendable(f"{what} is not valid unicode ({exc.reason})") from None
+
+
 def _named(kind: int, name: str) -> bytes:
-    raw = name.encode("utf-8")
+    raw = _utf8(name, "a name")
+    if len(raw) > MAX_NAME:
+        raise TooLarge(f"a name of {len(raw)} bytes; VICI names hold at most {MAX_NAME}")
     return bytes((kind, len(raw))) + raw
 
 
-def _value(value: Any) -> bytes:
-    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+def _value(value: Any, key: str) -> bytes:
+    raw = value if isinstance(value, bytes) else _utf8(str(value), f"{key}: a value")
+    if len(raw) > MAX_VALUE:
+        raise TooLarge(f"{key}: a value of {len(raw)} bytes; VICI values hold at most {MAX_VALUE}")
     return len(raw).to_bytes(2, "big") + raw
 
 
@@ -196,17 +244,19 @@ def _blob(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos + 2 : end].decode("utf-8", "replace"), end
 
 
-def _encode_section(message: Mapping[str, Any], out: bytearray) -> None:
+def _encode_section(message: Mapping[str, Any], out: bytearray, path: str) -> None:
+    """`path`: the keys leading here (`remote.certs`), for TooLarge to name."""
     for key, value in message.items():
+        where = f"{path}.{key}" if path else key
         if isinstance(value, Mapping):
             out += _named(SECTION_START, key)
-            _encode_section(value, out)
+            _encode_section(value, out, where)
             out.append(SECTION_END)
         elif isinstance(value, list):
             out += _named(LIST_START, key)
             for item in value:
                 out.append(LIST_ITEM)
-                out += _value(item)
+                out += _value(item, where)
             out.append(LIST_END)
         else:
-            out += _named(KEY_VALUE, key) + _value(value)
+            out += _named(KEY_VALUE, key) + _value(value, where)

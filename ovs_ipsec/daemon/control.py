@@ -11,13 +11,19 @@ Status commands answer text by default, JSON with `--json`, and a JSON value (no
 a client that said `set-options --format json` (`ovs-appctl --format json`, OVS 3.4+; the
 library has that command from OVS 3.3 on). The shapes are in docs/status-json.md.
 
-May import: ovs, render, render_xfrm, status, xfrm.iproute2, daemon.loop (its types), errors,
-stdlib.
+Every command in the library's table, the library's own included (`set-options` runs argparse,
+which exits on `--help` or a bad value; `vlog/set`, `vlog/reopen` can raise), is wrapped once
+registered: whatever a handler raises, the client gets an error reply and the daemon runs on.
+
+May import: ovs, render, render_xfrm, status, xfrm.iproute2, control_socket, daemon.loop (its
+types), errors, stdlib.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -30,6 +36,7 @@ import ovs.version
 import ovs.vlog
 
 from ovs_ipsec import __version__
+from ovs_ipsec.adapters.control_socket import create_server
 from ovs_ipsec.adapters.xfrm.iproute2 import parse_policies, parse_states
 from ovs_ipsec.daemon.loop import Daemon
 from ovs_ipsec.errors import XfrmError
@@ -66,10 +73,8 @@ def wants_json_value(conn: Any) -> bool:
 class Control:
     def __init__(self, daemon: Daemon, path: str | None) -> None:
         self.daemon = daemon
-        error, server = ovs.unixctl.server.UnixctlServer.create(path)
-        if error:
-            raise OSError(error, f"could not create the control socket {path or ''}")
-        self.server = server
+        # Root's alone, whatever the umask; connections and request sizes bounded.
+        self.server: ovs.unixctl.server.UnixctlServer = create_server(path)
         # tunnels/show requests waiting for a fresh list-sas: (connection, argv, asked at).
         self._pending: list[tuple[Any, list[str], float]] = []
 
@@ -89,11 +94,14 @@ class Control:
             ("memory/show", "", 0, 0, self._memory_show),
             # OVS's C daemons answer both names; the Python library registers only `help`.
             ("list-commands", "", 0, 0, self._help),
+            # The library's replies "success" to a bad spec and raises on `FACILITY` alone.
+            ("vlog/set", "spec", 1, sys.maxsize, self._vlog_set),
         ]
         # UnixctlServer.create() registered the library's own `version`; ours adds a line.
         for name, usage, min_args, max_args, callback in commands:
             ovs.unixctl.commands.pop(name, None)
-            ovs.unixctl.command_register(name, usage, min_args, max_args, _guarded(callback), None)
+            ovs.unixctl.command_register(name, usage, min_args, max_args, callback, None)
+        guard_every_command()
 
     def run(self) -> None:
         self.server.run()
@@ -129,6 +137,19 @@ class Control:
 
     def _help(self, conn: Any, argv: list[str], aux: Any) -> None:
         conn.reply(help_text())
+
+    def _vlog_set(self, conn: Any, argv: list[str], aux: Any) -> None:
+        """Each spec as the library's vlog/set reads it; a bad one is an error reply, as in
+        OVS's C daemons."""
+        for spec in argv:
+            try:
+                problem = ovs.vlog.Vlog.set_levels_from_string(spec)
+            except IndexError:  # `FACILITY` or `pattern` without its value
+                problem = f"incomplete specification: {spec}"
+            if problem:
+                conn.reply_error(problem)
+                return
+        conn.reply(None)
 
     def _exit(self, conn: Any, argv: list[str], aux: Any) -> None:
         if argv and argv[0] != "--no-cleanup":
@@ -277,19 +298,46 @@ def _reply(
         conn.reply(as_text())
 
 
+def guard_every_command() -> None:
+    """Wrap every command in the library's table that is not wrapped yet: ours, the library's
+    (`help`, `version`, `set-options`, `vlog/*`) and any registered before this call."""
+    for name, command in ovs.unixctl.commands.items():
+        if not getattr(command.callback, "guarded", False):
+            command.callback = _guarded(command.callback, name)
+
+
 def _guarded(
-    callback: Callable[[Any, list[str], Any], None],
+    callback: Callable[[Any, list[str], Any], None], name: str = ""
 ) -> Callable[[Any, list[str], Any], None]:
-    """A bug in one command must cost that command, not the daemon (an exception escaping
-    UnixctlServer.run() would reach the main loop and restart the process)."""
+    """A bug or a bad argument in one command must cost that command, not the daemon (an
+    exception escaping UnixctlServer.run() reaches the main loop and restarts the process; a
+    SystemExit from argparse would end it with status 0, which systemd does not restart)."""
 
     def guarded(conn: Any, argv: list[str], aux: Any) -> None:
+        # argparse writes its usage and errors to stdout or stderr: they become the reply.
+        printed = io.StringIO()
         try:
-            callback(conn, argv, aux)
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                callback(conn, argv, aux)
+        except SystemExit:
+            _reply_error(conn, printed.getvalue().strip() or f"{name}: invalid arguments")
+        except OSError as exc:
+            vlog.warn(f"control command {name} failed: {exc}")
+            _reply_error(conn, f"{name} failed: {exc.strerror or type(exc).__name__}"
+                         + (f": {exc.filename}" if exc.filename else ""))  # fmt: skip
         except Exception as exc:
-            vlog.exception(f"control command failed: {argv}")
-            # If the handler replied before failing, there is nothing left to answer.
-            with contextlib.suppress(Exception):
-                conn.reply_error(f"internal error: {type(exc).__name__}")
+            # ascii() and a cap: a client's arguments must not forge or flood log lines.
+            vlog.exception(f"control command {name} failed: {ascii(argv)[:200]}")
+            _reply_error(conn, f"internal error: {type(exc).__name__}")
 
+    guarded.guarded = True  # type: ignore[attr-defined]
     return guarded
+
+
+def _reply_error(conn: Any, text: str) -> None:
+    """Answer with an error unless the handler replied before failing (the library then holds
+    no request id: a second reply would be an orphan)."""
+    if getattr(conn, "_request_id", True) is None:
+        return
+    with contextlib.suppress(Exception):
+        conn.reply_error(text)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -207,6 +208,12 @@ class Daemon:
 
     def _absorb(self, delta: Delta) -> None:
         self.report.log_warnings()
+        for what, exc in delta.internal_errors:
+            # The planner made `what` invalid and carried on (issue 15 item 5); the traceback is
+            # for a bug report. Names are escaped: a newline in one must not forge a log line.
+            vlog.err(f"{ascii(what)[1:-1][:80]}: internal error while planning; it is invalid")
+            for line in "".join(traceback.format_exception(exc)).splitlines():
+                vlog.err(f"    {ascii(line)[1:-1]}")
         if delta.versioned:
             self.report.log_tunnel_changes(delta.versioned)
         if delta:
@@ -325,7 +332,8 @@ class Daemon:
         return self.applier.hand_over()
 
     def cleanup(self) -> None:
-        """`exit` without --no-cleanup: take our connections, secrets and protection out."""
+        """`exit` without --no-cleanup: take our connections and secrets out, and the block
+        policies OVSDB no longer asks for (those it does stay: fail closed)."""
         try:
             if not self.charon.connected:
                 self.charon.connect()
@@ -339,7 +347,12 @@ class Daemon:
         except (CharonError, CharonUnreachable) as exc:
             vlog.warn(f"cleanup incomplete: {exc}")
         try:
-            removed = self.guard.remove_all()
+            removed, kept = self.guard.remove_all_but_wanted()
             vlog.info(f"cleanup: removed {removed} protection policies")
+            if kept:
+                vlog.info(
+                    f"cleanup: kept {kept} protection policies of ports that carry IPsec "
+                    "options and of ipsec_skb_mark (remove those to switch IPsec off)"
+                )
         except XfrmError as exc:
             vlog.warn(f"cleanup of protection policies incomplete: {exc}")

@@ -192,14 +192,20 @@ class PolicyGuard:
             self._counts = self._count()  # this pass's own doing, and charon's for it
         self._settle()
 
-    def remove_all(self) -> int:
-        """Every block policy of ours leaves the kernel (`exit` without --no-cleanup); how many.
-        Raises XfrmError."""
+    def remove_all_but_wanted(self) -> tuple[int, int]:
+        """`exit` without --no-cleanup: every block policy of ours leaves the kernel but those
+        the desired state still wants, which stay (and go in if missing): the fail-closed
+        blocks of ports that carry IPsec options (unless ipsec_fail_open) and the
+        ipsec_skb_mark blocks, so that stopping the daemon never lets out in clear what OVSDB
+        says must be encrypted. (removed, kept). Raises XfrmError."""
         owned = self.xfrm.observe()
-        self.xfrm.apply(remove=owned)
-        self.policies = set()
+        wanted = frozenset(self.planner.policies)
+        remove = owned - wanted
+        self.xfrm.apply(add=sorted(wanted - owned, key=PolicySpec.sort_key),
+                        remove=sorted(remove, key=PolicySpec.sort_key))  # fmt: skip
+        self.policies = set(wanted)
         self._lingering = {}
-        return len(owned)
+        return len(remove), len(wanted)
 
     # -- steps ------------------------------------------------------------------------------
 

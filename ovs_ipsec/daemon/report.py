@@ -206,11 +206,15 @@ class Report:
             self._reported_caveats = dict(caveats)
 
     def log_warnings(self) -> None:
-        """The credentials' warnings (files unreadable, a key that does not match), once."""
-        if self.planner.warnings != self._reported_warnings:
-            for warning in self.planner.warnings:
+        """The credentials' warnings (files unreadable, a key that does not match) and the
+        global keys' (an ipsec_skb_mark mask of 0), once."""
+        warnings = self.planner.warnings + tuple(
+            f"{w.key}: {w.reason}" for w in self.planner.config.global_config.warnings
+        )
+        if warnings != self._reported_warnings:
+            for warning in warnings:
                 vlog.warn(f"other_config: {warning}")
-            self._reported_warnings = self.planner.warnings
+            self._reported_warnings = warnings
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and logs."""

@@ -15,7 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ovs_ipsec.adapters.charon import Charon
-from ovs_ipsec.adapters.events import ALERT_EVENT, LOG_EVENT, REQUIRED_EVENTS, Events
+from ovs_ipsec.adapters.events import (
+    ALERT_EVENT,
+    LOG_BUDGET,
+    LOG_EVENT,
+    REQUIRED_EVENTS,
+    Events,
+)
 from ovs_ipsec.core.outcomes import Tracker, dispatch
 from ovs_ipsec.core.sas import IkeSa, merge_listing, parse_sas
 from ovs_ipsec.daemon.health import Health, vlog
@@ -28,6 +34,8 @@ SAS_MIN_INTERVAL = 0.5
 # Listings that may still miss an SA an event announced (noblock skips busy SAs) before the
 # listing is believed.
 SAS_RECHECKS = 10
+# Log events dropped for want of budget (an IKE flood) are reported at most this often.
+DROPPED_REPORT_EVERY = 60.0
 
 
 class SaWatch:
@@ -54,6 +62,8 @@ class SaWatch:
         self._due: float | None = None
         self._expected: dict[tuple[str, int], bool] = {}
         self._rechecks = 0
+        self._dropped_logs = 0  # since the last report
+        self._dropped_reported_at: float | None = None
 
     # -- the schedule ---------------------------------------------------------------------
 
@@ -93,6 +103,8 @@ class SaWatch:
         if self.events is None or not self.events.connected:
             return
         received = self.events.receive()
+        if received.dropped_logs:
+            self._note_dropped(received.dropped_logs)
         changed = False
         for name, body in received.events:
             self.sas, expected, conns = dispatch(name, body, self.tracker, self.sas)
@@ -136,6 +148,17 @@ class SaWatch:
                 self.request()
             else:
                 self._expected = {}
+
+    def _note_dropped(self, count: int) -> None:
+        self._dropped_logs += count
+        now = self.clock()
+        last = self._dropped_reported_at
+        if last is not None and now - last < DROPPED_REPORT_EVERY:
+            return
+        vlog.warn(f"charon logs more than {LOG_BUDGET} lines a second (an IKE flood?): "
+                  f"{self._dropped_logs} log events dropped undecoded; failure causes may be "
+                  f"missing meanwhile")  # fmt: skip
+        self._dropped_logs, self._dropped_reported_at = 0, now
 
     def _connect_events(self) -> None:
         assert self.events is not None

@@ -9,6 +9,7 @@ reach charon over VICI as data; the daemon re-reads the files at every periodic 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 from resilience_lab import charon_writes
 
+from ovs_ipsec.core.ike_options import settings as ike_settings
+from ovs_ipsec.core.model import IPPROTO_GRE
 from ovs_ipsec.tools import pki_builders, pki_tool
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
@@ -278,3 +281,83 @@ def test_invalid_certificate_config_is_reported_and_daemon_lives(pair: Lab) -> N
         what="the PSK tunnel loaded",
     )
     assert a.appctl("version")
+
+
+@pytest.mark.keeps_ike_sa
+def test_a_wildcard_remote_name_is_refused_because_charon_takes_any_peer_for_it(
+    pair: Lab, ca: pki_builders.CertAndKey
+) -> None:
+    """Issue 15, item 9. charon first: a connection whose remote id is `fqdn:*` (what the daemon
+    loaded for `remote_name=*` before) authenticates h2, whose CN is not `*`: any certificate the
+    CA signed would do. Then the daemon: `remote_name=*` makes the tunnel invalid, the reason
+    naming the key, and nothing is loaded for that peer."""
+    a, b = pair.hosts
+    creds = {h.name: pki_builders.make_host_cert(h.name, ca) for h in (a, b)}
+    for host in (a, b):
+        set_local_pki(host, *creds[host.name], ca=ca.cert_pem)
+    add_tunnel(b, a, remote_name="h1")
+    wait_for(lambda: loaded(b, a), 10, what="b's connection loaded")
+
+    ike_proposals, esp_proposals = ike_settings.default_proposals(False)
+    gre = f"dynamic[{IPPROTO_GRE}]"
+    wildcard = {
+        "version": "2", "local_addrs": [a.ipv4], "remote_addrs": [b.ipv4], "mobike": "no",
+        "proposals": list(ike_proposals),
+        "local": {"auth": "pubkey", "id": "fqdn:h1", "certs": [creds["h1"].cert_pem]},
+        "remote": {"auth": "pubkey", "id": "fqdn:*", "cacerts": [ca.cert_pem]},
+        "children": {"c": {"mode": "transport", "local_ts": [gre], "remote_ts": [gre],
+                           "esp_proposals": list(esp_proposals)}},
+    }  # fmt: skip
+    with a.vici() as v:
+        v.load_key({"type": "any", "data": creds["h1"].key_pem})
+        v.load_conn({"wildcard-test": wildcard})
+        try:
+            for _ in v.initiate({"ike": "wildcard-test", "child": "c", "timeout": 5000}):
+                pass
+        except Exception as exc:  # the CHILD_SA always fails here (no ESP in this kernel)
+            assert "CHILD_SA" in str(exc), exc
+
+    def wildcard_sa() -> list[Any]:
+        with a.vici() as v:
+            return [sa["wildcard-test"] for sa in v.list_sas({"ike": "wildcard-test"})
+                    if sa.get("wildcard-test", {}).get("state") == b"ESTABLISHED"]  # fmt: skip
+
+    assert wait_for(wildcard_sa, 10, what="IKE_SA to h2 under fqdn:*")[0]["remote-id"] == b"h2"
+    with a.vici() as v:
+        v.unload_conn({"name": "wildcard-test"})
+
+    start = len(a.daemon_log())
+    add_tunnel(a, b, remote_name="*")
+    wait_for(lambda: "remote_name" in a.daemon_log()[start:]
+             and "wildcard" in a.daemon_log()[start:], 10,
+             what="remote_name=* reported invalid")  # fmt: skip
+    assert not loaded(a, b)
+
+
+def test_a_fifo_or_device_as_certificate_is_refused_and_the_daemon_keeps_answering(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """issue 15 item 3: the daemon read certificate and key paths in its loop whatever they
+    were, and a FIFO (open blocks) or /dev/ptmx (read blocks) stopped it for good. Now neither
+    is opened: the tunnels that need them are invalid, named, and the control socket answers."""
+    (a,) = make_lab(1, daemon_args=["--reconcile-interval=1"]).hosts
+    fifo = os.path.join(a.dir, "cert.fifo")
+    os.mkfifo(fifo)
+    peer = write(os.path.join(a.dir, "peer.pem"), pki_builders.make_self_signed("h2").cert_pem)
+    a.vsctl("set", "Open_vSwitch", ".", f"other_config:certificate={fifo}",
+            "other_config:private_key=/dev/ptmx")  # fmt: skip
+    a.vsctl("add-port", "br0", "t0", "--", "set", "interface", "t0", "type=gre",
+            "options:remote_ip=192.0.2.7", f"options:remote_cert={peer}")  # fmt: skip
+    wait_for(
+        lambda: (
+            f"certificate: {fifo} is not a regular file (a FIFO)" in a.daemon_log()
+            and "private_key: /dev/ptmx is not a regular file (a character device)"
+            in a.daemon_log()
+        ),
+        10,
+        what="both paths refused with their keys named",
+    )
+    assert "not a regular file" in a.appctl("tunnels/show", timeout=5)
+    # Periodic re-reads (every second here) keep refusing without blocking.
+    time.sleep(2.5)
+    assert a.appctl("version", timeout=5)

@@ -41,6 +41,7 @@ from resilience_lab import (
 )
 
 from ovs_ipsec.core import naming
+from ovs_ipsec.tools import pki_builders
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 pytestmark = pytest.mark.lab
@@ -77,12 +78,39 @@ BAD_IPS = (
     "10.88.1.1/24",
     "",
     "::ffff:1.2.3.4.5",
+    "::ffff:224.0.0.5",  # IPv4-mapped multicast: OVS sends to it, we refuse (and block) it
+    "10.88.1.1%eth0",
 )
-BAD_PORTS = ("0", "65536", "-1", "x", "٣٣", "99999999999", "", "0x12b5", "1e3", "+80", "4789x")
+BAD_PORTS = ("0", "65536", "-1", "x", "٣٣", "99999999999", "", "0x12b5", "1e3", "+80", "4789x",
+             "004790", "70000", " 4790 x")  # fmt: skip
 BAD_TYPES = ("stt", "bareudp", "internal", "", "GRE", "gre\u00e9", "patch", "vxlan ")
 BAD_MARKS = ("0x10/0x1", "banana", "", "0x1ffffffff", "-1", "٣", "0x10/", "/0x10", "10/0x10/1",
              "0x10/0x10/", "𝟏𝟔")  # fmt: skip
 SPECIAL_KEYS = ("psk", "remote_cert", "remote_name", "remote_ip", "local_ip", "dst_port")
+# remote_cert paths to files no certificate can come from (make_special_files fills it): each
+# must be refused without blocking the daemon (issue 15 items 3 and 5).
+SPECIAL_FILES: list[str] = []
+
+
+def make_special_files(directory: str) -> list[str]:
+    """A FIFO (and a link to it), devices, a directory, a file over the size cap, a real
+    certificate too large for one VICI value, binary garbage, and a name in unicode."""
+    fifo = os.path.join(directory, "cert.fifo")
+    os.mkfifo(fifo)
+    os.symlink(fifo, os.path.join(directory, "link.pem"))
+    os.mkdir(os.path.join(directory, "dir.pem"))
+    sans = ["peer"] + [f"host-{i:05d}.a-rather-long-subdomain.example" for i in range(2000)]
+    contents = {
+        "big.pem": b"-----BEGIN CERTIFICATE-----\n" + b"A" * (2 << 20),
+        "sans.pem": pki_builders.make_self_signed("peer", san=sans).cert_pem,
+        "garbage.pem": bytes(range(256)) * 8,
+        "cért-ü 日本.pem": b"\xff\xfe not a certificate",
+    }
+    for name, data in contents.items():
+        with open(os.path.join(directory, name), "wb") as handle:
+            handle.write(data)
+    names = ["cert.fifo", "link.pem", "dir.pem", *contents]
+    return [os.path.join(directory, n) for n in names] + ["/dev/ptmx", "/dev/zero"]
 
 
 def rstr(rng: random.Random, low: int, high: int) -> str:
@@ -122,6 +150,9 @@ def valid_case(rng: random.Random, slot: int) -> Case:
     kind = rng.choice(("gre", "geneve", "vxlan"))
     family = rng.choice((4, 6))
     remote = slot_address(slot, family, rng)
+    canonical = str(ipaddress.ip_address(remote))
+    if family == 4 and rng.random() < 0.2:
+        remote = f"::ffff:{remote}"  # IPv4-mapped: what OVS sends is IPv4, so is the connection
     psk = rstr(rng, 12, 64)
     options = {"remote_ip": remote, "psk": psk}
     if kind != "gre" and rng.random() < 0.5:
@@ -130,7 +161,6 @@ def valid_case(rng: random.Random, slot: int) -> Case:
         options["local_ip"] = "10.77.0.1" if family == 4 else "fd77::1"
     for _ in range(rng.choice((0, 0, 1, 3))):
         options[free_key(rng)] = rstr(rng, 0, 200)
-    canonical = str(ipaddress.ip_address(remote))
     return Case(kind, options, "valid", conn=f"ovs-{canonical}", psks=[psk])
 
 
@@ -138,7 +168,7 @@ def invalid_case(rng: random.Random, slot: int) -> Case:
     case = valid_case(rng, slot)
     options, keys = case.options, set()
     kind = case.type
-    breakers = rng.sample(("remote_ip", "dst_port", "type", "auth", "huge", "local_ip"),
+    breakers = rng.sample(("remote_ip", "dst_port", "type", "auth", "huge", "local_ip", "file"),
                           rng.choice((1, 1, 1, 2)))  # fmt: skip
     for breaker in breakers:
         if breaker == "remote_ip":
@@ -156,7 +186,8 @@ def invalid_case(rng: random.Random, slot: int) -> Case:
             kind = rng.choice(BAD_TYPES)
             keys.add("type")
         elif breaker == "auth":
-            how = rng.choice(("empty", "huge", "mix", "name", "cert", "cert-abs", "name-empty"))
+            how = rng.choice(("empty", "huge", "mix", "name", "cert", "cert-abs", "name-empty",
+                              "name-wild", "name-ctrl"))  # fmt: skip
             if how == "empty":
                 options["psk"] = ""
                 keys.add("psk")
@@ -167,15 +198,20 @@ def invalid_case(rng: random.Random, slot: int) -> Case:
                 options[rng.choice(("remote_name", "remote_cert"))] = rstr(rng, 1, 20)
                 keys.add("psk")
             else:
-                del options["psk"]
+                options.pop("psk", None)  # the file breaker may have taken it
                 key = "remote_name" if how.startswith("name") else "remote_cert"
                 options[key] = {"name": "peer", "cert": "peer.pem", "cert-abs": "/etc/peer.pem",
-                                "name-empty": " "}[how]  # fmt: skip
+                                "name-empty": " ", "name-wild": rng.choice(("*", "*.example")),
+                                "name-ctrl": "peer\x01"}[how]  # fmt: skip
                 keys.add(key)
         elif breaker == "huge":
             key = free_key(rng)
             options[key] = rstr(rng, 4097, rng.choice((5000, 20000)))
             keys.add(key)
+        elif breaker == "file" and SPECIAL_FILES:
+            options.pop("psk", None)
+            options["remote_cert"] = rng.choice(SPECIAL_FILES)
+            keys |= {"remote_cert", "certificate"}  # no certificate is configured either
         elif breaker == "local_ip":
             remote = options.get("remote_ip", "")
             options["local_ip"] = rng.choice(
@@ -287,7 +323,8 @@ def test_fuzzed_options_never_hurt_the_daemon_or_the_good_tunnels(
     make_lab: Callable[..., Lab],
 ) -> None:
     """Hundreds of random option sets (bad and huge values, unicode, type changes, PSK and
-    certificate options mixed, ports removed and re-added, a garbage ipsec_skb_mark) written with
+    certificate options mixed, certificate and remote_cert naming FIFOs, devices and files too
+    large, ports removed and re-added, a garbage ipsec_skb_mark) written with
     ovs-vsctl into a running daemon's OVSDB in bursts, with periodic checks (every second) in the
     quiet moments between them. Afterwards the daemon is the same live process and answers;
     every valid tunnel is loaded, every invalid one is reported (status and log) with a key that
@@ -300,6 +337,11 @@ def test_fuzzed_options_never_hurt_the_daemon_or_the_good_tunnels(
     lab = make_lab(1, daemon_args=["--reconcile-interval=1"])
     a = lab.hosts[0]
     pid = a.daemon_pid
+    SPECIAL_FILES[:] = make_special_files(a.dir)
+    # So that certificate tunnels get as far as reading files: a FIFO and a device, never to
+    # be opened, then whatever remote_cert names.
+    a.vsctl("set", "open", ".", f"other_config:certificate={SPECIAL_FILES[0]}",
+            "other_config:private_key=/dev/ptmx")  # fmt: skip
     a.vsctl("set", "open", ".", f"other_config:ipsec_skb_mark={GOOD_MARK}")
     for name, (kind, remote, extra) in GOOD.items():
         add_tunnel(a, name, kind, remote, psk=f"good-{name}-secret", **extra)

@@ -943,7 +943,8 @@ def test_foreign_policies_survive_everything_and_exit_cleanup_takes_only_ours(
     including unmarked ones next to our mark-value-0 policies) survive tunnel add/remove cycles,
     ipsec_skb_mark changes and removal, `exit --no-cleanup`, SIGTERM, daemon restarts and `exit`
     (cleanup). Our own policies are kept by `exit --no-cleanup` and SIGTERM (and adopted by the
-    next start), and removed -- all of them, nothing else -- by `exit`."""
+    next start), and by `exit` as long as OVSDB asks for them; once it does not, `exit` removes
+    them -- all of them, nothing else."""
     lab = make_lab(2, daemon_args=NO_LINGER)
     a, b = lab.hosts
     for spec in FOREIGN:
@@ -978,7 +979,88 @@ def test_foreign_policies_survive_everything_and_exit_cleanup_takes_only_ours(
     a.start_daemon()
     assert own(a) == ours
 
+    # `exit` (ovs-ctl stop-ovs-ipsec) unloads our connections (charon's traps with them) but
+    # keeps the blocks OVSDB still asks for: g4 carries IPsec options, ipsec_skb_mark is set.
+    exit_daemon_with(a, lambda: a.appctl("exit"))
+    assert own(a) == ours
+    assert hand_added(a) == foreign
+    assert not conns(a)
+    # Switched off for real: the options removed, then `exit` takes all of ours.
+    a.start_daemon()
+    a.vsctl("del-port", "g4")
+    set_global(a, "ipsec_skb_mark", None)
+    wait_own(a, set())
     exit_daemon_with(a, lambda: a.appctl("exit"))
     assert own(a) == []
     assert hand_added(a) == foreign
-    assert not conns(a)  # and its connections went too (charon's traps with them)
+
+
+def test_exit_keeps_tunnels_fail_closed_until_the_ipsec_options_go(
+    make_lab: Callable[..., Lab], net: Net
+) -> None:
+    """Issue 15, item 12: after `exit` (what `ovs-ctl stop-ovs-ipsec` sends) a port that still
+    carries IPsec options sends no plaintext (before: every block was removed)."""
+    lab = make_lab(2, daemon_args=NO_LINGER)
+    a, b = lab.hosts
+    add_tunnel(a, "g4", "gre", b.ipv4, psk="swordfish")
+    wait_own(a, fail_closed(b.ipv4, "gre"))
+    exit_daemon_with(a, lambda: a.appctl("exit"))
+    assert not conns(a)
+    assert probe_out(net, a, b, b.ipv4, "gre") == "blocked"
+    assert probe_out(net, a, b, b.ipv4, CONTROL_PORT) == "received"
+
+
+def test_what_ovs_sends_meets_a_block(make_lab: Callable[..., Lab], net: Net) -> None:
+    """Issue 15, items 2 and 6, with real packets: the blocks cover what OVS sends, not what
+    the daemon would have liked. An IPv4-mapped remote_ip is IPv4 on the wire (OVS unmaps it);
+    a dst_port OVS reads with atoi (`4790x` -> 4790, `70000` -> 4464) is that port; a type
+    IPsec lacks (lisp, gtpu) is its UDP port. charon is stopped: only the blocks decide."""
+    lab = make_lab(2, daemon_args=NO_LINGER)
+    a, b = lab.hosts
+    a.stop_charon()
+    add_tunnel(a, "m4", "gre", f"::ffff:{b.ipv4}", psk="swordfish")
+    add_tunnel(a, "x1", "vxlan", b.ipv6, psk="swordfish", dst_port="4790x")
+    add_tunnel(a, "x2", "vxlan", b.ipv6, psk="swordfish", dst_port="70000")
+    add_tunnel(a, "l1", "lisp", b.ipv4, psk="swordfish")
+    add_tunnel(a, "u1", "gtpu", b.ipv4, psk="swordfish")
+    wait_own(
+        a,
+        fail_closed(b.ipv4, "gre")
+        | fail_closed(b.ipv6, 4790)
+        | fail_closed(b.ipv6, 4464)
+        | fail_closed(b.ipv4, 4341)
+        | fail_closed(b.ipv4, 2152),
+    )
+    assert probe_out(net, a, b, b.ipv4, "gre") == "blocked"
+    for port in (4790, 4464):
+        assert probe_out(net, a, b, b.ipv6, port) == "blocked"
+    for port in (4341, 2152):
+        assert probe_out(net, a, b, b.ipv4, port) == "blocked"
+    assert probe_out(net, a, b, b.ipv4, CONTROL_PORT) == "received"
+    assert probe_out(net, a, b, b.ipv6, 4789) == "received"  # not the default: what OVS uses
+
+
+def test_a_foreign_policy_in_the_way_is_reported_and_kept_and_ours_follows_soon_after_it_goes(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """Issue 15, items 15 and 7, against the real kernel: a hand-added policy holding the key
+    of one of our blocks (other priority, `allow`) is reported and left alone (before: replaced
+    in place by XFRM_MSG_UPDPOLICY); the rest of the tunnel's blocks go in. Once it is deleted,
+    the guard's own retry (1 s, backing off to 8 s; not the 15 s periodic check) puts ours in."""
+    lab = make_lab(2, daemon_args=NO_LINGER)
+    a, b = lab.hosts
+    wanted = fail_closed(b.ipv4, "gre")
+    taken = block("out", "0.0.0.0/1", f"{b.ipv4}/32", "gre", FAIL_CLOSED)
+    selector = f"src 0.0.0.0/1 dst {b.ipv4}/32 proto gre dir out"
+    ip_xfrm(a, f"add {selector} priority 100 action allow")
+    start = len(a.daemon_log())
+    add_tunnel(a, "g4", "gre", b.ipv4, psk="swordfish")
+    wait_for(lambda: "not ours holds this key" in a.daemon_log()[start:], WAIT,
+             what="the foreign policy in the way reported")  # fmt: skip
+    wait_own(a, wanted - {taken})
+    assert any(p.startswith(selector) and "priority 100 " in p for p in others(a)), others(a)
+
+    ip_xfrm(a, f"delete {selector}")
+    gone_at = time.monotonic()
+    wait_own(a, wanted)
+    assert time.monotonic() - gone_at < 9.0

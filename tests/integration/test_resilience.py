@@ -185,12 +185,16 @@ def test_daemon_restarts_leave_sas_alone_apply_offline_changes_and_spare_foreign
     for events, conn in ((events_a, conn_b), (events_b, f"ovs-{a.ipv4}")):
         assert not events.for_conn(conn), f"ike-updown for {conn}: {events.for_conn(conn)}"
 
-    # `exit` cleans up ours, and only ours.
+    # `exit` cleans up ours, and only ours; the blocks of the ports that still carry IPsec
+    # options stay (fail closed while the daemon is away).
     a.appctl("exit")
     wait_for(lambda: a.daemon_pid is None, 10, what="daemon exited")
     assert not ours(conn_names(a)), conn_names(a)
     assert not ours(shared_ids(a)), shared_ids(a)
-    assert not protection(a)
+    kept = {p.selector for p in protection(a)}
+    assert kept == fail_closed_selectors(b.ipv4, "proto gre") | fail_closed_selectors(
+        c.ipv4, "proto gre"
+    )
     assert_foreigners_intact(a, foreign_traps)
 
 

@@ -1,19 +1,27 @@
-"""The systemd service: the unit verifies, and readiness (Type=notify) is reported on a real
-NOTIFY_SOCKET datagram socket only after the first full reconcile."""
+"""The systemd service: the unit verifies (with its watchdog, restart limits, reload and umask),
+readiness (Type=notify) is reported on a real NOTIFY_SOCKET datagram socket only after the
+first full reconcile, the watchdog is fed from the loop at the interval systemd gives, and
+SIGHUP reloads instead of ending the daemon.
+
+systemd is not PID 1 on the test machines (no systemd-run): the daemon runs as systemd would
+start it, with NOTIFY_SOCKET and WATCHDOG_USEC in its environment, and the unit file is checked
+with systemd-analyze."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ovs_ipsec.adapters.sdnotify import notify
-from ovs_ipsec.tools.lab import Lab, wait_for
+from ovs_ipsec.adapters.sdnotify import Watchdog, notify, watchdog_interval
+from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "ovs-monitor-ipsec.service"
@@ -35,6 +43,129 @@ def test_unit_verifies(tmp_path: Path) -> None:
     problems = [line for line in result.stderr.splitlines() if "ovs-monitor-ipsec" in line]
     assert result.returncode == 0 and not problems, result.stderr
     assert "Type=notify" in text and "Restart=on-failure" in text
+
+
+def unit_settings() -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in UNIT.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )  # fmt: skip
+
+
+def test_unit_watchdog_restart_limits_reload_and_umask() -> None:
+    """The unit has a watchdog; a crash loop never becomes a permanent stop (no start limit,
+    a few seconds between starts); `systemctl reload` sends SIGHUP; files and the control
+    socket are created under umask 0077 (the Debian unit is this one, with its paths)."""
+    unit = unit_settings()
+    assert int(unit["WatchdogSec"]) >= 10
+    assert unit["StartLimitIntervalSec"] == "0"
+    assert 1 <= int(unit["RestartSec"]) <= 10
+    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert unit["UMask"] == "0077"
+    rules = (ROOT / "debian" / "rules").read_text()
+    assert "systemd/ovs-monitor-ipsec.service > $(PKG)/lib/systemd/system/" in rules
+    assert "grep -q '^UMask=0077$$'" in rules
+
+
+def test_watchdog_interval_is_half_of_systemds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WATCHDOG_USEC gives the interval; WATCHDOG_PID naming another process, or no value,
+    means no watchdog; the pings go out at that interval on a real socket."""
+    now = [0.0]
+    path = str(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.setblocking(False)
+        watchdog = Watchdog(15.0, clock=lambda: now[0])
+        for step in range(0, 61, 5):
+            now[0] = float(step)
+            watchdog.run()
+        sent = []
+        while True:
+            try:
+                sent.append(server.recv(100))
+            except BlockingIOError:
+                break
+        assert sent == [b"WATCHDOG=1"] * 5  # at 0, 15, 30, 45, 60
+    pid = str(os.getpid())
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": pid}) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "x"}) is None
+
+
+def start_as_systemd_would(host: Host, environment: list[str]) -> subprocess.Popen[bytes]:
+    """The daemon in the foreground (no --detach), with systemd's variables."""
+    argv = [arg for arg in host.daemon_argv() if arg != "--detach"]
+    env_index = argv.index("env") + 1
+    argv[env_index:env_index] = environment
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def datagrams(server: socket.socket, seconds: float) -> list[bytes]:
+    got, end = [], time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        server.settimeout(left)
+        try:
+            got.append(server.recv(4096))
+        except TimeoutError:
+            break
+    return got
+
+
+@pytest.mark.lab
+def test_watchdog_is_fed_from_the_loop(make_lab: Callable[..., Lab]) -> None:
+    """With WATCHDOG_USEC=1 s the daemon sends WATCHDOG=1 about every half second, although
+    its loop has nothing else to do for 15 s (before: never); a stopped loop sends none, so
+    systemd would restart it."""
+    lab = make_lab(1, daemon=False)
+    host = lab.hosts[0]
+    path = os.path.join(host.dir, "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        proc = start_as_systemd_would(host, [f"NOTIFY_SOCKET={path}", "WATCHDOG_USEC=1000000"])
+        try:
+            got = datagrams(server, 3.0)
+            pings = got.count(b"WATCHDOG=1")
+            assert any(d.startswith(b"READY=1") for d in got), got
+            assert 4 <= pings <= 8, got
+            proc.send_signal(signal.SIGSTOP)  # a loop stuck in a call
+            datagrams(server, 0.2)  # one may have been in flight
+            assert datagrams(server, 1.5) == []
+            proc.send_signal(signal.SIGCONT)
+            assert b"WATCHDOG=1" in datagrams(server, 1.5)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.mark.lab
+def test_sighup_reloads_and_the_daemon_runs_on(make_lab: Callable[..., Lab]) -> None:
+    """SIGHUP (what `systemctl reload` and logrotate send) reopens the log file and re-reads
+    the certificate files and charon; the daemon keeps running and serving (before: SIGHUP
+    ended it with a status systemd counts as clean, so it stayed down). A log directory that
+    went away costs a warning, not the daemon."""
+    lab = make_lab(1)
+    host = lab.hosts[0]
+    pid = host.daemon_pid
+    assert pid is not None
+    rotated = host.daemon_log_path + ".1"
+    os.rename(host.daemon_log_path, rotated)
+    os.kill(pid, signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: log file reopened" in host.daemon_log(), 5, what="new log")
+    assert "SIGHUP" not in Path(rotated).read_text()
+    assert host.daemon_pid == pid and host.appctl("ipsec/status") == "{}"
+
+    os.kill(pid, signal.SIGHUP)
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert host.daemon_pid == pid and host.appctl("ipsec/status") == "{}"
+    host.appctl("exit", "--no-cleanup")
+    wait_for(lambda: host.daemon_pid is None, 5, what="the daemon to exit")
 
 
 def test_notify_without_socket_is_a_no_op() -> None:

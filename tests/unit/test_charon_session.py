@@ -18,6 +18,7 @@ import pytest
 from vici.protocol import FiniteStream, Message, Packet
 
 from ovs_ipsec.adapters.charon import Charon
+from ovs_ipsec.core.sas import parse_sas
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
 Reply = Callable[[socket.socket, int, str, dict[str, Any]], None]
@@ -142,4 +143,63 @@ def test_a_charon_stopped_half_way_through_a_reply_is_unreachable_in_bounded_tim
     assert 0.4 < time.monotonic() - started < 2
     assert len(waited) >= 3  # the daemon's other duties ran while it waited
     assert not session.connected
+    charon.close()
+
+
+def test_a_foreign_sa_named_in_invalid_utf8_is_listed_and_the_session_kept(path: str) -> None:
+    """issue 15 item 11: a list-sa event naming a foreign IKE_SA in bytes that are not UTF-8
+    (charon's VICI refuses such names, its other config back-ends do not) failed to decode, and
+    the failure was taken for a lost charon. Names and values decode leniently; ours are found."""
+    foreign = b"legacy-\xff\xfe-\xc3("
+
+    def lists_foreign(conn: socket.socket, kind: int, name: str, body: dict[str, Any]) -> None:
+        if kind in (Packet.EVENT_REGISTER, Packet.EVENT_UNREGISTER):
+            send(conn, bytes([Packet.EVENT_CONFIRM]))
+            return
+        event = b"list-sa"
+        raw = (bytes([1, len(foreign)]) + foreign  # SECTION_START, a name no codec would write
+               + bytes([3, 8]) + b"uniqueid" + (2).to_bytes(2, "big") + b"\xe97"
+               + bytes([2]))  # fmt: skip
+        send(conn, bytes([Packet.EVENT, len(event)]) + event + raw)
+        ours = Message.serialize({"ovs-10.0.0.1": {"uniqueid": "1", "state": "ESTABLISHED"}})
+        send(conn, bytes([Packet.EVENT, len(event)]) + event + ours)
+        send(conn, response({}))
+
+    charon = FakeCharon(path, lists_foreign)
+    session = Charon(path, timeout=2)
+    listing = session.list_sas()
+    assert listing == [{"legacy-\ufffd\ufffd-\ufffd(": {"uniqueid": "\ufffd7"}},
+                       {"ovs-10.0.0.1": {"uniqueid": "1", "state": "ESTABLISHED"}}]  # fmt: skip
+    assert list(parse_sas(listing)) == ["ovs-10.0.0.1"]
+    assert session.connected
+    session.close()
+    charon.close()
+
+
+def test_a_request_longer_than_charon_takes_is_refused_unsent_and_the_session_kept(
+    path: str,
+) -> None:
+    """issue 15 item 5: charon drops the session of a client announcing a message over 512 KiB
+    (VICI_MESSAGE_SIZE_MAX), and a value over 64 KiB cannot be encoded at all. Either is one
+    refused request, found before sending; the requests around it are answered."""
+    charon = FakeCharon(path, answers)
+    session = Charon(path, timeout=2)
+    requests: list[tuple[str, Any]] = [
+        ("load-shared", {"id": "before"}),
+        ("load-shared", {"id": "big", "data": "x" * 70000}),
+        ("load-conn", b"\x03\x01v\xff\xff" + b"x" * 65535 + b"\x03\x01w\xff\xff" + b"x" * 65535
+         + b"".join(bytes((3, 1, 97 + i)) + b"\xff\xff" + b"x" * 65535 for i in range(7))),
+        ("load-shared", {"id": "after"}),
+    ]  # fmt: skip
+    outcomes = session.pipeline(requests)
+    assert outcomes[0] == outcomes[3] == {"success": "yes", "echo": "load-shared"}
+    assert isinstance(outcomes[1], CharonError) and "data: a value of 70000 bytes" in str(
+        outcomes[1].errmsg
+    )
+    assert isinstance(outcomes[2], CharonError) and "charon takes at most 524288" in str(
+        outcomes[2].errmsg
+    )
+    assert [name for _, name in charon.seen] == ["load-shared", "load-shared"]
+    assert session.connected
+    session.close()
     charon.close()

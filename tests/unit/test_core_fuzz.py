@@ -1,6 +1,9 @@
 """Hypothesis fuzzing of the whole pure pipeline: OVSDB snapshot -> parse_config -> plan ->
 status.fold -> render, with arbitrary option maps (real and random keys, unicode, huge values,
-bad addresses, marks and ports, type changes, random other_config).
+bad addresses, marks and ports, type changes, random other_config); and of the incremental
+Planner with whatever the certificate files turn out to be (what adapters/files.py says of a
+FIFO, a device or a file too large; garbage; certificates too large for VICI) and names that
+are not valid unicode.
 
 PSKs are drawn from a distinctive alphabet-free pattern ("Zq9PSK" + hex + "Kx") that no other
 strategy can produce, so finding one in any output is a leak, not a coincidence.
@@ -8,8 +11,14 @@ strategy can produce, so finding one in any output is a leak, not a coincidence.
 
 from __future__ import annotations
 
+import ctypes
+import datetime as dt
+import functools
+import ipaddress
 import json
 import logging
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +29,9 @@ from hypothesis import strategies as st
 
 from ovs_ipsec.adapters.xfrm.iproute2 import parse_policies, parse_states, redact_states
 from ovs_ipsec.core import render
+from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY, plan_protection
 from ovs_ipsec.core.connections import plan
+from ovs_ipsec.core.desired import Planner
 from ovs_ipsec.core.log_text import NAME_LIMIT, printable, redact_secrets
 from ovs_ipsec.core.model import (
     InterfaceRow,
@@ -33,6 +44,7 @@ from ovs_ipsec.core.model import (
 from ovs_ipsec.core.parse import is_ipsec_port, parse_config
 from ovs_ipsec.core.reconcile import Applied, LoadKey, diff, record
 from ovs_ipsec.core.status import View, fold
+from ovs_ipsec.tools import pki_builders
 
 PSK_MARK = "Zq9PSK"
 
@@ -47,6 +59,8 @@ addresses = st.one_of(
     good_addresses,
     good_addresses,
     st.ip_addresses().map(str),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),  # IPv4-mapped: OVS sends IPv4
+    st.ip_addresses(v=6).map(lambda a: f"{a}%{a.packed[0] % 3}"),  # scoped
     st.sampled_from(
         [
             "",
@@ -60,6 +74,14 @@ addresses = st.one_of(
             "1.2.3.4/24",
             "fe80::1%eth0",
             "::ffff:192.0.2.1",
+            "::ffff:224.0.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:c000:202",
+            "0:0:0:0:0:ffff:192.0.2.2",
+            "::192.0.2.2",
+            "192.0.2.2%eth0",
+            "fe80::1%1",
+            "fe80::1%",
             " 192.0.2.2 ",
             "host.example",
             "\x00",
@@ -70,6 +92,14 @@ addresses = st.one_of(
 ports = st.one_of(
     st.integers(-5, 70000).map(str),
     st.sampled_from(["", " ", " 4789", "6081 ", "0x10", "1e3", "+1", "²", "٨٠", "４７８９", "-0"]),
+    # What OVS's atoi reads as a port though we refuse it: suffixes, signs, leading zeros,
+    # white space, wrap-around past 65535, saturation.
+    st.tuples(
+        st.sampled_from(["", " ", "\t", "+", "-", "0", "00", " +0"]),
+        st.integers(0, 2**20),
+        st.sampled_from(["", "x", " ", ".5", "\n", "e2"]),
+    ).map(lambda t: f"{t[0]}{t[1]}{t[2]}"),
+    st.sampled_from(["99999999999999999999999", "-99999999999999999999999", "4294967296"]),
 )
 marks = st.one_of(
     st.tuples(st.integers(0, 2**33), st.integers(0, 2**33)).map(lambda t: f"{t[0]}/{t[1]}"),
@@ -93,7 +123,10 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     # Plain text (tests, tools) or a Secret, as the OVSDB adapter hands it over.
     "psk": st.one_of(psks, psks.map(Secret), st.just("")),
     "remote_cert": st.one_of(paths, junk),
-    "remote_name": st.one_of(st.sampled_from(["peer", "host1", ""]), junk),
+    "remote_name": st.one_of(
+        st.sampled_from(["peer", "host1", "", "*", "*.example", "peer*", "a\nb", "x\x00", "\x85"]),
+        junk,
+    ),
     "ipsec_skb_mark": marks,
     "ipsec_forceencaps": junk,
     "key": junk,
@@ -109,7 +142,7 @@ TUNNEL_KEYS = [
     "key",
 ]
 SUPPORTED_TYPES = ["gre", "geneve", "vxlan"]
-TYPES = ["stt", "ip6gre", "erspan", "bareudp", "gtpu", "", "internal"]
+TYPES = ["stt", "ip6gre", "erspan", "ip6erspan", "bareudp", "gtpu", "lisp", "", "internal"]
 types = st.one_of(
     st.sampled_from(SUPPORTED_TYPES),
     st.sampled_from(SUPPORTED_TYPES),
@@ -368,6 +401,58 @@ def test_a_psk_is_redacted_in_every_form_a_log_line_shows_it(
             assert PSK_MARK not in redact_secrets(text[:end]), text[:end]
 
 
+# -- what OVS sends, computed by the C library itself -------------------------------------------
+
+_LIBC = ctypes.CDLL(None)
+_LIBC.atoi.argtypes = [ctypes.c_char_p]
+_LIBC.atoi.restype = ctypes.c_int
+# lib/netdev-vport.c: each type's protocol and default port (0: none) in the kernel datapath.
+_OVS_TYPES = {"gre": (47, 0), "ip6gre": (47, 0), "erspan": (47, 0), "ip6erspan": (47, 0),
+              "geneve": (17, 6081), "vxlan": (17, 4789), "lisp": (17, 4341), "gtpu": (17, 2152),
+              "bareudp": (17, 0), "stt": (6, 7471)}  # fmt: skip
+
+
+def ovs_destination(row: InterfaceRow) -> tuple[str | None, int, int | None] | None:
+    """(address or None for `flow`, protocol, port or None) that OVS sends this port's packets
+    to, as OVS decides it: inet_pton (glibc) for remote_ip, unmapped when IPv4-mapped, multicast
+    refused before that; `htons(atoi(dst_port))` (glibc's atoi), the default for 0. None when
+    OVS creates no tunnel."""
+    if row.type not in _OVS_TYPES:
+        return None
+    proto, default = _OVS_TYPES[row.type]
+    text = row.options.get("remote_ip")
+    if text is None or "\0" in text:
+        return None
+    address: str | None
+    if text == "flow":
+        address = None
+    else:
+        try:
+            if ":" in text:
+                packed = socket.inet_pton(socket.AF_INET6, text)
+                if packed[0] == 0xFF or packed == bytes(16):
+                    return None  # multicast refused; unset
+                mapped = packed[:12] == bytes(10) + b"\xff\xff"
+                ip = ipaddress.ip_address(packed[12:] if mapped else packed)
+            else:
+                ip = ipaddress.ip_address(socket.inet_pton(socket.AF_INET, text))
+                if ip.is_multicast:
+                    return None
+        except OSError:
+            return None
+        if ip.is_unspecified:
+            return None  # sent to this host, not off it: nothing to protect
+        address = f"{ip}/{32 if ip.version == 4 else 128}"
+    port: int | None = None
+    if proto != 47:
+        raw = row.options.get("dst_port")
+        port = default
+        if raw is not None and "\0" not in raw:
+            port = (_LIBC.atoi(raw.encode()) & 0xFFFF) or default
+        port = port or None
+    return address, proto, port
+
+
 @FUZZ
 @given(snapshots())
 def test_names_and_keys_reach_no_reason_raw(snapshot: Snapshot) -> None:
@@ -378,3 +463,120 @@ def test_names_and_keys_reach_no_reason_raw(snapshot: Snapshot) -> None:
         for text in (printable(name), invalid.reason, *(e.describe("x") for e in invalid.errors)):
             assert not any(ch in text for ch in "\n\r\x00\x1b\x85\u2028"), text
         assert len(printable(name)) <= 4 * (NAME_LIMIT + 3)
+
+
+@FUZZ
+@given(snapshots())
+def test_every_packet_ovs_sends_for_an_ipsec_port_meets_a_block(snapshot: Snapshot) -> None:
+    """Whatever the options (IPv4-mapped and scoped addresses, ports OVS reads with atoi, types
+    IPsec lacks), for a port with IPsec options and no ipsec_fail_open, the destination OVS
+    computes is blocked both ways (issue 15, items 2 and 6), valid tunnel or not."""
+    config = parse_config(snapshot)
+    if config.global_config.fail_open:
+        return
+    blocks = {
+        (spec.direction, spec.src, spec.dst, spec.proto, spec.dport)
+        for spec in plan_protection(config)
+        if spec.priority == FAIL_CLOSED_PRIORITY
+    }
+    for row in snapshot.interfaces:
+        destination = ovs_destination(row) if is_ipsec_port(row.options) else None
+        if destination is None:
+            continue
+        address, proto, port = destination
+        # remote_ip=flow: every address, both families
+        remotes = ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"] if address is None else [address]
+        for remote in remotes:
+            halves = ("::/1", "8000::/1") if ":" in remote else ("0.0.0.0/1", "128.0.0.0/1")
+            for half in halves:
+                assert ("out", half, remote, proto, port) in blocks, (row, destination)
+                assert ("in", remote, half, proto, port) in blocks, (row, destination)
+
+
+@FUZZ
+@given(snapshots())
+def test_no_wildcard_or_control_character_reaches_a_remote_identity(snapshot: Snapshot) -> None:
+    """charon matches `*` in an FQDN identity as a wildcard: no valid tunnel, and no connection
+    planned, has one (issue 15, item 9)."""
+    config = parse_config(snapshot)
+    for tunnel in config.tunnels.values():
+        name = tunnel.remote_name or ""
+        assert "*" not in name and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name)
+    for conn in plan(config).conns.values():
+        assert "*" not in conn.remote_id
+
+
+# -- the incremental planner, with files of every kind ---------------------------------------
+
+
+@functools.cache
+def real_files() -> tuple[bytes, ...]:
+    """A certificate and its key, one with 2,000 SANs (81 KiB: more than a VICI value holds),
+    a CA, and a file of two certificates."""
+    host = pki_builders.make_self_signed("peer")
+    many = pki_builders.make_self_signed(
+        "peer", san=["peer"] + [f"h{i:05d}.a-rather-long-subdomain.example" for i in range(2000)]
+    )
+    ca = pki_builders.make_ca("fuzz CA")
+    return (host.cert_pem, host.key_pem, many.cert_pem, many.key_pem, ca.cert_pem,
+            host.cert_pem + ca.cert_pem)  # fmt: skip
+
+
+file_contents = st.one_of(
+    st.sampled_from([
+        "cannot read {path}: No such file or directory",
+        "{path} is not a regular file (a FIFO)",
+        "{path} is not a regular file (a character device)",
+        "cannot read {path}: Is a directory",
+        "{path} is larger than 1048576 bytes",
+    ]),
+    st.binary(max_size=300),
+    st.sampled_from(range(6)).map(lambda i: real_files()[i]),
+    st.sampled_from(range(6)).map(lambda i: real_files()[i]),
+    st.integers(65_000, 70_000).map(lambda n: b"-----BEGIN CERTIFICATE-----\n" + b"A" * n),
+)  # fmt: skip
+# Lone surrogates: what a JSON string from OVSDB may hold, and what no UTF-8 encoder takes.
+odd_names = st.sampled_from(["t\udcff", "\ud800", "é\udc80x", "a" * 300, "ok"])
+cert_paths = st.sampled_from(["/c.pem", "/k.pem", "/ca.pem", "/peer.pem", "/p\udcff.pem"])
+
+
+@FUZZ
+@given(snapshots(), st.data())
+def test_planner_never_raises_whatever_the_files_and_names(
+    snapshot: Snapshot, data: st.DataObject
+) -> None:
+    """Certificate options pointing at files of every kind, and interface names VICI cannot
+    carry: every IPsec port is loaded or invalid with a reason, never an exception and never
+    an internal error (those are for bugs, and the fuzz should find none)."""
+    contents: dict[str, bytes | str] = {}
+
+    def read(paths: Iterable[str]) -> Mapping[str, bytes | str]:
+        for path in paths:
+            if path not in contents:
+                drawn = data.draw(file_contents)
+                contents[path] = drawn.format(path=path) if isinstance(drawn, str) else drawn
+        return {path: contents[path] for path in paths}
+
+    rows = list(snapshot.interfaces)
+    for _ in range(data.draw(st.integers(0, 3))):
+        options = {
+            "remote_ip": data.draw(good_addresses),
+            data.draw(st.sampled_from(["remote_cert", "remote_name"])): data.draw(cert_paths),
+        }
+        rows.append(InterfaceRow(data.draw(odd_names), data.draw(types), options))  # fmt: skip
+    by_name = {row.name: row for row in rows}
+    other_config = dict(snapshot.other_config)
+    for key in ("certificate", "private_key", "ca_cert"):
+        other_config[key] = data.draw(cert_paths)
+    planner = Planner(read)
+    delta = planner.update({f"u{i}": r for i, r in enumerate(by_name.values())}, other_config,
+                           dt.datetime.now(dt.UTC))  # fmt: skip
+    assert delta.internal_errors == []
+    ipsec_ports = {name for name, row in by_name.items() if is_ipsec_port(row.options)}
+    planned = {name for conn in planner.desired.conns.values() for name in conn.tunnels}
+    invalid = planner.desired.invalid
+    assert planned | set(invalid) == ipsec_ports and not planned & set(invalid)
+    for entry in invalid.values():
+        assert entry.errors and all(e.key and e.reason for e in entry.errors)
+    for conn in planner.desired.conns.values():
+        assert len(conn.wire) < 512 * 1024

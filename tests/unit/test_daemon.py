@@ -785,13 +785,45 @@ def test_the_loop_sleeps_while_ovsdb_is_not_read_yet() -> None:
 # -- cleanup -----------------------------------------------------------------------------------
 
 
-def test_cleanup_takes_out_our_connections_secrets_and_blocks() -> None:
+def test_cleanup_takes_out_our_connections_and_secrets_but_keeps_wanted_blocks() -> None:
+    """`exit` (what `ovs-ctl stop-ovs-ipsec` sends) unloads ours from charon; the blocks of
+    ports that still carry IPsec options stay, so that their traffic does not leave in clear
+    while the daemon is away (issue 15, item 12). A deleted port's lingering blocks go."""
     world = converged()
+    world.ovsdb.delete_row("uuid-2")
+    world.settle()
+    lingering = blocks_of(_converged_scratch(), PEERS[2])
+    assert lingering <= world.xfrm.policies  # kept for the linger
     world.charon.conns["someone-elses"] = {}
     world.daemon.cleanup()
     assert world.charon.conns == {"someone-elses": {}}
     assert world.charon.shared == {}
+    assert world.xfrm.policies == wanted(world)
+    assert blocks_of(world, PEERS[0]) and blocks_of(world, PEERS[0]) <= world.xfrm.policies
+    assert not lingering & world.xfrm.policies
+
+
+def test_cleanup_keeps_skb_mark_blocks_and_puts_missing_blocks_in() -> None:
+    world = converged()
+    world.ovsdb.set_other_config(ipsec_skb_mark="0/1")
+    world.settle()
+    marked = {p for p in wanted(world) if p.priority == SKB_MARK_PRIORITY}
+    assert marked
+    world.xfrm.policies.clear()  # flushed behind our back just before the exit
+    world.daemon.cleanup()
+    assert world.xfrm.policies == wanted(world) and marked <= world.xfrm.policies
+
+
+def test_cleanup_with_fail_open_and_no_mark_removes_every_block() -> None:
+    world = converged()
+    world.ovsdb.set_other_config(ipsec_fail_open="true")
+    world.settle()
+    world.daemon.cleanup()
     assert world.xfrm.policies == set()
+
+
+def _converged_scratch() -> World:
+    return converged()
 
 
 def test_an_sa_an_event_announced_is_listed_again_until_seen_then_given_up() -> None:
@@ -836,3 +868,65 @@ def test_the_event_session_lost_alone_reconnects_without_reloading() -> None:
     assert world.events.connected and world.events.subscriptions == 2
     assert world.charon.writes_since(writes) == []  # the same charon: nothing to reload
     assert set(world.states().values()) == {"configured"}
+
+
+# -- a bug met while planning one tunnel --------------------------------------------------------
+
+
+def test_an_exception_planning_one_tunnel_is_logged_and_the_daemon_carries_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """issue 15 item 5: an exception in planning (OverflowError from a 64 KiB VICI value) left
+    the loop and stopped the daemon, again at every restart. Now that tunnel is invalid, its
+    traceback logged, and every other tunnel loaded and protected."""
+    from ovs_ipsec.core import desired
+    from ovs_ipsec.daemon import loop
+
+    original = desired.parse_tunnel
+
+    def parse_tunnel(row: Any, *args: Any) -> Any:
+        if row.name == "gre1":
+            raise OverflowError("int too big to convert")
+        return original(row, *args)
+
+    logged: list[str] = []
+    monkeypatch.setattr(desired, "parse_tunnel", parse_tunnel)
+    monkeypatch.setattr(loop.vlog, "err", logged.append)
+    world = World()
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.settle()
+    assert sorted(world.charon.conns) == [conn(PEERS[0]), conn(PEERS[2])]
+    assert blocks_of(world, PEERS[1]) and world.xfrm.policies == wanted(world)
+    assert logged[0] == "gre1: internal error while planning; it is invalid"
+    assert any("OverflowError: int too big to convert" in line for line in logged)
+    assert "internal error" in world.daemon.statuses()["gre1"].reason
+
+
+def test_log_events_dropped_in_a_flood_are_reported_at_most_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """issue 15 item 20: what the event session dropped for want of budget is said in the log,
+    with its count, without the report becoming a flood of its own."""
+    from ovs_ipsec.adapters.events import Received
+    from ovs_ipsec.daemon import sa_watch
+
+    class FloodedEvents:
+        connected = True
+
+        def receive(self) -> Received:
+            return Received([], None, dropped_logs=700)
+
+    warned: list[str] = []
+    monkeypatch.setattr(sa_watch.vlog, "warn", warned.append)
+    clock = FakeClock()
+    watch = sa_watch.SaWatch(None, FloodedEvents(), Health(), lambda conns: None,  # type: ignore[arg-type]
+                             clock, command_timeout=5)  # fmt: skip
+    for _ in range(10):  # 10 s of flood
+        watch.run_events()
+        clock.advance(1.0)
+    assert len(warned) == 1 and "700 log events dropped undecoded" in warned[0]
+    for _ in range(55):
+        watch.run_events()
+        clock.advance(1.0)
+    assert len(warned) == 2 and f"{700 * 60} log events dropped" in warned[1]

@@ -213,3 +213,81 @@ def test_wait_wakes_at_once_when_a_message_is_already_buffered(path: str) -> Non
     assert poller.timeout == 0
     assert len(events.receive().events) == 2
     charon.close()
+
+
+# -- issue 15 item 20: registration serves the control socket; a log flood costs a bounded amount
+
+
+class SlowCharon(FakeCharon):
+    """Confirms each registration only after `delay` seconds."""
+
+    def __init__(self, path: str, delay: float) -> None:
+        self.delay = delay
+        super().__init__(path, known=KNOWN_598)
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        self.conn = conn
+        try:
+            while len(self.requests) < 6:
+                head = conn.recv(4, socket.MSG_WAITALL)
+                if len(head) < 4:
+                    break
+                packet = conn.recv(struct.unpack("!I", head)[0], socket.MSG_WAITALL)
+                self.requests.append(packet[2 : 2 + packet[1]].decode())
+                time.sleep(self.delay)
+                conn.sendall(frame(bytes([Packet.EVENT_CONFIRM])))
+        except OSError:
+            pass
+        self.done.set()
+
+
+def test_registration_serves_the_control_socket_and_is_bounded_by_one_timeout(path: str) -> None:
+    """Registering five events waited up to a timeout for each, serving nothing meanwhile."""
+    charon = SlowCharon(path, delay=0.3)
+    served: list[float] = []
+    events = Events(path, timeout=1.0, on_wait=lambda: served.append(time.monotonic()))
+    started = time.monotonic()
+    with pytest.raises(CharonUnreachable):
+        events.connect(events_adapter.REQUIRED_EVENTS, (("alert", "log"),))
+    took = time.monotonic() - started
+    assert took < 1.5, took  # one timeout for all, not one per event (5 x 0.3 s answered)
+    assert len(served) >= 5  # the control socket was served every tenth of a second or so
+    assert max(b - a for a, b in zip([started, *served], served, strict=False)) < 0.3
+    charon.close()
+
+
+def test_a_log_flood_is_decoded_within_its_budget_and_other_events_never_dropped(
+    path: str,
+) -> None:
+    charon = FakeCharon(path, known=KNOWN_598)
+    now = [100.0]
+    events = Events(path, timeout=2, clock=lambda: now[0])
+    events.connect(alternatives=(("alert", "log"),))
+    charon.done.wait(2)
+    assert charon.conn is not None
+    log = event("log", {"group": "NET", "level": "1", "msg": "received packet: from 10.0.0.9"})
+    updown = event("ike-updown", {"up": "yes", "ovs-10.0.0.2": {"uniqueid": "7"}})
+    charon.conn.sendall(log * 1500 + updown + log * 1500)
+    got: list[tuple[str, dict[str, Any]]] = []
+    dropped = 0
+    deadline = time.monotonic() + 3
+    while len(got) + dropped < 3001 and time.monotonic() < deadline:
+        received = events.receive()
+        assert received.lost is None
+        got += received.events
+        dropped += received.dropped_logs
+        time.sleep(0.01)
+    logs = [name for name, _ in got if name == "log"]
+    assert len(logs) == events_adapter.LOG_BUDGET and dropped == 3000 - len(logs)
+    assert ("ike-updown", {"up": "yes", "ovs-10.0.0.2": {"uniqueid": "7"}}) in got
+    # While dropping, the socket is read on a timer, not at every packet.
+    poller = ovs.poller.Poller()
+    events.wait(poller)
+    assert 0 < poller.timeout <= events_adapter.THROTTLED_POLL * 1000 + 1
+    # The next second has a budget of its own.
+    now[0] += 1.0
+    charon.conn.sendall(log * 3)
+    time.sleep(0.05)
+    assert [name for name, _ in events.receive().events] == ["log"] * 3
+    charon.close()

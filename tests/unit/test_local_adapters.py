@@ -46,6 +46,41 @@ def test_read_files_gives_bytes_or_why_not(tmp_path: Path) -> None:
     assert contents[str(tmp_path)] == f"cannot read {tmp_path}: Is a directory"
 
 
+def test_read_files_opens_no_fifo_or_device_and_never_blocks(tmp_path: Path) -> None:
+    """issue 15 item 3: a FIFO (nobody writing) blocked open() for ever, /dev/ptmx read() for
+    ever; the loop stopped with them. Now each is a reason, at once."""
+    fifo = tmp_path / "cert.fifo"
+    os.mkfifo(fifo)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "sock"))
+    link = tmp_path / "link.pem"
+    link.symlink_to(fifo)
+    paths = [str(fifo), "/dev/ptmx", "/dev/zero", str(tmp_path / "sock"), str(link)]
+
+    class Hung(Exception):  # not an OSError, which read_files would take for a reason
+        pass
+
+    def hung(signum: int, frame: object) -> None:
+        raise Hung("read_files blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        contents = read_files(paths)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        server.close()
+
+    assert contents == {
+        str(fifo): f"{fifo} is not a regular file (a FIFO)",
+        "/dev/ptmx": "/dev/ptmx is not a regular file (a character device)",
+        "/dev/zero": "/dev/zero is not a regular file (a character device)",
+        str(tmp_path / "sock"): f"{tmp_path / 'sock'} is not a regular file (a socket)",
+        str(link): f"{link} is not a regular file (a FIFO)",
+    }
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_read_files_reports_an_unreadable_file(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from ovs_ipsec.core.model import (
+    REMOTE_FLOW,
     AuthMode,
     GlobalConfig,
     InterfaceRow,
@@ -213,7 +214,8 @@ def test_bad_remote_ip_is_rejected_naming_remote_ip(type_: str, text: str | None
     rejected with exactly one reason, on `remote_ip`; type and dst_port are kept."""
     result = invalid(parse(type_, with_psk(remote_ip=text)))
     assert error_keys(result) == ["remote_ip"]
-    assert result.remote_ip is None
+    # `flow` is kept: OVS sends wherever a flow says, and the blocks cover every address.
+    assert result.remote_ip == (REMOTE_FLOW if text == "flow" else None)
     assert result.type is TunnelType(type_)
     assert result.dst_port == (4789 if type_ == "vxlan" else None)
 
@@ -695,3 +697,18 @@ def test_invalid_tunnel_keeps_what_parsed() -> None:
         7000,
     )
     assert "remote_name: " in result.reason
+
+
+@pytest.mark.parametrize("text", ["0/0", "0x0/0x0", " 0/0 "])
+def test_skb_mark_mask_zero_is_accepted_with_a_warning(text: str) -> None:
+    """A mask of 0 matches every packet: every plain tunnel of the host is blocked. It is what
+    the operator wrote, so it stands, but it is not silent (issue 15, item 15)."""
+    config = parse_global({"ipsec_skb_mark": text})
+    assert config.skb_mark == SkbMark(0, 0) and not config.errors
+    assert [w.key for w in config.warnings] == ["ipsec_skb_mark"]
+    assert "every packet" in config.warnings[0].reason
+
+
+@pytest.mark.parametrize("text", ["0/1", "1/1", "1"])
+def test_skb_mark_with_a_mask_has_no_warning(text: str) -> None:
+    assert parse_global({"ipsec_skb_mark": text}).warnings == ()

@@ -445,11 +445,45 @@ def test_spec_rejects_non_canonical_values(kwargs):
 
 
 def test_is_owned_needs_block_and_our_priority():
-    spec = fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE)
+    spec = fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)
     assert is_owned(spec)
     assert not is_owned(dataclasses.replace(spec, action="allow"))
     assert not is_owned(dataclasses.replace(spec, priority=FAIL_CLOSED_PRIORITY + 1))
     assert not is_owned(dataclasses.replace(spec, priority=366_976))
+
+
+def test_is_owned_needs_a_shape_the_daemon_makes():
+    """Priority alone does not make a policy ours (issue 15, item 15): a block at our priority
+    that no plan of ours produces (host to host, a mark on a fail-closed block, an addressed
+    skb-mark block, a source port, another protocol) is someone else's."""
+    ours = [
+        *plan_protection(rich_config_for_ownership()),
+        fc("in", "fd77::2/128", "8000::/1", UDP, 4789),
+    ]
+    assert all(is_owned(spec) for spec in ours)
+    skb = PolicySpec("out", 4, "0.0.0.0/0", "0.0.0.0/0", GRE, None, None, 1, 1, SKB_MARK_PRIORITY)
+    assert is_owned(skb)
+    # Earlier versions' shapes: a `0/0` local side, inbound skb-mark blocks.
+    assert is_owned(fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE))
+    assert is_owned(dataclasses.replace(skb, direction="in"))
+    foreign = [
+        fc("out", "10.0.0.1/32", "10.0.0.2/32", GRE),
+        fc("in", "10.0.0.2/32", "10.0.0.1/32", GRE),
+        dataclasses.replace(fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE), mark=1, mask=1),
+        dataclasses.replace(fc("out", "0.0.0.0/1", "10.0.0.2/32", UDP, 4789), sport=1),
+        fc("out", "0.0.0.0/1", "10.0.0.2/32", 1),
+        dataclasses.replace(skb, dst="10.0.0.2/32"),
+    ]
+    assert not [spec for spec in foreign if is_owned(spec)]
+
+
+def rich_config_for_ownership():
+    return config(
+        [tunnel("g", TunnelType.GRE, "10.0.0.2"), tunnel("v6", TunnelType.VXLAN, "fd77::2")],
+        [invalid("bad", "10.0.0.3")],
+        skb_mark=SkbMark(0, 1),
+        tunnel_ports=(4790,),
+    )
 
 
 def test_canonical_prefix():

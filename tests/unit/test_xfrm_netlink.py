@@ -57,6 +57,28 @@ def test_zero_valued_marks_are_sent_exactly() -> None:
     assert (index, direction) == (0, 0)
 
 
+def test_new_get_and_delete_by_index_messages() -> None:
+    """Creation is XFRM_MSG_NEWPOLICY (EEXIST where a key is held, never a silent replace); a
+    key is looked up with XFRM_MSG_GETPOLICY (no ack asked: the policy or an error is the
+    answer); a removal deletes by the index the lookup found, carrying the mark."""
+    new = nl.new_message(MARK0_V6, 3)
+    assert struct.unpack_from("=IHHII", new)[1:4] == (19, 0x5, 3)
+    assert new[16:] == nl.update_message(MARK0_V6, 3)[16:]
+    get = nl.get_message(MARK0_V6, 4)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", get)
+    assert (length, kind, flags, seq) == (len(get), 21, 0x1, 4)
+    assert get[16:72] == nl.selector(MARK0_V6)
+    assert struct.unpack_from("=IB", get, 72) == (0, 0)
+    assert struct.unpack_from("=HHII", get, 80) == (12, 21, 0, 1)
+    delete = nl.delete_by_index_message(MARK0_V6, 0x1238, 5)
+    assert struct.unpack_from("=IHHII", delete)[1:4] == (20, 0x5, 5)
+    assert struct.unpack_from("=IB", delete, 72) == (0x1238, 0)
+    assert struct.unpack_from("=HHII", delete, 80) == (12, 21, 0, 1)
+    body = bytearray(nl.update_message(BLOCK_V4, 1)[16:])
+    struct.pack_into("=I", body, 56 + 8 * 8 + 4 * 8 + 4, 0x4321)
+    assert nl.policy_index(bytes(body)) == 0x4321
+
+
 def test_parse_acks() -> None:
     ok = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, 0) + struct.pack("=IHHII", 92, 20, 5, 1, 0)
     gone = struct.pack("=IHHIIi", 36, 2, 0x100, 2, 0, -2) + struct.pack("=IHHII", 92, 20, 5, 2, 0)

@@ -340,9 +340,8 @@ def test_owned_specs_are_exactly_ours(parsed):
         spec("in", "::/0", "::/0", UDP, 6081, 0, 1, sm),
         spec("out", "0.0.0.0/0", "0.0.0.0/0", UDP, 5555, 0x10, 0xF0, sm),
         spec("out", "0.0.0.0/0", "0.0.0.0/0", UDP, 4789, 1, 1, sm),
-        # A hand-added block at our priority that a PolicySpec can express counts as ours:
-        # ownership is the priority (reserved; documented for operators).
-        spec("out", "10.0.0.7/32", "10.0.0.9/32", 99, None, 0, 0, fc),
+        # A hand-added block at our priority of a shape no plan of ours has (host to host,
+        # protocol 99) is someone else's: the priority alone does not make it ours.
     }
 
 

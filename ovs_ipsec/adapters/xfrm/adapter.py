@@ -125,7 +125,8 @@ class Xfrm:
     # -- changing ---------------------------------------------------------------------------
 
     def apply(self, add: Iterable[PolicySpec] = (), remove: Iterable[PolicySpec] = ()) -> None:
-        """Install `add` (create or replace by key), then delete `remove`, over netlink.
+        """Install `add` (create, or replace one of ours with the same key), then delete `remove`
+        (only ours), over netlink (`xfrm_netlink.send_policy_ops`).
 
         All additions go before any removal, and a removal with the same kernel key as an
         addition is dropped (the update replaced it). A removal whose policy is already gone
@@ -145,7 +146,7 @@ class Xfrm:
         except OSError as exc:
             raise XfrmError(f"netlink: {exc.strerror or exc}") from exc
         failures = [
-            PolicyFailure(op, os.strerror(error))
+            PolicyFailure(op, _describe_error(error))
             for op, error in zip(ops, errors, strict=True)
             if error and not (op.kind == "remove" and error == errno.ENOENT)
         ]
@@ -178,6 +179,12 @@ class Xfrm:
             return proc.run([self._ip, *args], timeout=self.timeout, input=stdin, check=False)
         except CommandError as exc:
             raise XfrmError(f"ip {' '.join(args)}: {exc.stderr or exc}") from exc
+
+
+def _describe_error(error: int) -> str:
+    if error == xfrm_netlink.FOREIGN_POLICY:
+        return "a policy that is not ours holds this key (selector, direction, mark); left alone"
+    return os.strerror(error)
 
 
 def _error_text(result: proc.Result) -> str:

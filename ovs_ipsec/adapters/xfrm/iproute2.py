@@ -248,6 +248,6 @@ def owned_specs(policies: Iterable[ObservedPolicy]) -> frozenset[PolicySpec]:
     for policy in policies:
         if is_owned(policy):
             spec = policy.to_spec()
-            if spec is not None:
+            if spec is not None and is_owned(spec):
                 owned.add(spec)
     return frozenset(owned)

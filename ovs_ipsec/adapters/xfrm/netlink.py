@@ -16,12 +16,14 @@ May import: block_policies, stdlib.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import itertools
 import socket
 import struct
 from collections.abc import Iterator, Sequence
 
-from ovs_ipsec.core.block_policies import PolicySpec
+from ovs_ipsec.core.block_policies import PolicySpec, is_owned
 
 NETLINK_XFRM = 6
 SOL_NETLINK = 270
@@ -67,6 +69,9 @@ _POLICY_INFO_TAIL = struct.Struct("=8Q4QIIBBBB4x")
 _POLICY_ID_TAIL = struct.Struct("=IB3x")
 _MARK_ATTR = struct.Struct("=HHII")  # struct rtattr, then struct xfrm_mark {v, m}
 
+# send_policy_ops' answer for an addition whose key a policy not ours holds: left in place.
+FOREIGN_POLICY = -1
+
 # Requests in flight before their acks are read: every ack holds a slice of the socket's
 # receive buffer until read, and a full buffer drops acks.
 WINDOW = 64
@@ -104,6 +109,30 @@ def _mark(spec: PolicySpec) -> bytes:
 
 def update_message(spec: PolicySpec, seq: int) -> bytes:
     """XFRM_MSG_UPDPOLICY: create the policy, or replace the one with its key in place."""
+    return _policy_message(XFRM_MSG_UPDPOLICY, spec, seq)
+
+
+def new_message(spec: PolicySpec, seq: int) -> bytes:
+    """XFRM_MSG_NEWPOLICY: create the policy; EEXIST if a policy holds its key."""
+    return _policy_message(XFRM_MSG_NEWPOLICY, spec, seq)
+
+
+def get_message(spec: PolicySpec, seq: int) -> bytes:
+    """XFRM_MSG_GETPOLICY by key (selector, direction, mark): the policy that holds it, as an
+    XFRM_MSG_NEWPOLICY reply, or an error (ENOENT). No ack is asked for: the reply is one."""
+    tail = _POLICY_ID_TAIL.pack(0, POLICY_DIRS[spec.direction])
+    body = selector(spec) + tail + _mark(spec)
+    return HEADER.pack(HEADER.size + len(body), XFRM_MSG_GETPOLICY, NLM_F_REQUEST, seq, 0) + body
+
+
+def delete_by_index_message(spec: PolicySpec, index: int, seq: int) -> bytes:
+    """XFRM_MSG_DELPOLICY of the one policy with this index (found by `get_message`): never
+    another policy that took the key meanwhile."""
+    tail = _POLICY_ID_TAIL.pack(index, POLICY_DIRS[spec.direction])
+    return _message(XFRM_MSG_DELPOLICY, seq, bytes(56) + tail + _mark(spec))
+
+
+def _policy_message(kind: int, spec: PolicySpec, seq: int) -> bytes:
     tail = _POLICY_INFO_TAIL.pack(
         *(XFRM_INF, XFRM_INF, XFRM_INF, XFRM_INF, 0, 0, 0, 0),  # no limits, no expiry
         *(0, 0, 0, 0),
@@ -114,7 +143,7 @@ def update_message(spec: PolicySpec, seq: int) -> bytes:
         0,  # flags
         0,  # share: XFRM_SHARE_ANY
     )
-    return _message(XFRM_MSG_UPDPOLICY, seq, selector(spec) + tail + _mark(spec))
+    return _message(kind, seq, selector(spec) + tail + _mark(spec))
 
 
 def delete_message(spec: PolicySpec, seq: int) -> bytes:
@@ -242,26 +271,79 @@ def parse_acks(data: bytes) -> list[tuple[int, int]]:
     return [(seq, _errno(body)) for kind, seq, body in iter_messages(data) if kind == NLMSG_ERROR]
 
 
-def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> list[int]:
-    """Carry out ("add" | "remove", spec) in order; the kernel's errno for each (0: done).
+def policy_index(body: bytes) -> int:
+    """The kernel's index of the policy in an XFRM_MSG_NEWPOLICY body."""
+    return _POLICY_INFO_TAIL.unpack_from(body, 56)[13]
 
-    Raises OSError when netlink itself fails or an ack does not come within `timeout`: what
+
+def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> list[int]:
+    """Carry out ("add" | "remove", spec), additions before removals; the kernel's errno for
+    each (0: done; FOREIGN_POLICY: an addition whose key a policy not ours holds).
+
+    Only our own policies are ever replaced or deleted (`is_owned`): an addition is a
+    NEWPOLICY, and where a policy already holds the key it is looked at and replaced only if
+    ours; a removal looks the key up first and deletes that policy by its index only if it is
+    exactly the one asked for (a foreign policy in its place means ours is gone: ENOENT).
+
+    Raises OSError when netlink itself fails or an answer does not come within `timeout`: what
     happened to the rest is then unknown."""
     results = [0] * len(ops)
     with _socket(timeout) as sock:
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        pending: set[int] = set()
-        for index, (kind, spec) in enumerate(ops):
-            seq = index + 1
-            build = update_message if kind == "add" else delete_message
-            sock.send(build(spec, seq))
-            pending.add(seq)
-            while len(pending) >= WINDOW or (pending and index == len(ops) - 1):
-                for acked, error in parse_acks(sock.recv(65536)):
-                    if acked in pending:
-                        pending.discard(acked)
-                        results[acked - 1] = error
+        seqs = itertools.count(1)
+        first = _exchange(
+            sock,
+            [(i, (new_message if kind == "add" else get_message)(spec, next(seqs)))
+             for i, (kind, spec) in enumerate(ops)],
+        )  # fmt: skip
+        taken: list[int] = []  # additions whose key is held: by ours or someone else's?
+        deletions: list[tuple[int, bytes]] = []
+        for i, (kind, spec) in enumerate(ops):
+            error, body = first[i]
+            if kind == "add":
+                if error == errno.EEXIST:
+                    taken.append(i)
+                else:
+                    results[i] = error
+            elif error:
+                results[i] = error
+            elif parse_policy(body) == spec:
+                deletions.append((i, delete_by_index_message(spec, policy_index(body), next(seqs))))
+            else:
+                results[i] = errno.ENOENT  # another policy holds the key: ours is not there
+        holders = _exchange(sock, [(i, get_message(ops[i][1], next(seqs))) for i in taken])
+        replace = []
+        for i in taken:
+            error, body = holders[i]
+            holder = None if error else parse_policy(body)
+            if error or (holder is not None and is_owned(holder)):
+                replace.append((i, update_message(ops[i][1], next(seqs))))  # gone, or ours
+            else:
+                results[i] = FOREIGN_POLICY
+        for i, (error, _) in _exchange(sock, deletions + replace).items():
+            results[i] = error
     return results
+
+
+def _exchange(
+    sock: socket.socket, requests: Sequence[tuple[int, bytes]]
+) -> dict[int, tuple[int, bytes]]:
+    """Send each (key, request) and collect its one answer, at most WINDOW in flight: key ->
+    (errno, b"") for an ack or error, (0, body) for a policy. Requests carry distinct seqs."""
+    answers: dict[int, tuple[int, bytes]] = {}
+    pending: dict[int, int] = {}  # seq -> key
+    for position, (key, request) in enumerate(requests):
+        sock.send(request)
+        pending[HEADER.unpack_from(request)[3]] = key
+        while len(pending) >= WINDOW or (pending and position == len(requests) - 1):
+            for kind, seq, body in iter_messages(sock.recv(65536)):
+                if seq not in pending:
+                    continue
+                if kind == NLMSG_ERROR:
+                    answers[pending.pop(seq)] = (_errno(body), b"")
+                elif kind == XFRM_MSG_NEWPOLICY:
+                    answers[pending.pop(seq)] = (0, body)
+    return answers
 
 
 def _socket(timeout: float) -> socket.socket:
