@@ -6,7 +6,7 @@ every line and section of upstream's, Ofport and CFM state from OVSDB (a change 
 is not a change of the tunnel), the kernel's policies; `exit` with an unknown argument.
 
 `Connections for all(N) configured tunnels are Up.` needs installed CHILD_SAs, which this
-kernel refuses (no ESP): tests/unit/test_upstream_dropin.py covers it over fakes."""
+kernel refuses (no ESP): tests/unit/test_upstream_lines.py covers it over fakes."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import ast
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,11 @@ def test_importing_the_modules_leaves_the_ovs_library_alone() -> None:
         [sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their base name (rootdir mode, no packages): two with one
+    name in different folders stop the whole run at collection."""
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(path.name for path in tests.rglob("test_*.py") if "guest" not in path.parts)
+    assert not [name for name, count in names.items() if count > 1]
