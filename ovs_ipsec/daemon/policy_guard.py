@@ -80,8 +80,10 @@ class PolicyGuard:
         self.clock = clock
         self._linger_seconds = linger
         # Our block policies in the kernel as last listed or written, updated in place (a copy
-        # per change would cost a pass over thousands); None: unknown, list first.
-        self.policies: set[PolicySpec] | None = None
+        # per change would cost a pass over thousands); None: unknown, list first. The keys of
+        # a dict rather than a set: a set grown to 20,000 policies (N = 5,000) by updates has a
+        # 2 MiB table, the dict 0.6 MiB (bench: 0.3 KiB less RSS per added tunnel).
+        self._policies: dict[PolicySpec, None] | None = None
         self._lingering: dict[PolicySpec, float] = {}  # fail-closed blocks kept until then
         # Changes of the desired state not carried out yet. Additions go in at the next pass of
         # any kind; removals wait for a pass that touched charon.
@@ -98,6 +100,11 @@ class PolicyGuard:
         self._failed = False  # an XFRM failure in this pass
         self._retry_at: float | None = None
         self._backoff = 0.0
+
+    @property
+    def policies(self) -> AbstractSet[PolicySpec] | None:
+        """Our block policies in the kernel as last listed or written; None: unknown."""
+        return None if self._policies is None else self._policies.keys()
 
     @property
     def lingering(self) -> int:
@@ -203,7 +210,7 @@ class PolicyGuard:
         remove = owned - wanted
         self.xfrm.apply(add=sorted(wanted - owned, key=PolicySpec.sort_key),
                         remove=sorted(remove, key=PolicySpec.sort_key))  # fmt: skip
-        self.policies = set(wanted)
+        self._policies = dict.fromkeys(wanted)
         self._lingering = {}
         return len(remove), len(wanted)
 
@@ -232,9 +239,8 @@ class PolicyGuard:
         # The wanted policies' own objects stand for the equal observed ones, so that thousands
         # of policies are not held twice.
         wanted = self.planner.policies
-        self.policies = {spec for spec in wanted if spec in observed} | {
-            spec for spec in observed if spec not in wanted
-        }
+        self._policies = dict.fromkeys(spec for spec in wanted if spec in observed)
+        self._policies.update(dict.fromkeys(spec for spec in observed if spec not in wanted))
         self._counts = counts  # read before the listing: a change during it shows next time
         self._checks_since_listing = 0
         return True
@@ -282,9 +288,10 @@ class PolicyGuard:
             self._fail(pass_id, "changing policies", exc)
             return
         self._in_line = False
-        if self.policies is not None:
-            self.policies.update(add)
-            self.policies.difference_update(remove)
+        if self._policies is not None:
+            self._policies.update(dict.fromkeys(add))
+            for spec in remove:
+                self._policies.pop(spec, None)
         verb = "installed" if add else "removed"
         held = "" if self.policies is None else f" ({len(self.policies)} in place)"
         vlog.info(f"[{pass_id}] {verb} {len(add or remove)} protection policies{held}")
@@ -298,7 +305,7 @@ class PolicyGuard:
     def _fail(self, pass_id: int, what: str, exc: XfrmError) -> None:
         self._failed = True
         self.health.xfrm_error = str(exc)
-        self.policies = None  # look again at the retry
+        self._policies = None  # look again at the retry
         self._in_line = False
         vlog.err(f"[{pass_id}] kernel XFRM: {what} failed: {exc}")
 
