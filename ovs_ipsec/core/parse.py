@@ -99,9 +99,9 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
             warnings.append(
                 Invalid(
                     "ipsec_skb_mark",
-                    f"mask 0 ({quoted(raw_mark)}) matches every packet: all GRE and tunnel UDP "
-                    "traffic of this host that IPsec does not carry is blocked, plain tunnels' "
-                    "included",
+                    f"mask 0 ({quoted(raw_mark)}) matches every packet: all GRE, tunnel UDP and "
+                    "STT TCP traffic of this host that IPsec does not carry is blocked, plain "
+                    "tunnels' included",
                 )
             )
 
@@ -165,14 +165,8 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
     local_ip = _parse_ip(options, "local_ip", errors, required=False)
     if remote_ip and local_ip and (":" in remote_ip) != (":" in local_ip):
         errors.append(Invalid("local_ip", "address family differs from remote_ip"))
-    if tunnel_type is TunnelType.IP6GRE and remote_ip and ":" not in remote_ip:
-        # OVS's ip6gre device sends over IPv6 only: IPv4 (or IPv4-mapped) needs type=gre.
-        errors.append(
-            Invalid(
-                "remote_ip",
-                f"type=ip6gre needs an IPv6 address, got {remote_ip} (use type=gre for IPv4)",
-            )  # fmt: skip
-        )
+    if tunnel_type is TunnelType.IP6GRE:
+        errors.extend(_ip6gre_errors(remote_ip, local_ip))
 
     # The port OVS sends to, for every type it has one; a bad value is reported only for the
     # types IPsec supports (the type's own reason says enough for the others).
@@ -216,6 +210,26 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
         remote_name=options.get("remote_name"),
         ike_options=ike_options,
     )
+
+
+def _ip6gre_errors(remote_ip: str | None, local_ip: str | None) -> list[Invalid]:
+    if remote_ip and ":" not in remote_ip:
+        # OVS's ip6gre device sends over IPv6 only: IPv4 (or IPv4-mapped) needs type=gre.
+        reason = f"type=ip6gre needs an IPv6 address, got {remote_ip} (use type=gre for IPv4)"
+        return [Invalid("remote_ip", reason)]
+    if remote_ip and local_ip is None:
+        # Linux's ip6gre looks up the XFRM policy of a flow-based (OVS) tunnel's packet before it
+        # picks the source address (ip6_tnl_xmit), so the lookup sees `::` as the source: no
+        # per-peer IPsec policy can match, and the fail-closed block drops every packet.
+        return [
+            Invalid(
+                "local_ip",
+                "type=ip6gre with IPsec needs local_ip: without it the kernel looks up IPsec "
+                "policies before it picks the source address, so none matches and the tunnel "
+                "carries nothing",
+            )
+        ]
+    return []
 
 
 def _parse_auth(

@@ -171,6 +171,16 @@ def test_ip6gre_to_an_ipv4_remote_is_invalid_with_a_reason(remote: str) -> None:
     assert (result.type, result.remote_ip) == (TunnelType.IP6GRE, "192.0.2.2")
 
 
+def test_ip6gre_without_local_ip_is_invalid_with_a_reason() -> None:
+    """Linux looks up the IPsec policy of an OVS ip6gre packet before it picks the source
+    address (`::` then), so no per-peer policy could match: local_ip is required, and the
+    remote is kept for the fail-closed blocks."""
+    result = invalid(parse("ip6gre", with_psk(remote_ip="fd00::2")))
+    assert error_keys(result) == ["local_ip"]
+    assert "type=ip6gre with IPsec needs local_ip" in result.errors[0].reason
+    assert (result.type, result.remote_ip) == (TunnelType.IP6GRE, "fd00::2")
+
+
 @pytest.mark.parametrize(("dst_port", "expected"), [(None, 7471), ("7500", 7500)])
 def test_stt_reads_its_tcp_port_from_dst_port(dst_port: str | None, expected: int) -> None:
     """STT is sent to a TCP port: options:dst_port, 7471 by default (OVS's STT_DST_PORT)."""
