@@ -166,7 +166,7 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
     if remote_ip and local_ip and (":" in remote_ip) != (":" in local_ip):
         errors.append(Invalid("local_ip", "address family differs from remote_ip"))
     if tunnel_type is TunnelType.IP6GRE:
-        errors.extend(_ip6gre_errors(remote_ip, local_ip))
+        errors.extend(_ip6gre_errors(remote_ip))
 
     # The port OVS sends to, for every type it has one; a bad value is reported only for the
     # types IPsec supports (the type's own reason says enough for the others).
@@ -212,23 +212,11 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
     )
 
 
-def _ip6gre_errors(remote_ip: str | None, local_ip: str | None) -> list[Invalid]:
+def _ip6gre_errors(remote_ip: str | None) -> list[Invalid]:
     if remote_ip and ":" not in remote_ip:
         # OVS's ip6gre device sends over IPv6 only: IPv4 (or IPv4-mapped) needs type=gre.
         reason = f"type=ip6gre needs an IPv6 address, got {remote_ip} (use type=gre for IPv4)"
         return [Invalid("remote_ip", reason)]
-    if remote_ip and local_ip is None:
-        # Linux's ip6gre looks up the XFRM policy of a flow-based (OVS) tunnel's packet before it
-        # picks the source address (ip6_tnl_xmit), so the lookup sees `::` as the source: no
-        # per-peer IPsec policy can match, and the fail-closed block drops every packet.
-        return [
-            Invalid(
-                "local_ip",
-                "type=ip6gre with IPsec needs local_ip: without it the kernel looks up IPsec "
-                "policies before it picks the source address, so none matches and the tunnel "
-                "carries nothing",
-            )
-        ]
     return []
 
 
@@ -295,6 +283,13 @@ def caveat(tunnel: Tunnel) -> str | None:
     if tunnel.type is TunnelType.GRE and tunnel.family == 6:
         return ("type=gre to an IPv6 remote_ip carries no traffic: Open vSwitch sends GRE over "
                 "IPv4 only (IPv6 needs type=ip6gre)")  # fmt: skip
+    if tunnel.type is TunnelType.IP6GRE:
+        # Linux's flow-based ip6gre (OVS's) looks up a packet's XFRM policy with source `::`
+        # (__gre6_xmit leaves it unset; ip6_tnl_xmit picks it after xfrm_lookup), so no
+        # per-peer IPsec policy matches, and a transport-mode SA could not be found for `::`.
+        return ("type=ip6gre carries no traffic under IPsec: Linux looks up IPsec policies for "
+                "Open vSwitch's ip6gre packets before it picks their source address, so none "
+                "matches and the fail-closed block drops them (none leaves in clear)")  # fmt: skip
     return None
 
 

@@ -26,6 +26,7 @@ from ovs_ipsec.core.model import (
 )
 from ovs_ipsec.core.parse import (
     MAX_OPTION_LENGTH,
+    caveat,
     is_ipsec_port,
     parse_config,
     parse_global,
@@ -171,14 +172,15 @@ def test_ip6gre_to_an_ipv4_remote_is_invalid_with_a_reason(remote: str) -> None:
     assert (result.type, result.remote_ip) == (TunnelType.IP6GRE, "192.0.2.2")
 
 
-def test_ip6gre_without_local_ip_is_invalid_with_a_reason() -> None:
-    """Linux looks up the IPsec policy of an OVS ip6gre packet before it picks the source
-    address (`::` then), so no per-peer policy could match: local_ip is required, and the
-    remote is kept for the fail-closed blocks."""
-    result = invalid(parse("ip6gre", with_psk(remote_ip="fd00::2")))
-    assert error_keys(result) == ["local_ip"]
-    assert "type=ip6gre with IPsec needs local_ip" in result.errors[0].reason
-    assert (result.type, result.remote_ip) == (TunnelType.IP6GRE, "fd00::2")
+@pytest.mark.parametrize("local_ip", [None, "fd00::1"])
+def test_ip6gre_is_valid_with_a_caveat(local_ip: str | None) -> None:
+    """Linux looks up the IPsec policy of an OVS ip6gre packet with source `::` (before it
+    picks the address), with or without local_ip: loaded and protected, but it carries
+    nothing, and the caveat says why."""
+    tunnel = valid(parse("ip6gre", with_psk(remote_ip="fd00::2", local_ip=local_ip)))
+    warning = caveat(tunnel)
+    assert warning is not None and "type=ip6gre carries no traffic under IPsec" in warning
+    assert caveat(valid(parse("gre"))) is None
 
 
 @pytest.mark.parametrize(("dst_port", "expected"), [(None, 7471), ("7500", 7500)])

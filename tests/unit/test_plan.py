@@ -150,6 +150,11 @@ GOLDEN = [
         id="geneve-ipv6-custom-dst_port",
     ),
     pytest.param(
+        psk_tunnel("ip6gre0", "ip6gre", "2001:db8::2"),
+        conn_body("2001:db8::2", None, gre_children("ovs-ip6gre0")),
+        id="ip6gre",
+    ),
+    pytest.param(
         psk_tunnel("ip6gre0", "ip6gre", "2001:db8::2", local_ip="2001:db8::1"),
         conn_body("2001:db8::2", "2001:db8::1", gre_children("ovs-ip6gre0")),
         id="ip6gre-local_ip",
