@@ -638,7 +638,7 @@ class Tunnel:
     address on the bridge's internal interface (one bridge per tunnel: no L2 loops)."""
 
     tag: str  # short, unique: names the bridge and port
-    type: str  # gre | geneve | vxlan
+    type: str  # gre | ip6gre | geneve | vxlan (stt: no kernel has the device)
     family: int  # underlay family: 4 | 6
     subnet: int  # overlay 192.0.<subnet>.0/24
     dst_port: int | None = None
@@ -657,9 +657,15 @@ class Tunnel:
 
     @property
     def udp_port(self) -> int | None:
-        if self.type == "gre":
+        """The UDP destination port (None for GRE, ip6gre and STT, whose port is TCP)."""
+        if self.type not in ("geneve", "vxlan"):
             return None
         return self.dst_port or {"geneve": 6081, "vxlan": 4789}[self.type]
+
+    @property
+    def protocol(self) -> str:
+        """The protocol of its packets as `ip xfrm policy` prints it."""
+        return {"gre": "gre", "ip6gre": "gre", "stt": "tcp"}.get(self.type, "udp")
 
     def iface_args(
         self, local: Node, remote: Node, extra: dict[str, str] | None = None
@@ -699,7 +705,7 @@ class Tunnel:
     def selector(self, local: Node, remote: Node) -> str:
         plen = 32 if self.family == 4 else 128
         sel = f"src {local.ip(self.family)}/{plen} dst {remote.ip(self.family)}/{plen} proto "
-        return sel + ("gre" if self.type == "gre" else "udp")
+        return sel + self.protocol
 
     def wait_policies(self, a: Node, b: Node, timeout: float = 40) -> None:
         """Until charon's per-peer transport policies (trap or installed) exist on both sides:

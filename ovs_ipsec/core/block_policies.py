@@ -4,15 +4,16 @@ Two kinds of policy, both `action block`, both installed and removed by the daem
 through charon), so they hold while charon or the daemon is down:
 
 * **fail-closed**, per IPsec tunnel (valid or invalid, as long as its remote address is known):
-  OUT `any -> remote/host` and IN `remote/host -> any` for the tunnel's protocol (GRE, or UDP to
-  its destination port; for a port of a type IPsec lacks, the protocol and port OVS sends it
-  with; `remote_ip=flow`: to and from every address), no mark (so they match every skb mark).
-  Whenever charon's per-peer trap or IPsec policy exists it wins and the traffic is encrypted;
-  whenever it does not, the packet is dropped instead of leaving (or being accepted) in clear.
+  OUT `any -> remote/host` and IN `remote/host -> any` for the tunnel's protocol (GRE, or UDP or
+  STT's TCP to its destination port; for a port of a type IPsec lacks, the protocol and port OVS
+  sends it with; `remote_ip=flow`: to and from every address), no mark (so they match every skb
+  mark). Whenever charon's per-peer trap or IPsec policy exists it wins and the traffic is
+  encrypted; whenever it does not, the packet is dropped instead of leaving (or being accepted)
+  in clear.
   `other_config:ipsec_fail_open=true` turns these off: plaintext then flows while no charon
   policy exists (upstream's behaviour).
-* **ipsec_skb_mark**: OUT and IN, IPv4 and IPv6, `0/0 <-> 0/0`, GRE and UDP to every tunnel
-  destination port, carrying `mark VALUE mask MASK`.
+* **ipsec_skb_mark**: OUT, IPv4 and IPv6, `0/0 <-> 0/0`, GRE, and UDP (TCP for STT) to every
+  tunnel destination port, carrying `mark VALUE mask MASK`.
 
 Ownership lives in the kernel object: a block policy at one of our reserved priorities, of a
 shape these plans make, is ours (`is_owned`); the netlink adapter creates a policy only where its
@@ -83,8 +84,11 @@ OWNED_PRIORITIES = frozenset({FAIL_CLOSED_PRIORITY, SKB_MARK_PRIORITY})
 BLOCK = "block"
 DIRECTIONS = ("out", "in")
 
-# The UDP tunnel ports ipsec_skb_mark always covers, whatever OVSDB holds (VXLAN, Geneve).
-_ALWAYS_UDP_PORTS = tuple(sorted(DEFAULT_DST_PORT.values()))
+# The tunnel ports ipsec_skb_mark always covers, whatever OVSDB holds: the default ports of the
+# types IPsec supports (UDP: VXLAN, Geneve; TCP: STT), as upstream's prevent_unencrypted_* did.
+_ALWAYS_PORTS = tuple(sorted((kind.protocol, port) for kind, port in DEFAULT_DST_PORT.items()))
+_ALWAYS_UDP_PORTS = tuple(port for proto, port in _ALWAYS_PORTS if proto == IPPROTO_UDP)
+_ALWAYS_TCP_PORTS = tuple(port for proto, port in _ALWAYS_PORTS if proto == IPPROTO_TCP)
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 # "Any address" as two halves. charon installs a trap as `0.0.0.0/0 <-> peer/32` when it cannot
 # tell its own address for a peer (no route yet, local_ip unset); one `0/0` block of ours would
@@ -293,21 +297,22 @@ def explain_protection(config: Config) -> dict[PolicySpec, tuple[PolicyReason, .
         for name in sorted(config.invalid):
             want(protect_invalid(config.invalid[name]), PolicyReason(Purpose.INVALID_TUNNEL, name))
     if gc.skb_mark is not None:
-        ports = set(config.tunnel_ports)
-        ports.update(t.dst_port for t in config.tunnels.values() if t.dst_port is not None)
-        ports.update(
-            i.dst_port
-            for i in config.invalid.values()
-            if i.dst_port is not None
-            and OVS_TUNNEL_WIRE.get(i.row_type, (IPPROTO_UDP,))[0] == IPPROTO_UDP
-        )
-        want(protect_skb_mark(gc.skb_mark, ports), SKB_MARK_REASON)
+        ports = {IPPROTO_UDP: set(config.tunnel_ports), IPPROTO_TCP: set(config.tcp_tunnel_ports)}
+        for t in config.tunnels.values():
+            if t.dst_port is not None and t.type.protocol in ports:
+                ports[t.type.protocol].add(t.dst_port)
+        for i in config.invalid.values():
+            known = i.type.protocol if i.type else IPPROTO_UDP
+            proto = OVS_TUNNEL_WIRE.get(i.row_type, (known,))[0]
+            if i.dst_port is not None and proto in ports:
+                ports[proto].add(i.dst_port)
+        want(protect_skb_mark(gc.skb_mark, ports[IPPROTO_UDP], ports[IPPROTO_TCP]), SKB_MARK_REASON)
     return {spec: tuple(why) for spec, why in reasons.items()}
 
 
 def protect_tunnel(tunnel: Tunnel) -> tuple[PolicySpec, ...]:
     """Fail-closed blocks for one valid tunnel's traffic, both directions."""
-    return tuple(_fail_closed(tunnel.remote_ip, (_udp_or_gre(tunnel.type, tunnel.dst_port),)))
+    return tuple(_fail_closed(tunnel.remote_ip, (_wire(tunnel.type, tunnel.dst_port),)))
 
 
 def protect_invalid(invalid: InvalidTunnel) -> tuple[PolicySpec, ...]:
@@ -319,7 +324,7 @@ def protect_invalid(invalid: InvalidTunnel) -> tuple[PolicySpec, ...]:
     wire = OVS_TUNNEL_WIRE.get(invalid.row_type or (invalid.type or ""))
     targets: tuple[tuple[int, int | None], ...]
     if invalid.type is not None:
-        targets = (_udp_or_gre(invalid.type, invalid.dst_port),)
+        targets = (_wire(invalid.type, invalid.dst_port),)
     elif wire is not None:
         proto = wire[0]
         targets = ((proto, None if proto == IPPROTO_GRE else invalid.dst_port),)
@@ -334,8 +339,11 @@ def protect_invalid(invalid: InvalidTunnel) -> tuple[PolicySpec, ...]:
     return tuple(_fail_closed(invalid.remote_ip, targets))
 
 
-def protect_skb_mark(skb_mark: SkbMark, tunnel_ports: Iterable[int]) -> tuple[PolicySpec, ...]:
-    """ipsec_skb_mark blocks: GRE and every tunnel UDP port, IPv4 and IPv6, outbound.
+def protect_skb_mark(
+    skb_mark: SkbMark, tunnel_ports: Iterable[int], tcp_tunnel_ports: Iterable[int] = ()
+) -> tuple[PolicySpec, ...]:
+    """ipsec_skb_mark blocks: GRE, every tunnel UDP port and every STT (TCP) port, IPv4 and
+    IPv6, outbound.
 
     Outbound only: a received packet meets the kernel's inbound policy check before anything
     could mark it, so its mark is always 0. An inbound rule would thus drop every plain
@@ -346,9 +354,12 @@ def protect_skb_mark(skb_mark: SkbMark, tunnel_ports: Iterable[int]) -> tuple[Po
     """
     mask = skb_mark.mask & 0xFFFFFFFF
     value = skb_mark.value & mask  # what the kernel would store anyway
-    ports = set(_ALWAYS_UDP_PORTS) | set(tunnel_ports)
-    targets = ((IPPROTO_GRE, None),) + tuple(
-        (IPPROTO_UDP, p) for p in sorted(ports) if _valid_port(p)
+    udp_ports = set(_ALWAYS_UDP_PORTS) | set(tunnel_ports)
+    tcp_ports = set(_ALWAYS_TCP_PORTS) | set(tcp_tunnel_ports)
+    targets = (
+        ((IPPROTO_GRE, None),)
+        + tuple((IPPROTO_UDP, p) for p in sorted(udp_ports) if _valid_port(p))
+        + tuple((IPPROTO_TCP, p) for p in sorted(tcp_ports) if _valid_port(p))
     )
     return tuple(
         PolicySpec(
@@ -417,12 +428,10 @@ def policies_to_add_and_remove_for_change(
     )
 
 
-def _udp_or_gre(kind: TunnelType, dst_port: int | None) -> tuple[int, int | None]:
+def _wire(kind: TunnelType, dst_port: int | None) -> tuple[int, int | None]:
     # The port comes from parse.dst_port_of (the type's default when options:dst_port is unset),
     # never from a default of this module's own.
-    if kind is TunnelType.GRE or dst_port is None:
-        return (IPPROTO_GRE, None) if kind is TunnelType.GRE else (IPPROTO_UDP, None)
-    return (IPPROTO_UDP, dst_port)
+    return (kind.protocol, dst_port if kind.has_port else None)
 
 
 def _valid_port(port: int) -> bool:

@@ -3,7 +3,7 @@
 Tunnels are grouped by peer address into one VICI connection each: charon's responder picks the
 first connection whose identities match, so a second connection to the same peer (say a GRE and
 a Geneve port to one host) would have its CHILD_SAs refused ("traffic selectors unacceptable").
-Each tunnel becomes one CHILD_SA config (two for UDP tunnels) inside its peer's connection.
+Each tunnel becomes one CHILD_SA config (two for UDP and STT tunnels) inside its peer's connection.
 
 What status and render show of a connection (auth, identities, each tunnel's selectors) is
 kept typed beside its encoded body (`ConnSpec`), so nothing reads the VICI bytes back.
@@ -25,7 +25,6 @@ from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.ike_options import settings as ike_settings
 from ovs_ipsec.core.model import (
     IPPROTO_GRE,
-    IPPROTO_UDP,
     AuthMode,
     Config,
     InvalidTunnel,
@@ -195,7 +194,7 @@ def plan_conn(
     ike_default, esp_default = ike_settings.default_proposals(use_default_crypto)
     auth, local_id, remote_id = plan_identities(first, credentials)
     local, remote = _auth_sections(first, credentials, auth, local_id, remote_id)
-    per_tunnel = _shared(tuple(tunnel_children(t.dst_port) for t in members))
+    per_tunnel = _shared(tuple(tunnel_children(t.type.protocol, t.dst_port) for t in members))
     children: VICI = {}
     for tunnel, specs in zip(members, per_tunnel, strict=True):
         extra = settings[tunnel.name].child_vici() if tunnel.name in settings else {}
@@ -291,15 +290,16 @@ def plan_shared(conn: ConnSpec, tunnel: Tunnel) -> SharedSpec | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def tunnel_children(dst_port: int | None) -> tuple[ChildSpec, ...]:
-    """CHILD_SA configs: GRE (no port) is one protocol both ways; a UDP tunnel sends from a
-    hashed source port to the fixed destination port, so it needs one child per direction of
-    the flow. Cached: every tunnel of one type and port shares one tuple."""
-    if dst_port is None:
+def tunnel_children(protocol: int, dst_port: int | None) -> tuple[ChildSpec, ...]:
+    """CHILD_SA configs: GRE and ip6gre (no port) are one protocol both ways; a UDP tunnel (or
+    STT, over TCP) sends from a hashed source port to the fixed destination port, so it needs
+    one child per direction of the flow. Cached: every tunnel of one type and port shares one
+    tuple."""
+    if protocol == IPPROTO_GRE or dst_port is None:
         gre = TrafficSelector(IPPROTO_GRE)
         return (ChildSpec("", gre, gre),)
-    port_ts = TrafficSelector(IPPROTO_UDP, dst_port)
-    any_ts = TrafficSelector(IPPROTO_UDP)
+    port_ts = TrafficSelector(protocol, dst_port)
+    any_ts = TrafficSelector(protocol)
     return (ChildSpec("-in", port_ts, any_ts), ChildSpec("-out", any_ts, port_ts))
 
 

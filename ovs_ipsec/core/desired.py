@@ -49,6 +49,8 @@ from ovs_ipsec.core.connections import (
 from ovs_ipsec.core.credentials import Credentials, FileContent, file_digests, resolve
 from ovs_ipsec.core.ike_options import settings as ike_settings
 from ovs_ipsec.core.model import (
+    IPPROTO_TCP,
+    IPPROTO_UDP,
     UDP_TUNNEL_PORTS,
     AuthMode,
     Config,
@@ -64,7 +66,7 @@ from ovs_ipsec.core.parse import (
     is_ipsec_port,
     parse_global,
     parse_tunnel,
-    row_port,
+    row_wire_port,
 )
 from ovs_ipsec.core.vici_wire import Unsendable
 
@@ -141,7 +143,8 @@ class Planner:
         self.caveats: dict[str, str] = {}  # valid tunnels that will carry nothing, and why
         # Per IPsec port, the version of its configuration (upstream's `v<N>`, display only).
         self.versions: dict[str, int] = {}
-        self.port_counts: Counter[int] = Counter()
+        # (IP protocol, port) of every tunnel sent to a port (UDP, STT's TCP), IPsec or not.
+        self.port_counts: Counter[tuple[int, int]] = Counter()
         # Admission (options, credentials) and per-peer plans.
         # Translated ipsec_* options of admitted tunnels that have any (absent: NO_SETTINGS).
         self.settings: dict[str, ike_settings.IkeSettings] = {}
@@ -167,7 +170,8 @@ class Planner:
             global_config=self.global_config,
             tunnels=self.tunnels,
             invalid=self.parse_invalid,
-            tunnel_ports=tuple(sorted(p for p, n in self.port_counts.items() if n > 0)),
+            tunnel_ports=self._ports(IPPROTO_UDP),
+            tcp_tunnel_ports=self._ports(IPPROTO_TCP),
             versions=self.versions,
         )
 
@@ -266,8 +270,11 @@ class Planner:
 
     # -- steps --------------------------------------------------------------------------------
 
+    def _ports(self, protocol: int) -> tuple[int, ...]:
+        return tuple(sorted(port for proto, port in self.port_counts if proto == protocol))
+
     def _count_port(self, row: InterfaceRow, sign: int) -> None:
-        port = row_port(row)
+        port = row_wire_port(row)
         if port is not None:
             self.port_counts[port] += sign
             if self.port_counts[port] <= 0:
@@ -444,7 +451,11 @@ class Planner:
 
     def _reprotect_marks(self, delta: Delta) -> None:
         mark = self.global_config.skb_mark
-        new = protect_skb_mark(mark, self.port_counts) if mark is not None else ()
+        new = (
+            protect_skb_mark(mark, self._ports(IPPROTO_UDP), self._ports(IPPROTO_TCP))
+            if mark is not None
+            else ()
+        )
         if new != self.mark_policies:
             self._recount(self.mark_policies, new, delta)
             self.mark_policies = new

@@ -17,13 +17,24 @@ from ovs_ipsec.core.log_text import printable
 
 
 class TunnelType(enum.StrEnum):
+    """The tunnel types IPsec protects: GRE (IPv4 `gre`, IPv6 `ip6gre`: OVS's kernel datapath
+    sends GRE over IPv6 only as ip6gre), the UDP ones, and STT (TCP-like, to a TCP port)."""
+
     GRE = "gre"
+    IP6GRE = "ip6gre"
     GENEVE = "geneve"
     VXLAN = "vxlan"
+    STT = "stt"
 
     @property
-    def is_udp(self) -> bool:
-        return self is not TunnelType.GRE
+    def protocol(self) -> int:
+        """The IP protocol of its packets on the wire (OVS_TUNNEL_WIRE)."""
+        return OVS_TUNNEL_WIRE[self.value][0]
+
+    @property
+    def has_port(self) -> bool:
+        """True for the types sent to a destination port (UDP, STT's TCP); GRE has none."""
+        return self.protocol != IPPROTO_GRE
 
 
 IPPROTO_TCP = 6
@@ -57,9 +68,9 @@ UDP_TUNNEL_PORTS: Mapping[str, int | None] = MappingProxyType(
 DST_PORT_TYPES = frozenset(
     kind for kind, (proto, _) in OVS_TUNNEL_WIRE.items() if proto != IPPROTO_GRE
 )
-# The same ports for the UDP tunnel types IPsec supports (Geneve, VXLAN).
+# The same ports for the tunnel types IPsec supports that have one (Geneve, VXLAN: UDP; STT: TCP).
 DEFAULT_DST_PORT: Mapping[TunnelType, int] = MappingProxyType(
-    {kind: port for kind in TunnelType if (port := UDP_TUNNEL_PORTS.get(kind)) is not None}
+    {kind: port for kind in TunnelType if (port := OVS_TUNNEL_WIRE[kind][1]) is not None}
 )
 
 
@@ -182,7 +193,7 @@ class Tunnel:
     type: TunnelType
     remote_ip: str
     local_ip: str | None
-    dst_port: int | None  # None for GRE
+    dst_port: int | None  # None for GRE and ip6gre
     auth: AuthMode
     psk: Secret | None = None
     remote_cert: str | None = None
@@ -228,6 +239,8 @@ class Config:
     invalid: Mapping[str, InvalidTunnel] = field(default_factory=dict)
     # Every UDP destination port any OVSDB tunnel uses (IPsec or not), for ipsec_skb_mark.
     tunnel_ports: tuple[int, ...] = ()
+    # The same for TCP: every STT tunnel's destination port.
+    tcp_tunnel_ports: tuple[int, ...] = ()
     # Per IPsec port: its configuration's version, 1 when it appeared, one more at each change
     # (upstream's `v<N>` in tunnels/show; any global change counts, as it does upstream).
     versions: Mapping[str, int] = field(default_factory=dict)

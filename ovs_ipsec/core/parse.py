@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from ovs_ipsec.core.log_text import quoted
 from ovs_ipsec.core.model import (
     DST_PORT_TYPES,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
     OVS_TUNNEL_WIRE,
     REMOTE_FLOW,
     UDP_TUNNEL_PORTS,
@@ -69,6 +71,7 @@ def parse_config(snapshot: Snapshot) -> Config:
         tunnels=tunnels,
         invalid=invalid,
         tunnel_ports=tunnel_ports(snapshot.interfaces),
+        tcp_tunnel_ports=tunnel_ports(snapshot.interfaces, IPPROTO_TCP),
     )
 
 
@@ -96,9 +99,9 @@ def parse_global(other_config: Mapping[str, str]) -> GlobalConfig:
             warnings.append(
                 Invalid(
                     "ipsec_skb_mark",
-                    f"mask 0 ({quoted(raw_mark)}) matches every packet: all GRE and tunnel UDP "
-                    "traffic of this host that IPsec does not carry is blocked, plain tunnels' "
-                    "included",
+                    f"mask 0 ({quoted(raw_mark)}) matches every packet: all GRE, tunnel UDP and "
+                    "STT TCP traffic of this host that IPsec does not carry is blocked, plain "
+                    "tunnels' included",
                 )
             )
 
@@ -154,7 +157,7 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
             Invalid(
                 "type",
                 f"IPsec is not supported on type {quoted(row.type)} "
-                "(supported: gre, geneve, vxlan)",
+                f"(supported: {', '.join(TunnelType)})",
             )
         )
 
@@ -162,6 +165,8 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
     local_ip = _parse_ip(options, "local_ip", errors, required=False)
     if remote_ip and local_ip and (":" in remote_ip) != (":" in local_ip):
         errors.append(Invalid("local_ip", "address family differs from remote_ip"))
+    if tunnel_type is TunnelType.IP6GRE:
+        errors.extend(_ip6gre_errors(remote_ip))
 
     # The port OVS sends to, for every type it has one; a bad value is reported only for the
     # types IPsec supports (the type's own reason says enough for the others).
@@ -205,6 +210,14 @@ def parse_tunnel(row: InterfaceRow, global_config: GlobalConfig) -> Tunnel | Inv
         remote_name=options.get("remote_name"),
         ike_options=ike_options,
     )
+
+
+def _ip6gre_errors(remote_ip: str | None) -> list[Invalid]:
+    if remote_ip and ":" not in remote_ip:
+        # OVS's ip6gre device sends over IPv6 only: IPv4 (or IPv4-mapped) needs type=gre.
+        reason = f"type=ip6gre needs an IPv6 address, got {remote_ip} (use type=gre for IPv4)"
+        return [Invalid("remote_ip", reason)]
+    return []
 
 
 def _parse_auth(
@@ -270,12 +283,23 @@ def caveat(tunnel: Tunnel) -> str | None:
     if tunnel.type is TunnelType.GRE and tunnel.family == 6:
         return ("type=gre to an IPv6 remote_ip carries no traffic: Open vSwitch sends GRE over "
                 "IPv4 only (IPv6 needs type=ip6gre)")  # fmt: skip
+    if tunnel.type is TunnelType.IP6GRE:
+        # Linux's flow-based ip6gre (OVS's) looks up a packet's XFRM policy with source `::`
+        # (__gre6_xmit leaves it unset; ip6_tnl_xmit picks it after xfrm_lookup), so no
+        # per-peer IPsec policy matches, and a transport-mode SA could not be found for `::`.
+        return ("type=ip6gre carries no traffic under IPsec: Linux looks up IPsec policies for "
+                "Open vSwitch's ip6gre packets before it picks their source address, so none "
+                "matches and the fail-closed block drops them (none leaves in clear)")  # fmt: skip
     return None
 
 
-def tunnel_ports(interfaces: tuple[InterfaceRow, ...]) -> tuple[int, ...]:
-    """Every UDP destination port an OVSDB tunnel uses, IPsec or not (for ipsec_skb_mark)."""
-    return tuple(sorted({p for p in map(row_port, interfaces) if p is not None}))
+def tunnel_ports(
+    interfaces: tuple[InterfaceRow, ...], protocol: int = IPPROTO_UDP
+) -> tuple[int, ...]:
+    """Every UDP (or TCP: STT) destination port an OVSDB tunnel uses, IPsec or not (for
+    ipsec_skb_mark)."""
+    pairs = {p for p in map(row_wire_port, interfaces) if p is not None}
+    return tuple(sorted(port for proto, port in pairs if proto == protocol))
 
 
 def dst_port_of(row: InterfaceRow) -> tuple[int | None, Invalid | None]:
@@ -313,6 +337,16 @@ def ovs_port(text: str) -> int:
 def row_port(row: InterfaceRow) -> int | None:
     """The UDP destination port of one OVSDB tunnel port (IPsec or not), if it has one."""
     return dst_port_of(row)[0] if row.type in UDP_TUNNEL_PORTS else None
+
+
+def row_wire_port(row: InterfaceRow) -> tuple[int, int] | None:
+    """(IP protocol, destination port) of one OVSDB tunnel port (IPsec or not) sent to a port:
+    UDP types and STT (TCP); None for GRE, unknown types and a type without a default port
+    (bareudp) that has no valid options:dst_port."""
+    if row.type not in DST_PORT_TYPES:
+        return None
+    port = dst_port_of(row)[0]
+    return None if port is None else (OVS_TUNNEL_WIRE[row.type][0], port)
 
 
 def ovs_remote(options: Mapping[str, str]) -> str | None:
@@ -401,5 +435,6 @@ __all__ = [
     "parse_global",
     "parse_skb_mark",
     "parse_tunnel",
+    "row_wire_port",
     "tunnel_ports",
 ]

@@ -141,8 +141,8 @@ TUNNEL_KEYS = [
     "ipsec_forceencaps",
     "key",
 ]
-SUPPORTED_TYPES = ["gre", "geneve", "vxlan"]
-TYPES = ["stt", "ip6gre", "erspan", "ip6erspan", "bareudp", "gtpu", "lisp", "", "internal"]
+SUPPORTED_TYPES = ["gre", "ip6gre", "geneve", "vxlan", "stt"]
+TYPES = ["erspan", "ip6erspan", "bareudp", "gtpu", "lisp", "", "internal"]
 types = st.one_of(
     st.sampled_from(SUPPORTED_TYPES),
     st.sampled_from(SUPPORTED_TYPES),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from ovs_ipsec.core.model import (
+    IPPROTO_TCP,
     REMOTE_FLOW,
     AuthMode,
     GlobalConfig,
@@ -25,6 +26,7 @@ from ovs_ipsec.core.model import (
 )
 from ovs_ipsec.core.parse import (
     MAX_OPTION_LENGTH,
+    caveat,
     is_ipsec_port,
     parse_config,
     parse_global,
@@ -132,18 +134,64 @@ def test_parse_config_sorts_ports_into_tunnels_and_invalid_by_name() -> None:
 
 @pytest.mark.parametrize(
     ("type_", "expected"),
-    [("gre", TunnelType.GRE), ("geneve", TunnelType.GENEVE), ("vxlan", TunnelType.VXLAN)],
+    [
+        ("gre", TunnelType.GRE),
+        ("geneve", TunnelType.GENEVE),
+        ("vxlan", TunnelType.VXLAN),
+        ("stt", TunnelType.STT),
+    ],
 )
 def test_supported_types(type_: str, expected: TunnelType) -> None:
-    """gre, geneve and vxlan carry IPsec."""
+    """gre, geneve, vxlan and stt carry IPsec (ip6gre too, over IPv6: below)."""
     assert valid(parse(type_)).type is expected
+
+
+@pytest.mark.parametrize("auth", ["psk", "remote_cert", "remote_name"])
+def test_ip6gre_carries_ipsec_over_ipv6_in_every_auth_mode(auth: str) -> None:
+    """OVS's kernel datapath sends GRE over IPv6 only as ip6gre: it is GRE's IPv6 twin."""
+    options = {"remote_ip": "fd00::2", "local_ip": "fd00::1"}
+    options[auth] = {"psk": "swordfish", "remote_cert": "/etc/peer.pem"}.get(auth, "peer")
+    pki = GlobalConfig(certificate="/c.pem", private_key="/k.pem", ca_cert="/ca.pem")
+    tunnel = valid(parse("ip6gre", options, pki if auth != "psk" else None))
+    assert (tunnel.type, tunnel.remote_ip, tunnel.dst_port, tunnel.family) == (
+        TunnelType.IP6GRE,
+        "fd00::2",
+        None,
+        6,
+    )
+
+
+@pytest.mark.parametrize("remote", ["192.0.2.2", "::ffff:192.0.2.2"])
+def test_ip6gre_to_an_ipv4_remote_is_invalid_with_a_reason(remote: str) -> None:
+    """An ip6gre device sends nothing to IPv4 (an IPv4-mapped address included): the reason
+    says to use type=gre; the address is kept for the fail-closed blocks."""
+    result = invalid(parse("ip6gre", with_psk(remote_ip=remote)))
+    assert error_keys(result) == ["remote_ip"]
+    assert "type=ip6gre needs an IPv6 address" in result.errors[0].reason
+    assert "type=gre" in result.errors[0].reason
+    assert (result.type, result.remote_ip) == (TunnelType.IP6GRE, "192.0.2.2")
+
+
+@pytest.mark.parametrize("local_ip", [None, "fd00::1"])
+def test_ip6gre_is_valid_with_a_caveat(local_ip: str | None) -> None:
+    """Linux looks up the IPsec policy of an OVS ip6gre packet with source `::` (before it
+    picks the address), with or without local_ip: loaded and protected, but it carries
+    nothing, and the caveat says why."""
+    tunnel = valid(parse("ip6gre", with_psk(remote_ip="fd00::2", local_ip=local_ip)))
+    warning = caveat(tunnel)
+    assert warning is not None and "type=ip6gre carries no traffic under IPsec" in warning
+    assert caveat(valid(parse("gre"))) is None
+
+
+@pytest.mark.parametrize(("dst_port", "expected"), [(None, 7471), ("7500", 7500)])
+def test_stt_reads_its_tcp_port_from_dst_port(dst_port: str | None, expected: int) -> None:
+    """STT is sent to a TCP port: options:dst_port, 7471 by default (OVS's STT_DST_PORT)."""
+    assert valid(parse("stt", with_psk(dst_port=dst_port))).dst_port == expected
 
 
 @pytest.mark.parametrize(
     "type_",
     [
-        "stt",
-        "ip6gre",
         "erspan",
         "ip6erspan",
         "bareudp",
@@ -653,6 +701,20 @@ def test_tunnel_ports_covers_every_udp_tunnel_ipsec_or_not() -> None:
     expected = (2152, 4789, 6081, 6082, 6635, 8472)
     assert tunnel_ports(rows) == expected
     assert parse_config(Snapshot(rows, {})).tunnel_ports == expected
+
+
+def test_tcp_tunnel_ports_are_stt_ports_and_never_udp() -> None:
+    """STT tunnels (IPsec or not) are sent to a TCP port: listed apart from the UDP ones, so
+    that ipsec_skb_mark blocks TCP, not UDP, to them; ip6gre has no port."""
+    rows = (
+        InterfaceRow("s0", "stt", {"remote_ip": "192.0.2.2"}),  # plain, default port
+        InterfaceRow("s1", "stt", {**PSK, "dst_port": "7500"}),
+        InterfaceRow("g6", "ip6gre", {"remote_ip": "fd00::2", "psk": "x", "dst_port": "1"}),
+        InterfaceRow("v0", "vxlan", {**PSK}),
+    )
+    config = parse_config(Snapshot(rows, {}))
+    assert config.tunnel_ports == tunnel_ports(rows) == (4789,)
+    assert config.tcp_tunnel_ports == tunnel_ports(rows, IPPROTO_TCP) == (7471, 7500)
 
 
 @pytest.mark.parametrize(

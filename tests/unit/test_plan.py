@@ -69,6 +69,14 @@ def udp_children(name: str, port: int) -> dict[str, Any]:
     }
 
 
+def stt_children(name: str, port: int) -> dict[str, Any]:
+    """STT is sent to a fixed TCP port from a hashed source port: one child per direction."""
+    return {
+        f"{name}-in": child(f"dynamic[6/{port}]", "dynamic[6]"),
+        f"{name}-out": child("dynamic[6]", f"dynamic[6/{port}]"),
+    }
+
+
 def conn_body(remote_ip: str, local_ip: str | None, children: dict[str, Any]) -> dict[str, Any]:
     local: dict[str, Any] = {"auth": "psk"}
     if local_ip:
@@ -140,6 +148,31 @@ GOLDEN = [
         psk_tunnel("gnv1", "geneve", "2001:db8::2", dst_port="7000"),
         conn_body("2001:db8::2", None, udp_children("ovs-gnv1", 7000)),
         id="geneve-ipv6-custom-dst_port",
+    ),
+    pytest.param(
+        psk_tunnel("ip6gre0", "ip6gre", "2001:db8::2"),
+        conn_body("2001:db8::2", None, gre_children("ovs-ip6gre0")),
+        id="ip6gre",
+    ),
+    pytest.param(
+        psk_tunnel("ip6gre0", "ip6gre", "2001:db8::2", local_ip="2001:db8::1"),
+        conn_body("2001:db8::2", "2001:db8::1", gre_children("ovs-ip6gre0")),
+        id="ip6gre-local_ip",
+    ),
+    pytest.param(
+        psk_tunnel("stt0", "stt", "192.0.2.2"),
+        conn_body("192.0.2.2", None, stt_children("ovs-stt0", 7471)),
+        id="stt-ipv4",
+    ),
+    pytest.param(
+        psk_tunnel("stt0", "stt", "2001:db8::2", local_ip="2001:db8::1"),
+        conn_body("2001:db8::2", "2001:db8::1", stt_children("ovs-stt0", 7471)),
+        id="stt-ipv6-local_ip",
+    ),
+    pytest.param(
+        psk_tunnel("stt1", "stt", "192.0.2.2", dst_port="7500"),
+        conn_body("192.0.2.2", None, stt_children("ovs-stt1", 7500)),
+        id="stt-custom-dst_port",
     ),
 ]
 

@@ -31,6 +31,7 @@ from ovs_ipsec.core.block_policies import (
 from ovs_ipsec.core.model import (
     DEFAULT_DST_PORT,
     IPPROTO_GRE,
+    IPPROTO_TCP,
     IPPROTO_UDP,
     AuthMode,
     Config,
@@ -43,7 +44,7 @@ from ovs_ipsec.core.model import (
     TunnelType,
 )
 
-GRE, UDP = IPPROTO_GRE, IPPROTO_UDP
+GRE, UDP, TCP = IPPROTO_GRE, IPPROTO_UDP, IPPROTO_TCP
 
 
 def default_port(kind, dst_port):
@@ -75,12 +76,15 @@ def invalid(name, remote=None, kind=None, dst_port=None):
     )
 
 
-def config(tunnels=(), invalids=(), skb_mark=None, fail_open=False, tunnel_ports=()):
+def config(
+    tunnels=(), invalids=(), skb_mark=None, fail_open=False, tunnel_ports=(), tcp_tunnel_ports=()
+):
     return Config(
         global_config=GlobalConfig(skb_mark=skb_mark, fail_open=fail_open),
         tunnels={t.name: t for t in tunnels},
         invalid={i.name: i for i in invalids},
         tunnel_ports=tuple(tunnel_ports),
+        tcp_tunnel_ports=tuple(tcp_tunnel_ports),
     )
 
 
@@ -173,6 +177,19 @@ def test_fail_closed_keys_never_equal_a_charon_trap_without_local_address():
     assert not {spec.key() for spec in plan} & charon
 
 
+@pytest.mark.parametrize(("dst_port", "port"), [(None, 7471), (7500, 7500)])
+def test_stt_tunnel_blocks_its_tcp_destination_port_both_ways(dst_port, port):
+    """STT is sent to a fixed TCP port (from a hashed source port): TCP, never UDP."""
+    for remote in ("10.0.0.2", "fd77::2"):
+        plan = plan_protection(config([tunnel("stt0", TunnelType.STT, remote, dst_port)]))
+        assert plan == both(remote, TCP, port)
+
+
+def test_ip6gre_tunnel_blocks_gre_to_its_ipv6_peer_both_ways():
+    plan = plan_protection(config([tunnel("g6", TunnelType.IP6GRE, "fd77::2")]))
+    assert plan == both("fd77::2", GRE)
+
+
 def test_invalid_tunnel_without_remote_ip_blocks_nothing():
     assert plan_protection(config(invalids=[invalid("bad0", kind=TunnelType.GRE)])) == frozenset()
 
@@ -183,6 +200,9 @@ def test_invalid_tunnel_without_remote_ip_blocks_nothing():
         (TunnelType.GRE, None, [(GRE, None)]),
         (TunnelType.GENEVE, None, [(UDP, 6081)]),
         (TunnelType.VXLAN, 5000, [(UDP, 5000)]),
+        (TunnelType.STT, None, [(TCP, 7471)]),
+        (TunnelType.STT, 7500, [(TCP, 7500)]),
+        (TunnelType.IP6GRE, None, [(GRE, None)]),
         # Type unknown: everything it could be (fail closed), plus its port if that parsed.
         (None, None, [(GRE, None), (UDP, 4789), (UDP, 6081)]),
         (None, 5000, [(GRE, None), (UDP, 4789), (UDP, 5000), (UDP, 6081)]),
@@ -213,27 +233,57 @@ def test_fail_open_drops_per_tunnel_blocks_but_keeps_skb_mark():
 def test_skb_mark_covers_gre_and_every_tunnel_port_outbound_both_families():
     """Outbound only: received packets carry no mark at the inbound check, so an inbound rule
     would block every plain tunnel under 0/1 (see protect_skb_mark)."""
-    cfg = config(skb_mark=SkbMark(1, 1), fail_open=True, tunnel_ports=(4789, 5555))
+    cfg = config(
+        skb_mark=SkbMark(1, 1),
+        fail_open=True,
+        tunnel_ports=(4789, 5555),
+        tcp_tunnel_ports=(7500,),
+    )
     plan = plan_protection(cfg)
-    targets = {(GRE, None), (UDP, 4789), (UDP, 5555), (UDP, 6081)}
+    targets = {
+        (GRE, None),
+        (UDP, 4789),
+        (UDP, 5555),
+        (UDP, 6081),
+        (TCP, 7471),
+        (TCP, 7500),
+    }
     want = {
         PolicySpec("out", f, a, a, p, None, port, 1, 1, SKB_MARK_PRIORITY)
         for f, a in ((4, "0.0.0.0/0"), (6, "::/0"))
         for p, port in targets
     }
     assert plan == want
-    assert len(plan) == 8
+    assert len(plan) == 12
     assert set(explain_protection(cfg).values()) == {(SKB_MARK_REASON,)}
 
 
-def test_skb_mark_always_covers_vxlan_and_geneve_and_ipsec_tunnel_ports():
+def test_skb_mark_always_covers_vxlan_geneve_and_stt_and_ipsec_tunnel_ports():
+    """The default ports of every type IPsec supports (upstream's prevent_unencrypted_* for
+    gre, geneve, vxlan and, up to 3.5, stt's tcp/7471), and every IPsec tunnel's own, each with
+    its protocol: an STT port is TCP, never UDP."""
     cfg = config(
-        [tunnel("g", TunnelType.GENEVE, "10.0.0.2", 7000)],
-        [invalid("v", "10.0.0.3", TunnelType.VXLAN, 7001)],
+        [
+            tunnel("g", TunnelType.GENEVE, "10.0.0.2", 7000),
+            tunnel("s", TunnelType.STT, "10.0.0.4", 7600),
+        ],
+        [
+            invalid("v", "10.0.0.3", TunnelType.VXLAN, 7001),
+            invalid("t", "10.0.0.5", TunnelType.STT, 7601),
+        ],
         skb_mark=SkbMark(0, 1),
     )
-    ports = {s.dport for s in plan_protection(cfg) if s.priority == SKB_MARK_PRIORITY}
-    assert ports == {None, 4789, 6081, 7000, 7001}
+    targets = {(s.proto, s.dport) for s in plan_protection(cfg) if s.priority == SKB_MARK_PRIORITY}
+    assert targets == {
+        (GRE, None),
+        (UDP, 4789),
+        (UDP, 6081),
+        (UDP, 7000),
+        (UDP, 7001),
+        (TCP, 7471),
+        (TCP, 7600),
+        (TCP, 7601),
+    }
 
 
 @pytest.mark.parametrize(
@@ -334,13 +384,13 @@ def charon_trap_keys(t: Tunnel, local: str):
     bits = 32 if family == 4 else 128
     lo = canonical_prefix(f"{local}/{bits}")
     re = canonical_prefix(f"{t.remote_ip}/{bits}")
-    if t.type is TunnelType.GRE:
+    if not t.type.has_port:
         children = [(None, None)]
     else:
-        port = t.dst_port or (6081 if t.type is TunnelType.GENEVE else 4789)
+        port = t.dst_port or DEFAULT_DST_PORT[t.type]
         # out child: remote port fixed; in child: local port fixed (traffic in both roles).
         children = [(None, port), (port, None)]
-    proto = GRE if t.type is TunnelType.GRE else UDP
+    proto = t.type.protocol
     keys = set()
     for sport, dport in children:
         keys.add(("out", family, lo, re, proto, sport, dport, 0, 0))
@@ -362,7 +412,7 @@ ipv6 = st.ip_addresses(v=6).map(str)
 def test_keys_never_collide_with_charon_traps(data, kind, dst_port, family, mark):
     addresses = ipv4 if family == 4 else ipv6
     local, remote = data.draw(addresses), data.draw(addresses)
-    t = tunnel("t", kind, remote, None if kind is TunnelType.GRE else dst_port)
+    t = tunnel("t", kind, remote, dst_port if kind.has_port else None)
     ours = {s.key() for s in plan_protection(config([t], skb_mark=mark))}
     assert not ours & charon_trap_keys(t, local)
 
