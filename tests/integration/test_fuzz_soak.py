@@ -41,6 +41,7 @@ from resilience_lab import (
 )
 
 from ovs_ipsec.core import naming
+from ovs_ipsec.core.log_text import printable
 from ovs_ipsec.tools import pki_builders
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
 
@@ -304,7 +305,8 @@ def fuzz_problems(a: Host, final: dict[str, Case], log_text: str) -> list[str]:
                 problems.append(f"{where}: invalid without a reason")
         elif not reason.startswith("charon refused"):
             problems.append(f"{where}: unexplained state {status}")
-        if state == "invalid" and f"{name}: invalid IPsec configuration: {reason}" not in log_text:
+        logged = f"{printable(name)}: invalid IPsec configuration: {reason}"  # names are cut
+        if state == "invalid" and logged not in log_text:
             problems.append(f"{where}: its reason was never logged: {reason!r}")
     expected_conns = {s["connection"] for s in shown.values() if s["state"] == "configured"}
     charon_conns = ours(set(loaded))

@@ -460,7 +460,9 @@ def test_periodic_check_restores_our_blocks_changed_behind_our_back(
     """One of our fail-closed blocks goes behind the daemon's back: deleted; replaced in place
     (same kernel key) by an allow policy with `ip xfrm policy update`; or deleted while an
     unrelated policy is added, so that every policy count stays the same. Within a few periodic
-    checks it is back, and the daemon says so in its log."""
+    checks it is back, and the daemon says so in its log. A policy someone else put in the key's
+    place is theirs (issue 15, item 15): it is reported and left alone, and ours returns once it
+    is gone."""
     lab = make_lab(1, daemon_args=[f"--reconcile-interval={FAST_CHECK:g}"])
     a = lab.hosts[0]
     peer = "10.77.0.91"
@@ -485,13 +487,19 @@ def test_periodic_check_restores_our_blocks_changed_behind_our_back(
         a.run(["ip", "xfrm", "policy", "add", "src", "10.9.9.9/32", "dst", "10.9.9.8/32",
                "dir", "out", "action", "allow", "priority", "7"])  # fmt: skip
     assert len(protection(a)) == 3
+    if tamper == "update":
+        wait_for(lambda: "not ours holds this key" in log.new(), LISTING_EVERY * FAST_CHECK * 3,
+                 what="the foreign policy in our block's place reported")  # fmt: skip
+        assert len(protection(a)) == 3  # theirs is left alone
+        a.run(["ip", "xfrm", "policy", "delete", *victim])
     start = len(a.charon_log())
     checks = LISTING_EVERY + 1
     wait_for(lambda: len(protection(a)) == 4 or checks_since(start) >= checks,
              checks * FAST_CHECK * 3,
              what=f"our block restored, or {checks} periodic checks")  # fmt: skip
     assert frozenset(p.key for p in protection(a)) == guard, (
-        f"not restored after {checks_since(start)} periodic checks: {sorted(protection(a))}\n"
+        f"not restored after {checks_since(start)} periodic checks: "
+        f"{sorted(map(str, protection(a)))}\n"
         f"{log.new()}"
     )
     assert "behind our back" in log.new()

@@ -25,7 +25,7 @@ PSK_ROW = InterfaceRow("ok", "gre", {"remote_ip": "10.0.0.9", "psk": "fine"})
 def many_sans() -> pki_builders.CertAndKey:
     """A self-signed host certificate of about 80 KiB as PEM: 2,000 DNS names."""
     names = ["peer"] + [f"host-{i:05d}.a-rather-long-subdomain.example" for i in range(2000)]
-    return pki_builders.make_self_signed("peer", san=names)
+    return pki_builders.make_self_signed("peer", san=names, now=NOW)
 
 
 def files(contents: Mapping[str, bytes]) -> desired.ReadFiles:
@@ -36,7 +36,7 @@ def files(contents: Mapping[str, bytes]) -> desired.ReadFiles:
 
 
 def cert_planner() -> tuple[Planner, dict[str, str]]:
-    local = pki_builders.make_self_signed("local")
+    local = pki_builders.make_self_signed("local", now=NOW)
     planner = Planner(files({"/c.pem": local.cert_pem, "/k.pem": local.key_pem,
                              "/big.pem": many_sans().cert_pem}))  # fmt: skip
     return planner, {"certificate": "/c.pem", "private_key": "/k.pem"}
@@ -75,7 +75,7 @@ def test_an_80_kib_remote_cert_makes_its_tunnel_invalid_and_the_rest_is_planned(
 
 
 def test_an_80_kib_local_certificate_makes_every_certificate_tunnel_invalid() -> None:
-    big, peer = many_sans(), pki_builders.make_self_signed("p")
+    big, peer = many_sans(), pki_builders.make_self_signed("p", now=NOW)
     planner = Planner(files({"/c.pem": big.cert_pem, "/k.pem": big.key_pem,
                              "/peer.pem": peer.cert_pem}))  # fmt: skip
     row = InterfaceRow("t", "gre", {"remote_ip": "10.0.0.2", "remote_cert": "/peer.pem"})
