@@ -3,7 +3,7 @@ xfrm/state): our block policies with the typed reasons they exist for, apart fro
 others', each kernel policy once; SAs with any key left in their text redacted. The JSON shapes
 are documented in docs/status-json.md.
 
-May import: block_policies, observed, render, stdlib.
+May import: block_policies, observed, render, render_kernel, stdlib.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from ovs_ipsec.core.block_policies import PROTOCOL_NAMES, PolicyReason, PolicySpec, is_owned
 from ovs_ipsec.core.observed import ObservedPolicy, ObservedState
 from ovs_ipsec.core.render import REDACTED
+from ovs_ipsec.core.render_kernel import state_json
 
 # An `ip xfrm state` key is at least 16 bytes (32 hex digits); SPIs and marks are 8 digits.
 # xfrm.iproute2.redact_states() already removes the key lines it knows; this catches any other
@@ -146,21 +147,7 @@ def redact_hex(text: str) -> str:
 
 def states_json(states: Sequence[ObservedState]) -> dict[str, Any]:
     """The SAs of `ip xfrm state` (parsed, keys already redacted) as a list."""
-    return {
-        "states": [
-            {
-                "src": state.src,
-                "dst": state.dst,
-                "proto": state.proto,
-                "spi": state.spi,
-                "reqid": state.reqid,
-                "mode": state.mode,
-                "selector": state.selector,
-                "text": redact_hex(state.text),
-            }
-            for state in states
-        ]
-    }
+    return {"states": [{**state_json(state), "text": redact_hex(state.text)} for state in states]}
 
 
 def states_text(states: Sequence[ObservedState]) -> str:

@@ -340,3 +340,29 @@ def elapsed() -> Iterator[list[float]]:
         yield box
     finally:
         box[0] = time.monotonic() - start
+
+
+# -- block policies as `ip xfrm policy` prints them --------------------------------------------
+
+OWN = re.compile(rf"\bpriority ({FAIL_CLOSED_PRIORITY}|{SKB_MARK_PRIORITY})\b")
+
+
+def policy_blocks(host: Host) -> list[str]:
+    """Every policy of `ip xfrm policy` in `host`, one whitespace-normalised string each."""
+    blocks: list[list[str]] = []
+    for line in host.xfrm_policies().splitlines():
+        if line.startswith("src "):
+            blocks.append([])
+        if line.strip() and blocks:
+            blocks[-1].append(line.strip())
+    return [" ".join(" ".join(b).split()) for b in blocks]
+
+
+def own(host: Host) -> list[str]:
+    """The daemon's policies (our priorities), sorted; duplicates would show twice."""
+    return sorted(b for b in policy_blocks(host) if OWN.search(b))
+
+
+def others(host: Host) -> list[str]:
+    """Everything else: charon's traps and socket policies, hand-added ones."""
+    return sorted(b for b in policy_blocks(host) if not OWN.search(b))

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from resilience_lab import others, own, policy_blocks
 
 from ovs_ipsec.daemon.policy_guard import LINGER_GRAIN
 from ovs_ipsec.tools.lab import Host, Lab, in_netns, wait_for
@@ -41,7 +42,6 @@ from ovs_ipsec.tools.lab import Host, Lab, in_netns, wait_for
 pytestmark = pytest.mark.lab
 
 FAIL_CLOSED, SKB_MARK = 430001, 430003
-OWN = re.compile(rf"\bpriority ({FAIL_CLOSED}|{SKB_MARK})\b")
 GRE_HEADER = b"\0\0\x65\x58"  # no flags, transparent Ethernet bridging
 CONTROL_PORT = 7777  # never a tunnel port: the unprotected control
 CUSTOM_PORT = 5555  # dst_port of a plain VXLAN tunnel: ipsec_skb_mark must cover it
@@ -56,27 +56,6 @@ NO_LINGER = ["--protection-linger=0"]
 # --- policies as `ip xfrm policy` prints them -----------------------------------------------------
 
 
-def policy_blocks(host: Host) -> list[str]:
-    """Every policy of `ip xfrm policy` in `host`, one whitespace-normalised string each."""
-    blocks: list[list[str]] = []
-    for line in host.xfrm_policies().splitlines():
-        if line.startswith("src "):
-            blocks.append([])
-        if line.strip() and blocks:
-            blocks[-1].append(line.strip())
-    return [" ".join(" ".join(b).split()) for b in blocks]
-
-
-def own(host: Host) -> list[str]:
-    """The daemon's policies (our priorities), sorted; duplicates would show twice."""
-    return sorted(b for b in policy_blocks(host) if OWN.search(b))
-
-
-def others(host: Host) -> list[str]:
-    """Everything else: charon's traps and socket policies, hand-added ones."""
-    return sorted(b for b in policy_blocks(host) if not OWN.search(b))
-
-
 def _any_halves(addr: str) -> tuple[str, str]:
     """Any address, as the daemon's fail-closed policies spell it: two /1 halves, never the /0
     that charon uses for a trap when it cannot tell its own address."""
@@ -88,7 +67,12 @@ def _hostnet(addr: str) -> str:
 
 
 def _sel(target: str | int) -> str:
-    return "proto gre" if target == "gre" else f"proto udp dport {target}"
+    """`gre`, a UDP port, or `tcp/PORT` (STT)."""
+    if target == "gre":
+        return "proto gre"
+    if isinstance(target, str) and target.startswith("tcp/"):
+        return f"proto tcp dport {target[4:]}"
+    return f"proto udp dport {target}"
 
 
 def block(direction: str, src: str, dst: str, target: str | int, prio: int, mark: str = "") -> str:
@@ -110,12 +94,13 @@ def fail_closed(remote: str, target: str | int) -> set[str]:
 
 
 def skb_mark(mark: str, ports: tuple[int, ...] = (4789, 6081)) -> set[str]:
-    """The ipsec_skb_mark policies: IPv4 and IPv6, GRE and every tunnel UDP port, outbound only
-    (a received packet meets the inbound policy check with mark 0, whatever OVS would do)."""
+    """The ipsec_skb_mark policies: IPv4 and IPv6, GRE, every tunnel UDP port and STT's TCP 7471,
+    outbound only (a received packet meets the inbound policy check with mark 0, whatever OVS
+    would do)."""
     return {
         block("out", anynet, anynet, target, SKB_MARK, mark)
         for anynet in ("0.0.0.0/0", "::/0")
-        for target in ("gre", *ports)
+        for target in ("gre", *ports, "tcp/7471")
     }
 
 

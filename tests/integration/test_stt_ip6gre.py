@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import re
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from resilience_lab import others, own
 
 from ovs_ipsec.tools.lab import Host, Lab, in_netns, wait_for
 
 pytestmark = pytest.mark.lab
 
 FAIL_CLOSED, SKB_MARK = 430001, 430003
-OWN = re.compile(rf"\bpriority ({FAIL_CLOSED}|{SKB_MARK})\b")
 STT_PORT = 7471  # OVS's default STT destination port
 CUSTOM_PORT = 7500  # an STT tunnel's options:dst_port
 CONTROL_PORT = 7777  # never a tunnel port
@@ -39,25 +38,6 @@ DAEMON_ARGS = ["--reconcile-interval=1", "--protection-linger=0"]
 
 
 # --- policies as `ip xfrm policy` prints them -----------------------------------------------------
-
-
-def policy_blocks(host: Host) -> list[str]:
-    """Every policy of `ip xfrm policy` in `host`, one whitespace-normalised string each."""
-    blocks: list[list[str]] = []
-    for line in host.xfrm_policies().splitlines():
-        if line.startswith("src "):
-            blocks.append([])
-        if line.strip() and blocks:
-            blocks[-1].append(line.strip())
-    return [" ".join(" ".join(b).split()) for b in blocks]
-
-
-def own(host: Host) -> list[str]:
-    return sorted(b for b in policy_blocks(host) if OWN.search(b))
-
-
-def others(host: Host) -> list[str]:
-    return sorted(b for b in policy_blocks(host) if not OWN.search(b))
 
 
 def _net(addr: str, bits: int | None = None) -> str:
