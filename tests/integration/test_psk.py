@@ -311,7 +311,7 @@ def test_bad_tunnels_are_reported_and_do_not_disturb_good_ones(pair: Lab) -> Non
         "notip": ("gre", {"remote_ip": "host.example", "psk": "x"}),
         "mixed": ("gre", {"remote_ip": "10.77.0.50", "psk": "x", "remote_name": "peer"}),
         "emptypsk": ("gre", {"remote_ip": "10.77.0.51", "psk": '""'}),
-        "badtype": ("stt", {"remote_ip": "10.77.0.52", "psk": "x"}),
+        "badtype": ("gtpu", {"remote_ip": "10.77.0.52", "psk": "x"}),  # stt is supported
     }
     for name, (kind, options) in bad.items():
         opts = [f"options:{k}={v}" for k, v in options.items()]

@@ -384,9 +384,9 @@ def test_apply_errors_are_per_policy(host, monkeypatch):
     plan = sorted(plan_protection(rich_config()), key=PolicySpec.sort_key)
     unmarked = [s for s in plan if not s.mask]
     marked = [s for s in plan if s.mask]  # ipsec_skb_mark 0/1: mark value 0, sent exactly
-    # fail-closed: 7 targets x 2 directions x 2 halves; ipsec_skb_mark: 5 targets x 2 families,
-    # outbound only
-    assert len(unmarked) == 28 and len(marked) == 10
+    # fail-closed: 7 targets x 2 directions x 2 halves; ipsec_skb_mark: 6 targets (STT's TCP
+    # 7471 among them) x 2 families, outbound only
+    assert len(unmarked) == 28 and len(marked) == 12
     keep, gone = unmarked[:14], unmarked[14:]
     host.apply(add=plan)
     host.apply(remove=gone + marked[:4])
@@ -424,9 +424,9 @@ def test_thousands_of_policies_in_one_batch(host):
     tunnels += [tunnel(f"v{i}", TunnelType.VXLAN, f"fd78::{i + 1:x}") for i in range(1000)]
     cfg = config(tunnels, skb_mark=SkbMark(0, 1))
     plan = plan_protection(cfg)
-    # 2000 tunnels x 2 directions x 2 halves; ipsec_skb_mark: 2 families x (gre, 4789, 6081),
-    # outbound only
-    assert len(plan) == 8000 + 6
+    # 2000 tunnels x 2 directions x 2 halves; ipsec_skb_mark: 2 families x (gre, 4789, 6081,
+    # tcp 7471), outbound only
+    assert len(plan) == 8000 + 8
     t0 = time.monotonic()
     host.apply(*policies_to_add_and_remove(plan, host.observe()))
     t1 = time.monotonic()
