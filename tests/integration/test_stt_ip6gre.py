@@ -20,10 +20,9 @@ import contextlib
 import errno
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from resilience_lab import others, own
+from resilience_lab import add_tunnel, conns, others, own
 
 from ovs_ipsec.tools.lab import Host, Lab, in_netns, wait_for
 
@@ -79,26 +78,13 @@ def wait_own(host: Host, expected: set[str]) -> None:
         ) from None
 
 
-def add_tunnel(host: Host, name: str, kind: str, remote: str, **options: str) -> None:
-    opts = [f"options:{k}={v}" for k, v in {"remote_ip": remote, **options}.items()]
-    host.vsctl("add-port", "br0", name, "--", "set", "interface", name, f"type={kind}", *opts)
-
-
-def conns(host: Host) -> dict[str, Any]:
-    with host.vici() as v:
-        found: dict[str, Any] = {}
-        for entry in v.list_conns():
-            found.update(entry)
-        return found
-
-
 def children(host: Host, conn: str) -> dict[str, tuple[list[str], list[str]]]:
     """{child: (local-ts, remote-ts)} of one connection as charon lists it."""
     listed = conns(host).get(conn, {}).get("children", {})
     return {
         name: (
-            [ts.decode() for ts in child["local-ts"]],
-            [ts.decode() for ts in child["remote-ts"]],
+            list(child["local-ts"]),
+            list(child["remote-ts"]),
         )
         for name, child in listed.items()
     }
