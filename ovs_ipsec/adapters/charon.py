@@ -6,7 +6,8 @@ materialised, and failures become `CharonError` (charon said no; the message is 
 `CharonUnreachable` (no socket, timeout, EOF, a reply that is not VICI: the session is closed
 and must be reopened). Secrets are unwrapped only here, at the VICI call.
 
-May import: vici_socket, vici_wire, naming, connections (its types), errors, stdlib.
+May import: vici_socket, vici_wire, naming, connections (its types), reconcile (its actions),
+sas, errors, stdlib.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from urllib.parse import urlparse
 from ovs_ipsec.adapters.vici_socket import ViciStream, open_vici
 from ovs_ipsec.core import naming, vici_wire
 from ovs_ipsec.core.connections import ConnSpec, KeySpec, SharedSpec
+from ovs_ipsec.core.reconcile import Action, LoadConn, LoadShared, UnloadShared
+from ovs_ipsec.core.sas import IkeSa, parse_sas
 from ovs_ipsec.core.vici_wire import PacketType
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
@@ -194,6 +197,10 @@ class Charon:
         ids = self._call("get-shared").get("keys", [])
         return frozenset(secret_id for secret_id in ids if naming.is_owned_shared(secret_id))
 
+    def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
+        """Our connections' SAs, parsed (core/sas.py)."""
+        return parse_sas(self.list_sas())
+
     def list_sas(self, ike: str | None = None) -> list[dict[str, Any]]:
         message = {"noblock": "yes"}
         if ike is not None:
@@ -201,6 +208,10 @@ class Charon:
         return self._streamed("list-sas", "list-sa", message)
 
     # -- writes ---------------------------------------------------------------------------
+
+    def carry_out(self, actions: Sequence[Action]) -> list[dict[str, Any] | CharonError]:
+        """Loads and unloads of connections and secrets, pipelined (`pipeline`)."""
+        return self.pipeline([request_of(action) for action in actions])
 
     def unload_conn(self, name: str) -> None:
         self._call("unload-conn", {"name": name})
@@ -227,6 +238,15 @@ class Charon:
             # charon answers "no matching SAs to terminate found" when there is nothing to close.
             if "no matching" not in exc.errmsg:
                 raise
+
+
+def request_of(action: Action) -> Request:
+    if isinstance(action, LoadShared):
+        return load_shared_request(action.spec)
+    if isinstance(action, LoadConn):
+        return load_conn_request(action.spec)
+    assert isinstance(action, UnloadShared)
+    return unload_shared_request(action.id)
 
 
 def load_conn_request(spec: ConnSpec) -> Request:

@@ -11,7 +11,7 @@ Over 400 lines because what charon can do decides which actions are carried out 
 action (`_describe`, `_target`) is only used while carrying them out; split, each part would
 reach into the other's state.
 
-May import: core.*, adapters.charon, daemon.health, errors, stdlib.
+May import: core.*, adapters.ike_daemon, daemon.health, errors, stdlib.
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from ovs_ipsec.adapters.charon import (
-    Charon,
-    Request,
-    load_conn_request,
-    load_shared_request,
-    unload_shared_request,
-)
+from ovs_ipsec.adapters.ike_daemon import IkeDaemon
 from ovs_ipsec.core import handover, naming
 from ovs_ipsec.core.capabilities import (
     Lack,
@@ -77,7 +71,7 @@ _PLURAL = {
 class Applier:
     def __init__(
         self,
-        charon: Charon,
+        charon: IkeDaemon,
         planner: Planner,
         health: Health,
         tracker: Tracker,
@@ -366,7 +360,7 @@ class Applier:
                 run.append(action)
                 continue
             if run:
-                replies = self.charon.pipeline([_request(a) for a in run])
+                replies = self.charon.carry_out(run)
                 for done, reply in zip(run, replies, strict=True):
                     yield done, reply if isinstance(reply, CharonError) else ""
                 run = []
@@ -449,15 +443,6 @@ def _conn_loaded_or_not(action: Action) -> str | None:
     if isinstance(action, (TerminateIke, UnloadConn)):
         return action.conn
     return None
-
-
-def _request(action: Action) -> Request:
-    if isinstance(action, LoadShared):
-        return load_shared_request(action.spec)
-    if isinstance(action, LoadConn):
-        return load_conn_request(action.spec)
-    assert isinstance(action, UnloadShared)
-    return unload_shared_request(action.id)
 
 
 def _target(action: Action) -> str:

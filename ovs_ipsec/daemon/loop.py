@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 import ovs.poller
 
 from ovs_ipsec.adapters import heap
-from ovs_ipsec.adapters.charon import Charon
 from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import read_files
+from ovs_ipsec.adapters.ike_daemon import IkeDaemon
 from ovs_ipsec.adapters.ovsdb import Ovsdb
 from ovs_ipsec.adapters.xfrm.adapter import Xfrm
 from ovs_ipsec.core.block_policies import PolicyReason, PolicySpec
@@ -72,7 +72,7 @@ class Daemon:
         self,
         settings: Settings,
         ovsdb: Ovsdb,
-        charon: Charon,
+        charon: IkeDaemon,
         xfrm: Xfrm,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),

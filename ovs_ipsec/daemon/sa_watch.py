@@ -6,7 +6,7 @@ event announced is missing from the listing (charon's noblock listing skips busy
 A lost event session or a failed listing raises `CharonUnreachable`; the loop handles charon's
 loss for both sessions (`reset` here).
 
-May import: core.sas, core.outcomes, adapters.charon, adapters.events, daemon.health, errors,
+May import: core.sas, core.outcomes, adapters.ike_daemon, adapters.events, daemon.health, errors,
 stdlib.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ovs_ipsec.adapters.charon import Charon
 from ovs_ipsec.adapters.events import (
     ALERT_EVENT,
     LOG_BUDGET,
@@ -22,8 +21,9 @@ from ovs_ipsec.adapters.events import (
     REQUIRED_EVENTS,
     Events,
 )
+from ovs_ipsec.adapters.ike_daemon import IkeDaemon
 from ovs_ipsec.core.outcomes import Tracker, dispatch
-from ovs_ipsec.core.sas import IkeSa, merge_listing, parse_sas
+from ovs_ipsec.core.sas import IkeSa, merge_listing
 from ovs_ipsec.daemon.health import Health, vlog
 from ovs_ipsec.errors import CharonError, CharonUnreachable
 
@@ -41,7 +41,7 @@ DROPPED_REPORT_EVERY = 60.0
 class SaWatch:
     def __init__(
         self,
-        charon: Charon,
+        charon: IkeDaemon,
         events: Events | None,
         health: Health,
         touch: Touch,
@@ -131,12 +131,12 @@ class SaWatch:
         if deadline is None or self.clock() < deadline:
             return
         try:
-            entries = self.charon.list_sas()
+            listed = self.charon.listed_sas()
         except CharonError as exc:
             vlog.warn(f"charon refused list-sas: {exc.errmsg}")
-            entries = []
+            listed = {}
         previous = self.sas
-        self.sas, self._expected = merge_listing(parse_sas(entries), self.sas, self._expected)
+        self.sas, self._expected = merge_listing(listed, self.sas, self._expected)
         self._touch(
             c for c in previous.keys() | self.sas.keys() if previous.get(c) != self.sas.get(c)
         )

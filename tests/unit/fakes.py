@@ -23,12 +23,15 @@ from typing import Any
 
 from vici.protocol import FiniteStream, Message
 
+from ovs_ipsec.adapters.charon import request_of
 from ovs_ipsec.adapters.events import Received
 from ovs_ipsec.adapters.xfrm.adapter import Operation, PolicyFailure, XfrmApplyError
 from ovs_ipsec.core import naming
 from ovs_ipsec.core.block_policies import PolicySpec
 from ovs_ipsec.core.connections import KeySpec
 from ovs_ipsec.core.model import InterfaceRow, PortStatus, RowId
+from ovs_ipsec.core.reconcile import Action
+from ovs_ipsec.core.sas import IkeSa, parse_sas
 from ovs_ipsec.daemon.loop import Daemon, Settings
 from ovs_ipsec.errors import CharonError, CharonUnreachable, XfrmError
 
@@ -311,6 +314,12 @@ class FakeCharon:
         self._require("list-sas")
         self.listings.append(self.clock())
         return [{conn: sa} for conn, sa in sorted(self.sas.items()) if ike in (None, conn)]
+
+    def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
+        return parse_sas(self.list_sas())
+
+    def carry_out(self, actions: Sequence[Action]) -> list[dict[str, Any] | CharonError]:
+        return self.pipeline([request_of(action) for action in actions])
 
     def pipeline(
         self, requests: Sequence[tuple[str, Mapping[str, Any] | bytes]]
