@@ -1,8 +1,8 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
-May import: daemon.loop, daemon.health, control, charon, events, ovsdb, xfrm.adapter, sdnotify,
-stop_signal, files, log_guard, core_dumps, metrics_http, metrics, ovs_dirs, ovs,
-prometheus_client (only to tell whether it is installed), stdlib.
+May import: daemon.loop, daemon.health, control, charon, pluto, ike_daemon, proc, events, ovsdb,
+xfrm.adapter, sdnotify, stop_signal, files, log_guard, core_dumps, metrics_http, metrics,
+ovs_dirs, errors, ovs, prometheus_client (only to tell whether it is installed), stdlib.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import ovs.daemon
@@ -20,12 +21,23 @@ import ovs.util
 import ovs.vlog
 
 from ovs_ipsec import PROGRAM_NAME, __version__
+from ovs_ipsec.adapters import proc
 from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.adapters.core_dumps import disable_core_dumps
 from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
+from ovs_ipsec.adapters.ike_daemon import IkeDaemon
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
+from ovs_ipsec.adapters.pluto import (
+    DEFAULT_IPSEC,
+    DEFAULT_IPSEC_CONF,
+    DEFAULT_IPSEC_CTL,
+    DEFAULT_IPSEC_D,
+    DEFAULT_IPSEC_SECRETS,
+    DEFAULT_TOOLS,
+    Pluto,
+)
 from ovs_ipsec.adapters.sdnotify import Watchdog, notify, watchdog_interval
 from ovs_ipsec.adapters.stop_signal import StopSignal
 from ovs_ipsec.adapters.xfrm.adapter import Xfrm
@@ -33,13 +45,15 @@ from ovs_ipsec.core.ovs_dirs import OvsDirs, effective_dirs
 from ovs_ipsec.daemon.control import Control
 from ovs_ipsec.daemon.health import vlog
 from ovs_ipsec.daemon.loop import Daemon, Settings
+from ovs_ipsec.errors import CommandError
 
 if TYPE_CHECKING:
     from ovs_ipsec.adapters.metrics_http import Handler, HttpServer
 
-# Flags that only meant something to upstream's Libreswan or stroke backends, or to its
-# restarting of the IKE daemon: accepted so that existing units, containers and
-# `ovs-ctl start-ovs-ipsec` keep working, and ignored with a one-line notice each.
+# With --ike-daemon=strongswan, flags that only meant something to upstream's Libreswan or
+# stroke backends, or to its restarting of the IKE daemon: accepted so that existing units,
+# containers and `ovs-ctl start-ovs-ipsec` keep working, and ignored with a one-line notice
+# each. With --ike-daemon=libreswan they are honoured (LIBRESWAN_IGNORED: not yet).
 _LIBRESWAN = "Libreswan only; nothing is written for an IKE daemon, charon is driven over VICI"
 IGNORED_FLAGS = {
     "no_restart_ike_daemon": ("--no-restart-ike-daemon", "this daemon never restarts charon"),
@@ -53,7 +67,13 @@ IGNORED_FLAGS = {
     "ipsec_secrets": ("--ipsec-secrets", _LIBRESWAN),
     "ipsec_ctl": ("--ipsec-ctl", _LIBRESWAN),
 }
+LIBRESWAN_IGNORED = {
+    "ipsec_d": ("--ipsec-d", "certificates with Libreswan are not implemented yet"),
+}
 STARTUP_TIMEOUT = 30.0
+# Upstream restarts the IKE daemon at start-up unless --no-restart-ike-daemon, without its
+# command timeout; ours is bounded by this.
+RESTART_TIMEOUT = 120.0
 
 
 def use_system_dirs() -> None:
@@ -67,8 +87,8 @@ def use_system_dirs() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM_NAME,
-        description="Keep strongSwan (over VICI) and the kernel in line with the IPsec options "
-        "of Open vSwitch tunnel ports.",
+        description="Keep strongSwan (over VICI) or Libreswan (pluto) and the kernel in line "
+        "with the IPsec options of Open vSwitch tunnel ports.",
     )
     parser.add_argument(
         "database",
@@ -80,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ike-daemon",
         default="strongswan",
-        help="IKE daemon to drive; only strongswan (charon over VICI) is supported",
+        help="IKE daemon to drive: strongswan (charon over VICI, the default) or libreswan "
+        "(pluto, through its control socket and the files below)",
     )
     parser.add_argument(
         "--vici",
@@ -127,16 +148,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; HOST "
         "defaults to 127.0.0.1: 0.0.0.0 or [::] serve every address, without authentication)",
     )
-    parser.add_argument("--no-restart-ike-daemon", action="store_true", help=argparse.SUPPRESS)
-    for flag in (
+    libreswan = parser.add_argument_group(
+        "Libreswan (--ike-daemon=libreswan; accepted and ignored with strongswan)"
+    )
+    libreswan.add_argument(
+        "--no-restart-ike-daemon",
+        action="store_true",
+        help="do not restart pluto at start-up (upstream's default restarts it, with empty "
+        "files of ours)",
+    )
+    libreswan.add_argument(
         "--root-prefix",
+        default="",
+        metavar="DIR",
+        help="prefix of every Libreswan path below except --root-ipsec-conf (for tests)",
+    )
+    libreswan.add_argument(
         "--ipsec-conf",
+        metavar="FILE",
+        help=f"the conn include this daemon owns and rewrites (default: {DEFAULT_IPSEC_CONF})",
+    )
+    libreswan.add_argument(
         "--root-ipsec-conf",
+        metavar="FILE",
+        help="the ipsec.conf that includes --ipsec-conf, read by addconn (default: "
+        "--ipsec-conf itself)",
+    )
+    libreswan.add_argument(
         "--ipsec-d",
+        metavar="DIR",
+        help=f"pluto's NSS database (default: {DEFAULT_IPSEC_D}; certificates with Libreswan "
+        "are not implemented yet)",
+    )
+    libreswan.add_argument(
         "--ipsec-secrets",
+        metavar="FILE",
+        help="the secrets file this daemon owns (root-only; pluto's secrets file or one it "
+        f"includes; default: {DEFAULT_IPSEC_SECRETS})",
+    )
+    libreswan.add_argument(
         "--ipsec-ctl",
-    ):
-        parser.add_argument(flag, help=argparse.SUPPRESS)
+        metavar="SOCKET",
+        help=f"pluto's control socket (default: {DEFAULT_IPSEC_CTL})",
+    )
+    libreswan.add_argument(
+        "--libreswan-tools",
+        metavar="DIR",
+        help=f"where Libreswan's whack and addconn are (default: {DEFAULT_TOOLS})",
+    )
     ovs.daemon.add_args(parser)
     ovs.vlog.add_args(parser)
     return parser
@@ -149,11 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     use_system_dirs()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.ike_daemon != "strongswan":
+    if args.ike_daemon not in ("strongswan", "libreswan"):
         parser.exit(
             1,
-            f"{PROGRAM_NAME}: --ike-daemon={args.ike_daemon} is not supported: this "
-            "daemon drives strongSwan's charon over VICI (use --ike-daemon=strongswan)\n",
+            f"{PROGRAM_NAME}: --ike-daemon={args.ike_daemon} is not supported: use "
+            "strongswan (charon over VICI) or libreswan (pluto)\n",
         )
     try:
         path = vici_path(args.vici)
@@ -193,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                 "set OVS_RUNDIR or --pidfile); "
                 f"ovs-appctl -t {PROGRAM_NAME} will not find this daemon"
             )
-    for attr, (flag, why) in IGNORED_FLAGS.items():
+    libreswan = args.ike_daemon == "libreswan"
+    for attr, (flag, why) in (LIBRESWAN_IGNORED if libreswan else IGNORED_FLAGS).items():
         if getattr(args, attr):
             vlog.info(f"ignoring {flag}: {why}")
 
@@ -208,15 +268,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     ovs.daemon.daemonize_start()
     receive_whole_utf8_characters()
-    charon = Charon(path, settings.command_timeout)
-    events = Events(path, settings.command_timeout)
+    ike: IkeDaemon
+    events: Events | None
+    if libreswan:
+        pluto = make_pluto(args, settings)
+        if not args.no_restart_ike_daemon:
+            restart_pluto(pluto, args)
+        ike, events, where = pluto, None, f"pluto {pluto.ctl}"
+    else:
+        ike, where = Charon(path, settings.command_timeout), f"charon {path}"
+        events = Events(path, settings.command_timeout)
     daemon = Daemon(
         settings,
         Ovsdb(settings.database),
-        charon,
+        ike,
         Xfrm(timeout=settings.command_timeout),
         events=events,
     )
+    if libreswan:
+        planner = daemon.planner
+        pluto.context = lambda: (planner.config.tunnels, planner.settings)
     # Beside the pidfile: the run directory, root's alone (core/handover.py).
     handover_path = None if pidfile is None else f"{os.path.splitext(pidfile)[0]}.handover"
     if handover_path is not None:
@@ -257,10 +328,41 @@ def main(argv: list[str] | None = None) -> None:
         if watchdog is not None:
             watchdog.run()
 
-    charon.on_wait = serve_while_waiting
-    events.on_wait = serve_while_waiting  # registering can wait on charon too (issue 15 item 20)
-    vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, charon {path}")
-    run_loop(daemon, control, metrics, StopSignal(), handover_path, watchdog)
+    ike.on_wait = serve_while_waiting
+    if events is not None:
+        events.on_wait = serve_while_waiting  # registering can wait on charon (issue 15 item 20)
+    vlog.info(f"{PROGRAM_NAME} {__version__} started: database {settings.database}, {where}")
+    run_loop(daemon, control, metrics, StopSignal(), handover_path, watchdog,
+             on_cleanup=pluto.remove_files if libreswan else None)  # fmt: skip
+
+
+def make_pluto(args: argparse.Namespace, settings: Settings) -> Pluto:
+    """Upstream's Libreswan paths: every one under --root-prefix but --root-ipsec-conf."""
+    prefix = args.root_prefix or ""
+    conf = prefix + (args.ipsec_conf or DEFAULT_IPSEC_CONF)
+    return Pluto(
+        tools=args.libreswan_tools or prefix + DEFAULT_TOOLS,
+        conf=conf,
+        root_conf=args.root_ipsec_conf or conf,
+        secrets=prefix + (args.ipsec_secrets or DEFAULT_IPSEC_SECRETS),
+        ctl=prefix + (args.ipsec_ctl or DEFAULT_IPSEC_CTL),
+        timeout=settings.command_timeout,
+        context=lambda: ({}, {}),
+        use_default_crypto=settings.use_default_crypto,
+        warn=vlog.warn,
+    )
+
+
+def restart_pluto(pluto: Pluto, args: argparse.Namespace) -> None:
+    """Upstream's start-up without --no-restart-ike-daemon: our files emptied, then
+    `ipsec restart` (pluto comes back with none of our conns; the first pass loads them)."""
+    ipsec = (args.root_prefix or "") + DEFAULT_IPSEC
+    vlog.info(f"restarting pluto ({ipsec} restart; --no-restart-ike-daemon skips this)")
+    try:
+        pluto.empty_files()
+        proc.run((ipsec, "restart"), timeout=RESTART_TIMEOUT)
+    except (OSError, CommandError) as exc:
+        vlog.warn(f"restarting pluto failed: {exc}")
 
 
 def log_file_path(log_file: str | None) -> str | None:
@@ -331,6 +433,7 @@ def run_loop(
     stop: StopSignal | None = None,
     handover_path: str | None = None,
     watchdog: Watchdog | None = None,
+    on_cleanup: Callable[[], None] | None = None,
 ) -> None:
     started = time.monotonic()
     completed = False
@@ -382,6 +485,8 @@ def run_loop(
     notify("STOPPING=1")
     if daemon.cleanup_on_exit:
         daemon.cleanup()
+        if on_cleanup is not None:
+            on_cleanup()
     elif handover_path is not None:
         hand_over(daemon, handover_path)
     vlog.info("exiting" + ("" if daemon.cleanup_on_exit else " (IPsec state left in place)"))

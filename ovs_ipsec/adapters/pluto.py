@@ -1,0 +1,311 @@
+"""Thin adapter over Libreswan's pluto: our conn include and secrets file, `ipsec addconn` and
+`ipsec whack` through pluto's control socket, each run bounded by the command timeout.
+
+It is the `IkeDaemon` (adapters/ike_daemon.py) the applier and the SA watch use for charon,
+so everything above it is shared. Our files hold only our entries and are written whole and
+atomically, root's alone (`files.write_private`); a PSK goes only into the secrets file (never
+into argv or a log) and pluto is told to re-read it. Only conns whose names are ours
+(`libreswan_conf.split_name`) are listed, deleted or touched. `stats()`'s `since` is the
+identity of pluto's control socket, which a restarted pluto creates anew: that is how the
+applier tells a pluto restart (and reloads everything).
+
+Failures become `CharonError` (pluto refused: the message is its reply) or `CharonUnreachable`
+(no control socket, a timeout), the IKE daemon's two kinds of failure for the daemon.
+
+May import: files, proc, core.libreswan_conf, core.pluto_status, core.connections, core.model,
+core.ike_options.settings, core.sas, core.reconcile, core.log_text, errors, stdlib.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ovs_ipsec.adapters import proc
+from ovs_ipsec.adapters.files import write_private
+from ovs_ipsec.core import libreswan_conf, pluto_status
+from ovs_ipsec.core.connections import AuthClass, ConnSpec, KeySpec, SharedSpec
+from ovs_ipsec.core.ike_options.settings import IkeSettings
+from ovs_ipsec.core.libreswan_conf import PlutoConn
+from ovs_ipsec.core.model import Tunnel
+from ovs_ipsec.core.reconcile import Action, LoadConn, LoadShared, UnloadShared
+from ovs_ipsec.core.sas import IkeSa
+from ovs_ipsec.errors import CharonError, CharonUnreachable, CommandError
+
+DEFAULT_IPSEC_CONF = "/etc/ipsec.conf"
+DEFAULT_IPSEC_SECRETS = "/etc/ipsec.secrets"
+DEFAULT_IPSEC_D = "/var/lib/ipsec/nss"
+DEFAULT_IPSEC_CTL = "/run/pluto/pluto.ctl"
+DEFAULT_IPSEC = "/usr/sbin/ipsec"
+DEFAULT_TOOLS = "/usr/libexec/ipsec"  # whack and addconn (what `ipsec whack` runs)
+
+# What the planner knows of a ConnSpec's tunnels (the shell wires it to the Planner).
+Context = Callable[[], tuple[Mapping[str, Tunnel], Mapping[str, IkeSettings]]]
+
+
+class Pluto:
+    def __init__(
+        self,
+        *,
+        tools: str,
+        conf: str,
+        root_conf: str,
+        secrets: str,
+        ctl: str,
+        timeout: float,
+        context: Context,
+        use_default_crypto: bool = False,
+        on_wait: Callable[[], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.tools = tools
+        self.conf = conf
+        self.root_conf = root_conf
+        self.secrets = secrets
+        self.ctl = ctl
+        self.timeout = timeout
+        self.context = context
+        self.use_default_crypto = use_default_crypto
+        self.on_wait = on_wait
+        self._warn = warn
+        self._warned: set[str] = set()
+        self._connected = False
+        # What our files hold: pluto conns by ConnSpec name, secrets by id.
+        self._conns: dict[str, tuple[PlutoConn, ...]] = {}
+        self._secrets: dict[str, SharedSpec] = {}
+        # The text each pluto conn was added with (from our file after a restart of the
+        # daemon): an unchanged conn is not added again, so its SAs live on.
+        self._added: dict[str, str] = {}
+        self._version = ""
+
+    # -- the session ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def busy(self) -> bool:
+        return False
+
+    def fileno(self) -> int | None:
+        return None
+
+    def connect(self) -> None:
+        """pluto answers on its control socket; what our files hold is read back (the conn
+        texts, the secret ids: never a secret)."""
+        self._connected = False
+        listed = self._loaded()
+        self._connected = True
+        sections = libreswan_conf.conf_sections(_read(self.conf))
+        self._added = {name: text for name, text in sections.items() if name in listed}
+        self._conns = {}
+        for name, text in self._added.items():
+            parts = libreswan_conf.split_name(name)
+            if parts is not None:
+                conn = PlutoConn(name, parts[0], parts[1], "", text)
+                self._conns[parts[0]] = (*self._conns.get(parts[0], ()), conn)
+        self._secrets = libreswan_conf.secrets_of(_read(self.secrets))
+
+    def close(self) -> None:
+        self._connected = False
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def version(self) -> dict[str, Any]:
+        if not self._version:
+            # "Libreswan 4.10" (whack --version prints its own, which is pluto's release)
+            words = self._whack("--version").stdout.split()
+            self._version = words[1] if len(words) > 1 else ""
+        return {"daemon": "Libreswan", "version": self._version}
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            st = os.stat(self.ctl)
+        except OSError as exc:
+            self.close()
+            raise CharonUnreachable("stats", f"{self.ctl}: {exc.strerror}") from exc
+        return {"uptime": {"since": f"{st.st_ino}.{st.st_mtime_ns}"}}
+
+    def get_algorithms(self) -> dict[str, Any]:
+        return {}  # nothing is claimed missing: pluto refuses what it lacks when a conn is added
+
+    def owned_conns(self) -> frozenset[str]:
+        conns = set()
+        for name in self._loaded():
+            parts = libreswan_conf.split_name(name)
+            if parts is not None:
+                conns.add(parts[0])
+        return frozenset(conns)
+
+    def owned_shared(self) -> frozenset[str]:
+        return frozenset(self._secrets)
+
+    def key_ids(self) -> frozenset[str]:
+        return frozenset()
+
+    def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
+        states = self._whack("--showstates").stdout
+        traffic = self._whack("--trafficstatus").stdout
+        return pluto_status.parse_states(states, traffic)
+
+    def _loaded(self) -> frozenset[str]:
+        return pluto_status.loaded_conns(self._whack("--status").stdout)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def carry_out(self, actions: Sequence[Action]) -> list[dict[str, Any] | CharonError]:
+        """Loads and unloads of conns and secrets, one outcome per action: our files are
+        written once, then pluto re-reads the secrets and adds and routes each changed conn."""
+        outcomes: list[dict[str, Any] | CharonError] = [{} for _ in actions]
+        secrets_changed = False
+        to_add: list[tuple[int, PlutoConn]] = []
+        tunnels, settings = self.context()
+        for index, action in enumerate(actions):
+            if isinstance(action, LoadShared):
+                self._secrets[action.spec.id] = action.spec
+                secrets_changed = True
+            elif isinstance(action, UnloadShared):
+                self._secrets.pop(action.id, None)
+                secrets_changed = True
+            elif isinstance(action, LoadConn):
+                refusal = self._plan_conn(action.spec, tunnels, settings)
+                if isinstance(refusal, CharonError):
+                    outcomes[index] = refusal
+                    continue
+                to_add.extend((index, conn) for conn in refusal)
+        if secrets_changed:
+            text = libreswan_conf.secrets_text(self._secrets.values())
+            write_private(self.secrets, text.encode("utf-8"))
+            self._whack("--rereadsecrets")
+        if to_add:
+            self._write_conf()
+        for index, conn in to_add:
+            if self._added.get(conn.name) == conn.text:
+                continue
+            try:
+                self._add(conn)
+            except CharonError as exc:
+                outcomes[index] = exc
+        return outcomes
+
+    def _plan_conn(
+        self, spec: ConnSpec, tunnels: Mapping[str, Tunnel], settings: Mapping[str, IkeSettings]
+    ) -> tuple[PlutoConn, ...] | CharonError:
+        if spec.auth is not AuthClass.PSK:
+            return CharonError("load-conn", "certificate authentication is not implemented for "
+                               "Libreswan yet (use a psk)")  # fmt: skip
+        conns = libreswan_conf.render_conns(
+            spec, tunnels, settings, use_default_crypto=self.use_default_crypto
+        )
+        for conn in conns:
+            for key in conn.unhonoured:
+                self._warn_once(f"{conn.tunnel}: Libreswan has no equivalent of the setting "
+                                f"{key} asks for; ignored")  # fmt: skip
+        stale = {c.name for c in self._conns.get(spec.name, ())} - {c.name for c in conns}
+        self._conns[spec.name] = conns
+        for name in sorted(stale):
+            self._delete(name)
+        return conns
+
+    def _add(self, conn: PlutoConn) -> None:
+        # addconn replaces a conn of the same name; auto= in the file is not acted on for a
+        # named conn, hence the route.
+        self._run("addconn", ("--ctlsocket", self.ctl, "--config", self.root_conf, conn.name),
+                  "load-conn")  # fmt: skip
+        self._added[conn.name] = conn.text
+        self._whack("--name", conn.name, "--route", command="route")
+
+    def _delete(self, name: str) -> None:
+        self._added.pop(name, None)
+        with contextlib.suppress(CharonError):  # not there: nothing to delete
+            self._whack("--name", name, "--delete", command="unload-conn")
+
+    def unload_conn(self, name: str) -> None:
+        """Delete every pluto conn of ConnSpec `name` (its SAs with it) and drop it from our
+        include."""
+        listed = {n for n in self._loaded() if (libreswan_conf.split_name(n) or ("",))[0] == name}
+        listed |= {c.name for c in self._conns.pop(name, ())}
+        for pluto_name in sorted(listed):
+            self._delete(pluto_name)
+        self._write_conf()
+
+    def terminate_ike(self, conn: str) -> None:
+        """Delete the states of ConnSpec `conn` (new credentials take effect at the next
+        negotiation, which its routed conns start on the next packet)."""
+        states = self._whack("--showstates").stdout
+        for serial in pluto_status.serials_of(states, conn):
+            with contextlib.suppress(CharonError):  # gone meanwhile
+                self._whack("--deletestate", str(serial), command="terminate")
+
+    def unload_shared(self, secret_id: str) -> None:
+        (outcome,) = self.carry_out([UnloadShared(secret_id)])
+        if isinstance(outcome, CharonError):
+            raise outcome
+
+    def load_key(self, spec: KeySpec) -> str:
+        raise CharonError("load-key", "certificates are not implemented for Libreswan yet")
+
+    def unload_key(self, key_id: str) -> None:
+        return None
+
+    def empty_files(self) -> None:
+        """Our files with no entries (before a restart of pluto at start-up, as upstream)."""
+        self._conns, self._secrets = {}, {}
+        write_private(self.secrets, libreswan_conf.secrets_text(()).encode("utf-8"))
+        self._write_conf()
+
+    def remove_files(self) -> None:
+        """`exit` with cleanup: our include and secrets leave with our conns."""
+        for path in (self.conf, self.secrets):
+            if path != self.root_conf:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _write_conf(self) -> None:
+        conns = [c for group in self._conns.values() for c in group]
+        text = libreswan_conf.conf_text(conns)
+        if self.conf == self.root_conf:
+            text = libreswan_conf.HEADER + "config setup\n\n" + text[len(libreswan_conf.HEADER) :]
+        write_private(self.conf, text.encode("utf-8"))
+
+    def _warn_once(self, message: str) -> None:
+        if self._warn is not None and message not in self._warned:
+            self._warned.add(message)
+            self._warn(message)
+
+    def _whack(self, *args: str, command: str = "") -> proc.Result:
+        return self._run("whack", ("--ctlsocket", self.ctl, *args), command or args[0])
+
+    def _run(self, tool: str, args: tuple[str, ...], command: str) -> proc.Result:
+        """One bounded run of whack or addconn: pluto's refusal as CharonError, a missing or
+        silent pluto as CharonUnreachable."""
+        if not os.path.exists(self.ctl):
+            self.close()
+            raise CharonUnreachable(command, f"no pluto control socket at {self.ctl}")
+        try:
+            result = proc.run((os.path.join(self.tools, tool), *args), timeout=self.timeout,
+                              check=False)  # fmt: skip
+        except CommandError as exc:
+            self.close()
+            raise CharonUnreachable(command, exc.stderr or str(exc)) from exc
+        if result.returncode != 0:
+            lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            reply = proc.error_text(lines[-1] if lines else f"exit code {result.returncode}")
+            if "connect(" in reply or "Connection refused" in reply:
+                self.close()
+                raise CharonUnreachable(command, reply)
+            raise CharonError(command, reply)
+        return result
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(4 << 20)
+    except OSError:
+        return ""
