@@ -8,7 +8,9 @@
 #   test  demo, plus what the test suite needs: capture and firewall tools, the full-kernel tier
 #         (qemu, a static busybox, cpio, kmod) and, where the release can install it beside
 #         charon-systemd, upstream's monitor for the comparisons (bookworm only: on trixie
-#         charon-systemd conflicts with strongswan-charon, whose charon upstream's starter runs).
+#         charon-systemd conflicts with strongswan-charon, whose charon upstream's starter runs);
+#         and Libreswan, unpacked into /opt/ovs-ipsec-test/libreswan (it conflicts with strongSwan
+#         as a package; see below).
 #
 # It never starts or enables a system service. Quick when everything is there already.
 set -euo pipefail
@@ -84,6 +86,51 @@ if ((${#missing[@]})); then
   # policy-rc.d keeps packages from starting services on hosts that have it; on others the
   # services the packages start (ovsdb-server, strongswan) are not used by the tests.
   apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Libreswan beside strongSwan (test profile). Debian's libreswan (bookworm 4.10, trixie 5.x)
+# Conflicts: with strongswan-libcharon and strongswan-starter, yet the tests run pluto and charon
+# side by side, in different namespaces. So the package's dependencies come from apt as usual and
+# the package itself is unpacked into a private root that the lab runs pluto from
+# (ovs_ipsec/tools/pluto_lab.py). Left out of its Depends: `host` and `iptables`, which only
+# `ipsec` subcommands and updown options the tests do not use call. The NSS tools (certutil,
+# pk12util) come with its Depends (libnss3-tools).
+LIBRESWAN_ROOT=/opt/ovs-ipsec-test/libreswan
+libreswan_ready() {
+  [ -s "$LIBRESWAN_ROOT/.deb-version" ] &&
+    "$LIBRESWAN_ROOT/usr/libexec/ipsec/pluto" --version >/dev/null 2>&1 &&
+    "$LIBRESWAN_ROOT/usr/libexec/ipsec/whack" --version >/dev/null 2>&1 &&
+    command -v certutil >/dev/null && command -v pk12util >/dev/null
+}
+if [ "$profile" = test ] && ! libreswan_ready; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: root is needed to install Libreswan into $LIBRESWAN_ROOT" >&2
+    exit 1
+  fi
+  echo "setup ($profile, $release): unpacking libreswan into $LIBRESWAN_ROOT"
+  export DEBIAN_FRONTEND=noninteractive
+  download=$(mktemp -d)
+  trap 'rm -rf "$download"' EXIT
+  # _apt must be able to write where `apt-get download` saves.
+  chmod 755 "$download"
+  if ! (cd "$download" && apt-get -q download libreswan >/dev/null 2>&1); then
+    apt-get -o DPkg::Lock::Timeout=900 update -q
+    (cd "$download" && apt-get -q download libreswan)
+  fi
+  deb=$(echo "$download"/libreswan_*.deb)
+  depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/^ *//' |
+    grep -Ev '^(host|iptables)( |$)' | paste -sd, | sed 's/,/, /g')
+  apt-get -o DPkg::Lock::Timeout=900 satisfy -y -q --no-install-recommends "$depends"
+  rm -rf "$LIBRESWAN_ROOT.new"
+  mkdir -p "$LIBRESWAN_ROOT.new"
+  dpkg-deb -x "$deb" "$LIBRESWAN_ROOT.new"
+  dpkg-deb -f "$deb" Version >"$LIBRESWAN_ROOT.new/.deb-version"
+  rm -rf "$LIBRESWAN_ROOT"
+  mv "$LIBRESWAN_ROOT.new" "$LIBRESWAN_ROOT"
+  if ! libreswan_ready; then
+    echo "setup: $LIBRESWAN_ROOT/usr/libexec/ipsec/pluto does not run" >&2
+    exit 1
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

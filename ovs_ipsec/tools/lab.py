@@ -1,8 +1,9 @@
 """A throw-away lab of "hosts" (network namespaces) for tests, demos and benchmarks.
 
 In the spirit of OVS's ovs-sandbox: `Lab(n)` starts n hosts on one L2 segment, each with its own
-ovsdb-server, its own charon-systemd (own strongswan.conf and VICI socket) and, optionally, our
-daemon; `stop()` takes all of it down again.
+ovsdb-server, its own charon-systemd (own strongswan.conf and VICI socket) or, for the hosts named
+in `libreswan_hosts`, its own pluto instead (pluto_lab.py), and, optionally, our daemon; `stop()`
+takes all of it down again.
 
 Topology (test-machine.md section 4): a hub namespace holds a bridge, and every host namespace gets
 an `eth0` veth onto it with `10.77.0.<i>/24` and `fd77::<i>/64`. Namespace names carry a per-run
@@ -19,7 +20,8 @@ Over 400 lines because its point is one cleanup bookkeeping (LabProcess records,
 that every process and namespace goes through; the `ovs-ipsec-lab` command line is the last 70
 lines.
 
-May import: capabilities, stdlib, vici, prometheus_client.parser (the tests' extra).
+May import: capabilities, pluto_lab (only inside functions: it imports this module), stdlib,
+vici, prometheus_client.parser (the tests' extra).
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import vici
 
 from ovs_ipsec.core.capabilities import charon_release
+
+if TYPE_CHECKING:
+    from ovs_ipsec.tools.pluto_lab import Pluto
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 CHARON = "/usr/sbin/charon-systemd"
@@ -313,7 +318,8 @@ class ViciSession(vici.Session):
 
 
 class Host:
-    """One lab host: a namespace with its ovsdb-server, charon and (optionally) our daemon."""
+    """One lab host: a namespace with its ovsdb-server, charon or pluto, and (optionally) our
+    daemon."""
 
     def __init__(self, lab: Lab, index: int) -> None:
         self.lab = lab
@@ -337,13 +343,20 @@ class Host:
         self._ovsdb: LabProcess | None = None
         self._charon: LabProcess | None = None
         self._daemon: LabProcess | None = None
+        # Set (by Lab) for a host that runs Libreswan's pluto instead of charon.
+        self.pluto: Pluto | None = None
 
     def __repr__(self) -> str:
         return f"<Host {self.name} ns={self.ns} {self.ipv4}>"
 
     @property
     def socket_paths(self) -> tuple[str, ...]:
-        return (self.db_path, self.vici_path, self.ctl_path, f"{self.run_dir}/ovsdb-server.ctl")
+        # The pluto control socket's path is checked too, whether or not this host runs pluto.
+        pluto_ctl = os.path.join(self.dir, "pluto", "run", "pluto.ctl")
+        return (
+            self.db_path, self.vici_path, self.ctl_path, f"{self.run_dir}/ovsdb-server.ctl",
+            pluto_ctl,
+        )  # fmt: skip
 
     # -- running things ------------------------------------------------------------------------
 
@@ -503,7 +516,8 @@ class Host:
             # Through bin/ovs-monitor-ipsec, so the process looks like upstream's to anything
             # that matches on its command line ("python3 .../ovs-monitor-ipsec ...").
             self.lab.python, os.path.join(package_root, "bin", "ovs-monitor-ipsec"), self.db,
-            "--ike-daemon=strongswan", f"--vici={self.vici_uri}",
+            *(self.pluto.daemon_args() if self.pluto is not None
+              else ["--ike-daemon=strongswan", f"--vici={self.vici_uri}"]),
             f"--pidfile={self.daemon_pidfile}", f"--log-file={self.daemon_log_path}",
             f"--unixctl={self.ctl_path}", "--detach", "-vfile:dbg",
             *self.lab.daemon_args, *extra_args,
@@ -662,9 +676,13 @@ class Lab:
         daemon_args: Sequence[str] = (),
         charon_settings: str = "",
         python: str | None = None,
+        libreswan_hosts: Iterable[int] = (),
     ) -> None:
         if not 1 <= n_hosts <= MAX_HOSTS:
             raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}, not {n_hosts}")
+        self.libreswan_hosts = frozenset(libreswan_hosts)
+        if not self.libreswan_hosts <= set(range(1, n_hosts + 1)):
+            raise ValueError(f"libreswan_hosts must be among 1..{n_hosts}")
         self.n_hosts = n_hosts
         self.keep = keep or os.environ.get(KEEP_ENV, "") not in ("", "0")
         self.daemon = daemon
@@ -733,11 +751,17 @@ class Lab:
             self._make_network()
             for host in self.hosts:
                 host.start_ovsdb()
-            # Start all charons, then wait: they come up concurrently.
+            # Start all charons and plutos, then wait: they come up concurrently.
             for host in self.hosts:
-                host._spawn_charon()
+                if host.pluto is not None:
+                    host.pluto.spawn()
+                else:
+                    host._spawn_charon()
             for host in self.hosts:
-                host._await_charon(CHARON_START_TIMEOUT)
+                if host.pluto is not None:
+                    host.pluto.await_ready(CHARON_START_TIMEOUT)
+                else:
+                    host._await_charon(CHARON_START_TIMEOUT)
             if self.daemon:
                 launchers = [(host, host._spawn_daemon(())) for host in self.hosts]
                 for host, popen in launchers:
@@ -759,6 +783,12 @@ class Lab:
         self.prefix = self._free_prefix()
         self.hub = f"{self.prefix}-hub"
         self.hosts = [Host(self, i) for i in range(1, self.n_hosts + 1)]
+        if self.libreswan_hosts:
+            from ovs_ipsec.tools.pluto_lab import Pluto  # imports this module
+
+            for host in self.hosts:
+                if host.index in self.libreswan_hosts:
+                    host.pluto = Pluto(host)
         for host in self.hosts:
             too_long = [p for p in host.socket_paths if len(p.encode()) > MAX_SOCKET_PATH]
             if too_long:
@@ -821,8 +851,9 @@ class Lab:
 
         # Daemons first, so they do not watch their charon and database disappear under them.
         step("daemons", lambda: self._terminate(h._daemon for h in self.hosts))
-        step("charons and ovsdb-servers", lambda: self._terminate(
-            [h._charon for h in self.hosts] + [h._ovsdb for h in self.hosts]))  # fmt: skip
+        step("charons, plutos and ovsdb-servers", lambda: self._terminate(
+            [h._charon for h in self.hosts] + [h.pluto.process for h in self.hosts if h.pluto]
+            + [h._ovsdb for h in self.hosts]))  # fmt: skip
         # Anything else in our namespaces is ours too (a tcpdump a test left running, a daemon
         # that never wrote its pidfile); and anything we recorded that still lives.
         step("leftover processes", lambda: self._terminate(self._namespace_processes()))
@@ -895,8 +926,15 @@ def _describe(lab: Lab) -> str:
             f"{h.name}: ns {h.ns}  {h.ipv4}  {h.ipv6}",
             f"  shell   ip netns exec {h.ns} bash",
             f"  ovsdb   ovs-vsctl --db={h.db} --no-wait show",
-            f"  charon  swanctl --list-sas --uri {h.vici_uri}   (log {h.charon_log_path})",
         ]
+        if h.pluto is not None:
+            lines.append(
+                f"  pluto   {h.pluto.whack_command()} --showstates   (log {h.pluto.log_path})"
+            )
+        else:
+            lines.append(
+                f"  charon  swanctl --list-sas --uri {h.vici_uri}   (log {h.charon_log_path})"
+            )
         if h.daemon_pid is not None:
             lines.append(f"  daemon  ovs-appctl -t {h.ctl_path} version  (log {h.daemon_log_path})")
     return "\n".join(lines)
@@ -910,6 +948,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         daemon=not args.no_daemon,
         daemon_args=shlex.split(args.daemon_args),
         charon_settings=args.charon_settings,
+        libreswan_hosts=args.libreswan_hosts,
     )
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -948,6 +987,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--workdir", help="state directory (default: a new /tmp/oi-XXXXXXXX)")
     up.add_argument("--daemon-args", default="", help="extra daemon arguments (shell words)")
     up.add_argument("--charon-settings", default="", help="extra text inside charon { }")
+    up.add_argument(
+        "--libreswan", dest="libreswan_hosts", type=int, action="append", default=[],
+        metavar="I", help="host I runs Libreswan's pluto instead of charon (repeatable)",
+    )  # fmt: skip
     up.set_defaults(func=_cmd_up)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
