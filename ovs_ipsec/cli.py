@@ -8,6 +8,7 @@ ovs_dirs, errors, ovs, prometheus_client (only to tell whether it is installed),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     events: Events | None
     if libreswan:
         pluto = make_pluto(args, settings)
+        # What the log names as the IKE daemon's socket.
+        settings = dataclasses.replace(settings, vici_path=pluto.ctl)
         if not args.no_restart_ike_daemon:
             restart_pluto(pluto, args)
         ike, events, where = pluto, None, f"pluto {pluto.ctl}"

@@ -7,7 +7,7 @@ materialised, and failures become `CharonError` (charon said no; the message is 
 and must be reopened). Secrets are unwrapped only here, at the VICI call.
 
 May import: vici_socket, vici_wire, naming, connections (its types), reconcile (its actions),
-sas, errors, stdlib.
+outcomes, sas, errors, stdlib.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from ovs_ipsec.adapters.vici_socket import ViciStream, open_vici
 from ovs_ipsec.core import naming, vici_wire
 from ovs_ipsec.core.connections import ConnSpec, KeySpec, SharedSpec
+from ovs_ipsec.core.outcomes import Outcome
 from ovs_ipsec.core.reconcile import Action, LoadConn, LoadShared, UnloadShared
 from ovs_ipsec.core.sas import IkeSa, parse_sas
 from ovs_ipsec.core.vici_wire import PacketType
@@ -200,6 +201,9 @@ class Charon:
     def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
         """Our connections' SAs, parsed (core/sas.py)."""
         return parse_sas(self.list_sas())
+
+    def failures(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> dict[str, Outcome]:
+        return {}  # charon tells them by events (adapters/events.py, core/outcomes.py)
 
     def list_sas(self, ike: str | None = None) -> list[dict[str, Any]]:
         message = {"noblock": "yes"}

@@ -5,15 +5,16 @@ nothing else knows which.
 
 Refusals are `CharonError` and a lost daemon `CharonUnreachable` for either (errors.py).
 
-May import: core.connections, core.reconcile, core.sas, errors, stdlib.
+May import: core.connections, core.outcomes, core.reconcile, core.sas, errors, stdlib.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ovs_ipsec.core.connections import KeySpec
+from ovs_ipsec.core.outcomes import Outcome
 from ovs_ipsec.core.reconcile import Action
 from ovs_ipsec.core.sas import IkeSa
 from ovs_ipsec.errors import CharonError
@@ -61,3 +62,8 @@ class IkeDaemon(Protocol):
     def terminate_ike(self, conn: str) -> None: ...
 
     def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]: ...
+
+    def failures(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> dict[str, Outcome]:
+        """Why negotiations of connections without an established IKE_SA failed, as far as
+        the IKE daemon tells it otherwise than by events (charon: nothing here)."""
+        ...

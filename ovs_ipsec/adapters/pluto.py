@@ -13,23 +13,26 @@ Failures become `CharonError` (pluto refused: the message is its reply) or `Char
 (no control socket, a timeout), the IKE daemon's two kinds of failure for the daemon.
 
 May import: files, proc, core.libreswan_conf, core.pluto_status, core.connections, core.model,
-core.ike_options.settings, core.sas, core.reconcile, core.log_text, errors, stdlib.
+core.ike_options.settings, core.naming, core.outcomes, core.sas, core.reconcile, errors,
+stdlib.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ovs_ipsec.adapters import proc
 from ovs_ipsec.adapters.files import write_private
-from ovs_ipsec.core import libreswan_conf, pluto_status
+from ovs_ipsec.core import libreswan_conf, naming, pluto_status
 from ovs_ipsec.core.connections import AuthClass, ConnSpec, KeySpec, SharedSpec
 from ovs_ipsec.core.ike_options.settings import IkeSettings
 from ovs_ipsec.core.libreswan_conf import PlutoConn
 from ovs_ipsec.core.model import Tunnel
+from ovs_ipsec.core.outcomes import Outcome
 from ovs_ipsec.core.reconcile import Action, LoadConn, LoadShared, UnloadShared
 from ovs_ipsec.core.sas import IkeSa
 from ovs_ipsec.errors import CharonError, CharonUnreachable, CommandError
@@ -40,6 +43,9 @@ DEFAULT_IPSEC_D = "/var/lib/ipsec/nss"
 DEFAULT_IPSEC_CTL = "/run/pluto/pluto.ctl"
 DEFAULT_IPSEC = "/usr/sbin/ipsec"
 DEFAULT_TOOLS = "/usr/libexec/ipsec"  # whack and addconn (what `ipsec whack` runs)
+# A peer's conn that is not up is initiated (to learn why) at most this often, each wait bounded.
+PROBE_INTERVAL = 30.0
+PROBE_TIMEOUT = 2.0
 
 # What the planner knows of a ConnSpec's tunnels (the shell wires it to the Planner).
 Context = Callable[[], tuple[Mapping[str, Tunnel], Mapping[str, IkeSettings]]]
@@ -79,6 +85,10 @@ class Pluto:
         # daemon): an unchanged conn is not added again, so its SAs live on.
         self._added: dict[str, str] = {}
         self._version = ""
+        self._since = ""  # the identity of the control socket last seen (stats)
+        self._probed: dict[str, float] = {}  # ConnSpec name -> when it was last initiated
+        # ConnSpecs pluto listed a state of since they were added: traffic wanted them up.
+        self._attempted: set[str] = set()
 
     # -- the session ----------------------------------------------------------------------
 
@@ -127,7 +137,11 @@ class Pluto:
         except OSError as exc:
             self.close()
             raise CharonUnreachable("stats", f"{self.ctl}: {exc.strerror}") from exc
-        return {"uptime": {"since": f"{st.st_ino}.{st.st_mtime_ns}"}}
+        since = f"{st.st_ino}.{st.st_mtime_ns}"
+        if self._since and since != self._since:
+            self._added = {}  # a new pluto holds none of our conns
+        self._since = since
+        return {"uptime": {"since": since}}
 
     def get_algorithms(self) -> dict[str, Any]:
         return {}  # nothing is claimed missing: pluto refuses what it lacks when a conn is added
@@ -149,7 +163,33 @@ class Pluto:
     def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
         states = self._whack("--showstates").stdout
         traffic = self._whack("--trafficstatus").stdout
-        return pluto_status.parse_states(states, traffic)
+        sas = pluto_status.parse_states(states, traffic)
+        self._attempted.update(sas)
+        return sas
+
+    def failures(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> dict[str, Outcome]:
+        """pluto has no events: a peer's conn that negotiated since it was added (traffic hit
+        its trap) but has no established IKE SA now is initiated synchronously (at most one
+        per listing, each at most every PROBE_INTERVAL, bounded by PROBE_TIMEOUT), and pluto's
+        reply tells why it fails. A conn no traffic asked for is left alone, as charon's."""
+        now = time.monotonic()
+        for conn in sorted(self._attempted, key=lambda c: self._probed.get(c, 0.0)):
+            if any(sa.is_established for sa in sas.get(conn, ())) or not self._conns.get(conn):
+                continue
+            if now - self._probed.get(conn, -PROBE_INTERVAL) < PROBE_INTERVAL:
+                continue
+            self._probed[conn] = now
+            first = self._conns[conn][0].name
+            argv = (os.path.join(self.tools, "whack"), "--ctlsocket", self.ctl, "--initiate",
+                    "--name", first)  # fmt: skip
+            try:
+                reply = proc.run(argv, timeout=PROBE_TIMEOUT, check=False).stdout
+            except CommandError:
+                return {conn: pluto_status.unreachable(naming.remote_of_conn(conn),
+                                                       PROBE_TIMEOUT)}  # fmt: skip
+            outcome = pluto_status.outcome_of(reply)
+            return {} if outcome is None else {conn: outcome}
+        return {}
 
     def _loaded(self) -> frozenset[str]:
         return pluto_status.loaded_conns(self._whack("--status").stdout)
@@ -171,17 +211,26 @@ class Pluto:
                 self._secrets.pop(action.id, None)
                 secrets_changed = True
             elif isinstance(action, LoadConn):
+                self._attempted.discard(action.spec.name)
                 refusal = self._plan_conn(action.spec, tunnels, settings)
                 if isinstance(refusal, CharonError):
                     outcomes[index] = refusal
                     continue
                 to_add.extend((index, conn) for conn in refusal)
         if secrets_changed:
-            text = libreswan_conf.secrets_text(self._secrets.values())
-            write_private(self.secrets, text.encode("utf-8"))
-            self._whack("--rereadsecrets")
+            refused = self._reread_secrets()
+            if refused is not None:
+                for index, action in enumerate(actions):
+                    if isinstance(action, (LoadShared, UnloadShared)):
+                        outcomes[index] = refused
         if to_add:
-            self._write_conf()
+            try:
+                self._write_conf()
+            except OSError as exc:
+                refusal = CharonError("load-conn", f"cannot write {self.conf}: {exc.strerror}")
+                for index, _ in to_add:
+                    outcomes[index] = refusal
+                to_add = []
         for index, conn in to_add:
             if self._added.get(conn.name) == conn.text:
                 continue
@@ -190,6 +239,19 @@ class Pluto:
             except CharonError as exc:
                 outcomes[index] = exc
         return outcomes
+
+    def _reread_secrets(self) -> CharonError | None:
+        """Our secrets file written whole, and pluto told to read it again."""
+        text = libreswan_conf.secrets_text(self._secrets.values())
+        try:
+            write_private(self.secrets, text.encode("utf-8"))
+        except OSError as exc:
+            return CharonError("load-shared", f"cannot write {self.secrets}: {exc.strerror}")
+        try:
+            self._whack("--rereadsecrets")
+        except CharonError as exc:
+            return exc
+        return None
 
     def _plan_conn(
         self, spec: ConnSpec, tunnels: Mapping[str, Tunnel], settings: Mapping[str, IkeSettings]
@@ -226,6 +288,7 @@ class Pluto:
     def unload_conn(self, name: str) -> None:
         """Delete every pluto conn of ConnSpec `name` (its SAs with it) and drop it from our
         include."""
+        self._attempted.discard(name)
         listed = {n for n in self._loaded() if (libreswan_conf.split_name(n) or ("",))[0] == name}
         listed |= {c.name for c in self._conns.pop(name, ())}
         for pluto_name in sorted(listed):
@@ -258,9 +321,14 @@ class Pluto:
         self._write_conf()
 
     def remove_files(self) -> None:
-        """`exit` with cleanup: our include and secrets leave with our conns."""
+        """`exit` with cleanup: our include and secrets leave with our conns. A conn file that
+        is the root ipsec.conf itself (upstream's default) is left empty instead: pluto reads
+        it when it starts."""
+        self._conns, self._secrets = {}, {}
         for path in (self.conf, self.secrets):
-            if path != self.root_conf:
+            if path == self.root_conf:
+                self._write_conf()
+            else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
 
@@ -296,11 +364,17 @@ class Pluto:
         if result.returncode != 0:
             lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
             reply = proc.error_text(lines[-1] if lines else f"exit code {result.returncode}")
-            if "connect(" in reply or "Connection refused" in reply:
+            if any(sign in reply for sign in _UNREACHABLE):
                 self.close()
                 raise CharonUnreachable(command, reply)
             raise CharonError(command, reply)
         return result
+
+
+# whack's words when pluto is not there (or went away mid-call).
+_UNREACHABLE = (
+    "connect(", "Connection refused", "Connection reset", "read() failed", "No such file",
+)  # fmt: skip
 
 
 def _read(path: str) -> str:

@@ -15,7 +15,8 @@ as the translated settings every backend shares (`ike_options`), and are spelled
 Libreswan's words. A setting Libreswan has no word for is reported (`PlutoConn.unhonoured`),
 never silently dropped.
 
-May import: connections, credentials, ike_options.settings, model, naming, stdlib.
+May import: block_policies (its priorities), connections, ike_options.settings, model, naming,
+stdlib.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ovs_ipsec.core import naming
+from ovs_ipsec.core.block_policies import OWNED_PRIORITIES
 from ovs_ipsec.core.connections import AuthClass, ConnSpec, SharedSpec, TrafficSelector
 from ovs_ipsec.core.ike_options.settings import NO_SETTINGS, IkeSettings, VICIValue
 from ovs_ipsec.core.model import Secret, Tunnel
@@ -42,6 +44,15 @@ NSS_REMOTE_PREFIX = "ovs_cert_"
 NSS_CA = "ovs_cert_cacert"
 
 _PROTOCOLS = {47: "gre", 17: "udp", 6: "tcp"}
+
+# pluto computes its policies' priorities from the selectors' widths, and for our conns they come
+# out numerically above our block policies (4.10: GRE 1,622,209; UDP to one port 1,360,065),
+# which would make our blocks win over pluto's traps and SAs: traffic would meet EPERM instead
+# of triggering a negotiation, and never be encrypted. `priority=` sets it for the trap and the
+# SA policies alike; this value is where charon puts a /32 GRE trap, below our blocks (lower
+# wins in XFRM), as charon's do (block_policies.FAIL_CLOSED_PRIORITY).
+ROUTED_PRIORITY = 366_976
+assert min(OWNED_PRIORITIES) > ROUTED_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,7 @@ def _endpoint_lines(spec: ConnSpec, tunnel: Tunnel, nss: NssNames | None) -> lis
         # Trap policies from the moment the conn is added (the point of routing it).
         "auto=route",
         "keyingtries=%forever",
+        f"priority={ROUTED_PRIORITY}",
         f"left={tunnel.local_ip or '%defaultroute'}",
         f"right={spec.remote_ip}",
     ]

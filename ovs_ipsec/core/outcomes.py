@@ -132,6 +132,11 @@ class Tracker:
         if self._conns.pop(conn, None) is not None:
             self._touched.add(conn)
 
+    def note(self, conn: str, outcome: Outcome) -> None:
+        """A failed negotiation the IKE daemon told otherwise than by events (pluto's reply to
+        an initiation, adapters/pluto.py)."""
+        self._record(conn, Scope.IKE, outcome)
+
     def reset(self) -> None:
         """charon went away; its SAs and everything said about them are gone too."""
         self._touched.update(self._conns)

@@ -7,10 +7,12 @@ is reported under its peer's ConnSpec name, its Child SAs under their child name
 states charon would give them (ESTABLISHED / CONNECTING, INSTALLED), so `core/status.py` folds
 them unchanged. Libreswan 4 prefixes each line with a three-digit code, 5 does not; both read.
 
-Failures: pluto's reply to an initiation (`whack --up`) carries the notification a peer sent
-or the cause pluto found; `failure_of` turns the known ones into a cause and a reason.
+Failures: pluto has no event stream; its reply to a synchronous initiation (`whack --initiate`)
+carries the notification a peer sent or the cause pluto found (`AUTHENTICATION_FAILED`,
+`NO_PROPOSAL_CHOSEN`, ...); `outcome_of` turns the known ones into the Outcome charon's events
+give.
 
-May import: causes, libreswan_conf, naming, sas, stdlib.
+May import: causes, libreswan_conf, naming, outcomes (its Outcome), sas, stdlib.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from ovs_ipsec.core import naming
 from ovs_ipsec.core.causes import Cause
 from ovs_ipsec.core.libreswan_conf import split_name
+from ovs_ipsec.core.outcomes import Outcome
 from ovs_ipsec.core.sas import ChildSa, IkeSa
 
 _STATE = re.compile(
@@ -130,15 +133,21 @@ def loaded_conns(status: str) -> frozenset[str]:
 
 
 def routed_conns(status: str) -> frozenset[str]:
-    """Conns whose policy pluto has put in the kernel (`routing: prospective erouted` in 4.x,
-    `routing: ... ondemand` in 5.x): routed conns have their trap policies."""
+    """Conns whose trap policy pluto has put in the kernel. 4.10 says so in a conn's first
+    `--status` line (`...; prospective erouted; eroute owner: #0`, `...; unrouted; ...`); 5.x
+    in a `routing: ...` line. Unrouted conns are left out."""
     names = set()
     for raw in status.splitlines():
-        match = re.match(r'^(?:\d{3} )?"(?P<name>[^"]+)"(?:\[\d+\])*:.*routing: (?P<r>[^;]+)',
-                         raw.strip())  # fmt: skip
-        if match and match["r"].strip() not in ("unrouted", "unrouted;"):
+        match = _ROUTING.match(raw.strip())
+        if match and "unrouted" not in match["r"]:
             names.add(match["name"])
     return frozenset(names)
+
+
+_ROUTING = re.compile(
+    r'^(?:\d{3} )?"(?P<name>[^"]+)"(?:\[\d+\])*:.*?(?:; |routing: )'
+    r"(?P<r>(?:prospective |)erouted|unrouted|routed[\w-]*|ondemand|[\w-]*routed[\w-]*)(?:;|$)"
+)
 
 
 # Texts in pluto's replies (and log) that tell why a negotiation failed.
@@ -164,3 +173,18 @@ def failure_of(reply: str) -> tuple[Cause, str] | None:
         if needle in reply:
             return cause, reason
     return None
+
+
+def outcome_of(reply: str) -> Outcome | None:
+    """pluto's reply to a synchronous initiation as a failure of the IKE SA it names (its
+    serial is the one `parse_states` reports as the IKE SA's unique id)."""
+    found = failure_of(reply)
+    if found is None or "established IKE SA" in reply:
+        return None  # the IKE SA came up: a Child SA's refusal is no failure of it
+    serials = [int(n) for n in re.findall(r'" #(\d+):', reply)]
+    return Outcome(found[0], found[1], max(serials, default=0))
+
+
+def unreachable(peer: str, seconds: float) -> Outcome:
+    return Outcome(Cause.UNREACHABLE, f"peer unreachable: no answer from {peer} within "
+                   f"{seconds:g} s", 0)  # fmt: skip

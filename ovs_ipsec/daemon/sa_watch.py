@@ -137,6 +137,9 @@ class SaWatch:
             listed = {}
         previous = self.sas
         self.sas, self._expected = merge_listing(listed, self.sas, self._expected)
+        for conn, outcome in self.charon.failures(self.sas).items():
+            self.tracker.note(conn, outcome)
+        self._touch(self.tracker.touched())
         self._touch(
             c for c in previous.keys() | self.sas.keys() if previous.get(c) != self.sas.get(c)
         )

@@ -318,6 +318,9 @@ class FakeCharon:
     def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
         return parse_sas(self.list_sas())
 
+    def failures(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> dict[str, Any]:
+        return {}
+
     def carry_out(self, actions: Sequence[Action]) -> list[dict[str, Any] | CharonError]:
         return self.pipeline([request_of(action) for action in actions])
 
