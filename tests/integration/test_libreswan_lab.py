@@ -91,9 +91,9 @@ def pluto_ike_up(h1: Host) -> list[str]:
     )
 
 
-def charon_ike_up(h2: Host, peer: Host) -> list[str]:
+def charon_ike_up(h2: Host, peer: Host, address: str = "") -> list[str]:
     with h2.vici() as v:
-        conn = f"ovs-{peer.ipv4}"
+        conn = f"ovs-{address or peer.ipv4}"
         return [
             sa[conn]["uniqueid"].decode()
             for sa in v.list_sas({"ike": conn})
@@ -188,6 +188,61 @@ def test_pluto_restart_is_reconciled(lab: Lab) -> None:
     # acquires for that flow (xfrm_acq_expires).
     h1.pluto.initiate(pluto_conn(h2))
     wait_for(lambda: pluto_ike_up(h1), 15, what="IKE SA again with the right PSK")
+
+
+def test_geneve_over_ipv6_and_vxlan_to_the_same_peer(lab: Lab) -> None:
+    """Geneve over IPv6 (one pluto conn per direction of the flow, to its port) and VXLAN on a
+    custom dst_port to the IPv4 peer beside GRE (pluto shares one IKE SA between them): all
+    routed, and UDP to the Geneve port brings the IKE SA up on both sides."""
+    h1, h2 = lab.hosts
+    assert h1.pluto is not None
+    for host, peer in ((h1, h2), (h2, h1)):
+        host.vsctl(
+            "add-port", "br0", "gnv6", "--", "set", "interface", "gnv6", "type=geneve",
+            f"options:remote_ip={peer.ipv6}", f"options:local_ip={host.ipv6}",
+            f"options:psk={PSK}",
+        )  # fmt: skip
+        host.vsctl(
+            "add-port", "br0", "vx0", "--", "set", "interface", "vx0", "type=vxlan",
+            f"options:remote_ip={peer.ipv4}", f"options:local_ip={host.ipv4}",
+            f"options:psk={PSK}", "options:dst_port=4790",
+        )  # fmt: skip
+    wanted = {
+        f"ovs-{h2.ipv6}--ovs-gnv6-in", f"ovs-{h2.ipv6}--ovs-gnv6-out",
+        f"ovs-{h2.ipv4}--ovs-vx0-in", f"ovs-{h2.ipv4}--ovs-vx0-out", pluto_conn(h2),
+    }  # fmt: skip
+    wait_for(lambda: wanted <= routed_conns(h1.pluto.status()), 10, what="all routed")
+    code = (
+        "import socket; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+        f"s.sendto(b'x', ({h2.ipv6!r}, 6081))"
+    )
+    h1.run(["python3", "-c", code], check=False)
+    wait_for(
+        lambda: re.search(rf'"ovs-{re.escape(h2.ipv6)}--ovs-gnv6-out":\d+ '
+                          "STATE_V2_ESTABLISHED_IKE_SA", h1.pluto.show_states()),
+        10, what="pluto's IPv6 IKE SA",
+    )  # fmt: skip
+    wait_for(lambda: charon_ike_up(h2, h1, h1.ipv6), 10, what="charon's IPv6 IKE SA")
+
+
+def test_fail_closed_with_pluto_down(lab: Lab) -> None:
+    """pluto stopped: its policies go, ours stay; GRE to the peer is refused (EPERM), not sent
+    in clear, and the tunnel's state says why."""
+    h1, h2 = lab.hosts
+    assert h1.pluto is not None
+    h1.pluto.stop()
+    assert gre_out_policies(h1, h2) == [FAIL_CLOSED_PRIORITY, FAIL_CLOSED_PRIORITY]
+    code = (
+        "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)\n"
+        f"try: s.sendto(b'\\0\\0\\x65\\x58x', ({h2.ipv4!r}, 0))\n"
+        "except PermissionError: print('EPERM')"
+    )
+    assert h1.run(["python3", "-c", code]).stdout.strip() == "EPERM"
+    wait_for(lambda: state(h1) == "FAILED", 10, what="failed while pluto is down")
+    assert "unreachable" in reason(h1)
+    h1.pluto.start()
+    wait_for(lambda: pluto_conn(h2) in routed_conns(h1.pluto.status()), 10,
+             what="our conn back once pluto is")  # fmt: skip
 
 
 def test_exit_removes_our_conns_secrets_and_files(lab: Lab) -> None:
