@@ -294,3 +294,29 @@ def test_secret_never_in_repr() -> None:
     spec = lc.secrets_of(lc.secrets_text(plan(planned(psk("g", "gre", "10.0.0.9"))[0])
                                           .shared.values()))["ovs-psk-10.0.0.9"]  # fmt: skip
     assert PSK not in repr(spec) and isinstance(spec.secret, Secret)
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def test_openshift_command_line_selects_pluto_with_upstreams_paths() -> None:
+    from ovs_ipsec import cli
+    from ovs_ipsec.daemon.loop import Settings
+
+    args = cli.build_parser().parse_args([
+        "--pidfile=/var/run/openvswitch/ovs-monitor-ipsec.pid", "--ike-daemon=libreswan",
+        "--no-restart-ike-daemon", "--ipsec-conf", "/etc/ipsec.d/openshift.conf",
+        "--ipsec-d", "/var/lib/ipsec/nss", "--log-file", "--monitor",
+        "unix:/var/run/openvswitch/db.sock",
+    ])  # fmt: skip
+    pluto = cli.make_pluto(args, Settings(database=args.database, vici_path=""))
+    assert (pluto.conf, pluto.root_conf) == ("/etc/ipsec.d/openshift.conf",) * 2
+    assert (pluto.secrets, pluto.ctl) == ("/etc/ipsec.secrets", "/run/pluto/pluto.ctl")
+    assert pluto.tools == "/usr/libexec/ipsec"
+    prefixed = cli.build_parser().parse_args([
+        "--ike-daemon=libreswan", "--root-prefix=/sandbox", "--root-ipsec-conf=/etc/ipsec.conf",
+    ])  # fmt: skip
+    pluto = cli.make_pluto(prefixed, Settings(database="", vici_path=""))
+    assert (pluto.conf, pluto.root_conf) == ("/sandbox/etc/ipsec.conf", "/etc/ipsec.conf")
+    assert pluto.ctl == "/sandbox/run/pluto/pluto.ctl"
+    assert pluto.tools == "/sandbox/usr/libexec/ipsec"
