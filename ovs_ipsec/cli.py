@@ -1,8 +1,9 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
-May import: daemon.loop, daemon.health, control, charon, pluto, ike_daemon, proc, events, ovsdb,
-xfrm.adapter, sdnotify, stop_signal, files, log_guard, core_dumps, metrics_http, metrics,
-ovs_dirs, errors, ovs, prometheus_client (only to tell whether it is installed), stdlib.
+May import: daemon.loop, daemon.health, control, charon, pluto, nss, ike_daemon, proc, events,
+ovsdb, xfrm.adapter, sdnotify, stop_signal, files, log_guard, core_dumps, metrics_http, metrics,
+ovs_dirs, credentials, errors, ovs, prometheus_client (only to tell whether it is installed),
+stdlib.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.ike_daemon import IkeDaemon
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
+from ovs_ipsec.adapters.nss import Nss
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.adapters.pluto import (
     DEFAULT_IPSEC,
@@ -42,6 +44,7 @@ from ovs_ipsec.adapters.pluto import (
 from ovs_ipsec.adapters.sdnotify import Watchdog, notify, watchdog_interval
 from ovs_ipsec.adapters.stop_signal import StopSignal
 from ovs_ipsec.adapters.xfrm.adapter import Xfrm
+from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.ovs_dirs import OvsDirs, effective_dirs
 from ovs_ipsec.daemon.control import Control
 from ovs_ipsec.daemon.health import vlog
@@ -68,9 +71,7 @@ IGNORED_FLAGS = {
     "ipsec_secrets": ("--ipsec-secrets", _LIBRESWAN),
     "ipsec_ctl": ("--ipsec-ctl", _LIBRESWAN),
 }
-LIBRESWAN_IGNORED = {
-    "ipsec_d": ("--ipsec-d", "certificates with Libreswan are not implemented yet"),
-}
+LIBRESWAN_IGNORED: dict[str, tuple[str, str]] = {}
 STARTUP_TIMEOUT = 30.0
 # Upstream restarts the IKE daemon at start-up unless --no-restart-ike-daemon, without its
 # command timeout; ours is bounded by this.
@@ -178,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     libreswan.add_argument(
         "--ipsec-d",
         metavar="DIR",
-        help=f"pluto's NSS database (default: {DEFAULT_IPSEC_D}; certificates with Libreswan "
-        "are not implemented yet)",
+        help=f"pluto's NSS database, where our certificates and key go (default: "
+        f"{DEFAULT_IPSEC_D})",
     )
     libreswan.add_argument(
         "--ipsec-secrets",
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if libreswan:
         planner = daemon.planner
-        pluto.context = lambda: (planner.config.tunnels, planner.settings)
+        pluto.context = lambda: (planner.config.tunnels, planner.settings, planner.credentials)
     # Beside the pidfile: the run directory, root's alone (core/handover.py).
     handover_path = None if pidfile is None else f"{os.path.splitext(pidfile)[0]}.handover"
     if handover_path is not None:
@@ -350,7 +351,8 @@ def make_pluto(args: argparse.Namespace, settings: Settings) -> Pluto:
         secrets=prefix + (args.ipsec_secrets or DEFAULT_IPSEC_SECRETS),
         ctl=prefix + (args.ipsec_ctl or DEFAULT_IPSEC_CTL),
         timeout=settings.command_timeout,
-        context=lambda: ({}, {}),
+        context=lambda: ({}, {}, Credentials()),
+        nss=Nss(prefix + (args.ipsec_d or DEFAULT_IPSEC_D), settings.command_timeout),
         use_default_crypto=settings.use_default_crypto,
         warn=vlog.warn,
     )

@@ -12,9 +12,9 @@ applier tells a pluto restart (and reloads everything).
 Failures become `CharonError` (pluto refused: the message is its reply) or `CharonUnreachable`
 (no control socket, a timeout), the IKE daemon's two kinds of failure for the daemon.
 
-May import: files, proc, core.libreswan_conf, core.pluto_status, core.connections, core.model,
-core.ike_options.settings, core.naming, core.outcomes, core.sas, core.reconcile, errors,
-stdlib.
+May import: files, nss, proc, core.libreswan_conf, core.credentials, core.pluto_status,
+core.connections, core.model, core.ike_options.settings, core.naming, core.outcomes, core.sas,
+core.reconcile, errors, stdlib.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from typing import Any
 
 from ovs_ipsec.adapters import proc
 from ovs_ipsec.adapters.files import write_private
+from ovs_ipsec.adapters.nss import Nss
 from ovs_ipsec.core import libreswan_conf, naming, pluto_status
 from ovs_ipsec.core.connections import AuthClass, ConnSpec, KeySpec, SharedSpec
+from ovs_ipsec.core.credentials import Credentials
 from ovs_ipsec.core.ike_options.settings import IkeSettings
 from ovs_ipsec.core.libreswan_conf import PlutoConn
 from ovs_ipsec.core.model import Tunnel
@@ -47,8 +49,9 @@ DEFAULT_TOOLS = "/usr/libexec/ipsec"  # whack and addconn (what `ipsec whack` ru
 PROBE_INTERVAL = 30.0
 PROBE_TIMEOUT = 2.0
 
-# What the planner knows of a ConnSpec's tunnels (the shell wires it to the Planner).
-Context = Callable[[], tuple[Mapping[str, Tunnel], Mapping[str, IkeSettings]]]
+# What the planner knows of a ConnSpec's tunnels and of our certificates (the shell wires it to
+# the Planner).
+Context = Callable[[], tuple[Mapping[str, Tunnel], Mapping[str, IkeSettings], Credentials]]
 
 
 class Pluto:
@@ -62,6 +65,7 @@ class Pluto:
         ctl: str,
         timeout: float,
         context: Context,
+        nss: Nss | None = None,
         use_default_crypto: bool = False,
         on_wait: Callable[[], None] | None = None,
         warn: Callable[[str], None] | None = None,
@@ -73,6 +77,9 @@ class Pluto:
         self.ctl = ctl
         self.timeout = timeout
         self.context = context
+        self.nss = nss
+        # Our certificate nicknames in NSS (None: not listed yet).
+        self._nicknames: set[str] | None = None
         self.use_default_crypto = use_default_crypto
         self.on_wait = on_wait
         self._warn = warn
@@ -158,7 +165,12 @@ class Pluto:
         return frozenset(self._secrets)
 
     def key_ids(self) -> frozenset[str]:
-        return frozenset()
+        if self.nss is None:
+            return frozenset()
+        self._nicknames = None  # list again: NSS may have changed under us
+        return frozenset(
+            n for n in self._our_nicknames() if n.startswith(libreswan_conf.NSS_LOCAL_PREFIX)
+        )
 
     def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
         states = self._whack("--showstates").stdout
@@ -202,7 +214,7 @@ class Pluto:
         outcomes: list[dict[str, Any] | CharonError] = [{} for _ in actions]
         secrets_changed = False
         to_add: list[tuple[int, PlutoConn]] = []
-        tunnels, settings = self.context()
+        tunnels, settings, credentials = self.context()
         for index, action in enumerate(actions):
             if isinstance(action, LoadShared):
                 self._secrets[action.spec.id] = action.spec
@@ -212,7 +224,7 @@ class Pluto:
                 secrets_changed = True
             elif isinstance(action, LoadConn):
                 self._attempted.discard(action.spec.name)
-                refusal = self._plan_conn(action.spec, tunnels, settings)
+                refusal = self._plan_conn(action.spec, tunnels, settings, credentials)
                 if isinstance(refusal, CharonError):
                     outcomes[index] = refusal
                     continue
@@ -238,6 +250,8 @@ class Pluto:
                 self._add(conn)
             except CharonError as exc:
                 outcomes[index] = exc
+        if to_add:
+            self.prune_certificates()
         return outcomes
 
     def _reread_secrets(self) -> CharonError | None:
@@ -254,13 +268,20 @@ class Pluto:
         return None
 
     def _plan_conn(
-        self, spec: ConnSpec, tunnels: Mapping[str, Tunnel], settings: Mapping[str, IkeSettings]
+        self,
+        spec: ConnSpec,
+        tunnels: Mapping[str, Tunnel],
+        settings: Mapping[str, IkeSettings],
+        credentials: Credentials,
     ) -> tuple[PlutoConn, ...] | CharonError:
+        nss_names = None
         if spec.auth is not AuthClass.PSK:
-            return CharonError("load-conn", "certificate authentication is not implemented for "
-                               "Libreswan yet (use a psk)")  # fmt: skip
+            try:
+                nss_names = self._certificates(spec, tunnels, credentials)
+            except CharonError as exc:
+                return exc
         conns = libreswan_conf.render_conns(
-            spec, tunnels, settings, use_default_crypto=self.use_default_crypto
+            spec, tunnels, settings, use_default_crypto=self.use_default_crypto, nss=nss_names
         )
         for conn in conns:
             for key in conn.unhonoured:
@@ -308,11 +329,86 @@ class Pluto:
         if isinstance(outcome, CharonError):
             raise outcome
 
+    # -- certificates (NSS) ----------------------------------------------------------------
+
+    def _our_nicknames(self) -> set[str]:
+        assert self.nss is not None
+        if self._nicknames is None:
+            self._nicknames = set(self.nss.nicknames())
+        return self._nicknames
+
+    def _certificates(
+        self, spec: ConnSpec, tunnels: Mapping[str, Tunnel], credentials: Credentials
+    ) -> libreswan_conf.NssNames:
+        """Our certificate and key, the CAs and the pinned peer certificates a certificate conn
+        needs, in NSS (each added once; a rotated one gets a nickname of its own)."""
+        local = credentials.local
+        if self.nss is None or local is None:
+            raise CharonError("load-conn", "no certificate and key of ours to authenticate with")
+        names = self._our_nicknames()
+        key_nick = libreswan_conf.local_nickname(local.identity, local.key_digest)
+        if key_nick not in names:
+            self.load_key(KeySpec(local.key_digest, local.key.pem))
+        for ca in credentials.cas:
+            # pluto 4.10 caches NSS's CA list for minutes once a negotiation read it: a CA
+            # added meanwhile is used from then on (`whack --rereadcerts` does not reload it).
+            self._add_cert(libreswan_conf.ca_nickname(ca.fingerprint_sha256), ca.pem, "CT,,")
+        pinned: dict[str, str] = {}
+        algorithms: dict[str, str] = {}
+        for name in spec.tunnels:
+            path = tunnels[name].remote_cert if name in tunnels else None
+            cert = credentials.remote_certs.get(path) if path is not None else None
+            if path is not None and cert is not None:
+                pinned[path] = libreswan_conf.peer_nickname(cert.cn or "", cert.fingerprint_sha256)
+                algorithms[path] = cert.key_algorithm
+                self._add_cert(pinned[path], cert.pem, "P,,")
+        return libreswan_conf.NssNames(key_nick, pinned, local.cert.key_algorithm, algorithms)
+
+    def _add_cert(self, nickname: str, pem: bytes, trust: str) -> bool:
+        """True when it was not in NSS yet."""
+        assert self.nss is not None
+        names = self._our_nicknames()
+        if nickname in names:
+            return False
+        self.nss.add_cert(nickname, pem, trust)
+        names.add(nickname)
+        return True
+
     def load_key(self, spec: KeySpec) -> str:
-        raise CharonError("load-key", "certificates are not implemented for Libreswan yet")
+        """Our certificate and this key into NSS, as one PKCS#12 (pluto finds the key by the
+        certificate's nickname: `leftcert=`). Returns the nickname."""
+        _, _, credentials = self.context()
+        local = credentials.local
+        if self.nss is None or local is None or local.key_digest != spec.digest:
+            raise CharonError("load-key", "no certificate for this key")
+        nickname = libreswan_conf.local_nickname(local.identity, spec.digest)
+        names = self._our_nicknames()
+        if nickname not in names:
+            self.nss.add_cert_and_key(nickname, local.cert.pem, spec.secret.reveal())
+            names.add(nickname)
+        return nickname
 
     def unload_key(self, key_id: str) -> None:
-        return None
+        if self.nss is not None and libreswan_conf.is_our_nickname(key_id):
+            self.nss.delete(key_id, with_key=True)
+            self._our_nicknames().discard(key_id)
+
+    def prune_certificates(self) -> None:
+        """Our CA and peer certificates no conn of ours names any more leave NSS."""
+        if self.nss is None or self._nicknames is None:
+            return
+        texts = [c.text for group in self._conns.values() for c in group]
+        used = {line.split("=", 1)[1].strip() for text in texts for line in text.splitlines()
+                if line.strip().startswith("rightcert=")}  # fmt: skip
+        cas_used = any("rightca=" in text for text in texts)
+        for nickname in sorted(self._nicknames):
+            if nickname.startswith(libreswan_conf.NSS_LOCAL_PREFIX) or nickname in used:
+                continue
+            if nickname.startswith(libreswan_conf.NSS_CA) and cas_used:
+                continue
+            with contextlib.suppress(CharonError):
+                self.nss.delete(nickname)
+            self._nicknames.discard(nickname)
 
     def empty_files(self) -> None:
         """Our files with no entries (before a restart of pluto at start-up, as upstream)."""
@@ -321,10 +417,15 @@ class Pluto:
         self._write_conf()
 
     def remove_files(self) -> None:
-        """`exit` with cleanup: our include and secrets leave with our conns. A conn file that
-        is the root ipsec.conf itself (upstream's default) is left empty instead: pluto reads
-        it when it starts."""
+        """`exit` with cleanup: our include and secrets leave with our conns, our certificates
+        and key with them (as upstream's). A conn file that is the root ipsec.conf itself
+        (upstream's default) is left empty instead: pluto reads it when it starts."""
         self._conns, self._secrets = {}, {}
+        if self.nss is not None:
+            with contextlib.suppress(CharonError):
+                for nickname in sorted(self.nss.nicknames()):
+                    self.nss.delete(nickname, with_key=nickname.startswith(
+                        libreswan_conf.NSS_LOCAL_PREFIX))  # fmt: skip
         for path in (self.conf, self.secrets):
             if path == self.root_conf:
                 self._write_conf()

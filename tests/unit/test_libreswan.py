@@ -320,3 +320,42 @@ def test_openshift_command_line_selects_pluto_with_upstreams_paths() -> None:
     assert (pluto.conf, pluto.root_conf) == ("/sandbox/etc/ipsec.conf", "/etc/ipsec.conf")
     assert pluto.ctl == "/sandbox/run/pluto/pluto.ctl"
     assert pluto.tools == "/sandbox/usr/libexec/ipsec"
+
+
+# -- certificates -----------------------------------------------------------------------------
+
+
+def test_nicknames_carry_a_digest_and_only_ours_are_ours() -> None:
+    key = lc.local_nickname("host 1", "sha256:" + "ab" * 32)
+    assert key == "ovs_certkey_host_1_abababababab"
+    peer = lc.peer_nickname("h2", "AB:CD:EF:01:23:45:67")
+    assert peer == "ovs_cert_h2_abcdef012345"
+    ca = lc.ca_nickname("01:02:03:04:05:06:07")
+    assert ca == "ovs_cert_cacert_010203040506"
+    assert all(lc.is_our_nickname(n) for n in (key, peer, ca))
+    # upstream's and an operator's entries are not ours
+    for other in ("ovs_certkey_h1", "ovs_cert_cacert", "mine", "ovs_cert_h2_ABCDEF012345"):
+        assert not lc.is_our_nickname(other), other
+
+
+def test_certificate_conns_name_nss_entries_and_signature_methods() -> None:
+    import dataclasses
+
+    from ovs_ipsec.core.connections import AuthClass
+
+    (psk_conn,) = planned(psk("c0", "gre", "10.0.0.2"))[1].values()
+    spec = dataclasses.replace(psk_conn, auth=AuthClass.PUBKEY, local_id="h1", remote_id="h2")
+    config = parse_config(Snapshot((InterfaceRow(
+        "c0", "gre", {"remote_ip": "10.0.0.2", "remote_cert": "/p/h2.pem"}),), {
+        "certificate": "/p/h1.pem", "private_key": "/p/k.pem"}))  # fmt: skip
+    nss = lc.NssNames("ovs_certkey_h1_0123456789ab", {"/p/h2.pem": "ovs_cert_h2_0123456789ab"},
+                      "EC", {"/p/h2.pem": "RSA"})  # fmt: skip
+    (conn,) = lc.render_conns(spec, config.tunnels, {}, nss=nss)
+    lines = [line.strip() for line in conn.text.splitlines()]
+    assert {"leftauth=ecdsa", "rightauth=rsasig", "leftid=@h1", "rightid=@h2",
+            "leftcert=ovs_certkey_h1_0123456789ab", "rightcert=ovs_cert_h2_0123456789ab",
+            "leftsendcert=always"} <= set(lines)  # fmt: skip
+    same = lc.NssNames("ovs_certkey_h1_0123456789ab", {}, "EC")
+    (ca_conn,) = lc.render_conns(spec, {"c0": dataclasses.replace(
+        config.tunnels["c0"], remote_cert=None, remote_name="h2")}, {}, nss=same)  # fmt: skip
+    assert "\tauthby=ecdsa\n" in ca_conn.text and "\trightca=%same\n" in ca_conn.text
