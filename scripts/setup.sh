@@ -111,8 +111,7 @@ if [ "$profile" = test ] && ! libreswan_ready; then
   export DEBIAN_FRONTEND=noninteractive
   download=$(mktemp -d)
   trap 'rm -rf "$download"' EXIT
-  # _apt must be able to write where `apt-get download` saves.
-  chmod 755 "$download"
+  # (apt warns that it downloads as root: _apt cannot write to a root-only directory.)
   if ! (cd "$download" && apt-get -q download libreswan >/dev/null 2>&1); then
     apt-get -o DPkg::Lock::Timeout=900 update -q
     (cd "$download" && apt-get -q download libreswan)

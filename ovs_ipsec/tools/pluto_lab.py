@@ -319,7 +319,8 @@ def interop_conn(
     name: str, local_ip: str, remote_ip: str, local_ports: str, remote_ports: str, **extra: str
 ) -> str:
     """A pluto conn for one of our tunnels' selectors: `local_ports`/`remote_ports` are
-    left/rightprotoport values (`gre`, `udp/6081`, `udp`)."""
+    left/rightprotoport values, `PROTO/PORT` (`47/0`, `17/6081`, `17/0`; names such as `gre` need
+    /etc/protocols, and a bare `47` is refused by 4.10)."""
     keywords = {
         "left": local_ip,
         "right": remote_ip,

@@ -3,7 +3,8 @@ daemon: the facts docs/libreswan-notes.md states, proven on real components. One
 module; each test starts from no conns, SAs or secrets on either side.
 
 This kernel has no ESP: IKE SAs establish, every CHILD SA is refused (pluto as initiator hears
-NO_PROPOSAL_CHOSEN; as responder its kernel says errno 38).
+NO_PROPOSAL_CHOSEN; as responder its kernel says errno 38). Selectors are spelled numerically
+(`47/0`, `17/6081`), which needs no /etc/protocols (Libreswan 5 refuses `gre` without netbase).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ovs_ipsec.tools.pluto_lab import (
     conn_section,
     interop_conn,
     libreswan_missing,
+    libreswan_tool,
     libreswan_version,
     load_daemon_conn,
 )
@@ -112,7 +114,7 @@ def test_psk_gre_ipv4_ike_up_both_ways_child_refused(pair: tuple[Pluto, Host]) -
     name = f"ovs-{h2.ipv4}"
     pluto.write_secrets(f'{h1.ipv4} {h2.ipv4} : PSK "{PSK}"\n')
     pluto.reread_secrets()
-    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "gre", "gre"))
+    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0"))
 
     start = len(pluto.log())
     pluto.initiate(name)
@@ -144,8 +146,8 @@ def test_psk_geneve_ipv6_two_conns_match_our_two_children(pair: tuple[Pluto, Hos
     pluto.write_secrets(f'{h1.ipv6} {h2.ipv6} : PSK "{PSK}"\n')
     pluto.reread_secrets()
     # Our charon conn has a child per direction of the flow (-in: local port 6081; -out: remote).
-    load_pluto(pluto, "gnv-in", interop_conn("gnv-in", h1.ipv6, h2.ipv6, "udp/6081", "udp"))
-    load_pluto(pluto, "gnv-out", interop_conn("gnv-out", h1.ipv6, h2.ipv6, "udp", "udp/6081"))
+    load_pluto(pluto, "gnv-in", interop_conn("gnv-in", h1.ipv6, h2.ipv6, "17/6081", "17/0"))
+    load_pluto(pluto, "gnv-out", interop_conn("gnv-out", h1.ipv6, h2.ipv6, "17/0", "17/6081"))
     assert sorted(p for p in policies(h1) if "udp" in p) == sorted([
         f"src {h1.ipv6}/128 dst {h2.ipv6}/128 proto udp sport 6081 dir out priority 1310721 "
         "ptype main tmpl src :: dst :: proto esp reqid 0 mode transport",
@@ -178,7 +180,7 @@ def test_wrong_psk_is_refused_and_rereadsecrets_takes_the_fixed_file(
     pluto.write_secrets(f'{h1.ipv4} {h2.ipv4} : PSK "wrong-test-psk"\n')
     pluto.reread_secrets()
     # One try: otherwise the conn, once initiated, keeps reviving.
-    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "gre", "gre", keyingtries="1"))
+    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0", keyingtries="1"))
     start = len(pluto.log())
     pluto.initiate(name)
     wait_for(
@@ -195,7 +197,7 @@ def test_wrong_psk_is_refused_and_rereadsecrets_takes_the_fixed_file(
     assert f'loading secrets from "{pluto.ovs_secrets_path}"' in out
     assert f"PSK {h2.ipv4} {h1.ipv4}" in pluto.whack("--listpsks")
     pluto.delete(name)
-    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "gre", "gre", keyingtries="1"))
+    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0", keyingtries="1"))
     pluto.initiate(name)
     wait_for(lambda: ESTABLISHED in pluto.show_states(), 5, what="IKE SA with the fixed PSK")
 
@@ -220,7 +222,7 @@ def test_our_blocks_beat_plutos_default_priority_and_lose_to_an_explicit_one(
                     "priority", str(FAIL_CLOSED_PRIORITY)])  # fmt: skip
             blocks.append(spec)
     try:
-        load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "gre", "gre"))
+        load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0"))
         trap = [p for p in policies(h1) if "action block" not in p]
         assert trap == [
             f"src {h1.ipv4}/32 dst {h2.ipv4}/32 proto gre dir out priority 1622209 ptype main "
@@ -233,7 +235,7 @@ def test_our_blocks_beat_plutos_default_priority_and_lose_to_an_explicit_one(
         # Same conn with charon's number for this selector: the trap wins, the packet acquires.
         pluto.delete(name)
         load_pluto(
-            pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "gre", "gre", priority="366976")
+            pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0", priority="366976")
         )
         assert any("priority 366976" in p for p in policies(h1))
         start, before = len(pluto.log()), h1.xfrm_stat()
@@ -261,11 +263,11 @@ def test_addconn_replaces_by_name_and_unroutes_delete_removes_unknown_names_fail
     pluto, charon = pair
     h1, h2 = pluto.host, charon
     name = f"ovs-{h2.ipv4}"
-    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "gre", "gre"))
+    load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0"))
     assert [p for p in policies(h1) if "proto gre" in p]
     path = os.path.join(pluto.dir, "replaced.conf")
     with open(path, "w") as f:
-        f.write(interop_conn(name, h1.ipv4, h2.ipv4, "gre", "gre", esp="aes_gcm128"))
+        f.write(interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0", esp="aes_gcm128"))
     start = len(pluto.log())
     pluto.addconn(path, name)  # the same name again: replaces it
     log = log_since(pluto, start)
@@ -280,6 +282,17 @@ def test_addconn_replaces_by_name_and_unroutes_delete_removes_unknown_names_fail
         pluto.route(name)
     assert failed.value.returncode == 25
     assert f"no connection or alias '{name}'" in failed.value.stdout
+
+    # addconn exits 0 although the conn did not load: only its words (or status) tell.
+    with open(path, "w") as f:
+        f.write(interop_conn(name, h1.ipv4, h2.ipv4, "47", "47"))
+    result = h1.run(
+        [libreswan_tool("addconn"), "--ctlsocket", pluto.ctl_path, "--config", path, name],
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert f"conn {name} did not load properly" in result.stdout + result.stderr
+    assert f'"{name}"' not in pluto.whack("--status")
 
 
 # -- certificates ----------------------------------------------------------------------------
@@ -369,7 +382,7 @@ def test_certificates_from_nss_with_our_cn_identities(pair: tuple[Pluto, Host]) 
 
     base = {
         "left": h1.ipv4, "right": h2.ipv4, "ikev2": "insist", "type": "transport",
-        "leftprotoport": "gre", "rightprotoport": "gre", "ike": "aes_gcm256-sha2_256",
+        "leftprotoport": "47/0", "rightprotoport": "47/0", "ike": "aes_gcm256-sha2_256",
         "esp": "aes_gcm256", "authby": "ecdsa", "keyingtries": "1",
     }  # fmt: skip
     load_charon_cert_conn(charon, h1.ipv4, host2, ca=ca, remote_name="host1")
