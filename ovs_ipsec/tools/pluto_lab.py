@@ -27,7 +27,7 @@ Files of host hN, under `<workdir>/hN/pluto/`:
 charon exactly the connection our daemon plans for a tunnel (core/connections.py), so pluto can be
 tried against our strongSwan side without a daemon.
 
-May import: lab, core (connections, credentials, model), vici, stdlib.
+May import: lab, connections, credentials, model, cryptography, stdlib.
 """
 
 from __future__ import annotations
@@ -284,6 +284,31 @@ class Pluto:
         """Add a peer's (self-signed) certificate without CA trust: trust flags P,, (a trusted
         peer), which is what a pinned self-signed certificate needs."""
         self.certutil("-A", "-n", nickname, "-t", "P,,", "-a", "-i", pem_path)
+
+    def import_cert_and_key(self, nickname: str, cert_pem: bytes, key_pem: bytes) -> None:
+        """Import our certificate and its key as the NSS user certificate `nickname` (through a
+        PKCS#12 file without a password, as an operator would with pk12util). NSS keys
+        certificates by subject: a second one with the same subject keeps the first's nickname."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import (
+            NoEncryption,
+            load_pem_private_key,
+            pkcs12,
+        )
+
+        key = load_pem_private_key(key_pem, None)
+        data = pkcs12.serialize_key_and_certificates(
+            nickname.encode(),
+            key,  # type: ignore[arg-type]
+            x509.load_pem_x509_certificate(cert_pem),
+            None,
+            NoEncryption(),
+        )
+        path = os.path.join(self.dir, f"{nickname}.p12")
+        self._write_private(path, "")
+        with open(path, "wb") as f:
+            f.write(data)
+        self.import_pkcs12(path)
 
     def import_pkcs12(self, p12_path: str, password: str = "") -> None:
         """Import our certificate and key (PKCS#12) with pk12util; its nickname is the one the

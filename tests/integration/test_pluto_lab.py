@@ -15,12 +15,6 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import (
-    NoEncryption,
-    load_pem_private_key,
-    pkcs12,
-)
 
 from ovs_ipsec.core import credentials as creds
 from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY
@@ -298,20 +292,6 @@ def test_addconn_replaces_by_name_and_unroutes_delete_removes_unknown_names_fail
 # -- certificates ----------------------------------------------------------------------------
 
 
-def p12(path: str, pair: pki_builders.CertAndKey, nickname: str) -> str:
-    """Our certificate and key as PKCS#12 without a password, named `nickname`."""
-    data = pkcs12.serialize_key_and_certificates(
-        nickname.encode(),
-        load_pem_private_key(pair.key_pem, None),  # type: ignore[arg-type]
-        x509.load_pem_x509_certificate(pair.cert_pem),
-        None,
-        NoEncryption(),
-    )
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
 def load_charon_cert_conn(
     charon: Host,
     peer_ip: str,
@@ -367,8 +347,8 @@ def test_certificates_from_nss_with_our_cn_identities(pair: tuple[Pluto, Host]) 
     host2 = pki_builders.make_host_cert("host2", ca, org="lab")
     ss1 = pki_builders.make_self_signed("sshost1", org="lab")
     ss2 = pki_builders.make_self_signed("sshost2", org="lab")
-    pluto.import_pkcs12(p12(os.path.join(pluto.dir, "host1.p12"), host1, "host1"))
-    pluto.import_pkcs12(p12(os.path.join(pluto.dir, "sshost1.p12"), ss1, "sshost1"))
+    pluto.import_cert_and_key("host1", *host1)
+    pluto.import_cert_and_key("sshost1", *ss1)
     for nick, pem, importer in (
         ("ovs_cert_cacert", ca.cert_pem, pluto.import_ca),
         ("ovs_cert_sshost2", ss2.cert_pem, pluto.import_peer_cert),
