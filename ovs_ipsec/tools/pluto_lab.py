@@ -315,6 +315,23 @@ class Pluto:
         file carries (its friendly name)."""
         _run(["pk12util", "-d", f"sql:{self.nss_dir}", "-i", p12_path, "-W", password])
 
+    def daemon_env(self) -> list[str]:
+        """`NAME=value` words for `env` that make `ipsec` (as upstream's monitor calls it: `ipsec
+        auto --ctlsocket C --config F --add NAME`, `ipsec whack ...`) run the unpacked Libreswan:
+        its `ipsec` first on PATH, and the directories its scripts exec from (IPSEC_SBINDIR
+        matters: `ipsec auto` calls `ipsec addconn` and `ipsec whack`, and `ipsec` puts
+        IPSEC_SBINDIR first on its PATH, where strongSwan's `ipsec` would answer
+        `unknown command`)."""
+        root = libreswan_root()
+        if os.path.realpath(root) == "/":
+            return []
+        sbin = os.path.join(root, "usr/sbin")
+        return [
+            f"PATH={sbin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+            f"IPSEC_SBINDIR={sbin}",
+            f"IPSEC_EXECDIR={os.path.join(root, 'usr/libexec/ipsec')}",
+        ]
+
     def daemon_args(self) -> list[str]:
         """Upstream's Libreswan flags pointing at this pluto (a proposal for the adapter:
         --ipsec-conf is the conn file the daemon writes, --ipsec-secrets the secrets file

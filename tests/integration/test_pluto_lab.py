@@ -390,3 +390,21 @@ def test_certificates_from_nss_with_our_cn_identities(pair: tuple[Pluto, Host]) 
     load_pluto(pluto, name, conn_section(name, ss_conn), route=False)
     assert "using preloaded certificate '@sshost2'" in negotiate(pluto, name)
     assert ESTABLISHED in pluto.show_states()
+
+
+def test_upstream_style_ipsec_commands_reach_the_lab_pluto(pair: tuple[Pluto, Host]) -> None:
+    """Upstream's monitor runs `ipsec auto ...` and `ipsec whack ...`; with the lab's daemon_env
+    those run the unpacked Libreswan against this host's pluto (not strongSwan's `ipsec`)."""
+    pluto, charon = pair
+    h1, h2 = pluto.host, charon
+    path = os.path.join(pluto.dir, "upstream.conf")
+    with open(path, "w") as f:
+        f.write(interop_conn("tun", h1.ipv4, h2.ipv4, "47/0", "47/0"))
+    ipsec = ["env", *pluto.daemon_env(), "ipsec"]
+    auto = [*ipsec, "auto", "--ctlsocket", pluto.ctl_path, "--config", path]
+    h1.run([*auto, "--add", "tun"])
+    h1.run([*auto, "--route", "tun"])
+    assert [p for p in policies(h1) if "proto gre" in p]
+    assert '"tun": ' in h1.run([*ipsec, "whack", "--ctlsocket", pluto.ctl_path, "--status"]).stdout
+    h1.run([*auto, "--delete", "tun"])
+    assert not [p for p in policies(h1) if "proto gre" in p]
