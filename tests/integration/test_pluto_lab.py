@@ -16,11 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from ovs_ipsec.adapters.xfrm.adapter import Xfrm
 from ovs_ipsec.core import credentials as creds
-from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY
+from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY, PolicySpec, plan_protection
 from ovs_ipsec.core.model import AuthMode, Config, GlobalConfig, Secret, Tunnel, TunnelType
 from ovs_ipsec.tools import pki_builders
-from ovs_ipsec.tools.lab import Host, Lab, LabCommandError, wait_for
+from ovs_ipsec.tools.lab import Host, Lab, LabCommandError, in_netns, wait_for
 from ovs_ipsec.tools.pluto_lab import (
     Pluto,
     conn_section,
@@ -207,14 +208,13 @@ def test_our_blocks_beat_plutos_default_priority_and_lose_to_an_explicit_one(
     pluto.write_secrets(f'{h1.ipv4} {h2.ipv4} : PSK "{PSK}"\n')
     pluto.reread_secrets()
     name = f"ovs-{h2.ipv4}"
-    # The daemon's fail-closed pair for a GRE tunnel to h2 (core/block_policies.py).
-    blocks = []
-    for half in ("0.0.0.0/1", "128.0.0.0/1"):
-        for src, dst, direction in ((half, f"{h2.ipv4}/32", "out"), (f"{h2.ipv4}/32", half, "in")):
-            spec = ["src", src, "dst", dst, "proto", "gre", "dir", direction]
-            h1.run(["ip", "xfrm", "policy", "add", *spec, "action", "block",
-                    "priority", str(FAIL_CLOSED_PRIORITY)])  # fmt: skip
-            blocks.append(spec)
+    # The daemon's own fail-closed blocks for a GRE tunnel to h2, planned and installed by its
+    # code (core/block_policies.py, adapters/xfrm): any <-> h2/32, GRE, at FAIL_CLOSED_PRIORITY.
+    blocks = plan_protection(Config(tunnels={"t0": psk_tunnel(TunnelType.GRE, h2.ipv4)}))
+    assert {b.priority for b in blocks} == {FAIL_CLOSED_PRIORITY}
+    xfrm = Xfrm(timeout=10)
+    with in_netns(h1.ns):
+        xfrm.apply(add=sorted(blocks, key=PolicySpec.sort_key), remove=())
     try:
         load_pluto(pluto, name, interop_conn(name, h1.ipv4, h2.ipv4, "47/0", "47/0"))
         trap = [p for p in policies(h1) if "action block" not in p]
@@ -247,8 +247,8 @@ def test_our_blocks_beat_plutos_default_priority_and_lose_to_an_explicit_one(
             pluto.route(name)
             assert any("priority 366976" in p for p in policies(h1))
     finally:
-        for spec in blocks:
-            h1.run(["ip", "xfrm", "policy", "delete", *spec], check=False)
+        with in_netns(h1.ns):
+            xfrm.apply(add=(), remove=sorted(blocks, key=PolicySpec.sort_key))
 
 
 def test_addconn_replaces_by_name_and_unroutes_delete_removes_unknown_names_fail(
