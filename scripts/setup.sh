@@ -102,20 +102,28 @@ libreswan_ready() {
     "$LIBRESWAN_ROOT/usr/libexec/ipsec/whack" --version >/dev/null 2>&1 &&
     command -v certutil >/dev/null && command -v pk12util >/dev/null
 }
-if [ "$profile" = test ] && ! libreswan_ready; then
+install_libreswan() {
   if [ "$(id -u)" != 0 ]; then
     echo "setup: root is needed to install Libreswan into $LIBRESWAN_ROOT" >&2
     exit 1
   fi
   echo "setup ($profile, $release): unpacking libreswan into $LIBRESWAN_ROOT"
   export DEBIAN_FRONTEND=noninteractive
+  local deb depends
+  # Global: the EXIT trap runs after this function has returned.
   download=$(mktemp -d)
   trap 'rm -rf "$download"' EXIT
-  # _apt must be able to write where `apt-get download` saves.
-  chmod 755 "$download"
+  # (apt warns that it downloads as root: _apt cannot write to a root-only directory.)
   if ! (cd "$download" && apt-get -q download libreswan >/dev/null 2>&1); then
     apt-get -o DPkg::Lock::Timeout=900 update -q
-    (cd "$download" && apt-get -q download libreswan)
+    if ! (cd "$download" && apt-get -q download libreswan); then
+      if [ "$release" = unknown ]; then
+        echo "setup: no libreswan package here; the pluto tests will skip" >&2
+        return 0
+      fi
+      echo "setup: apt-get download libreswan failed" >&2
+      exit 1
+    fi
   fi
   deb=$(echo "$download"/libreswan_*.deb)
   depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/^ *//' |
@@ -131,6 +139,9 @@ if [ "$profile" = test ] && ! libreswan_ready; then
     echo "setup: $LIBRESWAN_ROOT/usr/libexec/ipsec/pluto does not run" >&2
     exit 1
   fi
+}
+if [ "$profile" = test ] && ! libreswan_ready; then
+  install_libreswan
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -513,6 +513,8 @@ class Host:
             "ip", "netns", "exec", self.ns,
             "env", f"OVS_RUNDIR={self.run_dir}", f"OVS_LOGDIR={self.dir}", f"OVS_DBDIR={self.dir}",
             f"PYTHONPATH={package_root}",
+            # A pluto host: `ipsec` is the unpacked Libreswan's (pluto_lab.Pluto.daemon_env).
+            *(self.pluto.daemon_env() if self.pluto is not None else []),
             # Through bin/ovs-monitor-ipsec, so the process looks like upstream's to anything
             # that matches on its command line ("python3 .../ovs-monitor-ipsec ...").
             self.lab.python, os.path.join(package_root, "bin", "ovs-monitor-ipsec"), self.db,

@@ -23,7 +23,11 @@ Files of host hN, under `<workdir>/hN/pluto/`:
   run/pluto.ctl   the control socket (pluto's --rundir; whack/addconn --ctlsocket)
   pluto.log       pluto's log
 
-May import: lab, stdlib.
+`conn_section()` spells a conn for a test's own file; `load_daemon_conn()` loads into a lab
+charon exactly the connection our daemon plans for a tunnel (core/connections.py), so pluto can be
+tried against our strongSwan side without a daemon.
+
+May import: lab, connections, credentials, model, cryptography, stdlib.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Mapping
 
+from ovs_ipsec.core import connections
+from ovs_ipsec.core.credentials import Credentials
+from ovs_ipsec.core.model import Tunnel
 from ovs_ipsec.tools.lab import (
     Host,
     LabError,
@@ -277,10 +285,52 @@ class Pluto:
         peer), which is what a pinned self-signed certificate needs."""
         self.certutil("-A", "-n", nickname, "-t", "P,,", "-a", "-i", pem_path)
 
+    def import_cert_and_key(self, nickname: str, cert_pem: bytes, key_pem: bytes) -> None:
+        """Import our certificate and its key as the NSS user certificate `nickname` (through a
+        PKCS#12 file without a password, as an operator would with pk12util). NSS keys
+        certificates by subject: a second one with the same subject keeps the first's nickname."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import (
+            NoEncryption,
+            load_pem_private_key,
+            pkcs12,
+        )
+
+        key = load_pem_private_key(key_pem, None)
+        data = pkcs12.serialize_key_and_certificates(
+            nickname.encode(),
+            key,  # type: ignore[arg-type]
+            x509.load_pem_x509_certificate(cert_pem),
+            None,
+            NoEncryption(),
+        )
+        path = os.path.join(self.dir, f"{nickname}.p12")
+        self._write_private(path, "")
+        with open(path, "wb") as f:
+            f.write(data)
+        self.import_pkcs12(path)
+
     def import_pkcs12(self, p12_path: str, password: str = "") -> None:
         """Import our certificate and key (PKCS#12) with pk12util; its nickname is the one the
         file carries (its friendly name)."""
         _run(["pk12util", "-d", f"sql:{self.nss_dir}", "-i", p12_path, "-W", password])
+
+    def daemon_env(self) -> list[str]:
+        """`NAME=value` words for `env` that make `ipsec` (as upstream's monitor calls it: `ipsec
+        auto --ctlsocket C --config F --add NAME`, `ipsec whack ...`) run the unpacked Libreswan:
+        its `ipsec` first on PATH, and the directories its scripts exec from (IPSEC_SBINDIR
+        matters: `ipsec auto` calls `ipsec addconn` and `ipsec whack`, and `ipsec` puts
+        IPSEC_SBINDIR first on its PATH, where strongSwan's `ipsec` would answer
+        `unknown command`)."""
+        root = libreswan_root()
+        if os.path.realpath(root) == "/":
+            return []
+        sbin = os.path.join(root, "usr/sbin")
+        return [
+            f"PATH={sbin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+            f"IPSEC_SBINDIR={sbin}",
+            f"IPSEC_EXECDIR={os.path.join(root, 'usr/libexec/ipsec')}",
+        ]
 
     def daemon_args(self) -> list[str]:
         """Upstream's Libreswan flags pointing at this pluto (a proposal for the adapter:
@@ -292,3 +342,63 @@ class Pluto:
             f"--ipsec-secrets={self.ovs_secrets_path}",
             f"--ipsec-d={self.nss_dir}", f"--ipsec-ctl={self.ctl_path}",
         ]  # fmt: skip
+
+
+# The keywords with which a pluto conn interoperates with the connection our daemon loads into
+# charon for a PSK tunnel (docs/libreswan-notes.md): IKEv2 only, transport mode, upstream's
+# Libreswan crypto (pluto adds its DH list to `ike=`, charon picks MODP2048 from it; `esp=` without
+# a group matches charon's aes256gcm16-modp2048 in IKE_AUTH, and its rekeys use the IKE group).
+INTEROP_PSK_KEYWORDS: Mapping[str, str] = {
+    "authby": "secret",
+    "ikev2": "insist",
+    "type": "transport",
+    "ike": "aes_gcm256-sha2_256",
+    "esp": "aes_gcm256",
+}
+
+
+def interop_conn(
+    name: str, local_ip: str, remote_ip: str, local_ports: str, remote_ports: str, **extra: str
+) -> str:
+    """A pluto conn for one of our tunnels' selectors: `local_ports`/`remote_ports` are
+    left/rightprotoport values, `PROTO/PORT` (`47/0`, `17/6081`, `17/0`; names such as `gre` need
+    /etc/protocols, and a bare `47` is refused by 4.10)."""
+    keywords = {
+        "left": local_ip,
+        "right": remote_ip,
+        "leftprotoport": local_ports,
+        "rightprotoport": remote_ports,
+        **INTEROP_PSK_KEYWORDS,
+        **extra,
+    }
+    return conn_section(name, keywords)
+
+
+def conn_section(name: str, keywords: Mapping[str, str]) -> str:
+    """`conn NAME` with one `key=value` line per keyword (ipsec.conf syntax); a value with a
+    space or comma (a DN) is double-quoted."""
+    lines = (
+        f'\t{k}="{v}"\n' if any(c in v for c in " ,") else f"\t{k}={v}\n"
+        for k, v in keywords.items()
+    )
+    return f"conn {name}\n" + "".join(lines)
+
+
+def load_daemon_conn(
+    host: Host, tunnel: Tunnel, credentials: Credentials | None = None
+) -> connections.ConnSpec:
+    """Load into `host`'s charon the connection (and PSK, or private key) our daemon plans for
+    `tunnel`; returns the plan. Its children trap from the moment it is loaded, as the daemon's."""
+    credentials = credentials or Credentials()
+    conn = connections.plan_conn(tunnel.remote_ip, [tunnel], credentials)
+    with host.vici() as v:
+        shared = connections.plan_shared(conn, tunnel)
+        if shared is not None:
+            v.load_shared({
+                "id": shared.id, "type": "IKE", "data": shared.secret.reveal(),
+                "owners": list(shared.owners),
+            })  # fmt: skip
+        for key in connections.plan_keys(credentials, tunnel.psk is None).values():
+            v.load_key({"type": "any", "data": key.secret.reveal()})
+        v.load_conn({conn.name: conn.body})
+    return conn
