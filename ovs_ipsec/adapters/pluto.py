@@ -48,6 +48,7 @@ DEFAULT_TOOLS = "/usr/libexec/ipsec"  # whack and addconn (what `ipsec whack` ru
 # A peer's conn that is not up is initiated (to learn why) at most this often, each wait bounded.
 PROBE_INTERVAL = 30.0
 PROBE_TIMEOUT = 2.0
+REROUTE_BATCH = 32
 
 # What the planner knows of a ConnSpec's tunnels and of our certificates (the shell wires it to
 # the Planner).
@@ -177,7 +178,20 @@ class Pluto:
         traffic = self._whack("--trafficstatus").stdout
         sas = pluto_status.parse_states(states, traffic)
         self._attempted.update(sas)
+        self._reroute(sas)
         return sas
+
+    def _reroute(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> None:
+        """pluto 4.10 loses a conn's trap policy when an acquire it answered fails (it deletes
+        its "narrow hold", which is the trap) though `--status` still says routed: until it is
+        routed again our block answers that traffic (fail-closed) and nothing negotiates. So
+        the conns traffic asked for that have no IKE SA are routed again (1 ms each; at most
+        REROUTE_BATCH per listing)."""
+        due = [c for c in sorted(self._attempted) if c in self._conns and not sas.get(c)]
+        for conn in due[:REROUTE_BATCH]:
+            for pluto_conn in self._conns[conn]:
+                with contextlib.suppress(CharonError):
+                    self._whack("--name", pluto_conn.name, "--route", command="route")
 
     def failures(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> dict[str, Outcome]:
         """pluto has no events: a peer's conn that negotiated since it was added (traffic hit

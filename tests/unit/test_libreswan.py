@@ -7,6 +7,7 @@ three-digit codes) and 5.x (without)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from typing import Any
 
@@ -77,6 +78,7 @@ def test_gre_psk_conn_is_routed_transport_with_upstream_crypto() -> None:
         "\tauto=route\n"
         "\tkeyingtries=%forever\n"
         "\tpriority=366976\n"
+        "\tleftupdown=%disabled\n"
         "\tleft=%defaultroute\n"
         "\tright=10.0.0.2\n"
         "\tauthby=secret\n"
@@ -359,3 +361,46 @@ def test_certificate_conns_name_nss_entries_and_signature_methods() -> None:
     (ca_conn,) = lc.render_conns(spec, {"c0": dataclasses.replace(
         config.tunnels["c0"], remote_cert=None, remote_name="h2")}, {}, nss=same)  # fmt: skip
     assert "\tauthby=ecdsa\n" in ca_conn.text and "\trightca=%same\n" in ca_conn.text
+
+
+# -- real pluto 4.10 output (recorded by the lab: tests/unit/data/libreswan/4.10) --------------
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "data", "libreswan", "4.10")
+
+
+def fixture(name: str) -> dict[str, str]:
+    """A recorded scenario's sections ("$ whack --showstates", ..., "$ pluto log"), with the
+    lab's conn names (`ovs-<peer>`) as ours are (`ovs-<peer>--ovs-t0`)."""
+    with open(os.path.join(FIXTURES, f"{name}.txt"), encoding="utf-8") as handle:
+        text = re.sub(r'"(ovs-[0-9a-f.:]+)"', r'"\1--ovs-t0"', handle.read())
+    sections: dict[str, str] = {}
+    for part in re.split(r"^\$ ", text, flags=re.MULTILINE)[1:]:
+        title, _, body = part.partition("\n")
+        sections[title.strip()] = body
+    return sections
+
+
+def test_recorded_routed_idle() -> None:
+    f = fixture("routed-idle")
+    assert routed_conns(f["whack --status"]) == {"ovs-10.77.0.2--ovs-t0"}
+    assert parse_states(f["whack --showstates"]) == {}
+
+
+def test_recorded_ike_up_child_refused() -> None:
+    for name in ("ike-up-child-refused", "responder-child-refused"):
+        f = fixture(name)
+        (ike,) = parse_states(f["whack --showstates"], f["whack --trafficstatus"])["ovs-10.77.0.2"]
+        assert ike.is_established and ike.children == (), name
+
+
+def test_recorded_failures() -> None:
+    retransmitting = fixture("peer-unreachable-retransmitting")
+    (ike,) = parse_states(retransmitting["whack --showstates"])["ovs-10.77.0.2"]
+    assert (ike.state, ike.initiator) == ("CONNECTING", True)
+    for name, cause in (
+        ("auth-failed", Cause.AUTHENTICATION),
+        ("no-proposal-chosen", Cause.PROPOSAL),
+        ("peer-unreachable-gave-up", Cause.UNREACHABLE),
+    ):
+        found = failure_of(fixture(name)["pluto log"])
+        assert found is not None and found[0] is cause, name
