@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY
+from ovs_ipsec.core.block_policies import FAIL_CLOSED_PRIORITY, SKB_MARK_PRIORITY
 from ovs_ipsec.core.pluto_status import routed_conns
 from ovs_ipsec.tools import pki_builders, pki_tool
 from ovs_ipsec.tools.lab import Host, Lab, wait_for
@@ -310,6 +310,23 @@ def add_cert_tunnel(host: Host, peer: Host, option: str) -> None:
         "add-port", "br0", "cert0", "--", "set", "interface", "cert0", "type=gre",
         f"options:remote_ip={peer.ipv4}", f"options:local_ip={host.ipv4}", option,
     )  # fmt: skip
+
+
+def test_skb_mark_blocks_lose_to_plutos_policies(lab: Lab) -> None:
+    """`ipsec_skb_mark` adds our mark-matching blocks (every GRE, UDP 4789/6081...); pluto's
+    routed conn (the certificate tunnel left by the previous test) still wins for its peer."""
+    h1, h2 = lab.hosts
+    h1.vsctl("set", "Open_vSwitch", ".", "other_config:ipsec_skb_mark=0/1")
+
+    def mark_blocks() -> list[str]:
+        out = h1.run(["ip", "xfrm", "policy", "list", "dir", "out"]).stdout
+        return re.findall(rf"priority {SKB_MARK_PRIORITY} .*\n.*mark 0(?:x0)?/0x1", out)
+
+    wait_for(mark_blocks, 10, what="our skb-mark blocks")
+    priorities = gre_out_policies(h1, h2)
+    assert min(priorities) < FAIL_CLOSED_PRIORITY < SKB_MARK_PRIORITY, priorities
+    h1.vsctl("remove", "Open_vSwitch", ".", "other_config", "ipsec_skb_mark")
+    wait_for(lambda: not mark_blocks(), 10, what="our skb-mark blocks gone")
 
 
 def test_exit_removes_our_conns_secrets_and_files(lab: Lab) -> None:
