@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--use-default-crypto",
         action="store_true",
-        help="let charon choose the IKE and ESP proposals instead of upstream's defaults",
+        help="let the IKE daemon choose the IKE and ESP proposals instead of upstream's defaults",
     )
     parser.add_argument(
         "--protection-linger",
