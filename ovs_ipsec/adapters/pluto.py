@@ -20,6 +20,7 @@ core.reconcile, errors, stdlib.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -179,7 +180,21 @@ class Pluto:
         sas = pluto_status.parse_states(states, traffic)
         self._attempted.update(sas)
         self._reroute(sas)
-        return sas
+        return {
+            conn: tuple(self._with_ends(conn, sa) for sa in found) for conn, found in sas.items()
+        }
+
+    def _with_ends(self, conn: str, sa: IkeSa) -> IkeSa:
+        """An SA with its ends and identities (pluto's state listing has neither; our conn
+        text says them)."""
+        group = self._conns.get(conn)
+        if not group:
+            return sa
+        local, remote, local_id, remote_id = libreswan_conf.endpoints(group[0].text)
+        return dataclasses.replace(
+            sa, local_host=local, remote_host=remote or sa.remote_host, local_id=local_id,
+            remote_id=remote_id,
+        )  # fmt: skip
 
     def _reroute(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> None:
         """pluto 4.10 loses a conn's trap policy when an acquire it answered fails (it deletes

@@ -313,6 +313,22 @@ def _duration(value: str) -> str:
 # -- our include files ------------------------------------------------------------------------
 
 
+def endpoints(text: str) -> tuple[str, str, str, str]:
+    """(local address, remote address, local id, remote id) of a conn text we wrote, as
+    `tunnels/show` names an SA's ends; an address pluto picks (%defaultroute) is "", ids default
+    to the addresses (`@` dropped)."""
+    words = dict(line.strip().split("=", 1) for line in text.splitlines()[1:] if "=" in line)
+    left = words.get("left", "")
+    left = "" if left.startswith("%") else left
+    right = words.get("right", "")
+    return (
+        left,
+        right,
+        words.get("leftid", left).lstrip("@"),
+        words.get("rightid", right).lstrip("@"),
+    )
+
+
 def conf_text(conns: Iterable[PlutoConn]) -> str:
     """Our conn include: only our conns, sorted by name (stable bytes for stable input)."""
     body = "\n".join(c.text for c in sorted(conns, key=lambda c: c.name))

@@ -140,6 +140,7 @@ def test_gre_psk_between_pluto_and_charon(lab: Lab) -> None:
     wait_for(lambda: charon_ike_up(h2, h1), 10, what="charon's IKE SA established")
     wait_for(lambda: state(h1) == "IKE-UP", 10, what="h1 ike-up")
     assert "CHILD_SA ovs-gre0 not installed" in reason(h1)
+    assert f"{h1.ipv4}[{h1.ipv4}]...{h2.ipv4}[{h2.ipv4}]" in h1.appctl("tunnels/show")
     # this kernel has no ESP: charon could not install the Child SA and refused it
     wait_for(lambda: "kernel refused the SA" in reason(h2), 10, what="h2's reason")
     assert "rejected Child SA" in h1.pluto.log()

@@ -175,6 +175,15 @@ def test_secrets_hold_only_ours_in_hex_and_read_back() -> None:
     assert lc.secrets_of("%any 10.0.0.3 : PSK 0x00\n# foo\n%any 1.2.3.4 : PSK 0x00\n") == {}
 
 
+def test_endpoints_of_a_conn_text() -> None:
+    (conn,) = rendered(psk("gre0", "gre", "10.0.0.2", local_ip="10.0.0.1"))
+    assert lc.endpoints(conn.text) == ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2")
+    (default,) = rendered(psk("gre0", "gre", "10.0.0.2"))
+    assert lc.endpoints(default.text) == ("", "10.0.0.2", "", "10.0.0.2")
+    text = "conn x\n\tleft=10.0.0.1\n\tright=10.0.0.2\n\tleftid=@h1\n\trightid=@h2\n"
+    assert lc.endpoints(text) == ("10.0.0.1", "10.0.0.2", "h1", "h2")
+
+
 def test_conf_text_read_back_by_section() -> None:
     conns = rendered(psk("gre0", "gre", "10.0.0.2"), psk("gnv0", "geneve", "10.0.0.3"))
     text = lc.conf_text(conns)
