@@ -46,8 +46,6 @@ NSS_REMOTE_PREFIX = "ovs_cert_"
 NSS_CA = "ovs_cert_cacert"
 _OUR_NICKNAME = re.compile(r"ovs_cert(key)?_[A-Za-z0-9_.-]*_[0-9a-f]{12}")
 
-_PROTOCOLS = {47: "gre", 17: "udp", 6: "tcp"}
-
 # pluto computes its policies' priorities from the selectors' widths, and for our conns they come
 # out numerically above our block policies (4.10: GRE 1,622,209; UDP to one port 1,360,065),
 # which would make our blocks win over pluto's traps and SAs: traffic would meet EPERM instead
@@ -85,9 +83,9 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 
 def protoport(ts: TrafficSelector) -> str:
-    """`gre`, `udp/6081`, `udp` (any port): Libreswan's spelling of one side's selector."""
-    proto = _PROTOCOLS.get(ts.proto, str(ts.proto))
-    return proto if ts.port is None else f"{proto}/{ts.port}"
+    """`47/0` (GRE), `17/6081`, `17/0` (any port): Libreswan's spelling of one side's selector,
+    numeric (names need /etc/protocols, which a minimal root lacks; a bare `47` is refused)."""
+    return f"{ts.proto}/{ts.port or 0}"
 
 
 def _nick_part(text: str) -> str:

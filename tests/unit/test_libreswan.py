@@ -82,8 +82,8 @@ def test_gre_psk_conn_is_routed_transport_with_upstream_crypto() -> None:
         "\tleft=%defaultroute\n"
         "\tright=10.0.0.2\n"
         "\tauthby=secret\n"
-        "\tleftprotoport=gre\n"
-        "\trightprotoport=gre\n"
+        "\tleftprotoport=47/0\n"
+        "\trightprotoport=47/0\n"
         "\tike=aes_gcm256-sha2_256\n"
         "\tesp=aes_gcm256\n"
     )
@@ -100,9 +100,9 @@ def test_udp_tunnels_get_one_conn_per_direction_with_their_dst_port() -> None:
         "ovs-10.0.0.2--ovs-gnv0-in", "ovs-10.0.0.2--ovs-gnv0-out",
         "ovs-10.0.0.2--ovs-vx0-in", "ovs-10.0.0.2--ovs-vx0-out",
     ]  # fmt: skip
-    assert {"leftprotoport=udp/6081", "rightprotoport=udp"} <= set(lines[
+    assert {"leftprotoport=17/6081", "rightprotoport=17/0"} <= set(lines[
         "ovs-10.0.0.2--ovs-gnv0-in"])  # fmt: skip
-    assert {"leftprotoport=udp", "rightprotoport=udp/4790"} <= set(lines[
+    assert {"leftprotoport=17/0", "rightprotoport=17/4790"} <= set(lines[
         "ovs-10.0.0.2--ovs-vx0-out"])  # fmt: skip
     assert all("left=10.0.0.1" in ls for ls in lines.values())
 
@@ -111,7 +111,7 @@ def test_stt_and_ipv6() -> None:
     conns = rendered(psk("stt0", "stt", "fd01::2"))
     texts = {c.name: c.text for c in conns}
     out = texts["ovs-fd01::2--ovs-stt0-out"]
-    assert "\tleftprotoport=tcp\n\trightprotoport=tcp/7471\n" in out
+    assert "\tleftprotoport=6/0\n\trightprotoport=6/7471\n" in out
     # %defaultroute would pick an IPv4 address without it.
     assert "\tleft=%defaultroute\n\tright=fd01::2\n\thostaddrfamily=ipv6\n" in out
     (with_local,) = rendered(psk("gre6", "ip6gre", "fd01::2", local_ip="fd01::1"))
