@@ -50,6 +50,7 @@ DEFAULT_TOOLS = "/usr/libexec/ipsec"  # whack and addconn (what `ipsec whack` ru
 PROBE_INTERVAL = 30.0
 PROBE_TIMEOUT = 2.0
 REROUTE_BATCH = 32
+ADDCONN_BATCH = 500  # names per addconn call (argv stays far below the kernel's limit)
 
 # What the planner knows of a ConnSpec's tunnels and of our certificates (the shell wires it to
 # the Planner).
@@ -272,13 +273,12 @@ class Pluto:
                 for index, _ in to_add:
                     outcomes[index] = refusal
                 to_add = []
-        for index, conn in to_add:
-            if self._added.get(conn.name) == conn.text:
-                continue
-            try:
-                self._add(conn)
-            except CharonError as exc:
-                outcomes[index] = exc
+        changed = [(i, c) for i, c in to_add if self._added.get(c.name) != c.text]
+        for start in range(0, len(changed), ADDCONN_BATCH):
+            batch = changed[start : start + ADDCONN_BATCH]
+            for (index, _), refusal in zip(batch, self._add([c for _, c in batch]), strict=True):
+                if refusal is not None:
+                    outcomes[index] = refusal
         if to_add:
             self.prune_certificates()
         return outcomes
@@ -322,13 +322,32 @@ class Pluto:
             self._delete(name)
         return conns
 
-    def _add(self, conn: PlutoConn) -> None:
-        # addconn replaces a conn of the same name; auto= in the file is not acted on for a
-        # named conn, hence the route.
-        self._run("addconn", ("--ctlsocket", self.ctl, "--config", self.root_conf, conn.name),
-                  "load-conn")  # fmt: skip
-        self._added[conn.name] = conn.text
-        self._whack("--name", conn.name, "--route", command="route")
+    def _add(self, conns: Sequence[PlutoConn]) -> list[CharonError | None]:
+        """Add (or replace) `conns` with one addconn (it parses the whole file for each call:
+        200 ms at 1,000 conns, so names go in batches), then route each: auto= in the file is
+        not acted on for a named conn, and a replaced conn is unrouted. addconn exits 0 when a
+        conn did not load, so its words are read."""
+        names = [c.name for c in conns]
+        try:
+            reply = self._run("addconn", ("--ctlsocket", self.ctl, "--config", self.root_conf,
+                                          *names), "load-conn")  # fmt: skip
+            text = reply.stdout + reply.stderr
+        except CharonError as exc:
+            return [exc] * len(conns)
+        refusals: list[CharonError | None] = []
+        for conn in conns:
+            failed = pluto_status.addconn_failure(text, conn.name)
+            if failed is not None:
+                refusals.append(CharonError("load-conn", failed))
+                continue
+            try:
+                self._whack("--name", conn.name, "--route", command="route")
+            except CharonError as exc:
+                refusals.append(exc)
+                continue
+            self._added[conn.name] = conn.text
+            refusals.append(None)
+        return refusals
 
     def _delete(self, name: str) -> None:
         self._added.pop(name, None)

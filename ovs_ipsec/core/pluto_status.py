@@ -26,9 +26,10 @@ from ovs_ipsec.core.libreswan_conf import split_name
 from ovs_ipsec.core.outcomes import Outcome
 from ovs_ipsec.core.sas import ChildSa, IkeSa
 
+# 4.10 names states STATE_V2_ESTABLISHED_IKE_SA, 5.x ESTABLISHED_IKE_SA (`_state` evens it).
 _STATE = re.compile(
     r'^(?:\d{3} )?#(?P<serial>\d+): "(?P<conn>[^"]+)"(?:\[\d+\])*(?:\s+\S+)?(?::\d+)?'
-    r"\s+(?P<state>STATE_\w+)\s+\((?P<what>[^)]*)\)(?P<rest>.*)$"
+    r"\s+(?P<state>[A-Z][A-Z0-9_]+)\s+\((?P<what>[^)]*)\)(?P<rest>.*)$"
 )
 _SPIS = re.compile(r'^(?:\d{3} )?#(?P<serial>\d+): "(?P<conn>[^"]+)".*?\besp\.(?P<out>[0-9a-f]+)@'
                    r"\S+\s+esp\.(?P<in>[0-9a-f]+)@")  # fmt: skip
@@ -37,9 +38,13 @@ _TRAFFIC = re.compile(
     r'^(?:\d{3} )?#(?P<serial>\d+): "(?P<conn>[^"]+)".*?inBytes=(?P<in>\d+), outBytes=(?P<out>\d+)'
 )
 
-# Libreswan's IKEv2 states: the established ones (4.x and 5.x names, and 3.x's) ...
-_IKE_UP = frozenset({"STATE_V2_ESTABLISHED_IKE_SA", "STATE_PARENT_I3", "STATE_PARENT_R2"})
-_CHILD_UP = frozenset({"STATE_V2_ESTABLISHED_CHILD_SA", "STATE_V2_IPSEC_I", "STATE_V2_IPSEC_R"})
+# Libreswan's established IKEv2 states (without the STATE_/V2_ prefixes 4.x and 3.x add).
+_IKE_UP = frozenset({"ESTABLISHED_IKE_SA", "PARENT_I3", "PARENT_R2"})
+_CHILD_UP = frozenset({"ESTABLISHED_CHILD_SA", "IPSEC_I", "IPSEC_R"})
+
+
+def _state(name: str) -> str:
+    return name.removeprefix("STATE_").removeprefix("V2_")
 
 
 @dataclass
@@ -65,7 +70,8 @@ def parse_states(showstates: str, trafficstatus: str = "") -> dict[str, tuple[Ik
         line = raw.strip()
         state = _STATE.match(line)
         if state is not None:
-            states.append((int(state["serial"]), state["conn"], state["state"], state["rest"]))
+            states.append((int(state["serial"]), state["conn"], _state(state["state"]),
+                           state["rest"]))  # fmt: skip
             continue
         spi = _SPIS.match(line)
         if spi is not None:
@@ -82,7 +88,8 @@ def parse_states(showstates: str, trafficstatus: str = "") -> dict[str, tuple[Ik
         elif "CHILD" in state or "IPSEC" in state:
             continue  # a Child SA still negotiating: nothing installed
         else:
-            ikes[serial] = _Ike(serial, names[0], state, initiator="_I" in state)
+            ikes[serial] = _Ike(serial, names[0], state, initiator=re.search(r"_I\d*$", state)
+                                is not None)  # fmt: skip
     for parent, child_name, serial in children:
         ike = ikes.get(parent)
         if ike is None:
@@ -105,6 +112,16 @@ def parse_states(showstates: str, trafficstatus: str = "") -> dict[str, tuple[Ik
     return {
         conn: tuple(sorted(sas, key=lambda sa: sa.uniqueid)) for conn, sas in sorted(found.items())
     }
+
+
+def addconn_failure(output: str, name: str) -> str | None:
+    """Why addconn did not load conn `name` (it exits 0 all the same), from its output."""
+    mentions = (f"'{name}'", f'"{name}"', f"conn {name} ")
+    failures = ("did not load", "Invalid", "while loading")
+    for line in output.splitlines():
+        if any(m in line for m in mentions) and any(f in line for f in failures):
+            return line.strip()
+    return None
 
 
 def serials_of(showstates: str, conn: str) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from ovs_ipsec.core.ike_options.settings import IkeSettings
 from ovs_ipsec.core.model import Config, InterfaceRow, Secret, Snapshot
 from ovs_ipsec.core.parse import parse_config
 from ovs_ipsec.core.pluto_status import (
+    addconn_failure,
     failure_of,
     loaded_conns,
     outcome_of,
@@ -223,7 +224,11 @@ SHOWSTATES_4 = """\
 000 #4: "ovs-10.0.0.3--ovs-vx0-out":500 STATE_V2_PARENT_I1 (sent IKE_SA_INIT request); RETRANSMIT in 1s; idle;
 000 #9: "someone-else":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); newest;
 """  # noqa: E501
-SHOWSTATES_5 = "\n".join(line[4:] for line in SHOWSTATES_4.splitlines())
+# 5.x: no three-digit code, no STATE_V2_ prefix, initiator states named after the exchange.
+SHOWSTATES_5 = "\n".join(
+    line[4:].replace("STATE_V2_PARENT_I1", "IKE_SA_INIT_I").replace("STATE_V2_", "")
+    for line in SHOWSTATES_4.splitlines()
+)
 TRAFFIC_4 = """\
 006 #2: "ovs-10.0.0.2--ovs-gre0", type=ESP, add_time=1733580000, inBytes=840, outBytes=1260, maxBytes=2^63B, id='10.0.0.2'
 006 #3: "ovs-10.0.0.2--ovs-gnv0-in", type=ESP, add_time=1733580000, inBytes=0, outBytes=0, maxBytes=2^63B, id='10.0.0.2'
@@ -264,6 +269,16 @@ STATUS_5 = """\
 "ovs-10.0.0.3--ovs-vx0-in": 10.0.0.1...10.0.0.3; routing: unrouted;
 "other": 10.0.0.1...10.0.0.9; routing: routed-tunnel; owner: Child SA #4
 """  # noqa: E501
+
+
+def test_addconn_failures_are_read_from_its_words() -> None:
+    out = (
+        "while loading 'ovs-10.0.0.2--ovs-gre0': Invalid protoport value\n"
+        "conn ovs-10.0.0.2--ovs-gre0 did not load properly\n"
+    )
+    assert addconn_failure(out, "ovs-10.0.0.2--ovs-gre0") is not None
+    assert addconn_failure(out, "ovs-10.0.0.3--ovs-gre0") is None
+    assert addconn_failure("", "ovs-10.0.0.2--ovs-gre0") is None
 
 
 @pytest.mark.parametrize("status", [STATUS_4, STATUS_5], ids=["4.10", "5.x"])
