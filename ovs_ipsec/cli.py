@@ -1,5 +1,9 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
+Over 400 lines because it is the command line of both IKE daemons (upstream's flags for
+strongSwan and for Libreswan, with their defaults) and the start-up and exit that go with them;
+the parts share the parsed arguments.
+
 May import: daemon.loop, daemon.health, control, charon, pluto, nss, ike_daemon, proc, events,
 ovsdb, xfrm.adapter, sdnotify, stop_signal, files, log_guard, core_dumps, metrics_http, metrics,
 ovs_dirs, credentials, errors, ovs, prometheus_client (only to tell whether it is installed),
@@ -30,7 +34,7 @@ from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.ike_daemon import IkeDaemon
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
-from ovs_ipsec.adapters.nss import Nss
+from ovs_ipsec.adapters.nss import Certificates, Nss
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.adapters.pluto import (
     DEFAULT_IPSEC,
@@ -352,7 +356,9 @@ def make_pluto(args: argparse.Namespace, settings: Settings) -> Pluto:
         ctl=prefix + (args.ipsec_ctl or DEFAULT_IPSEC_CTL),
         timeout=settings.command_timeout,
         context=lambda: ({}, {}, Credentials()),
-        nss=Nss(prefix + (args.ipsec_d or DEFAULT_IPSEC_D), settings.command_timeout),
+        certs=Certificates(
+            Nss(prefix + (args.ipsec_d or DEFAULT_IPSEC_D), settings.command_timeout)
+        ),
         use_default_crypto=settings.use_default_crypto,
         warn=vlog.warn,
     )

@@ -12,6 +12,10 @@ applier tells a pluto restart (and reloads everything).
 Failures become `CharonError` (pluto refused: the message is its reply) or `CharonUnreachable`
 (no control socket, a timeout), the IKE daemon's two kinds of failure for the daemon.
 
+Over 400 lines because it is one `IkeDaemon`: its reads (SAs, the probe for reasons, re-routing
+lost traps) and writes (files, addconn, whack) share what our files hold and what pluto was
+given; the certificates are adapters/nss.py's, the words core/libreswan_conf.py's.
+
 May import: files, nss, proc, core.libreswan_conf, core.credentials, core.pluto_status,
 core.connections, core.model, core.ike_options.settings, core.naming, core.outcomes, core.sas,
 core.reconcile, errors, stdlib.
@@ -28,7 +32,7 @@ from typing import Any
 
 from ovs_ipsec.adapters import proc
 from ovs_ipsec.adapters.files import write_private
-from ovs_ipsec.adapters.nss import Nss
+from ovs_ipsec.adapters.nss import Certificates
 from ovs_ipsec.core import libreswan_conf, naming, pluto_status
 from ovs_ipsec.core.connections import AuthClass, ConnSpec, KeySpec, SharedSpec
 from ovs_ipsec.core.credentials import Credentials
@@ -68,7 +72,7 @@ class Pluto:
         ctl: str,
         timeout: float,
         context: Context,
-        nss: Nss | None = None,
+        certs: Certificates | None = None,
         use_default_crypto: bool = False,
         on_wait: Callable[[], None] | None = None,
         warn: Callable[[str], None] | None = None,
@@ -80,9 +84,7 @@ class Pluto:
         self.ctl = ctl
         self.timeout = timeout
         self.context = context
-        self.nss = nss
-        # Our certificate nicknames in NSS (None: not listed yet).
-        self._nicknames: set[str] | None = None
+        self.certs = certs
         self.use_default_crypto = use_default_crypto
         self.on_wait = on_wait
         self._warn = warn
@@ -168,12 +170,7 @@ class Pluto:
         return frozenset(self._secrets)
 
     def key_ids(self) -> frozenset[str]:
-        if self.nss is None:
-            return frozenset()
-        self._nicknames = None  # list again: NSS may have changed under us
-        return frozenset(
-            n for n in self._our_nicknames() if n.startswith(libreswan_conf.NSS_LOCAL_PREFIX)
-        )
+        return frozenset() if self.certs is None else self.certs.key_ids()
 
     def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
         states = self._whack("--showstates").stdout
@@ -279,8 +276,8 @@ class Pluto:
             for (index, _), refusal in zip(batch, self._add([c for _, c in batch]), strict=True):
                 if refusal is not None:
                     outcomes[index] = refusal
-        if to_add:
-            self.prune_certificates()
+        if to_add and self.certs is not None:
+            self.certs.prune([c.text for group in self._conns.values() for c in group])
         return outcomes
 
     def _reread_secrets(self) -> CharonError | None:
@@ -377,86 +374,23 @@ class Pluto:
         if isinstance(outcome, CharonError):
             raise outcome
 
-    # -- certificates (NSS) ----------------------------------------------------------------
-
-    def _our_nicknames(self) -> set[str]:
-        assert self.nss is not None
-        if self._nicknames is None:
-            self._nicknames = set(self.nss.nicknames())
-        return self._nicknames
+    # -- certificates (adapters/nss.py) -----------------------------------------------------
 
     def _certificates(
         self, spec: ConnSpec, tunnels: Mapping[str, Tunnel], credentials: Credentials
     ) -> libreswan_conf.NssNames:
-        """Our certificate and key, the CAs and the pinned peer certificates a certificate conn
-        needs, in NSS (each added once; a rotated one gets a nickname of its own)."""
-        local = credentials.local
-        if self.nss is None or local is None:
-            raise CharonError("load-conn", "no certificate and key of ours to authenticate with")
-        names = self._our_nicknames()
-        key_nick = libreswan_conf.local_nickname(local.identity, local.key_digest)
-        if key_nick not in names:
-            self.load_key(KeySpec(local.key_digest, local.key.pem))
-        for ca in credentials.cas:
-            # pluto 4.10 caches NSS's CA list for minutes once a negotiation read it: a CA
-            # added meanwhile is used from then on (`whack --rereadcerts` does not reload it).
-            self._add_cert(libreswan_conf.ca_nickname(ca.fingerprint_sha256), ca.pem, "CT,,")
-        pinned: dict[str, str] = {}
-        algorithms: dict[str, str] = {}
-        for name in spec.tunnels:
-            path = tunnels[name].remote_cert if name in tunnels else None
-            cert = credentials.remote_certs.get(path) if path is not None else None
-            if path is not None and cert is not None:
-                pinned[path] = libreswan_conf.peer_nickname(cert.cn or "", cert.fingerprint_sha256)
-                algorithms[path] = cert.key_algorithm
-                self._add_cert(pinned[path], cert.pem, "P,,")
-        return libreswan_conf.NssNames(key_nick, pinned, local.cert.key_algorithm, algorithms)
-
-    def _add_cert(self, nickname: str, pem: bytes, trust: str) -> bool:
-        """True when it was not in NSS yet."""
-        assert self.nss is not None
-        names = self._our_nicknames()
-        if nickname in names:
-            return False
-        self.nss.add_cert(nickname, pem, trust)
-        names.add(nickname)
-        return True
+        if self.certs is None:
+            raise CharonError("load-conn", "no NSS database for certificates (--ipsec-d)")
+        return self.certs.for_conn(spec, tunnels, credentials)
 
     def load_key(self, spec: KeySpec) -> str:
-        """Our certificate and this key into NSS, as one PKCS#12 (pluto finds the key by the
-        certificate's nickname: `leftcert=`). Returns the nickname."""
-        _, _, credentials = self.context()
-        local = credentials.local
-        if self.nss is None or local is None or local.key_digest != spec.digest:
-            raise CharonError("load-key", "no certificate for this key")
-        nickname = libreswan_conf.local_nickname(local.identity, spec.digest)
-        names = self._our_nicknames()
-        if nickname not in names:
-            self.nss.add_cert_and_key(nickname, local.cert.pem, spec.secret.reveal())
-            names.add(nickname)
-        return nickname
+        if self.certs is None:
+            raise CharonError("load-key", "no NSS database for certificates (--ipsec-d)")
+        return self.certs.load_key(spec, self.context()[2])
 
     def unload_key(self, key_id: str) -> None:
-        if self.nss is not None and libreswan_conf.is_our_nickname(key_id):
-            self.nss.delete(key_id, with_key=True)
-            self._our_nicknames().discard(key_id)
-
-    def prune_certificates(self) -> None:
-        """Our CA and peer certificates no conn of ours names any more leave NSS."""
-        if self.nss is None or self._nicknames is None:
-            return
-        texts = [c.text for group in self._conns.values() for c in group]
-        used = {line.split("=", 1)[1].strip() for text in texts for line in text.splitlines()
-                if line.strip().startswith("rightcert=")}  # fmt: skip
-        cas_used = any("rightca=" in text for text in texts)
-        for nickname in sorted(self._nicknames):
-            if nickname.startswith(libreswan_conf.NSS_LOCAL_PREFIX) or nickname in used:
-                continue
-            if nickname.startswith(libreswan_conf.NSS_CA) and cas_used:
-                continue
-            with contextlib.suppress(CharonError):
-                self.nss.delete(nickname)
-            self._nicknames.discard(nickname)
+        if self.certs is not None:
+            self.certs.unload_key(key_id)
 
     def empty_files(self) -> None:
         """Our files with no entries (before a restart of pluto at start-up, as upstream)."""
@@ -469,11 +403,8 @@ class Pluto:
         and key with them (as upstream's). A conn file that is the root ipsec.conf itself
         (upstream's default) is left empty instead: pluto reads it when it starts."""
         self._conns, self._secrets = {}, {}
-        if self.nss is not None:
-            with contextlib.suppress(CharonError):
-                for nickname in sorted(self.nss.nicknames()):
-                    self.nss.delete(nickname, with_key=nickname.startswith(
-                        libreswan_conf.NSS_LOCAL_PREFIX))  # fmt: skip
+        if self.certs is not None:
+            self.certs.remove_all()
         for path in (self.conf, self.secrets):
             if path == self.root_conf:
                 self._write_conf()
@@ -506,7 +437,7 @@ class Pluto:
             raise CharonUnreachable(command, f"no pluto control socket at {self.ctl}")
         try:
             result = proc.run((os.path.join(self.tools, tool), *args), timeout=self.timeout,
-                              check=False)  # fmt: skip
+                              check=False, on_wait=self.on_wait)  # fmt: skip
         except CommandError as exc:
             self.close()
             raise CharonUnreachable(command, exc.stderr or str(exc)) from exc

@@ -6,7 +6,8 @@ May import: log_text, stdlib, errors.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ovs_ipsec.core.log_text import printable
@@ -30,12 +31,17 @@ def run(
     timeout: float,
     input: str | None = None,
     check: bool = True,
+    on_wait: Callable[[], None] | None = None,
 ) -> Result:
     """Run `argv`, feeding `input` on stdin; raise CommandError on timeout or (if `check`) failure.
 
     `input` and the program's output may carry data that must not be logged (`ip xfrm state`
     prints keys); CommandError includes neither: only stderr, escaped and cut to one line.
+    With `on_wait`, it is called every WAIT_SLICE while the program runs (the control socket
+    answers meanwhile).
     """
+    if on_wait is not None:
+        return _run_serving(argv, timeout, input, check, on_wait)
     try:
         proc = subprocess.run(
             list(argv),
@@ -52,6 +58,44 @@ def run(
     result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise CommandError(result.argv, proc.returncode, "", error_text(proc.stderr))
+    return result
+
+
+WAIT_SLICE = 0.05
+
+
+def _run_serving(
+    argv: Sequence[str],
+    timeout: float,
+    input: str | None,
+    check: bool,
+    on_wait: Callable[[], None],
+) -> Result:
+    deadline = time.monotonic() + timeout
+    try:
+        popen = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    except OSError as exc:
+        raise CommandError(tuple(argv), None, "", str(exc)) from exc
+    pending = input
+    while True:
+        try:
+            stdout, stderr = popen.communicate(pending, timeout=WAIT_SLICE)
+            break
+        except subprocess.TimeoutExpired:
+            pending = None  # communicate keeps feeding what it started with
+            if time.monotonic() >= deadline:
+                popen.kill()
+                popen.communicate()
+                raise CommandError(
+                    tuple(argv), None, "", f"timed out after {timeout:g} s"
+                ) from None
+            on_wait()
+    result = Result(tuple(argv), popen.returncode, stdout, stderr)
+    if check and popen.returncode != 0:
+        raise CommandError(result.argv, popen.returncode, "", error_text(stderr))
     return result
 
 
