@@ -428,3 +428,17 @@ def test_recorded_failures() -> None:
     ):
         found = failure_of(fixture(name)["pluto log"])
         assert found is not None and found[0] is cause, name
+
+
+def test_commands_serve_the_control_socket_while_they_run() -> None:
+    """whack and addconn run through proc.run with on_wait: called while the program runs,
+    the program killed at its timeout."""
+    from ovs_ipsec.adapters import proc
+    from ovs_ipsec.errors import CommandError
+
+    waits: list[int] = []
+    result = proc.run(["sh", "-c", "sleep 0.2; cat"], timeout=5, input="hi",
+                      on_wait=lambda: waits.append(1))  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "hi") and waits
+    with pytest.raises(CommandError, match="timed out"):
+        proc.run(["sleep", "5"], timeout=0.2, on_wait=lambda: None)
