@@ -151,9 +151,19 @@ def render_conns(
                 f"rightprotoport={protoport(child.remote_ts)}",
                 *words,
             ]
-            text = f"conn {name}\n" + "".join(f"\t{line}\n" for line in lines)
+            text = f"conn {name}\n" + "".join(f"\t{line}\n" for line in _last_wins(lines))
             out.append(PlutoConn(name, spec.name, child_name, tunnel_name, text, unhonoured))
     return tuple(out)
+
+
+def _last_wins(lines: list[str]) -> list[str]:
+    """One line per keyword (pluto refuses a conn that repeats one): an option's value replaces
+    the default's, in the default's place."""
+    values: dict[str, str] = {}
+    for line in lines:
+        keyword, _, value = line.partition("=")
+        values[keyword] = value
+    return [f"{keyword}={value}" for keyword, value in values.items()]
 
 
 def _endpoint_lines(spec: ConnSpec, tunnel: Tunnel, nss: NssNames | None) -> list[str]:

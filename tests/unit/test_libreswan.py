@@ -136,6 +136,8 @@ def test_ipsec_options_in_libreswan_words_and_unhonoured_ones_named() -> None:
     assert "\tencapsulation=yes\n" in text
     assert "\treplay-window=128\n" in text
     assert "dpddelay=" in text
+    (tries,) = rendered(psk("gre0", "gre", "10.0.0.2", ipsec_keyingtries="3"))
+    assert tries.text.count("keyingtries=") == 1 and "\tkeyingtries=3\n" in tries.text
     (lifebytes,) = rendered(psk("gre0", "gre", "10.0.0.2", ipsec_lifebytes="1000000"))
     assert lifebytes.unhonoured == ("ipsec_lifebytes",)
 
