@@ -98,6 +98,7 @@ class Pluto:
         self._added: dict[str, str] = {}
         self._version = ""
         self._since = ""  # the identity of the control socket last seen (stats)
+        self._reroute_from = 0  # where the next round of re-routing idle conns starts
         self._probed: dict[str, float] = {}  # ConnSpec name -> when it was last initiated
         # ConnSpecs pluto listed a state of since they were added: traffic wanted them up.
         self._attempted: set[str] = set()
@@ -197,11 +198,20 @@ class Pluto:
     def _reroute(self, sas: Mapping[str, tuple[IkeSa, ...]]) -> None:
         """pluto 4.10 loses a conn's trap policy when an acquire it answered fails (it deletes
         its "narrow hold", which is the trap) though `--status` still says routed: until it is
-        routed again our block answers that traffic (fail-closed) and nothing negotiates. So
-        the conns traffic asked for that have no IKE SA are routed again (1 ms each; at most
-        REROUTE_BATCH per listing)."""
-        due = [c for c in sorted(self._attempted) if c in self._conns and not sas.get(c)]
-        for conn in due[:REROUTE_BATCH]:
+        routed again our block answers that traffic (fail-closed) and nothing negotiates. A
+        failure can come and go between two listings, so every conn without an SA is routed
+        again in turn (`--route` is idempotent; 1-4 ms each), those traffic asked for first, at
+        most REROUTE_BATCH per listing."""
+        idle = [c for c in sorted(self._conns) if self._conns[c] and not sas.get(c)]
+        if not idle:
+            return
+        first = [c for c in idle if c in self._attempted]
+        rest = [c for c in idle if c not in self._attempted]
+        start = self._reroute_from % len(rest) if rest else 0
+        due = first + rest[start:] + rest[:start]
+        chosen = due[:REROUTE_BATCH]
+        self._reroute_from = start + len(chosen) - min(len(first), len(chosen))
+        for conn in chosen:
             for pluto_conn in self._conns[conn]:
                 with contextlib.suppress(CharonError):
                     self._whack("--name", pluto_conn.name, "--route", command="route")
