@@ -27,6 +27,9 @@ Files of host hN, under `<workdir>/hN/pluto/`:
 charon exactly the connection our daemon plans for a tunnel (core/connections.py), so pluto can be
 tried against our strongSwan side without a daemon.
 
+About 400 lines: one pluto's whole life in a lab host (start, stop, control socket, secrets, NSS)
+and the two helpers that pit it against charon belong together.
+
 May import: lab, connections, credentials, model, cryptography, stdlib.
 """
 

@@ -5,6 +5,9 @@ module; each test starts from no conns, SAs or secrets on either side.
 This kernel has no ESP: IKE SAs establish, every CHILD SA is refused (pluto as initiator hears
 NO_PROPOSAL_CHOSEN; as responder its kernel says errno 38). Selectors are spelled numerically
 (`47/0`, `17/6081`), which needs no /etc/protocols (Libreswan 5 refuses `gre` without netbase).
+
+About 400 lines because the module shares one lab (start-up and teardown paid once) across the
+facts the adapter needs, certificates included.
 """
 
 from __future__ import annotations
