@@ -1055,7 +1055,7 @@ def esp_window(cap: Capture, since: float, a: Node, b: Node, minimum: int) -> Tr
             return traffic
 
 
-def s9_ovn(ctx: Ctx) -> None:
+def s10_ovn(ctx: Ctx) -> None:
     """OVN creates the tunnel (issue 16, section 4): a Geneve pair between two chassis whose
     ovn-controller writes the IPsec options (`ipsec=true` in NB_Global, CA-signed certificates
     with the chassis names), one logical switch with a VIF on each; ESP both ways and zero
@@ -1125,7 +1125,7 @@ SCENARIOS = [
         "4", "skb-mark", "ipsec_skb_mark with IPsec and plain tunnels", s4_skb_mark, 240, True
     ),
     Scenario("7", "scale", "50 tunnels to absent peers", s7_scale, 240, True),
-    Scenario("9", "ovn", "OVN's own Geneve tunnels between two chassis", s9_ovn, 150, True),
+    Scenario("10", "ovn", "OVN's own Geneve tunnels between two chassis", s10_ovn, 150, True),
     Scenario("5", "faults", "faults during traffic", s5_faults, 300),
     Scenario("6", "interop", "upstream ovs-monitor-ipsec <-> ours", s6_interop, 240),
     Scenario(
