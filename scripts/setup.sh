@@ -6,13 +6,15 @@
 #
 #   demo  what the daemon needs at run time, and what `make demo` needs besides (namespaces).
 #   test  demo, plus what the test suite needs: capture and firewall tools, the full-kernel tier
-#         (qemu, a static busybox, cpio, kmod) and, where the release can install it beside
+#         (qemu, a static busybox, cpio, kmod), OVN (ovn-central, ovn-host: tests/integration/
+#         test_ovn.py runs its daemons in namespaces) and, where the release can install it beside
 #         charon-systemd, upstream's monitor for the comparisons (bookworm only: on trixie
 #         charon-systemd conflicts with strongswan-charon, whose charon upstream's starter runs);
 #         and Libreswan, unpacked into /opt/ovs-ipsec-test/libreswan (it conflicts with strongSwan
 #         as a package; see below).
 #
-# It never starts or enables a system service. Quick when everything is there already.
+# It never starts a system service (a policy-rc.d refuses them while it installs), and the OVN
+# units it installs stay disabled at boot. Quick when everything is there already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +44,12 @@ TEST_PACKAGES=(
   tcpdump nftables iputils-ping openssl systemd
   qemu-system-x86 busybox-static cpio kmod
   mmdebstrap
+  ovn-central ovn-host
 )
+# Units that must never run on a test machine: the tests start OVN's daemons in namespaces, while
+# ovn-central's would serve OVN's databases on TCP 6641/6642 and ovn-host's ovn-controller would
+# take over the machine's own Open vSwitch (br-int, tunnels to every chassis it hears of).
+NEVER_START=(ovn-central.service ovn-host.service)
 case "$release" in
   bookworm)
     # Upstream's monitor for the comparisons (interop, bench): starter and its charon, and
@@ -83,9 +90,28 @@ if ((${#missing[@]})); then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=900 update -q
-  # policy-rc.d keeps packages from starting services on hosts that have it; on others the
-  # services the packages start (ovsdb-server, strongswan) are not used by the tests.
+  # No package may start a service (Debian's policy-rc.d protocol): a machine that has a
+  # policy-rc.d keeps its own, on others one that refuses everything is in place for the install.
+  guard=/usr/sbin/policy-rc.d
+  if [ ! -e "$guard" ]; then
+    trap 'rm -f "$guard"' EXIT
+    printf '#!/bin/sh\n# scripts/setup.sh: no service starts during its install\nexit 101\n' >"$guard"
+    chmod 0755 "$guard"
+  else
+    guard=
+  fi
   apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}"
+  if [ -n "$guard" ]; then
+    rm -f "$guard"
+    trap - EXIT
+  fi
+  # Their packages enable them at boot; disabled here, only where this run installed them.
+  installed_now=" ${missing[*]} "
+  for unit in "${NEVER_START[@]}"; do
+    if [[ $installed_now == *" ${unit%.service} "* ]] && command -v systemctl >/dev/null; then
+      systemctl disable --quiet "$unit" 2>/dev/null || true
+    fi
+  done
 fi
 
 # Libreswan beside strongSwan (test profile). Debian's libreswan (bookworm 4.10, trixie 5.x)

@@ -976,6 +976,142 @@ def s7_scale(ctx: Ctx) -> None:
         ping.stop()
 
 
+OVN_SKIP = "no OVN in this userland (Debian's ovn-central and ovn-host; scripts/setup.sh test)"
+
+
+def ovn_central(node: Node) -> str:
+    """OVN's northbound and southbound ovsdb-servers and ovn-northd in `node` (a node that is
+    central and chassis at once); returns the southbound database's unix socket, which the
+    other node reaches through the shared /tmp."""
+    d = os.path.join(node.dir, "ovn")
+    os.makedirs(d, exist_ok=True)
+    for db in ("nb", "sb"):
+        node.x(["ovsdb-tool", "create", f"{d}/{db}.db", f"/usr/share/ovn/ovn-{db}.ovsschema"])
+        node.x(
+            ["ovsdb-server", f"{d}/{db}.db", f"--remote=punix:{d}/{db}.sock",
+             f"--unixctl={d}/{db}.ctl", f"--pidfile={d}/{db}.pid", f"--log-file={d}/{db}.log",
+             "--detach"]
+        )  # fmt: skip
+    node.x(["ovn-nbctl", f"--db=unix:{d}/nb.sock", "init"])
+    node.x(
+        ["ovn-northd", f"--ovnnb-db=unix:{d}/nb.sock", f"--ovnsb-db=unix:{d}/sb.sock",
+         f"--unixctl={d}/northd.ctl", f"--pidfile={d}/northd.pid", f"--log-file={d}/northd.log",
+         "--detach"],
+        timeout=60,
+    )  # fmt: skip
+    return f"unix:{d}/sb.sock"
+
+
+def ovn_chassis(node: Node, sb: str, vif: str, mac: str, ip: str) -> None:
+    """`node` as OVN chassis `node.name` (geneve on its IPv4 underlay address), with one VIF: an
+    internal port on br-int bound to logical port `vif`, addressed `mac`/`ip`."""
+    node.vsctl(
+        "set", "Open_vSwitch", ".", f"external_ids:system-id={node.name}",
+        "external_ids:ovn-encap-type=geneve", f"external_ids:ovn-encap-ip={node.ip4}",
+        f"external_ids:ovn-remote={sb}",
+        "--", "--may-exist", "add-br", "br-int", "--", "set", "bridge", "br-int",
+        "fail_mode=secure", "other_config:disable-in-band=true",
+        "--", "add-port", "br-int", vif, "--", "set", "interface", vif, "type=internal",
+        f"external_ids:iface-id={vif}",
+    )  # fmt: skip
+    node.x(
+        f"ip link set {vif} address {mac} && ip addr add {ip}/24 dev {vif} && ip link set {vif} up"
+    )
+    node.x(
+        ["sh", "-c", "mkdir -p /run/ovn && exec ovn-controller unix:/run/openvswitch/db.sock"
+         f" --pidfile=/run/ovn/ovn-controller.pid --log-file={node.dir}/ovn-controller.log"
+         " --detach"],
+        timeout=60,
+    )  # fmt: skip
+
+
+def ovn_stop(a: Node, b: Node) -> None:
+    """IPsec off in NB_Global first: ovn-controller rewrites its tunnels without IPsec options, so
+    the daemons drop their blocks at once (a deleted IPsec port's would linger and hold up the
+    pair's reset). Then ovn-controller on both nodes and the central daemons on `a` go, so that
+    the reset (every bridge deleted) is not undone by an ovn-controller re-creating br-int."""
+    d = os.path.join(a.dir, "ovn")
+    with contextlib.suppress(Fail):
+        a.x(["ovn-nbctl", f"--db=unix:{d}/nb.sock", "--timeout=30", "set", "NB_Global", ".",
+             "ipsec=false"])  # fmt: skip
+        for n in (a, b):
+            glab.wait_for(lambda n=n: "proto udp" not in n.xfrm_policies(), 30,
+                          f"{n.name}: no IPsec policy left for OVN's tunnel")  # fmt: skip
+    central = [f"{d}/{daemon}.pid" for daemon in ("northd", "nb", "sb")]
+    controller = "/run/ovn/ovn-controller.pid"
+    for node, pidfiles in ((a, [controller, *central]), (b, [controller])):
+        for pidfile in pidfiles:
+            node.x(f"test -s {pidfile} && kill $(cat {pidfile}) || true", check=False)
+
+
+def esp_window(cap: Capture, since: float, a: Node, b: Node, minimum: int) -> Traffic:
+    """The capture from `since`, once it holds `minimum` ESP packets each way or 5 s have
+    passed: under emulation tcpdump may write the last packets a second late."""
+    deadline = time.monotonic() + 5
+    while True:
+        traffic = cap.window(since)
+        counts = (traffic.esp(a.ip4, b.ip4), traffic.esp(b.ip4, a.ip4))
+        if min(counts) >= minimum or time.monotonic() > deadline:
+            return traffic
+
+
+def s10_ovn(ctx: Ctx) -> None:
+    """OVN creates the tunnel (issue 16, section 4): a Geneve pair between two chassis whose
+    ovn-controller writes the IPsec options (`ipsec=true` in NB_Global, CA-signed certificates
+    with the chassis names), one logical switch with a VIF on each; ESP both ways and zero
+    plaintext Geneve on the underlay."""
+    name = "ovn geneve chassis pair: ESP both ways, zero plaintext"
+    if shutil.which("ovn-controller") is None or not os.path.exists("/usr/share/ovn"):
+        ctx.record(name, "SKIP", 0, OVN_SKIP)
+        return
+    ca_dir = os.path.join(ctx.dir, "pki")
+    os.makedirs(ca_dir)
+    pki(["--dir", ca_dir, "init"], *(["--dir", ca_dir, "host", n] for n in ("left", "right")))
+    a, b = ctx.pair()
+    try:
+        with ctx.case(name):
+            t0 = time.monotonic()
+            cap = ctx.wire(a)
+            use_ca_signed(a, b, ca_dir)
+            sb = ovn_central(a)
+            nb = ["ovn-nbctl", f"--db=unix:{os.path.join(a.dir, 'ovn')}/nb.sock", "--timeout=60"]
+            ports: list[str] = []
+            for i in (1, 2):
+                address = f"0a:00:00:00:5a:0{i} 192.0.90.{i}"
+                ports += ["--", "lsp-add", "ls0", f"vif{i}"]
+                ports += ["--", "lsp-set-addresses", f"vif{i}", address]
+            a.x([*nb, "set", "NB_Global", ".", "ipsec=true", "--", "ls-add", "ls0", *ports])
+            glab.parallel([
+                lambda: ovn_chassis(a, sb, "vif1", "0a:00:00:00:5a:01", "192.0.90.1"),
+                lambda: ovn_chassis(b, sb, "vif2", "0a:00:00:00:5a:02", "192.0.90.2"),
+            ])  # fmt: skip
+            for local, remote in ((a, b), (b, a)):
+                sel = f"src {local.ip4}/32 dst {remote.ip4}/32 proto udp"
+                glab.wait_for(lambda local=local, sel=sel: sel in local.xfrm_policies(), 60,
+                              f"{local.name}: charon's policy for the tunnel OVN made")  # fmt: skip
+                options = local.vsctl("--bare", "--columns=options", "find", "interface",
+                                      "type=geneve")  # fmt: skip
+                if f"remote_name={remote.name}" not in options:
+                    raise Fail(
+                        f"{local.name}: ovn-controller's tunnel lacks remote_name: {options}"
+                    )
+            a.x([*nb, "--wait=hv", "sync"], timeout=90)
+            loaded = time.monotonic() - t0
+            since = time.time()
+            first = ping_until(a, "192.0.90.2", 40)
+            ping_count(a, "192.0.90.2", 3)
+            ping_count(b, "192.0.90.1", 3)
+            traffic = esp_window(cap, since, a, b, minimum=6)
+            detail = verify_esp(traffic, a, b, 4, {6081}, minimum=6)
+            seen = traffic.esp_spis()
+            sa = check_sa(a, a.ip4, b.ip4, seen)
+            check_sa(b, b.ip4, a.ip4, seen)
+            timing = f"OVN up and loaded {loaded:.1f}s, first reply {first:.1f}s"
+            ctx.passed(name, time.monotonic() - t0, f"{detail}; {timing}; {sa}")
+    finally:
+        ovn_stop(a, b)
+
+
 SCENARIOS = [
     # The ours<->ours scenarios share one node pair (reset in between, a fresh pair after any
     # failure); faults and interop get their own.
@@ -989,6 +1125,7 @@ SCENARIOS = [
         "4", "skb-mark", "ipsec_skb_mark with IPsec and plain tunnels", s4_skb_mark, 240, True
     ),
     Scenario("7", "scale", "50 tunnels to absent peers", s7_scale, 240, True),
+    Scenario("10", "ovn", "OVN's own Geneve tunnels between two chassis", s10_ovn, 150, True),
     Scenario("5", "faults", "faults during traffic", s5_faults, 300),
     Scenario("6", "interop", "upstream ovs-monitor-ipsec <-> ours", s6_interop, 240),
     Scenario(

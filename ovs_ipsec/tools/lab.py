@@ -421,13 +421,12 @@ class Host:
         if fresh:
             _run(["ovsdb-tool", "create", db_file, SCHEMA])
         pidfile = os.path.join(self.run_dir, "ovsdb-server.pid")
-        self.run([
+        self._ovsdb = self.lab.start_detached(self.ns, [
             "env", f"OVS_RUNDIR={self.run_dir}", f"OVS_LOGDIR={self.dir}",
             "ovsdb-server", db_file, f"--remote=punix:{self.db_path}",
             f"--unixctl={self.run_dir}/ovsdb-server.ctl", f"--pidfile={pidfile}",
             f"--log-file={self.dir}/ovsdb-server.log", "--detach",
-        ])  # fmt: skip
-        self._ovsdb = self.lab._track(int(_read(pidfile)), f"{self.name} ovsdb-server")
+        ], pidfile, f"{self.name} ovsdb-server")  # fmt: skip
         if fresh:
             self.vsctl("init")
             self.vsctl("--may-exist", "add-br", "br0")
@@ -739,6 +738,18 @@ class Lab:
         proc = LabProcess.track(pid, what, popen)
         self._processes.append(proc)
         return proc
+
+    def start_detached(self, ns: str, argv: Sequence[str], pidfile: str, what: str) -> LabProcess:
+        """Run an OVS-style daemon in namespace `ns` (`argv` says `--detach` and
+        `--pidfile=<pidfile>`, so it returns once the daemon is ready) and record it for stop()."""
+        _run(["ip", "netns", "exec", ns, *argv])
+        return self._track(int(_read(pidfile)), what)
+
+    def run_in_hub(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the hub namespace (the hosts' segment); LabCommandError on failure."""
+        return _run(["ip", "netns", "exec", self.hub, *argv], check=check, timeout=timeout)
 
     # -- start ---------------------------------------------------------------------------------
 
