@@ -398,15 +398,16 @@ class Planner:
             self.conflicts[peer] = conflicts
         else:
             self.conflicts.pop(peer, None)  # thousands of peers, nearly all without conflicts
+        # Keyed by the specs' own name strings: one string per name, whoever holds it.
         if self.conns.get(conn_name) != conn:
-            self.conns[conn_name] = conn
-            delta.conns.add(conn_name)
+            self.conns[conn.name] = conn
+            delta.conns.add(conn.name)
         if secret is None:
             if self.shared.pop(secret_id, None) is not None:
                 delta.shared.add(secret_id)
         elif self.shared.get(secret_id) != secret:
-            self.shared[secret_id] = secret
-            delta.shared.add(secret_id)
+            self.shared[secret.id] = secret
+            delta.shared.add(secret.id)
 
     def _refresh_invalid(self, names: set[str], delta: Delta) -> None:
         for name in names:
