@@ -228,6 +228,11 @@ class Ovsdb:
         self.needs_full_read = False
         return {uuid: _interface(row) for uuid, row in self.idl.tables["Interface"].rows.items()}
 
+    def row(self, uuid: RowId) -> InterfaceRow | None:
+        """One Interface row as the IDL holds it now (None: gone); no change is taken."""
+        row = self.idl.tables["Interface"].rows.get(uuid)
+        return None if row is None else _interface(row)
+
     def port_status(self, row_ids: Mapping[str, RowId]) -> dict[str, PortStatus]:
         """Ofport and CFM fault of these ports (name -> row uuid), as the IDL holds them now."""
         table = self.idl.tables["Interface"].rows
