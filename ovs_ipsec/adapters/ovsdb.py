@@ -10,6 +10,7 @@ May import: ovs.db.idl, ovs.jsonrpc, ovs.poller, model, stdlib.
 from __future__ import annotations
 
 import errno
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,20 +85,54 @@ class _Utf8BoundaryStream:
         return getattr(self._stream, name)
 
 
+def _is_uuid(text: str) -> bool:
+    return len(text) == 36 and text[8:9] == "-"
+
+
+def share_names(value: Any) -> Any:
+    """`value` (a decoded JSON-RPC message part) with its names as one shared string each:
+    object keys (table and column names, "initial", "modify", ...; row UUIDs excepted, each
+    is seen once), the keys of OVSDB maps (`["map", [[key, value], ...]]`: option names) and
+    the values of `type` (a port's type). ovs.json's pure-Python parser (PyPI's ovs has no C
+    parser) makes a new string for every one of them in every row, and the IDL keeps them all
+    in its copy of the row: five column names and the option names, about 0.4 KiB per row."""
+    if isinstance(value, dict):
+        return {
+            (key if _is_uuid(key) else sys.intern(key)): (
+                sys.intern(item) if key == "type" and isinstance(item, str) else share_names(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        if len(value) == 2 and value[0] == "map" and isinstance(value[1], list):
+            for pair in value[1]:
+                if isinstance(pair, list) and pair and isinstance(pair[0], str):
+                    pair[0] = sys.intern(pair[0])
+        else:
+            for i, item in enumerate(value):
+                if isinstance(item, (dict, list)):
+                    value[i] = share_names(item)
+    return value
+
+
 _library_recv = ovs.jsonrpc.Connection.recv
 
 
 def _recv_whole_characters(connection: Any) -> Any:
     if not isinstance(connection.stream, _Utf8BoundaryStream):
         connection.stream = _Utf8BoundaryStream(connection.stream)
-    return _library_recv(connection)
+    error, msg = _library_recv(connection)
+    if msg is not None:
+        msg.params = share_names(msg.params)
+        msg.result = share_names(msg.result)
+    return error, msg
 
 
 def receive_whole_utf8_characters() -> None:
     """Make every ovs.jsonrpc connection of this process read whole UTF-8 characters only
-    (`_Utf8BoundaryStream`). It patches the library class, so it is process-wide: the entry
-    point calls it once at start-up, before the first OVSDB connection. Calling it again is
-    harmless."""
+    (`_Utf8BoundaryStream`), its messages' names shared (`share_names`). It patches the
+    library class, so it is process-wide: the entry point calls it once at start-up, before
+    the first OVSDB connection. Calling it again is harmless."""
     ovs.jsonrpc.Connection.recv = _recv_whole_characters
 
 
@@ -192,6 +227,11 @@ class Ovsdb:
         self.idl.other_config_changed = False
         self.needs_full_read = False
         return {uuid: _interface(row) for uuid, row in self.idl.tables["Interface"].rows.items()}
+
+    def row(self, uuid: RowId) -> InterfaceRow | None:
+        """One Interface row as the IDL holds it now (None: gone); no change is taken."""
+        row = self.idl.tables["Interface"].rows.get(uuid)
+        return None if row is None else _interface(row)
 
     def port_status(self, row_ids: Mapping[str, RowId]) -> dict[str, PortStatus]:
         """Ofport and CFM fault of these ports (name -> row uuid), as the IDL holds them now."""

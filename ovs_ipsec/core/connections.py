@@ -38,6 +38,7 @@ IKE_PROPOSALS = ike_settings.IKE_PROPOSALS
 ESP_PROPOSALS = ike_settings.ESP_PROPOSALS
 
 VICI = dict[str, Any]
+VICIOptions = tuple[tuple[str, ike_settings.VICIValue], ...]
 
 
 class AuthClass(enum.StrEnum):
@@ -73,22 +74,40 @@ class ChildSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Pki:
+    """The certificates (PEM) a pubkey connection carries: ours, and the peer's pinned one
+    (self-signed) or the CAs its chain must end in (CA-signed)."""
+
+    local_cert: str
+    remote_cert: str | None = None
+    cacerts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ConnSpec:
-    """One VICI connection and the tunnels it carries. The `load-conn` body is kept encoded
-    (`wire`, the bytes sent to charon, compared to tell whether charon has it): at thousands
-    of connections, four dicts and a list each would be a fifth of the daemon's state. What
-    status and render show of it is kept typed beside it: the identities (bare, without the
-    `fqdn:` charon is told) and each tunnel's children, in the order of `tunnels` (shared
-    tuples: tunnels of one type and port have equal ones). `body` decodes the wire for tests."""
+    """One VICI connection and the tunnels it carries, as typed values. Its `load-conn` body
+    (`body`; encoded, the bytes sent to charon: `wire`) is a pure function of these fields,
+    built when it is sent and not kept: at thousands of connections the encoded bodies were
+    the largest part of the planner's state. So equal specs have equal bodies, and comparing
+    specs tells whether charon has the one wanted. What status and render show is read from
+    the fields: the identities (bare, without the `fqdn:` charon is told) and each tunnel's
+    children, in the order of `tunnels` (shared tuples: tunnels of one type and port have
+    equal ones)."""
 
     name: str
     remote_ip: str
     tunnels: tuple[str, ...]
-    wire: bytes
     auth: AuthClass
     local_id: str  # "": charon uses our IKE address
     remote_id: str
     children: tuple[tuple[ChildSpec, ...], ...]
+    local_ip: str | None = None  # None: %any
+    pki: Pki | None = None  # None for PSK
+    # ipsec_* options as VICI keys (ike_options): the connection's, and per tunnel those of
+    # its children (empty when no tunnel has any, as for most connections).
+    conn_options: VICIOptions = ()
+    child_options: tuple[VICIOptions, ...] = ()
+    default_crypto: bool = False  # --use-default-crypto: no proposals unless options set them
 
     def children_of(self, tunnel: str) -> tuple[ChildSpec, ...]:
         """The CHILD_SA configs of one of `tunnels` (none for any other name)."""
@@ -98,8 +117,56 @@ class ConnSpec:
         return ()
 
     @property
-    def body(self) -> dict[str, Any]:
-        return vici_wire.decode_message(self.wire)
+    def wire(self) -> bytes:
+        return vici_wire.encode_message(self.body)
+
+    @property
+    def body(self) -> VICI:
+        ike_default, esp_default = ike_settings.default_proposals(self.default_crypto)
+        local, remote = self._auth_sections()
+        children: VICI = {}
+        for i, (tunnel, specs) in enumerate(zip(self.tunnels, self.children, strict=True)):
+            extra = ike_settings.vici_values(self.child_options[i]) if self.child_options else {}
+            for spec in specs:
+                children[naming.child_name(tunnel, spec.suffix)] = _child(spec, extra, esp_default)
+        body: VICI = {
+            "version": "2",
+            "local_addrs": [self.local_ip or "%any"],
+            "remote_addrs": [self.remote_ip],
+            # Retry for ever, like upstream's keyingtries=%forever.
+            "keyingtries": "0",
+            # Hosts do not move; without this IKE floats to port 4500 from the second exchange.
+            "mobike": "no",
+            "local": local,
+            "remote": remote,
+            "children": children,
+        }
+        if ike_default:
+            body["proposals"] = list(ike_default)
+        # The same for every member (split_conflicts); explicit options win over defaults.
+        body.update(ike_settings.vici_values(self.conn_options))
+        return body
+
+    def _auth_sections(self) -> tuple[VICI, VICI]:
+        """The `local` and `remote` sections."""
+        auth = self.auth.value
+        if self.auth is AuthClass.PSK:
+            local: VICI = {"auth": auth, "id": self.local_id} if self.local_id else {"auth": auth}
+            return local, {"auth": auth, "id": self.remote_id}
+        assert self.pki is not None
+        # strongSwan 6 defaults the identity to the subject DN when a certificate is present;
+        # the OVS contract is the CN, so it is always explicit.
+        local = {"auth": auth, "id": fqdn(self.local_id), "certs": [self.pki.local_cert]}
+        remote: VICI = {"auth": auth, "id": fqdn(self.remote_id)}
+        if self.pki.remote_cert is not None:
+            # A certificate in the remote section is a constraint: the peer must authenticate
+            # with exactly this one.
+            remote["certs"] = [self.pki.remote_cert]
+        else:
+            # cacerts constrains the chain to these CAs (all of them during a rollover); the id
+            # pins the peer's CN.
+            remote["cacerts"] = list(self.pki.cacerts)
+        return local, remote
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,45 +258,26 @@ def plan_conn(
 ) -> ConnSpec:
     first = members[0]
     settings = settings or {}
-    ike_default, esp_default = ike_settings.default_proposals(use_default_crypto)
     auth, local_id, remote_id = plan_identities(first, credentials)
-    local, remote = _auth_sections(first, credentials, auth, local_id, remote_id)
-    per_tunnel = _shared(tuple(tunnel_children(t.type.protocol, t.dst_port) for t in members))
-    children: VICI = {}
-    for tunnel, specs in zip(members, per_tunnel, strict=True):
-        extra = settings[tunnel.name].child_vici() if tunnel.name in settings else {}
-        for spec in specs:
-            children[naming.child_name(tunnel.name, spec.suffix)] = _child(spec, extra, esp_default)
-    body: VICI = {
-        "version": "2",
-        "local_addrs": [first.local_ip or "%any"],
-        "remote_addrs": [remote_ip],
-        # Retry for ever, like upstream's keyingtries=%forever.
-        "keyingtries": "0",
-        # Hosts do not move; without this IKE floats to port 4500 from the second exchange.
-        "mobike": "no",
-        "local": local,
-        "remote": remote,
-        "children": children,
-    }
-    if ike_default:
-        body["proposals"] = list(ike_default)
-    if first.name in settings:
-        # The same for every member (split_conflicts); explicit options win over defaults.
-        body.update(settings[first.name].conn_vici())
-    name = naming.conn_name(remote_ip)
-    wire = vici_wire.encode_message(body)  # TooLarge for a value VICI cannot carry
-    vici_wire.check_request("load-conn", vici_wire.section_size(name, wire))
-    return ConnSpec(
-        name=name,
+    child_options = tuple(settings[t.name].child if t.name in settings else () for t in members)
+    conn = ConnSpec(
+        name=naming.conn_name(remote_ip),
         remote_ip=remote_ip,
         tunnels=tuple(t.name for t in members),
-        wire=wire,
         auth=auth,
         local_id=local_id,
         remote_id=remote_id,
-        children=per_tunnel,
+        children=_shared(tuple(tunnel_children(t.type.protocol, t.dst_port) for t in members)),
+        local_ip=first.local_ip,
+        pki=_pki(first, credentials, auth),
+        conn_options=settings[first.name].conn if first.name in settings else (),
+        child_options=child_options if any(child_options) else (),
+        default_crypto=use_default_crypto,
     )
+    # Encoded here once, and dropped, so that a body charon could not take makes its tunnels
+    # invalid now, with the reason (TooLarge for a value VICI cannot carry).
+    vici_wire.check_request("load-conn", vici_wire.section_size(conn.name, conn.wire))
+    return conn
 
 
 def fqdn(name: str) -> str:
@@ -255,27 +303,15 @@ def plan_identities(tunnel: Tunnel, credentials: Credentials) -> tuple[AuthClass
     return AuthClass.PUBKEY, local.identity, tunnel.remote_name
 
 
-def _auth_sections(
-    tunnel: Tunnel, credentials: Credentials, auth: AuthClass, local_id: str, remote_id: str
-) -> tuple[VICI, VICI]:
-    """The `local` and `remote` sections of a connection."""
+def _pki(tunnel: Tunnel, credentials: Credentials, auth: AuthClass) -> Pki | None:
     if auth is AuthClass.PSK:
-        local: VICI = {"auth": auth.value, "id": local_id} if local_id else {"auth": auth.value}
-        return local, {"auth": auth.value, "id": remote_id}
+        return None
     assert credentials.local is not None
-    # strongSwan 6 defaults the identity to the subject DN when a certificate is present; the
-    # OVS contract is the CN, so it is always explicit.
-    local = {"auth": auth.value, "id": fqdn(local_id), "certs": [credentials.local.cert.pem]}
     if tunnel.auth is AuthMode.SELF_SIGNED:
         assert tunnel.remote_cert is not None
-        # A certificate in the remote section is a constraint: the peer must authenticate with
-        # exactly this one.
         pinned = credentials.remote_certs[tunnel.remote_cert]
-        return local, {"auth": auth.value, "id": fqdn(remote_id), "certs": [pinned.pem]}
-    # cacerts constrains the chain to these CAs (all of them during a rollover); the id pins
-    # the peer's CN.
-    cacerts = [ca.pem for ca in credentials.cas]
-    return local, {"auth": auth.value, "id": fqdn(remote_id), "cacerts": cacerts}
+        return Pki(credentials.local.cert.pem, remote_cert=pinned.pem)
+    return Pki(credentials.local.cert.pem, cacerts=tuple(ca.pem for ca in credentials.cas))
 
 
 def plan_shared(conn: ConnSpec, tunnel: Tunnel) -> SharedSpec | None:
@@ -312,8 +348,7 @@ def _shared(per_tunnel: tuple[tuple[ChildSpec, ...], ...]) -> tuple[tuple[ChildS
 def _child(
     spec: ChildSpec, extra: Mapping[str, Any], esp_default: tuple[str, ...] = ESP_PROPOSALS
 ) -> VICI:
-    # Built afresh for every connection: a body is encoded (ConnSpec.wire) as soon as it is
-    # planned, so sharing its parts between connections would save no memory.
+    # Built afresh for every body: bodies are built to be encoded and dropped.
     child: VICI = {
         "mode": "transport",
         "local_ts": [spec.local_ts.vici],

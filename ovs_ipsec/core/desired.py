@@ -72,6 +72,9 @@ from ovs_ipsec.core.vici_wire import Unsendable
 
 PSK = AuthMode.PSK
 ReadFiles = Callable[[Iterable[str]], Mapping[str, FileContent]]
+# An Interface row as OVSDB holds it now, by uuid (None: gone). The rows stay where they are
+# (the OVS IDL's copy); the planner keeps only their names and wire ports.
+ReadRow = Callable[[RowId], InterfaceRow | None]
 INTERNAL_ERROR = Invalid("ipsec", "internal error while planning (the daemon's log has details)")
 
 
@@ -122,11 +125,18 @@ def keep_valid_mark(new: GlobalConfig, current: GlobalConfig) -> GlobalConfig:
 
 
 class Planner:
-    def __init__(self, read_files: ReadFiles, *, use_default_crypto: bool = False) -> None:
+    def __init__(
+        self, read_files: ReadFiles, read_row: ReadRow, *, use_default_crypto: bool = False
+    ) -> None:
         self.read_files = read_files
         self.use_default_crypto = use_default_crypto
-        self.rows: dict[RowId, InterfaceRow] = {}  # by OVSDB row uuid
+        # Read again only when every IPsec port is parsed again (a global change): a copy of
+        # each row here, beside the IDL's, would be a fifth of the planner's state.
+        self.read_row = read_row
+        self.row_names: dict[RowId, str] = {}  # OVSDB row uuid -> interface name
         self.row_of: dict[str, RowId] = {}  # interface name -> row uuid
+        # (IP protocol, port) of the rows sent to a port, as counted in `port_counts`.
+        self.row_ports: dict[RowId, tuple[int, int]] = {}
         self.other_config: Mapping[str, str] = {}
         self.global_config = GlobalConfig()
         self.credentials = Credentials()
@@ -214,21 +224,24 @@ class Planner:
                 everything = True
 
         for uuid, row in changed_rows.items():
-            old = self.rows.pop(uuid, None)
-            if old is not None:
-                affected.add(old.name)
-                self._count_port(old, -1)
-                if self.row_of.get(old.name) == uuid:
-                    del self.row_of[old.name]
+            old_name = self.row_names.pop(uuid, None)
+            if old_name is not None:
+                affected.add(old_name)
+                self._count_port(self.row_ports.pop(uuid, None), -1)
+                if self.row_of.get(old_name) == uuid:
+                    del self.row_of[old_name]
             if row is not None:
-                self.rows[uuid] = row
+                self.row_names[uuid] = row.name
                 self.row_of[row.name] = uuid
                 affected.add(row.name)
-                self._count_port(row, +1)
+                port = row_wire_port(row)
+                if port is not None:
+                    self.row_ports[uuid] = port
+                    self._count_port(port, +1)
 
         if everything:
+            # Every IPsec port is one of these: each parse lands in one or the other.
             affected |= set(self.tunnels) | set(self.parse_invalid)
-            affected |= {r.name for r in self.rows.values() if is_ipsec_port(r.options)}
 
         def cert_names() -> set[str]:
             return {n for n in affected if n in self.tunnels and self.tunnels[n].auth is not PSK}
@@ -236,7 +249,7 @@ class Planner:
         # A certificate tunnel coming, going or changing may need other files.
         cert_touched = bool(cert_names())
         for name in affected:
-            if self._reparse(name, delta, global_changed=everything):
+            if self._reparse(name, changed_rows, delta, global_changed=everything):
                 delta.versioned.add(name)
         cert_touched = cert_touched or bool(cert_names())
         if (everything or cert_touched or reread_files) and self._refresh_credentials(now, delta):
@@ -261,11 +274,12 @@ class Planner:
         return delta
 
     def reset_rows(self, rows: Mapping[RowId, InterfaceRow]) -> dict[RowId, InterfaceRow | None]:
-        """The changes that turn the known rows into `rows` (a full snapshot)."""
+        """The changes that turn the known rows into `rows` (a full snapshot): every row of it
+        (their contents are not kept to compare), and the rows no longer in it as gone."""
         changes: dict[RowId, InterfaceRow | None] = {
-            uuid: None for uuid in self.rows if uuid not in rows
+            uuid: None for uuid in self.row_names if uuid not in rows
         }
-        changes.update({uuid: row for uuid, row in rows.items() if self.rows.get(uuid) != row})
+        changes.update(rows)
         return changes
 
     # -- steps --------------------------------------------------------------------------------
@@ -273,20 +287,29 @@ class Planner:
     def _ports(self, protocol: int) -> tuple[int, ...]:
         return tuple(sorted(port for proto, port in self.port_counts if proto == protocol))
 
-    def _count_port(self, row: InterfaceRow, sign: int) -> None:
-        port = row_wire_port(row)
+    def _count_port(self, port: tuple[int, int] | None, sign: int) -> None:
         if port is not None:
             self.port_counts[port] += sign
             if self.port_counts[port] <= 0:
                 del self.port_counts[port]
 
-    def _reparse(self, name: str, delta: Delta, *, global_changed: bool = False) -> bool:
-        """Parse the port again; True if its version moved (appeared, changed or gone)."""
+    def _reparse(
+        self,
+        name: str,
+        changed_rows: Mapping[RowId, InterfaceRow | None],
+        delta: Delta,
+        *,
+        global_changed: bool = False,
+    ) -> bool:
+        """Parse the port again (its row from this update's, else as OVSDB holds it); True if
+        its version moved (appeared, changed or gone)."""
         before_valid = self.tunnels.pop(name, None)
         before = self.parse_invalid.pop(name, None) or before_valid
         self.caveats.pop(name, None)
         uuid = self.row_of.get(name)
-        row = self.rows.get(uuid) if uuid is not None else None
+        row: InterfaceRow | None = None
+        if uuid is not None:
+            row = changed_rows[uuid] if uuid in changed_rows else self.read_row(uuid)
         try:
             if row is None or not is_ipsec_port(row.options):
                 return self.versions.pop(name, None) is not None
@@ -398,15 +421,16 @@ class Planner:
             self.conflicts[peer] = conflicts
         else:
             self.conflicts.pop(peer, None)  # thousands of peers, nearly all without conflicts
+        # Keyed by the specs' own name strings: one string per name, whoever holds it.
         if self.conns.get(conn_name) != conn:
-            self.conns[conn_name] = conn
-            delta.conns.add(conn_name)
+            self.conns[conn.name] = conn
+            delta.conns.add(conn.name)
         if secret is None:
             if self.shared.pop(secret_id, None) is not None:
                 delta.shared.add(secret_id)
         elif self.shared.get(secret_id) != secret:
-            self.shared[secret_id] = secret
-            delta.shared.add(secret_id)
+            self.shared[secret.id] = secret
+            delta.shared.add(secret.id)
 
     def _refresh_invalid(self, names: set[str], delta: Delta) -> None:
         for name in names:

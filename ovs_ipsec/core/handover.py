@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ovs_ipsec.core.connections import Desired
+from ovs_ipsec.core.connections import ConnSpec, Desired
 from ovs_ipsec.core.model import Secret
 from ovs_ipsec.core.reconcile import Applied
 
@@ -82,7 +82,7 @@ def handover_of(applied: Applied, charon_version: str, charon_since: str, key: b
         charon_version=charon_version,
         charon_since=charon_since,
         key=key,
-        conns={name: wire_digest(w) for name, w in applied.conns.items() if w is not None},
+        conns={name: wire_digest(c.wire) for name, c in applied.conns.items() if c is not None},
         shared={i: s.keyed_digest(key) for i, s in applied.shared.items() if s is not None},
         keys=dict(applied.keys),
     )
@@ -175,10 +175,10 @@ def believed(
         return Applied(), f"charon is {charon_version}, not {handover.charon_version}"
     if not handover.charon_since or charon_restarted(handover.charon_since, charon_since):
         return Applied(), f"charon restarted (up since {charon_since})"
-    conns: dict[str, bytes | None] = {}
+    conns: dict[str, ConnSpec | None] = {}
     for name, digest in handover.conns.items():
         spec = desired.conns.get(name)
-        conns[name] = spec.wire if spec is not None and wire_digest(spec.wire) == digest else None
+        conns[name] = spec if spec is not None and wire_digest(spec.wire) == digest else None
     shared: dict[str, Secret | None] = {}
     for secret_id, digest in handover.shared.items():
         wanted = desired.shared.get(secret_id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 
 from ovs_ipsec.core.addresses import is_canonical_ip
 
@@ -46,8 +45,9 @@ def _encode(name: str) -> str:
 def conn_name(remote_ip: str) -> str:
     """One VICI connection per peer address: charon picks the first connection whose identities
     match, so two connections to one peer would make the second's CHILD_SAs fail."""
-    # Interned: the name is asked for in several places per tunnel; one string serves them all.
-    return sys.intern(f"{_CONN_PREFIX}{remote_ip}")
+    # Not interned: at thousands of peers the interpreter's table of interned strings grows by
+    # more than the strings themselves. The planner keeps one string per name (ConnSpec.name).
+    return f"{_CONN_PREFIX}{remote_ip}"
 
 
 def child_name(interface: str, suffix: str = "") -> str:
@@ -56,7 +56,7 @@ def child_name(interface: str, suffix: str = "") -> str:
 
 
 def shared_id(remote_ip: str) -> str:
-    return sys.intern(f"{_SHARED_PREFIX}{remote_ip}")
+    return f"{_SHARED_PREFIX}{remote_ip}"
 
 
 # The address after the prefix must be spelled as conn_name()/shared_id() write it, so

@@ -243,7 +243,8 @@ def _parse_auth(
         if len(psk) > MAX_OPTION_LENGTH:
             errors.append(Invalid("psk", f"is longer than {MAX_OPTION_LENGTH} characters"))
             return None, None
-        return AuthMode.PSK, Secret(psk)
+        # The row's own Secret when it is one: one object per secret.
+        return AuthMode.PSK, value if isinstance(value, Secret) else Secret(psk)
 
     if "remote_cert" in options:
         mode, key = AuthMode.SELF_SIGNED, "remote_cert"

@@ -86,9 +86,9 @@ Action = LoadShared | LoadKey | LoadConn | TerminateIke | UnloadConn | UnloadSha
 @dataclass
 class Applied:
     """Believed charon state; `None` means "ours and loaded, content unknown". A connection's
-    content is the encoded body charon was given (`ConnSpec.wire`)."""
+    content is the spec whose body charon was given (equal specs, equal bodies)."""
 
-    conns: dict[str, bytes | None] = field(default_factory=dict)
+    conns: dict[str, ConnSpec | None] = field(default_factory=dict)
     shared: dict[str, Secret | None] = field(default_factory=dict)
     # Private keys we loaded, by content digest -> charon's key id. charon names keys by their
     # public key, not by us, so only keys loaded by this process are known to be ours.
@@ -128,7 +128,7 @@ def diff(
         if conn is None:
             if name in applied.conns:
                 actions.append(UnloadConn(name))
-        elif name not in applied.conns or applied.conns[name] != conn.wire:
+        elif name not in applied.conns or applied.conns[name] != conn:
             actions.append(LoadConn(conn))
     return sorted(actions, key=lambda action: action.phase)
 
@@ -142,7 +142,7 @@ def record(applied: Applied, action: Action, key_id: str = "") -> None:
     elif isinstance(action, LoadShared):
         applied.shared[action.spec.id] = action.spec.secret
     elif isinstance(action, LoadConn):
-        applied.conns[action.spec.name] = action.spec.wire
+        applied.conns[action.spec.name] = action.spec
     elif isinstance(action, UnloadConn):
         applied.conns.pop(action.conn, None)
     elif isinstance(action, UnloadShared):

@@ -186,7 +186,7 @@ class Applier:
         if why:
             vlog.info(f"[{pass_id}] the previous daemon's record does not apply: {why}")
             return
-        conns = sum(wire is not None for wire in self.applied.conns.values())
+        conns = sum(spec is not None for spec in self.applied.conns.values())
         shared = sum(s is not handover.PREVIOUS_SECRET for s in self.applied.shared.values())
         vlog.info(
             f"[{pass_id}] the previous daemon's record vouches for {conns} connections and "
@@ -416,15 +416,15 @@ class _LoadedAsDesired:
     would cost a pass over every connection)."""
 
     def __init__(
-        self, applied: Mapping[str, bytes | None], desired: Mapping[str, ConnSpec]
+        self, applied: Mapping[str, ConnSpec | None], desired: Mapping[str, ConnSpec]
     ) -> None:
         self._applied = applied
         self._desired = desired
 
     def __contains__(self, name: object) -> bool:
-        wire = self._applied.get(name)  # type: ignore[call-overload]
+        loaded = self._applied.get(name)  # type: ignore[call-overload]
         spec = self._desired.get(name)  # type: ignore[call-overload]
-        return wire is not None and spec is not None and (wire is spec.wire or wire == spec.wire)
+        return loaded is not None and spec is not None and (loaded is spec or loaded == spec)
 
 
 def _refusal_key(action: Action) -> tuple[str, str] | None:

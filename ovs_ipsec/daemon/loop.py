@@ -85,7 +85,9 @@ class Daemon:
         self.clock = clock
         self.wall_clock = wall_clock
         # Parsed OVSDB contents and desired state, updated in proportion to each change.
-        self.planner = Planner(read_files, use_default_crypto=settings.use_default_crypto)
+        self.planner = Planner(
+            read_files, ovsdb.row, use_default_crypto=settings.use_default_crypto
+        )
         self.health = Health()
         self._stale = Stale()
         self.sa_watch = SaWatch(

@@ -315,7 +315,7 @@ class Report:
         """What the daemon holds, counted (`memory/show`)."""
         desired = self.planner.desired
         return {
-            "ports": len(self.planner.rows),
+            "ports": len(self.planner.row_names),
             "tunnels": len(self.planner.tunnels),
             "invalid": len(desired.invalid),
             "conns": len(desired.conns),

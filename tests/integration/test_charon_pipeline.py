@@ -5,6 +5,7 @@ same as with one request at a time."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -40,11 +41,22 @@ def conn_spec(peer: str) -> ConnSpec:
     return spec(name, peer, f"t-{peer}", body)
 
 
+@dataclass(frozen=True, slots=True)
+class BodySpec(ConnSpec):
+    """A connection with a body of the test's own (`raw`, encoded) instead of a planned one."""
+
+    raw: bytes = b""
+
+    @property
+    def wire(self) -> bytes:
+        return self.raw
+
+
 def spec(name: str, peer: str, tunnel: str, body: dict[str, Any]) -> ConnSpec:
     """A connection of any body (identities and children as status would show them unused)."""
-    return ConnSpec(name=name, remote_ip=peer, tunnels=(tunnel,),
-                    wire=vici_wire.encode_message(body), auth=AuthClass.PSK, local_id="",
-                    remote_id=peer, children=((),))  # fmt: skip
+    return BodySpec(name=name, remote_ip=peer, tunnels=(tunnel,), auth=AuthClass.PSK,
+                    local_id="", remote_id=peer, children=((),),
+                    raw=vici_wire.encode_message(body))  # fmt: skip
 
 
 def secret_spec(peer: str) -> SharedSpec:

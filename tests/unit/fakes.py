@@ -78,6 +78,11 @@ class FakePoller:
 # -- OVSDB --------------------------------------------------------------------------------------
 
 
+def unread_row(uuid: RowId) -> InterfaceRow | None:
+    """A Planner's read_row where the test gives every row in the update that needs it."""
+    raise AssertionError(f"the planner read row {uuid!r} back")
+
+
 class FakeOvsdb:
     """The OVSDB server's contents (`server`) and what the IDL has shown the daemon. While
     disconnected, changes reach only the server; a reconnect refills the IDL whole and says so
@@ -174,6 +179,9 @@ class FakeOvsdb:
         self._other_config_changed = False
         self.needs_full_read = False
         return dict(self._idl)
+
+    def row(self, uuid: RowId) -> InterfaceRow | None:
+        return self._idl.get(uuid)
 
     def other_config(self) -> dict[str, str]:
         return dict(self._idl_other_config)

@@ -3,23 +3,41 @@ one secret per peer, built as the planner would (names from naming)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from ovs_ipsec.core import naming, vici_wire
 from ovs_ipsec.core.connections import AuthClass, ConnSpec, Desired, KeySpec, SharedSpec
 from ovs_ipsec.core.model import Secret
 from ovs_ipsec.core.reconcile import Applied
 
 
+@dataclass(frozen=True, slots=True)
+class BodySpec(ConnSpec):
+    """A connection with a body of the test's own (`raw`, encoded) instead of a planned one."""
+
+    raw: bytes = b""
+
+    @property
+    def wire(self) -> bytes:
+        return self.raw
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return vici_wire.decode_message(self.raw)
+
+
 def conn(remote_ip: str, variant: int = 0) -> ConnSpec:
     body = {"version": "2", "remote_addrs": [remote_ip], "children": {f"ovs-t{variant}": {}}}
-    return ConnSpec(
+    return BodySpec(
         name=naming.conn_name(remote_ip),
         remote_ip=remote_ip,
         tunnels=(f"t{variant}",),
-        wire=vici_wire.encode_message(body),
         auth=AuthClass.PSK,
         local_id="",
         remote_id=remote_ip,
         children=((),),
+        raw=vici_wire.encode_message(body),
     )
 
 
@@ -43,7 +61,7 @@ def make_desired(*specs: ConnSpec | SharedSpec | KeySpec) -> Desired:
 def applied_after(desired: Desired) -> Applied:
     """What charon holds once `desired` is fully applied."""
     return Applied(
-        conns={name: spec.wire for name, spec in desired.conns.items()},
+        conns=dict(desired.conns),
         shared={secret_id: spec.secret for secret_id, spec in desired.shared.items()},
         keys={digest: f"kid-{digest}" for digest in desired.keys},
     )

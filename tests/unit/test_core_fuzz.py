@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ovs.json
+from fakes import unread_row
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -568,7 +569,7 @@ def test_planner_never_raises_whatever_the_files_and_names(
     other_config = dict(snapshot.other_config)
     for key in ("certificate", "private_key", "ca_cert"):
         other_config[key] = data.draw(cert_paths)
-    planner = Planner(read)
+    planner = Planner(read, unread_row)
     delta = planner.update({f"u{i}": r for i, r in enumerate(by_name.values())}, other_config,
                            dt.datetime.now(dt.UTC))  # fmt: skip
     assert delta.internal_errors == []

@@ -21,7 +21,7 @@ import itertools
 from typing import Any
 
 import pytest
-from fakes import FakeClock, FakePoller, FakeXfrm, World
+from fakes import FakeClock, FakePoller, FakeXfrm, World, unread_row
 
 from ovs_ipsec.core.block_policies import (
     SKB_MARK_PRIORITY,
@@ -393,7 +393,7 @@ def test_checks_compare_desired_and_held_only_when_either_moved(
 def test_the_guard_lists_when_unknown_when_the_counts_moved_or_every_twentieth_check() -> None:
     xfrm = FakeXfrm()
     clock = FakeClock()
-    planner = Planner(lambda paths: {})
+    planner = Planner(lambda paths: {}, unread_row)
     guard = PolicyGuard(xfrm, planner, Health(), clock, linger=LINGER)  # type: ignore[arg-type]
     assert guard.moved(xfrm.policy_count())  # nothing known yet
     guard.protect(1, check=True)

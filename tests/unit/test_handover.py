@@ -245,7 +245,7 @@ def test_after_a_hand_over_one_diff_makes_charon_hold_exactly_what_is_wanted(
     for action in actions:
         key_id = f"kid-{action.spec.digest}" if isinstance(action, LoadKey) else ""
         record(charon, action, key_id)
-    assert charon.conns == {name: spec.wire for name, spec in now.conns.items()}
+    assert charon.conns == dict(now.conns)
     assert charon.shared == {i: spec.secret for i, spec in now.shared.items()}
     assert set(charon.keys) == set(now.keys)
     # Nothing loaded that charon held as wanted, known to the previous daemon, and kept.

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterable, Mapping
 
 import vici.protocol
+from fakes import unread_row
 
 from ovs_ipsec.adapters.charon import load_conn_request
 from ovs_ipsec.adapters.xfrm import netlink
@@ -32,7 +33,7 @@ def no_files(paths: Iterable[str]) -> Mapping[str, bytes | str]:
 
 
 def plan_one(options: dict[str, str]) -> Planner:
-    planner = Planner(no_files)
+    planner = Planner(no_files, unread_row)
     row = InterfaceRow(name="gnv1", type="geneve", options=options)
     planner.update({"uuid-1": row}, {}, NOW)
     return planner

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
 
+from fakes import unread_row
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,7 +72,7 @@ def full(
     config = dataclasses.replace(
         config, global_config=dataclasses.replace(config.global_config, skb_mark=mark)
     )
-    planner = Planner(no_files)
+    planner = Planner(no_files, unread_row)
     planner.update(dict(table), other_config, NOW)
     desired = plan(config, planner.credentials)
     policies = plan_protection(dataclasses.replace(config, invalid=desired.invalid))
@@ -83,8 +84,8 @@ def full(
 def test_incremental_equals_full(sequence: list) -> None:
     """After any sequence of row and other_config changes, the planner's desired state and
     policies equal a full plan of the same contents, and each Delta covers what changed."""
-    planner = Planner(no_files)
     table: dict[str, InterfaceRow] = {}
+    planner = Planner(no_files, table.get)
     other_config: dict[str, str] = {}
     previous = planner.desired
     previous_conns, previous_shared = dict(previous.conns), dict(previous.shared)
@@ -137,7 +138,7 @@ def test_incremental_equals_full(sequence: list) -> None:
 
 def test_one_change_touches_one_peer() -> None:
     """At 1,000 tunnels, changing one port's PSK reports exactly its connection and secret."""
-    planner = Planner(no_files)
+    planner = Planner(no_files, unread_row)
     rows = {
         f"u{i}": InterfaceRow(
             f"t{i}", "geneve", {"remote_ip": f"10.1.{i // 250}.{i % 250 + 1}", "psk": "s"}
@@ -156,7 +157,7 @@ def test_one_change_touches_one_peer() -> None:
 def test_only_ports_deleted_from_ovsdb_report_their_policies_as_deleted() -> None:
     """The daemon keeps a while only the blocks of ports that left OVSDB: a port made plain (its
     psk removed) or moved to another remote_ip loses its blocks for good."""
-    planner = Planner(no_files)
+    planner = Planner(no_files, unread_row)
     g1 = InterfaceRow("g1", "gre", {"remote_ip": "10.0.0.2", "psk": "s"})
     g2 = InterfaceRow("g2", "geneve", {"remote_ip": "10.0.0.3", "psk": "s"})
     planner.update({"u1": g1, "u2": g2}, {}, NOW)
@@ -209,7 +210,7 @@ def test_the_planner_keeps_digests_of_files_not_the_private_key_s_bytes() -> Non
     gets it again from memory after a restart), and a PSK is a Secret in the rows too."""
     ours, peer = pki_builders.make_self_signed("h1"), pki_builders.make_self_signed("h9")
     files = {"/c.pem": ours.cert_pem, "/k.pem": ours.key_pem, "/p.pem": peer.cert_pem}
-    planner = Planner(lambda paths: {path: files[path] for path in paths})
+    planner = Planner(lambda paths: {path: files[path] for path in paths}, unread_row)
     rows = {
         1: InterfaceRow("c0", "gre", {"remote_ip": "10.0.0.2", "remote_cert": "/p.pem"}),
         2: InterfaceRow("p0", "gre", {"remote_ip": "10.0.0.3", "psk": Secret("Zq9-planner")}),

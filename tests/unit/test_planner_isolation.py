@@ -11,6 +11,7 @@ import functools
 from collections.abc import Iterable, Mapping
 
 import pytest
+from fakes import unread_row
 
 from ovs_ipsec.core import desired, vici_wire
 from ovs_ipsec.core.desired import Planner
@@ -38,7 +39,7 @@ def files(contents: Mapping[str, bytes]) -> desired.ReadFiles:
 def cert_planner() -> tuple[Planner, dict[str, str]]:
     local = pki_builders.make_self_signed("local", now=NOW)
     planner = Planner(files({"/c.pem": local.cert_pem, "/k.pem": local.key_pem,
-                             "/big.pem": many_sans().cert_pem}))  # fmt: skip
+                             "/big.pem": many_sans().cert_pem}), unread_row)  # fmt: skip
     return planner, {"certificate": "/c.pem", "private_key": "/k.pem"}
 
 
@@ -77,7 +78,7 @@ def test_an_80_kib_remote_cert_makes_its_tunnel_invalid_and_the_rest_is_planned(
 def test_an_80_kib_local_certificate_makes_every_certificate_tunnel_invalid() -> None:
     big, peer = many_sans(), pki_builders.make_self_signed("p", now=NOW)
     planner = Planner(files({"/c.pem": big.cert_pem, "/k.pem": big.key_pem,
-                             "/peer.pem": peer.cert_pem}))  # fmt: skip
+                             "/peer.pem": peer.cert_pem}), unread_row)  # fmt: skip
     row = InterfaceRow("t", "gre", {"remote_ip": "10.0.0.2", "remote_cert": "/peer.pem"})
     planner.update({"u1": row, "u2": PSK_ROW},
                    {"certificate": "/c.pem", "private_key": "/k.pem"}, NOW)  # fmt: skip
@@ -93,7 +94,7 @@ def test_a_connection_longer_than_charon_takes_is_refused_for_its_tunnels() -> N
                               {"remote_ip": "10.0.0.2", "psk": "s", "dst_port": str(5000 + i)})
         for i in range(1500)
     }  # fmt: skip
-    planner = Planner(files({}))
+    planner = Planner(files({}), unread_row)
     delta = planner.update({**rows, "ok": PSK_ROW}, {}, NOW)
     invalid = planner.desired.invalid
     assert len(invalid) == 1500
@@ -125,7 +126,7 @@ def test_an_exception_planning_one_tunnel_makes_it_invalid_and_spares_the_others
     step: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(desired, step, boom_for("bad", getattr(desired, step)))
-    planner = Planner(files({}))
+    planner = Planner(files({}), unread_row)
     bad = InterfaceRow("bad", "vxlan", {"remote_ip": "10.0.0.2", "psk": "s"})
     delta = planner.update({"u1": bad, "u2": PSK_ROW}, {}, NOW)
     assert planner.desired.invalid["bad"].reason.startswith("ipsec: internal error")

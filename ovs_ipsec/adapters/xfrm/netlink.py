@@ -21,7 +21,7 @@ import ipaddress
 import itertools
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from ovs_ipsec.core.block_policies import PolicySpec, is_owned
 
@@ -291,10 +291,12 @@ def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> li
     with _socket(timeout) as sock:
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         seqs = itertools.count(1)
+        # Each request is built as it is sent: at 20,000 policies, all of them at once were
+        # the largest transient of a bulk add (about 8 MiB).
         first = _exchange(
             sock,
-            [(i, (new_message if kind == "add" else get_message)(spec, next(seqs)))
-             for i, (kind, spec) in enumerate(ops)],
+            ((i, (new_message if kind == "add" else get_message)(spec, next(seqs)))
+             for i, (kind, spec) in enumerate(ops)),
         )  # fmt: skip
         taken: list[int] = []  # additions whose key is held: by ours or someone else's?
         deletions: list[tuple[int, bytes]] = []
@@ -311,7 +313,7 @@ def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> li
                 deletions.append((i, delete_by_index_message(spec, policy_index(body), next(seqs))))
             else:
                 results[i] = errno.ENOENT  # another policy holds the key: ours is not there
-        holders = _exchange(sock, [(i, get_message(ops[i][1], next(seqs))) for i in taken])
+        holders = _exchange(sock, ((i, get_message(ops[i][1], next(seqs))) for i in taken))
         replace = []
         for i in taken:
             error, body = holders[i]
@@ -326,24 +328,33 @@ def send_policy_ops(ops: Sequence[tuple[str, PolicySpec]], timeout: float) -> li
 
 
 def _exchange(
-    sock: socket.socket, requests: Sequence[tuple[int, bytes]]
+    sock: socket.socket, requests: Iterable[tuple[int, bytes]]
 ) -> dict[int, tuple[int, bytes]]:
     """Send each (key, request) and collect its one answer, at most WINDOW in flight: key ->
     (errno, b"") for an ack or error, (0, body) for a policy. Requests carry distinct seqs."""
     answers: dict[int, tuple[int, bytes]] = {}
     pending: dict[int, int] = {}  # seq -> key
-    for position, (key, request) in enumerate(requests):
+    for key, request in requests:
         sock.send(request)
         pending[HEADER.unpack_from(request)[3]] = key
-        while len(pending) >= WINDOW or (pending and position == len(requests) - 1):
-            for kind, seq, body in iter_messages(sock.recv(65536)):
-                if seq not in pending:
-                    continue
-                if kind == NLMSG_ERROR:
-                    answers[pending.pop(seq)] = (_errno(body), b"")
-                elif kind == XFRM_MSG_NEWPOLICY:
-                    answers[pending.pop(seq)] = (0, body)
+        while len(pending) >= WINDOW:
+            _receive(sock, pending, answers)
+    while pending:
+        _receive(sock, pending, answers)
     return answers
+
+
+def _receive(
+    sock: socket.socket, pending: dict[int, int], answers: dict[int, tuple[int, bytes]]
+) -> None:
+    """Read what one recv brings: each answer of a pending seq goes to its key's."""
+    for kind, seq, body in iter_messages(sock.recv(65536)):
+        if seq not in pending:
+            continue
+        if kind == NLMSG_ERROR:
+            answers[pending.pop(seq)] = (_errno(body), b"")
+        elif kind == XFRM_MSG_NEWPOLICY:
+            answers[pending.pop(seq)] = (0, body)
 
 
 def _socket(timeout: float) -> socket.socket:

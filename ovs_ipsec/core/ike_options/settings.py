@@ -41,11 +41,11 @@ class IkeSettings:
 
     def conn_vici(self) -> dict[str, str | list[str]]:
         """Keys to `update()` into the connection body (after its defaults)."""
-        return {key: _vici(value) for key, value in self.conn}
+        return vici_values(self.conn)
 
     def child_vici(self) -> dict[str, str | list[str]]:
         """Keys to `update()` into each of the tunnel's child bodies (after their defaults)."""
-        return {key: _vici(value) for key, value in self.child}
+        return vici_values(self.child)
 
     def origin(self, level: Level, key: str) -> tuple[str, ...]:
         """The OVSDB keys that set `key` at `level` (empty if none did)."""
@@ -59,8 +59,9 @@ class IkeSettings:
 NO_SETTINGS = IkeSettings()
 
 
-def _vici(value: VICIValue) -> str | list[str]:
-    return list(value) if isinstance(value, tuple) else value
+def vici_values(items: tuple[tuple[str, VICIValue], ...]) -> dict[str, str | list[str]]:
+    """`IkeSettings.conn` or `.child` as VICI values (tuples as lists)."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in items}
 
 
 def default_proposals(use_default_crypto: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
