@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         events=events,
     )
     if libreswan:
+        daemon.health.ike_daemon = "pluto"
         planner = daemon.planner
         pluto.context = lambda: (planner.config.tunnels, planner.settings, planner.credentials)
     # Beside the pidfile: the run directory, root's alone (core/handover.py).

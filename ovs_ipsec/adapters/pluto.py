@@ -149,7 +149,7 @@ class Pluto:
             st = os.stat(self.ctl)
         except OSError as exc:
             self.close()
-            raise CharonUnreachable("stats", f"{self.ctl}: {exc.strerror}") from exc
+            raise CharonUnreachable("stats", f"{self.ctl}: {exc.strerror}", "pluto") from exc
         since = f"{st.st_ino}.{st.st_mtime_ns}"
         if self._since and since != self._since:
             self._added = {}  # a new pluto holds none of our conns
@@ -444,19 +444,19 @@ class Pluto:
         silent pluto as CharonUnreachable."""
         if not os.path.exists(self.ctl):
             self.close()
-            raise CharonUnreachable(command, f"no pluto control socket at {self.ctl}")
+            raise CharonUnreachable(command, f"no control socket at {self.ctl}", "pluto")
         try:
             result = proc.run((os.path.join(self.tools, tool), *args), timeout=self.timeout,
                               check=False, on_wait=self.on_wait)  # fmt: skip
         except CommandError as exc:
             self.close()
-            raise CharonUnreachable(command, exc.stderr or str(exc)) from exc
+            raise CharonUnreachable(command, exc.stderr or str(exc), "pluto") from exc
         if result.returncode != 0:
             lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
             reply = proc.error_text(lines[-1] if lines else f"exit code {result.returncode}")
             if any(sign in reply for sign in _UNREACHABLE):
                 self.close()
-                raise CharonUnreachable(command, reply)
+                raise CharonUnreachable(command, reply, "pluto")
             raise CharonError(command, reply)
         return result
 
