@@ -5,14 +5,17 @@ This kernel has no ESP: the most a tunnel reaches is connections loaded and rout
 trap policy in the kernel, below our block policies' priority so that it wins), the IKE SA
 established on both sides and the Child SA refused by the kernel. A wrong PSK is refused, with
 its reason on both sides; a restart of our daemon disturbs nothing; a restarted pluto gets our
-conns back; `exit` takes our conns, secrets and files away.
+conns back; `exit` takes our conns, secrets and files away. Last, OpenShift's container and
+host command lines, flag for flag, start the daemon over pluto at Libreswan's real paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -341,3 +344,145 @@ def test_exit_removes_our_conns_secrets_and_files(lab: Lab) -> None:
     assert not os.path.exists(os.path.join(h1.pluto.dir, "ovs.secrets"))
     # The lab's --ipsec-conf is also the root conf (no --root-ipsec-conf): emptied, not removed.
     assert "conn " not in Path(h1.pluto.dir, "ovs.conf").read_text()
+
+
+# -- the command lines RHEL and OpenShift start upstream's monitor with ----------------------
+
+# OpenShift/OVN-Kubernetes' container (upstream-monitor.md §8), flag for flag; the host unit
+# adds HOST_UNIT. The paths are the real ones: the daemon runs in a mount namespace of its own
+# (MOUNTS) in which they lead into the lab.
+OPENSHIFT_CONTAINER = (
+    "--pidfile=/var/run/openvswitch/ovs-monitor-ipsec.pid", "--ike-daemon=libreswan",
+    "--no-restart-ike-daemon", "--ipsec-conf", "/etc/ipsec.d/openshift.conf",
+    "--ipsec-d", "/var/lib/ipsec/nss", "--log-file", "--monitor",
+    "unix:/var/run/openvswitch/db.sock",
+)  # fmt: skip
+HOST_UNIT = ("--root-ipsec-conf=/etc/ipsec.conf", "--use-default-crypto")
+
+# What a machine with Libreswan and Open vSwitch installed has where the command line looks:
+# OVS's run directory (OVSDB's socket, our pidfile and control socket) and log directory, pluto's
+# run directory (/run/pluto/pluto.ctl) and NSS database, /etc writable (ipsec.secrets,
+# ipsec.d/openshift.conf, ipsec.conf: an overlay whose upper layer is in the lab) and Libreswan's
+# programs in /usr/libexec/ipsec (the unpacked package over the host's, as for the lab's pluto).
+# No OVS_* variable is set.
+MOUNTS = r"""
+set -e
+mount -t overlay ovs-ipsec-lab -o "lowerdir=$LS_ROOT/usr/libexec:/usr/libexec" /usr/libexec
+mount -t tmpfs ovs-ipsec-lab /run
+mkdir -p /run/openvswitch /run/pluto
+mount --bind "$OVS_RUN" /run/openvswitch
+mount --bind "$PLUTO_RUN" /run/pluto
+mount --bind "$OVS_LOG" /var/log/openvswitch
+mount -t overlay ovs-ipsec-lab -o "lowerdir=/etc,upperdir=$UP/etc,workdir=$UP/etc.work" /etc
+mount -t overlay ovs-ipsec-lab \
+    -o "lowerdir=/var/lib,upperdir=$UP/varlib,workdir=$UP/varlib.work" /var/lib
+mkdir -p /etc/ipsec.d /var/lib/ipsec/nss
+mount --bind "$NSS" /var/lib/ipsec/nss
+exec "$@"
+"""
+
+
+def start_as_installed(host: Host, *args: str) -> subprocess.Popen[bytes]:
+    """Our daemon in `host` with exactly `args` (in the foreground, as a container runs it:
+    --monitor without --detach); returns once its control socket answers."""
+    from ovs_ipsec.tools.pluto_lab import libreswan_root
+
+    assert host.pluto is not None
+    up = Path(host.dir, "installed")
+    for sub in ("etc", "etc.work", "varlib", "varlib.work"):
+        (up / sub).mkdir(parents=True, exist_ok=True)
+    # pluto's secrets file includes the one the daemon writes at /etc/ipsec.secrets.
+    Path(host.pluto.secrets_path).write_text(f"include {up}/etc/ipsec.secrets\n")
+    # The host unit's root ipsec.conf (--root-ipsec-conf), as RHEL's includes ipsec.d.
+    (up / "etc" / "ipsec.conf").write_text("config setup\n\ninclude /etc/ipsec.d/*.conf\n")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(host.daemon_pidfile)
+    package_root = Path(__file__).resolve().parents[2]
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PYTHONPATH": str(package_root), "LS_ROOT": libreswan_root(), "OVS_RUN": host.run_dir,
+        "PLUTO_RUN": host.pluto.run_dir, "OVS_LOG": host.dir, "UP": str(up),
+        "NSS": host.pluto.nss_dir,
+    }  # fmt: skip
+    argv = [
+        "ip", "netns", "exec", host.ns, "env", *(f"{k}={v}" for k, v in env.items()),
+        "sh", "-c", MOUNTS, "sh", host.lab.python,
+        str(package_root / "bin" / "ovs-monitor-ipsec"), *args,
+    ]  # fmt: skip
+    with open(os.path.join(host.dir, "installed.stdout"), "ab") as out:
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    host.lab._track(popen.pid, f"{host.name} daemon as installed", popen)
+
+    def answering() -> bool:
+        assert popen.poll() is None, Path(host.dir, "installed.stdout").read_text()[-2000:]
+        return bool(host.daemon_pidfile and installed_appctl(host, "version", check=False))
+
+    wait_for(answering, 15, what=f"{host.name}: the daemon started as installed")
+    host.lab._track(int(Path(host.daemon_pidfile).read_text()), f"{host.name} daemon")
+    return popen
+
+
+def installed_appctl(host: Host, *args: str, check: bool = True) -> str:
+    """ovs-appctl as `ovs-appctl -t ovs-monitor-ipsec` finds the daemon: its pidfile, then
+    <rundir>/ovs-monitor-ipsec.<pid>.ctl."""
+    try:
+        pid = int(Path(host.daemon_pidfile).read_text().strip())
+    except (OSError, ValueError):
+        return ""
+    ctl = os.path.join(host.run_dir, f"ovs-monitor-ipsec.{pid}.ctl")
+    done = host.run(["ovs-appctl", "-t", ctl, "--timeout=5", *args], check=check)
+    return done.stdout if done.returncode == 0 else ""
+
+
+def installed_state(host: Host) -> str:
+    match = re.search(
+        r"Interface name: gre0 v\d+ \((\S+)\)", installed_appctl(host, "tunnels/show")
+    )
+    return match.group(1) if match else ""
+
+
+@pytest.mark.parametrize("unit", ["openshift-container", "openshift-host"])
+def test_rhel_and_openshift_command_lines(lab: Lab, unit: str) -> None:
+    """OpenShift's container line (and the host unit's, with --root-ipsec-conf and
+    --use-default-crypto) starts our daemon over pluto with Libreswan's real paths; the GRE
+    tunnel to the charon host comes up to its IKE SA, the files are where the flags say, and
+    `exit` takes our conns out of pluto."""
+    h1, h2 = lab.hosts
+    assert h1.pluto is not None
+    for host, peer in ((h1, h2), (h2, h1)):
+        host.vsctl("--if-exists", "del-port", "br0", "cert0", "--", "--if-exists", "del-port",
+                   "br0", "gre0")  # fmt: skip
+        add_gre(host, peer, PSK)
+    args = OPENSHIFT_CONTAINER + (HOST_UNIT if unit == "openshift-host" else ())
+    daemon = start_as_installed(h1, *args)
+    try:
+        wait_for(lambda: pluto_conn(h2) in routed_conns(h1.pluto.status()), 10,
+                 what="pluto holds our conn, routed")  # fmt: skip
+        up = Path(h1.dir, "installed", "etc")
+        conf = (up / "ipsec.d" / "openshift.conf").read_text()
+        assert f"conn {pluto_conn(h2)}" in conf
+        assert ("ike=" in conf) is (unit == "openshift-container")  # --use-default-crypto
+        assert stat.S_IMODE(os.stat(up / "ipsec.secrets").st_mode) == 0o600
+        # Traffic from the charon host once (pluto answers), pluto initiating the other time
+        # (not on a GRE packet of h1's: the kernel's larval state from the earlier tests'
+        # packets suppresses new acquires for that flow, xfrm_acq_expires).
+        if unit == "openshift-container":
+            send_gre(h2, h1.ipv4)
+        else:
+            h1.pluto.initiate(pluto_conn(h2))
+        wait_for(lambda: pluto_ike_up(h1), 10, what="pluto's IKE SA established")
+        wait_for(lambda: charon_ike_up(h2, h1), 10, what="charon's IKE SA established")
+        wait_for(lambda: installed_state(h1) == "IKE-UP", 10, what="h1 ike-up")
+        log = Path(h1.daemon_log_path).read_text()
+        assert "database unix:/var/run/openvswitch/db.sock, pluto /run/pluto/pluto.ctl" in log
+        assert PSK not in log
+        installed_appctl(h1, "exit")
+        assert daemon.wait(15) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert f"ovs-{h2.ipv4}--" not in h1.pluto.status()
+    # Removed (the overlay's upper layer keeps a whiteout, a character device, in its place).
+    assert not (up / "ipsec.secrets").is_file()
