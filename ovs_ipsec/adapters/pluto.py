@@ -241,7 +241,14 @@ class Pluto:
         return {}
 
     def _loaded(self) -> frozenset[str]:
-        return pluto_status.loaded_conns(self._whack("--status").stdout)
+        """Our conns pluto holds; those it was asked to bring up count as attempted (the
+        probe in `failures` then tells why they are not up)."""
+        status = self._whack("--status").stdout
+        for name in pluto_status.asked_up(status):
+            parts = libreswan_conf.split_name(name)
+            if parts is not None and parts[0] in self._conns:
+                self._attempted.add(parts[0])
+        return pluto_status.loaded_conns(status)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -260,7 +267,9 @@ class Pluto:
                 self._secrets.pop(action.id, None)
                 secrets_changed = True
             elif isinstance(action, LoadConn):
+                # A changed conn negotiates anew: what an earlier probe found is history.
                 self._attempted.discard(action.spec.name)
+                self._probed.pop(action.spec.name, None)
                 refusal = self._plan_conn(action.spec, tunnels, settings, credentials)
                 if isinstance(refusal, CharonError):
                     outcomes[index] = refusal

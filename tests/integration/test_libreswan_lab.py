@@ -77,13 +77,14 @@ def send_gre(host: Host, dst: str) -> None:
     host.run(["python3", "-c", code], check=False)  # EPERM while our block answers
 
 
-def state(host: Host) -> str:
-    match = re.search(r"Interface name: gre0 v\d+ \((\S+)\)", host.appctl("tunnels/show"))
+def state(host: Host, port: str = "gre0") -> str:
+    match = re.search(rf"Interface name: {port} v\d+ \((\S+)\)", host.appctl("tunnels/show"))
     return match.group(1) if match else ""
 
 
-def reason(host: Host) -> str:
-    match = re.search(r"Reason: +(.*)", host.appctl("tunnels/show"))
+def reason(host: Host, port: str = "gre0") -> str:
+    text = host.appctl("tunnels/show")
+    match = re.search(rf"Interface name: {port} .*?\n  Reason: +([^\n]*)", text, re.DOTALL)
     return match.group(1) if match else ""
 
 
@@ -270,13 +271,14 @@ def nss_nicknames(h1: Host) -> str:
 
 
 # CA first: pluto caches NSS's CA list for minutes once a negotiation looked at it, and a CA
-# added meanwhile (the self-signed test's negotiation first) is not seen until then.
-@pytest.mark.parametrize("mode", ["ca-signed", "self-signed"])
-def test_certificates(lab: Lab, mode: str) -> None:
-    """Certificates (ECDSA, as `ovs-ipsec-pki` makes them): ours and our key in pluto's NSS,
-    the peer's pinned certificate or the CA beside it; the IKE SA comes up with charon."""
+# added meanwhile (the self-signed test's negotiation first) is not seen until then. So the CA is
+# made once, and the wrong remote_name is tried with it before the self-signed test.
+_CA: list[pki_builders.CertAndKey] = []
+
+
+def use_certificates(lab: Lab, mode: str, h1_remote_name: str = "") -> str:
+    """Replace the hosts' cert0 with a certificate tunnel in `mode`; the pluto conn's name."""
     h1, h2 = lab.hosts
-    assert h1.pluto is not None
     for host in (h1, h2):
         for port in ("gre0", "gnv6", "vx0", "cert0"):
             host.vsctl("--if-exists", "del-port", "br0", port)
@@ -288,11 +290,22 @@ def test_certificates(lab: Lab, mode: str) -> None:
             pki_tool.write_atomic(peer_cert, certs[peer.name].cert_pem, 0o644)
             add_cert_tunnel(host, peer, f"options:remote_cert={peer_cert}")
     else:
-        ca = pki_builders.make_ca("libreswan lab CA")
+        if not _CA:
+            _CA.append(pki_builders.make_ca("libreswan lab CA"))
+        ca = _CA[0]
         for host, peer in ((h1, h2), (h2, h1)):
             set_pki(host, *pki_builders.make_host_cert(host.name, ca), ca=ca.cert_pem)
-            add_cert_tunnel(host, peer, f"options:remote_name={peer.name}")
-    conn = f"ovs-{h2.ipv4}--ovs-cert0"
+            name = h1_remote_name if host is h1 and h1_remote_name else peer.name
+            add_cert_tunnel(host, peer, f"options:remote_name={name}")
+    return f"ovs-{h2.ipv4}--ovs-cert0"
+
+
+def check_certificates(lab: Lab, mode: str) -> None:
+    """Certificates (ECDSA, as `ovs-ipsec-pki` makes them): ours and our key in pluto's NSS,
+    the peer's pinned certificate or the CA beside it; the IKE SA comes up with charon."""
+    h1, h2 = lab.hosts
+    assert h1.pluto is not None
+    conn = use_certificates(lab, mode)
     wait_for(lambda: conn in routed_conns(h1.pluto.status()), 10, what="cert conn routed")
     nicknames = nss_nicknames(h1)
     assert re.search(r"ovs_certkey_h1_[0-9a-f]{12}", nicknames)
@@ -307,6 +320,33 @@ def test_certificates(lab: Lab, mode: str) -> None:
         10, what="pluto's IKE SA with certificates",
     )  # fmt: skip
     wait_for(lambda: charon_ike_up(h2, h1), 10, what="charon's IKE SA with certificates")
+
+
+def test_certificates_ca_signed(lab: Lab) -> None:
+    check_certificates(lab, "ca-signed")
+
+
+def test_wrong_remote_name_is_refused_with_a_reason(lab: Lab) -> None:
+    """CA-signed, and h1 (pluto) expects the peer to be `h3` while h2's certificate says `h2`:
+    no IKE SA on either side, and h1's tunnel says authentication failed. pluto has no events
+    and a failing negotiation's states live for milliseconds between its retries: the daemon
+    sees the conn asked up in `whack --status` at its next check (reconcile interval, 2 s here;
+    15 s by default) and initiates it once itself (at most PROBE_TIMEOUT, 2 s), whose reply
+    says why."""
+    h1, h2 = lab.hosts
+    assert h1.pluto is not None
+    conn = use_certificates(lab, "ca-signed", h1_remote_name="h3")
+    wait_for(lambda: conn in routed_conns(h1.pluto.status()), 10, what="cert conn routed")
+    h1.pluto.initiate(conn)
+    wait_for(lambda: state(h1, "cert0") == "FAILED", 15, what="h1 failed")
+    assert "authentication failed" in reason(h1, "cert0")
+    assert "STATE_V2_ESTABLISHED_IKE_SA" not in h1.pluto.show_states()
+    assert not charon_ike_up(h2, h1)
+    assert "AUTHENTICATION_FAILED" in h1.pluto.log()
+
+
+def test_certificates_self_signed(lab: Lab) -> None:
+    check_certificates(lab, "self-signed")
 
 
 def add_cert_tunnel(host: Host, peer: Host, option: str) -> None:
