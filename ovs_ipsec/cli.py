@@ -361,7 +361,6 @@ def make_pluto(args: argparse.Namespace, settings: Settings) -> Pluto:
             Nss(prefix + (args.ipsec_d or DEFAULT_IPSEC_D), settings.command_timeout)
         ),
         use_default_crypto=settings.use_default_crypto,
-        warn=vlog.warn,
     )
 
 

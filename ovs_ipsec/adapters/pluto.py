@@ -75,7 +75,6 @@ class Pluto:
         certs: Certificates | None = None,
         use_default_crypto: bool = False,
         on_wait: Callable[[], None] | None = None,
-        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.tools = tools
         self.conf = conf
@@ -87,8 +86,6 @@ class Pluto:
         self.certs = certs
         self.use_default_crypto = use_default_crypto
         self.on_wait = on_wait
-        self._warn = warn
-        self._warned: set[str] = set()
         self._connected = False
         # What our files hold: pluto conns by ConnSpec name, secrets by id.
         self._conns: dict[str, tuple[PlutoConn, ...]] = {}
@@ -328,10 +325,13 @@ class Pluto:
         conns = libreswan_conf.render_conns(
             spec, tunnels, settings, use_default_crypto=self.use_default_crypto, nss=nss_names
         )
-        for conn in conns:
-            for key in conn.unhonoured:
-                self._warn_once(f"{conn.tunnel}: Libreswan has no equivalent of the setting "
-                                f"{key} asks for; ignored")  # fmt: skip
+        # A setting pluto cannot honour refuses the peer's conn (its tunnels stay blocked, the
+        # reason names the option), as charon refuses what it cannot take: never ignored.
+        unhonoured = sorted({f"{c.tunnel}: {key}" for c in conns for key in c.unhonoured})
+        if unhonoured:
+            which = ", ".join(unhonoured)
+            return CharonError("load-conn", f"Libreswan has no equivalent of the setting of "
+                               f"{which} (remove it, or use strongSwan)")  # fmt: skip
         stale = {c.name for c in self._conns.get(spec.name, ())} - {c.name for c in conns}
         self._conns[spec.name] = conns
         for name in sorted(stale):
@@ -439,11 +439,6 @@ class Pluto:
         if self.conf == self.root_conf:
             text = libreswan_conf.HEADER + "config setup\n\n" + text[len(libreswan_conf.HEADER) :]
         write_private(self.conf, text.encode("utf-8"))
-
-    def _warn_once(self, message: str) -> None:
-        if self._warn is not None and message not in self._warned:
-            self._warned.add(message)
-            self._warn(message)
 
     def _whack(self, *args: str, command: str = "") -> proc.Result:
         return self._run("whack", ("--ctlsocket", self.ctl, *args), command or args[0])

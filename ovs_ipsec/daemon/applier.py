@@ -332,6 +332,10 @@ class Applier:
                           f"{_target(action)}: {outcome.errmsg}")  # fmt: skip
                 if refusal is not None:
                     refused[refusal] = f"{self._ike} refused {outcome.command}: {outcome.errmsg}"
+                if isinstance(action, LoadConn) and action.spec.name in self.applied.conns:
+                    # What it holds is no longer known to be what we believed: a change undone
+                    # after the refusal is loaded again (and clears the refusal) at the next check.
+                    self.applied.conns[action.spec.name] = None
                 continue
             record(self.applied, action, outcome)
             self._forget_outcomes(action)

@@ -373,6 +373,19 @@ def test_skb_mark_blocks_lose_to_plutos_policies(lab: Lab) -> None:
     wait_for(lambda: not mark_blocks(), 10, what="our skb-mark blocks gone")
 
 
+def test_a_setting_libreswan_has_no_word_for_refuses_the_tunnel(lab: Lab) -> None:
+    """`ipsec_lifebytes` (charon's life_bytes) has no Libreswan keyword: the tunnel fails with a
+    reason naming it instead of running without it; its blocks stay. Removed, it loads again."""
+    h1, h2 = lab.hosts
+    h1.vsctl("set", "interface", "cert0", "options:ipsec_lifebytes=1000000")
+    wait_for(lambda: state(h1, "cert0") == "FAILED", 10, what="cert0 refused")
+    assert reason(h1, "cert0").startswith("pluto refused load-conn: Libreswan has no equivalent")
+    assert "cert0: ipsec_lifebytes" in reason(h1, "cert0")
+    assert FAIL_CLOSED_PRIORITY in gre_out_policies(h1, h2)
+    h1.vsctl("remove", "interface", "cert0", "options", "ipsec_lifebytes")
+    wait_for(lambda: state(h1, "cert0") in ("CONFIGURED", "IKE-UP"), 10, what="cert0 back")
+
+
 def test_exit_removes_our_conns_secrets_and_files(lab: Lab) -> None:
     """`exit`: our conns leave pluto, our secrets file goes, our conn file holds no conn."""
     h1, h2 = lab.hosts
