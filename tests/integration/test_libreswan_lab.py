@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -416,11 +417,12 @@ HOST_UNIT = ("--root-ipsec-conf=/etc/ipsec.conf", "--use-default-crypto")
 # OVS's run directory (OVSDB's socket, our pidfile and control socket) and log directory, pluto's
 # run directory (/run/pluto/pluto.ctl) and NSS database, /etc writable (ipsec.secrets,
 # ipsec.d/openshift.conf, ipsec.conf: an overlay whose upper layer is in the lab) and Libreswan's
-# programs in /usr/libexec/ipsec (the unpacked package over the host's, as for the lab's pluto).
-# No OVS_* variable is set.
+# programs in /usr/libexec/ipsec and /usr/sbin/ipsec (the unpacked package over the host's, as
+# for the lab's pluto). No OVS_* variable is set.
 MOUNTS = r"""
 set -e
 mount -t overlay ovs-ipsec-lab -o "lowerdir=$LS_ROOT/usr/libexec:/usr/libexec" /usr/libexec
+mount -t overlay ovs-ipsec-lab -o "lowerdir=$LS_ROOT/usr/sbin:/usr/sbin" /usr/sbin
 mount -t tmpfs ovs-ipsec-lab /run
 mkdir -p /run/openvswitch /run/pluto
 mount --bind "$OVS_RUN" /run/openvswitch
@@ -435,7 +437,7 @@ exec "$@"
 """
 
 
-def start_as_installed(host: Host, *args: str) -> subprocess.Popen[bytes]:
+def start_as_installed(host: Host, *args: str, path: str = "") -> subprocess.Popen[bytes]:
     """Our daemon in `host` with exactly `args` (in the foreground, as a container runs it:
     --monitor without --detach); returns once its control socket answers."""
     from ovs_ipsec.tools.pluto_lab import libreswan_root
@@ -452,7 +454,7 @@ def start_as_installed(host: Host, *args: str) -> subprocess.Popen[bytes]:
         os.unlink(host.daemon_pidfile)
     package_root = Path(__file__).resolve().parents[2]
     env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": path + "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "PYTHONPATH": str(package_root), "LS_ROOT": libreswan_root(), "OVS_RUN": host.run_dir,
         "PLUTO_RUN": host.pluto.run_dir, "OVS_LOG": host.dir, "UP": str(up),
         "NSS": host.pluto.nss_dir,
@@ -471,7 +473,7 @@ def start_as_installed(host: Host, *args: str) -> subprocess.Popen[bytes]:
         assert popen.poll() is None, Path(host.dir, "installed.stdout").read_text()[-2000:]
         return bool(host.daemon_pidfile and installed_appctl(host, "version", check=False))
 
-    wait_for(answering, 15, what=f"{host.name}: the daemon started as installed")
+    wait_for(answering, 20, what=f"{host.name}: the daemon started as installed")
     host.lab._track(int(Path(host.daemon_pidfile).read_text()), f"{host.name} daemon")
     return popen
 
@@ -539,3 +541,62 @@ def test_rhel_and_openshift_command_lines(lab: Lab, unit: str) -> None:
     assert f"ovs-{h2.ipv4}--" not in h1.pluto.status()
     # Removed (the overlay's upper layer keeps a whiteout, a character device, in its place).
     assert not (up / "ipsec.secrets").is_file()
+
+
+# What `systemctl restart ipsec.service` does on a Libreswan host (Debian's `ipsec restart` runs
+# exactly that): pluto stopped, then started again with the same command line. The lab's pluto is
+# a process, not a service; this stand-in is the only fake in the test.
+FAKE_SYSTEMCTL = """#!/bin/sh
+[ "$1 $2" = "restart ipsec.service" ] || exit 1
+kill "$(cat /run/pluto/pluto.pid)"
+# pluto removes its pidfile as it exits (its parent, the test, reaps it later: kill -0 would
+# see the zombie)
+for _ in $(seq 200); do [ -e /run/pluto/pluto.pid ] || break; sleep 0.05; done
+rm -f /run/pluto/pluto.ctl /run/pluto/pluto.pid
+setsid {pluto} </dev/null >>{log} 2>&1 &
+for _ in $(seq 200); do [ -S /run/pluto/pluto.ctl ] && exit 0; sleep 0.05; done
+exit 1
+"""
+
+
+def test_start_without_no_restart_restarts_pluto_then_loads(lab: Lab) -> None:
+    """Upstream's default start-up (no --no-restart-ike-daemon): our files emptied, `ipsec
+    restart` (Libreswan's own script, down to systemctl), pluto is a new process, and our conn
+    is in it, routed, after."""
+    from ovs_ipsec.tools.pluto_lab import libreswan_tool
+
+    h1, h2 = lab.hosts
+    assert h1.pluto is not None and h1.pluto.pid is not None
+    old_pid = h1.pluto.pid
+    pluto = [
+        libreswan_tool("pluto"), "--nofork", "--config", h1.pluto.conf_path,
+        "--rundir", h1.pluto.run_dir, "--nssdir", h1.pluto.nss_dir,
+        "--secretsfile", h1.pluto.secrets_path, "--ipsecdir", h1.pluto.dir, "--no-dnssec",
+    ]  # fmt: skip
+    fake = Path(h1.dir, "fake-systemd")
+    fake.mkdir(exist_ok=True)
+    (fake / "systemctl").write_text(
+        FAKE_SYSTEMCTL.format(pluto=" ".join(pluto), log=h1.pluto.stdout_path)
+    )
+    (fake / "systemctl").chmod(0o755)
+    args = tuple(a for a in OPENSHIFT_CONTAINER if a != "--no-restart-ike-daemon")
+    daemon = start_as_installed(h1, *args, path=f"{fake}:")
+    new_pid = int(Path(h1.pluto.run_dir, "pluto.pid").read_text())
+    try:
+        assert new_pid != old_pid and h1.pluto.pid is None  # the lab's pluto was stopped
+        wait_for(lambda: pluto_conn(h2) in routed_conns(h1.pluto.status()), 10,
+                 what="our conn in the restarted pluto, routed")  # fmt: skip
+        assert "restarting pluto (/usr/sbin/ipsec restart" in h1.daemon_log()
+        assert "restarting pluto failed" not in h1.daemon_log()
+        installed_appctl(h1, "exit")
+        assert daemon.wait(15) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        # Ours, started through the stand-in: stopped by its PID, and the lab's own back.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(new_pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{new_pid}"), 10, what="pluto stopped")
+        h1.pluto.stop()
+        h1.pluto.start()
