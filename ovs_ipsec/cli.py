@@ -372,9 +372,8 @@ def restart_pluto(pluto: Pluto, args: argparse.Namespace) -> None:
     """Upstream's start-up without --no-restart-ike-daemon: our files emptied, then
     `ipsec restart` (pluto comes back with none of our conns; the first pass loads them), at
     most RESTART_TIMEOUT; a failure is logged and the daemon goes on (its first pass finds
-    pluto or retries). `ipsec restart` asks the service manager (`systemctl restart
-    ipsec.service`, else `/etc/init.d/ipsec restart`): the namespace lab's plutos are plain
-    processes, not services, so only the full-kernel tier can run this path for real."""
+    pluto or retries). Debian's `ipsec restart` is `systemctl restart ipsec.service` (its
+    `setup` script hard-codes systemd): the lab test stands in for systemctl only."""
     ipsec = (args.root_prefix or "") + DEFAULT_IPSEC
     vlog.info(f"restarting pluto ({ipsec} restart; --no-restart-ike-daemon skips this)")
     try:
