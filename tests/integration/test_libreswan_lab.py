@@ -6,7 +6,8 @@ trap policy in the kernel, below our block policies' priority so that it wins), 
 established on both sides and the Child SA refused by the kernel. A wrong PSK is refused, with
 its reason on both sides; a restart of our daemon disturbs nothing; a restarted pluto gets our
 conns back; `exit` takes our conns, secrets and files away. Last, OpenShift's container and
-host command lines, flag for flag, start the daemon over pluto at Libreswan's real paths.
+host command lines, flag for flag, and RHEL's `ovs-ctl --ike-daemon=libreswan start-ovs-ipsec`
+(which restarts pluto first) start the daemon over pluto at Libreswan's real paths.
 """
 
 from __future__ import annotations
@@ -412,6 +413,10 @@ OPENSHIFT_CONTAINER = (
     "unix:/var/run/openvswitch/db.sock",
 )  # fmt: skip
 HOST_UNIT = ("--root-ipsec-conf=/etc/ipsec.conf", "--use-default-crypto")
+# RHEL's unit: `ovs-ctl --no-monitor --ike-daemon=libreswan start-ovs-ipsec` (--no-monitor is
+# newer than Debian's ovs-ctl, which never passes --monitor), every Libreswan path its default.
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+RHEL_OVS_CTL = ("--ike-daemon=libreswan", "start-ovs-ipsec")
 
 # What a machine with Libreswan and Open vSwitch installed has where the command line looks:
 # OVS's run directory (OVSDB's socket, our pidfile and control socket) and log directory, pluto's
@@ -433,13 +438,23 @@ mount -t overlay ovs-ipsec-lab \
     -o "lowerdir=/var/lib,upperdir=$UP/varlib,workdir=$UP/varlib.work" /var/lib
 mkdir -p /etc/ipsec.d /var/lib/ipsec/nss
 mount --bind "$NSS" /var/lib/ipsec/nss
+if [ -n "$MONITOR" ]; then  # Open vSwitch's scripts, with our daemon where ovs-ctl runs it
+    mkdir -p "$UP/scripts"
+    cp -a /usr/share/openvswitch/scripts/. "$UP/scripts/"
+    printf '#!/bin/sh\nexec %s "$@"\n' "$MONITOR" > "$UP/scripts/ovs-monitor-ipsec"
+    chmod 755 "$UP/scripts/ovs-monitor-ipsec"
+    mount --bind "$UP/scripts" /usr/share/openvswitch/scripts
+fi
 exec "$@"
 """
 
 
-def start_as_installed(host: Host, *args: str, path: str = "") -> subprocess.Popen[bytes]:
+def start_as_installed(
+    host: Host, *args: str, path: str = "", ovs_ctl: bool = False
+) -> subprocess.Popen[bytes]:
     """Our daemon in `host` with exactly `args` (in the foreground, as a container runs it:
-    --monitor without --detach); returns once its control socket answers."""
+    --monitor without --detach), or `ovs-ctl ARGS` (which detaches it); returns once its
+    control socket answers."""
     from ovs_ipsec.tools.pluto_lab import libreswan_root
 
     assert host.pluto is not None
@@ -458,11 +473,16 @@ def start_as_installed(host: Host, *args: str, path: str = "") -> subprocess.Pop
         "PYTHONPATH": str(package_root), "LS_ROOT": libreswan_root(), "OVS_RUN": host.run_dir,
         "PLUTO_RUN": host.pluto.run_dir, "OVS_LOG": host.dir, "UP": str(up),
         "NSS": host.pluto.nss_dir,
+        "MONITOR": f"{host.lab.python} {package_root / 'bin' / 'ovs-monitor-ipsec'}" if ovs_ctl
+        else "",
     }  # fmt: skip
+    command = (
+        [OVS_CTL, *args] if ovs_ctl
+        else [host.lab.python, str(package_root / "bin" / "ovs-monitor-ipsec"), *args]
+    )  # fmt: skip
     argv = [
         "ip", "netns", "exec", host.ns, "env", *(f"{k}={v}" for k, v in env.items()),
-        "sh", "-c", MOUNTS, "sh", host.lab.python,
-        str(package_root / "bin" / "ovs-monitor-ipsec"), *args,
+        "sh", "-c", MOUNTS, "sh", *command,
     ]  # fmt: skip
     with open(os.path.join(host.dir, "installed.stdout"), "ab") as out:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
@@ -470,7 +490,10 @@ def start_as_installed(host: Host, *args: str, path: str = "") -> subprocess.Pop
     host.lab._track(popen.pid, f"{host.name} daemon as installed", popen)
 
     def answering() -> bool:
-        assert popen.poll() is None, Path(host.dir, "installed.stdout").read_text()[-2000:]
+        if ovs_ctl:
+            assert popen.poll() in (None, 0), Path(host.dir, "installed.stdout").read_text()
+        else:
+            assert popen.poll() is None, Path(host.dir, "installed.stdout").read_text()[-2000:]
         return bool(host.daemon_pidfile and installed_appctl(host, "version", check=False))
 
     wait_for(answering, 20, what=f"{host.name}: the daemon started as installed")
@@ -559,10 +582,12 @@ exit 1
 """
 
 
-def test_start_without_no_restart_restarts_pluto_then_loads(lab: Lab) -> None:
-    """Upstream's default start-up (no --no-restart-ike-daemon): our files emptied, `ipsec
-    restart` (Libreswan's own script, down to systemctl), pluto is a new process, and our conn
-    is in it, routed, after."""
+@pytest.mark.skipif(not os.path.exists(OVS_CTL), reason="needs Debian's openvswitch-switch")
+def test_rhel_ovs_ctl_restarts_pluto_then_loads(lab: Lab) -> None:
+    """RHEL's `ovs-ctl --ike-daemon=libreswan start-ovs-ipsec` (Open vSwitch's own ovs-ctl, our
+    daemon where it runs upstream's, every Libreswan path its default) without
+    --no-restart-ike-daemon, as upstream: our files emptied, `ipsec restart` (Libreswan's own
+    script, down to systemctl), pluto is a new process, and our conn is in it, routed, after."""
     from ovs_ipsec.tools.pluto_lab import libreswan_tool
 
     h1, h2 = lab.hosts
@@ -579,8 +604,7 @@ def test_start_without_no_restart_restarts_pluto_then_loads(lab: Lab) -> None:
         FAKE_SYSTEMCTL.format(pluto=" ".join(pluto), log=h1.pluto.stdout_path)
     )
     (fake / "systemctl").chmod(0o755)
-    args = tuple(a for a in OPENSHIFT_CONTAINER if a != "--no-restart-ike-daemon")
-    daemon = start_as_installed(h1, *args, path=f"{fake}:")
+    daemon = start_as_installed(h1, *RHEL_OVS_CTL, path=f"{fake}:", ovs_ctl=True)
     new_pid = int(Path(h1.pluto.run_dir, "pluto.pid").read_text())
     try:
         assert new_pid != old_pid and h1.pluto.pid is None  # the lab's pluto was stopped
@@ -588,8 +612,11 @@ def test_start_without_no_restart_restarts_pluto_then_loads(lab: Lab) -> None:
                  what="our conn in the restarted pluto, routed")  # fmt: skip
         assert "restarting pluto (/usr/sbin/ipsec restart" in h1.daemon_log()
         assert "restarting pluto failed" not in h1.daemon_log()
+        log = h1.daemon_log()
+        assert "database unix:/var/run/openvswitch/db.sock, pluto /run/pluto/pluto.ctl" in log
+        pid = int(Path(h1.daemon_pidfile).read_text())
         installed_appctl(h1, "exit")
-        assert daemon.wait(15) == 0
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 15, what="the daemon to exit")
     finally:
         if daemon.poll() is None:
             daemon.kill()
