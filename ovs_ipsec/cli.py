@@ -125,14 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         metavar="SECONDS",
-        help="timeout of every call to charon or the kernel (default: %(default)s)",
+        help="timeout of every call to the IKE daemon (charon over VICI; pluto's whack and "
+        "addconn) or the kernel (default: %(default)s)",
     )
     parser.add_argument(
         "--reconcile-interval",
         type=float,
         default=15.0,
         metavar="SECONDS",
-        help="how often to check that charon still holds our configuration (default: %(default)s)",
+        help="how often to check that the IKE daemon still holds our configuration (pluto: also "
+        "when its SAs are read and a failing conn is asked why; default: %(default)s)",
     )
     parser.add_argument(
         "--use-default-crypto",
@@ -160,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     libreswan.add_argument(
         "--no-restart-ike-daemon",
         action="store_true",
-        help="do not restart pluto at start-up (upstream's default restarts it, with empty "
-        "files of ours)",
+        help="do not restart pluto at start-up (upstream's default: our files emptied, then "
+        "`ipsec restart`, bounded by 120 s)",
     )
     libreswan.add_argument(
         "--root-prefix",
@@ -172,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     libreswan.add_argument(
         "--ipsec-conf",
         metavar="FILE",
-        help=f"the conn include this daemon owns and rewrites (default: {DEFAULT_IPSEC_CONF})",
+        help="the conn include this daemon owns and rewrites: our conns only, each routed "
+        "(trap policies at once), with priority= below our block policies and "
+        f"leftupdown=%%disabled (default: {DEFAULT_IPSEC_CONF})",
     )
     libreswan.add_argument(
         "--root-ipsec-conf",
@@ -183,14 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     libreswan.add_argument(
         "--ipsec-d",
         metavar="DIR",
-        help=f"pluto's NSS database, where our certificates and key go (default: "
-        f"{DEFAULT_IPSEC_D})",
+        help=f"pluto's NSS database, where our certificates and key go (ours only, removed "
+        f"at exit; default: {DEFAULT_IPSEC_D})",
     )
     libreswan.add_argument(
         "--ipsec-secrets",
         metavar="FILE",
-        help="the secrets file this daemon owns (root-only; pluto's secrets file or one it "
-        f"includes; default: {DEFAULT_IPSEC_SECRETS})",
+        help="the secrets file this daemon owns (root-only, our PSKs only, removed at exit; "
+        f"pluto's secrets file or one it includes; default: {DEFAULT_IPSEC_SECRETS})",
     )
     libreswan.add_argument(
         "--ipsec-ctl",
@@ -294,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         events=events,
     )
     if libreswan:
+        daemon.health.ike_daemon = "pluto"
         planner = daemon.planner
         pluto.context = lambda: (planner.config.tunnels, planner.settings, planner.credentials)
     # Beside the pidfile: the run directory, root's alone (core/handover.py).
@@ -360,13 +365,15 @@ def make_pluto(args: argparse.Namespace, settings: Settings) -> Pluto:
             Nss(prefix + (args.ipsec_d or DEFAULT_IPSEC_D), settings.command_timeout)
         ),
         use_default_crypto=settings.use_default_crypto,
-        warn=vlog.warn,
     )
 
 
 def restart_pluto(pluto: Pluto, args: argparse.Namespace) -> None:
     """Upstream's start-up without --no-restart-ike-daemon: our files emptied, then
-    `ipsec restart` (pluto comes back with none of our conns; the first pass loads them)."""
+    `ipsec restart` (pluto comes back with none of our conns; the first pass loads them), at
+    most RESTART_TIMEOUT; a failure is logged and the daemon goes on (its first pass finds
+    pluto or retries). Debian's `ipsec restart` is `systemctl restart ipsec.service` (its
+    `setup` script hard-codes systemd): the lab test stands in for systemctl only."""
     ipsec = (args.root_prefix or "") + DEFAULT_IPSEC
     vlog.info(f"restarting pluto ({ipsec} restart; --no-restart-ike-daemon skips this)")
     try:

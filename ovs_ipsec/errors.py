@@ -36,10 +36,10 @@ class CharonError(OvsIpsecError):
 class CharonUnreachable(OvsIpsecError):
     """The VICI socket could not be reached, timed out or closed."""
 
-    def __init__(self, command: str, cause: str) -> None:
+    def __init__(self, command: str, cause: str, daemon: str = "charon") -> None:
         self.command = command
         self.cause = cause
-        super().__init__(f"{command}: charon unreachable: {cause}")
+        super().__init__(f"{command}: {daemon} unreachable: {cause}")
 
 
 class XfrmError(OvsIpsecError):

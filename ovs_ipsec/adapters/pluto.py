@@ -75,7 +75,6 @@ class Pluto:
         certs: Certificates | None = None,
         use_default_crypto: bool = False,
         on_wait: Callable[[], None] | None = None,
-        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.tools = tools
         self.conf = conf
@@ -87,8 +86,6 @@ class Pluto:
         self.certs = certs
         self.use_default_crypto = use_default_crypto
         self.on_wait = on_wait
-        self._warn = warn
-        self._warned: set[str] = set()
         self._connected = False
         # What our files hold: pluto conns by ConnSpec name, secrets by id.
         self._conns: dict[str, tuple[PlutoConn, ...]] = {}
@@ -149,7 +146,7 @@ class Pluto:
             st = os.stat(self.ctl)
         except OSError as exc:
             self.close()
-            raise CharonUnreachable("stats", f"{self.ctl}: {exc.strerror}") from exc
+            raise CharonUnreachable("stats", f"{self.ctl}: {exc.strerror}", "pluto") from exc
         since = f"{st.st_ino}.{st.st_mtime_ns}"
         if self._since and since != self._since:
             self._added = {}  # a new pluto holds none of our conns
@@ -241,7 +238,14 @@ class Pluto:
         return {}
 
     def _loaded(self) -> frozenset[str]:
-        return pluto_status.loaded_conns(self._whack("--status").stdout)
+        """Our conns pluto holds; those it was asked to bring up count as attempted (the
+        probe in `failures` then tells why they are not up)."""
+        status = self._whack("--status").stdout
+        for name in pluto_status.asked_up(status):
+            parts = libreswan_conf.split_name(name)
+            if parts is not None and parts[0] in self._conns:
+                self._attempted.add(parts[0])
+        return pluto_status.loaded_conns(status)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -260,7 +264,9 @@ class Pluto:
                 self._secrets.pop(action.id, None)
                 secrets_changed = True
             elif isinstance(action, LoadConn):
+                # A changed conn negotiates anew: what an earlier probe found is history.
                 self._attempted.discard(action.spec.name)
+                self._probed.pop(action.spec.name, None)
                 refusal = self._plan_conn(action.spec, tunnels, settings, credentials)
                 if isinstance(refusal, CharonError):
                     outcomes[index] = refusal
@@ -319,10 +325,13 @@ class Pluto:
         conns = libreswan_conf.render_conns(
             spec, tunnels, settings, use_default_crypto=self.use_default_crypto, nss=nss_names
         )
-        for conn in conns:
-            for key in conn.unhonoured:
-                self._warn_once(f"{conn.tunnel}: Libreswan has no equivalent of the setting "
-                                f"{key} asks for; ignored")  # fmt: skip
+        # A setting pluto cannot honour refuses the peer's conn (its tunnels stay blocked, the
+        # reason names the option), as charon refuses what it cannot take: never ignored.
+        unhonoured = sorted({f"{c.tunnel}: {key}" for c in conns for key in c.unhonoured})
+        if unhonoured:
+            which = ", ".join(unhonoured)
+            return CharonError("load-conn", f"Libreswan has no equivalent of the setting of "
+                               f"{which} (remove it, or use strongSwan)")  # fmt: skip
         stale = {c.name for c in self._conns.get(spec.name, ())} - {c.name for c in conns}
         self._conns[spec.name] = conns
         for name in sorted(stale):
@@ -431,11 +440,6 @@ class Pluto:
             text = libreswan_conf.HEADER + "config setup\n\n" + text[len(libreswan_conf.HEADER) :]
         write_private(self.conf, text.encode("utf-8"))
 
-    def _warn_once(self, message: str) -> None:
-        if self._warn is not None and message not in self._warned:
-            self._warned.add(message)
-            self._warn(message)
-
     def _whack(self, *args: str, command: str = "") -> proc.Result:
         return self._run("whack", ("--ctlsocket", self.ctl, *args), command or args[0])
 
@@ -444,19 +448,19 @@ class Pluto:
         silent pluto as CharonUnreachable."""
         if not os.path.exists(self.ctl):
             self.close()
-            raise CharonUnreachable(command, f"no pluto control socket at {self.ctl}")
+            raise CharonUnreachable(command, f"no control socket at {self.ctl}", "pluto")
         try:
             result = proc.run((os.path.join(self.tools, tool), *args), timeout=self.timeout,
                               check=False, on_wait=self.on_wait)  # fmt: skip
         except CommandError as exc:
             self.close()
-            raise CharonUnreachable(command, exc.stderr or str(exc)) from exc
+            raise CharonUnreachable(command, exc.stderr or str(exc), "pluto") from exc
         if result.returncode != 0:
             lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
             reply = proc.error_text(lines[-1] if lines else f"exit code {result.returncode}")
             if any(sign in reply for sign in _UNREACHABLE):
                 self.close()
-                raise CharonUnreachable(command, reply)
+                raise CharonUnreachable(command, reply, "pluto")
             raise CharonError(command, reply)
         return result
 

@@ -13,7 +13,7 @@ Proposals are upstream's Libreswan defaults (`ike=aes_gcm256-sha2_256`, `esp=aes
 which our charon side accepts) unless `--use-default-crypto`; a tunnel's ipsec_* options arrive
 as the translated settings every backend shares (`ike_options`), and are spelled back here in
 Libreswan's words. A setting Libreswan has no word for is reported (`PlutoConn.unhonoured`),
-never silently dropped.
+never silently dropped: the adapter refuses the peer's conn with it.
 
 May import: block_policies (its priorities), connections, ike_options.settings, model, naming,
 stdlib.

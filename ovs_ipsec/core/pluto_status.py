@@ -149,6 +149,24 @@ def loaded_conns(status: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def asked_up(status: str) -> frozenset[str]:
+    """Conns that were initiated (by traffic on their trap or `whack --initiate`) and that pluto
+    keeps trying to bring up: `UP` in a conn's `policy:` line of `whack --status`. A failing
+    negotiation's states live for milliseconds between retries, so a listing rarely sees them;
+    this flag stays."""
+    names = set()
+    for raw in status.splitlines():
+        match = _POLICY.match(raw.strip())
+        if match and "UP" in match["flags"].split("+"):
+            names.add(match["name"])
+    return frozenset(names)
+
+
+_POLICY = re.compile(
+    r'^(?:\d{3} )?"(?P<name>[^"]+)"(?:\[\d+\])*:\s+policy: (?P<flags>[A-Za-z0-9_+]+)'
+)
+
+
 def routed_conns(status: str) -> frozenset[str]:
     """Conns whose trap policy pluto has put in the kernel. 4.10 says so in a conn's first
     `--status` line (`...; prospective erouted; eroute owner: #0`, `...; unrouted; ...`); 5.x

@@ -44,6 +44,7 @@ REDACTED = "<redacted>"
 class HealthLike(Protocol):
     charon_reachable: bool
     charon_error: str
+    ike_daemon: str
 
 
 def to_json(value: Any) -> str:
@@ -325,7 +326,7 @@ def tunnels_text(
     for error in config.global_config.errors:
         lines.append(f"other_config:{error.key}: invalid: {error.reason}")
     if not health.charon_reachable:
-        lines.append(f"charon unreachable: {health.charon_error}")
+        lines.append(f"{health.ike_daemon} unreachable: {health.charon_error}")
     return "\n".join(lines) + "\n"
 
 

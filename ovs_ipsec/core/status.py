@@ -135,6 +135,7 @@ class View:
     loaded: Container[str] = frozenset()  # connections charon holds as desired
     refusals: Mapping[str, str] = field(default_factory=dict)  # conn -> why charon refused it
     charon_error: str | None = None  # None while charon is reachable
+    ike_daemon: str = "charon"  # as reasons name it ("pluto" with --ike-daemon=libreswan)
     sas: Mapping[str, tuple[IkeSa, ...]] = field(default_factory=dict)
     outcomes: Mapping[str, ConnOutcome] = field(default_factory=dict)
     # What charon lacks that a connection needs (capabilities.Preflight); None until charon
@@ -261,12 +262,13 @@ def _tunnel(view: View, conn: ConnSpec, name: str) -> TunnelStatus:
     if conn.name in view.refusals:
         return status(State.FAILED, view.refusals[conn.name], Cause.CHARON)
     if view.charon_error is not None:
-        return status(State.FAILED, f"charon unreachable: {view.charon_error}", Cause.CHARON)
+        reason = f"{view.ike_daemon} unreachable: {view.charon_error}"
+        return status(State.FAILED, reason, Cause.CHARON)
     lacking = view.lacking(conn) if view.lacking is not None else ()
     if lacking:  # held back from charon (Daemon._hold_back): its blocks keep plaintext out
         return status(State.FAILED, describe_lacks(lacking), Cause.CAPABILITY)
     if conn.name not in view.loaded:
-        return status(State.FAILED, "not loaded into charon yet", Cause.CHARON)
+        return status(State.FAILED, f"not loaded into {view.ike_daemon} yet", Cause.CHARON)
 
     ike = current_ike(view.sas.get(conn.name, ()))
     if ike is not None:
@@ -296,5 +298,6 @@ def _tunnel(view: View, conn: ConnSpec, name: str) -> TunnelStatus:
         return status(State.FAILED, failure.reason, failure.cause)
     return status(
         State.CONFIGURED,
-        "loaded into charon, trap policies in place; no SA yet (negotiated on the first packet)",
+        f"loaded into {view.ike_daemon}, trap policies in place; no SA yet (negotiated on the "
+        "first packet)",
     )

@@ -106,6 +106,11 @@ class Applier:
 
     # -- one pass ---------------------------------------------------------------------------
 
+    @property
+    def _ike(self) -> str:
+        """The IKE daemon as log lines and reasons name it (charon, pluto)."""
+        return self.health.ike_daemon
+
     def apply(
         self, pass_id: int, *, check: bool, conns: Iterable[str], shared: Iterable[str]
     ) -> None:
@@ -142,13 +147,13 @@ class Applier:
             version = self.charon.version()
             self.health.charon_version = f"{version.get('daemon', '')} {version.get('version', '')}"
             vlog.info(
-                f"[{pass_id}] connected to charon ({self.health.charon_version.strip()}) "
+                f"[{pass_id}] connected to {self._ike} ({self.health.charon_version.strip()}) "
                 f"at {self._vici_path}"
             )
         stats = self.charon.stats()
         since = str(stats.get("uptime", {}).get("since", ""))
         if handover.charon_restarted(self.health.charon_since, since):
-            vlog.warn(f"[{pass_id}] charon restarted (up since {since}); reloading everything")
+            vlog.warn(f"[{pass_id}] {self._ike} restarted (up since {since}); reloading everything")
             self.applied = Applied()
             changed = True
         self.health.charon_since = since
@@ -162,7 +167,8 @@ class Applier:
             set(self.applied.shared) - set(listed.shared)
         )
         if lost:
-            vlog.warn(f"[{pass_id}] {len(lost)} of our objects vanished from charon; restoring")
+            vlog.warn(f"[{pass_id}] {len(lost)} of our objects vanished from "
+                      f"{self._ike}; restoring")  # fmt: skip
         changed = changed or (
             set(listed.conns) != set(self.applied.conns)
             or set(listed.shared) != set(self.applied.shared)
@@ -237,8 +243,8 @@ class Applier:
         try:
             algorithms = self.charon.get_algorithms()
         except CharonError as exc:
-            vlog.warn(f"[{pass_id}] charon refused get-algorithms ({exc.errmsg}); what it lacks "
-                      "is not checked")  # fmt: skip
+            vlog.warn(f"[{pass_id}] {self._ike} refused get-algorithms ({exc.errmsg}); what it "
+                      "lacks is not checked")  # fmt: skip
             algorithms = None
         self.preflight = Preflight(
             parse_capabilities(algorithms, stats, self.health.charon_version),
@@ -315,17 +321,21 @@ class Applier:
         bulk = len(actions) > BULK_ACTIONS
         if actions:
             # Where the daemon's own work on a change ends and waiting for charon begins.
-            vlog.dbg(f"[{pass_id}] {len(actions)} requests to charon")
+            vlog.dbg(f"[{pass_id}] {len(actions)} requests to {self._ike}")
         done: Counter[str] = Counter()
         names: dict[str, list[str]] = {}
         for action, outcome in self._outcomes(actions):
             kind = type(action).__name__
             refusal = _refusal_key(action)
             if isinstance(outcome, CharonError):
-                vlog.warn(f"[{pass_id}] charon refused {outcome.command} for {_target(action)}: "
-                          f"{outcome.errmsg}")  # fmt: skip
+                vlog.warn(f"[{pass_id}] {self._ike} refused {outcome.command} for "
+                          f"{_target(action)}: {outcome.errmsg}")  # fmt: skip
                 if refusal is not None:
-                    refused[refusal] = f"charon refused {outcome.command}: {outcome.errmsg}"
+                    refused[refusal] = f"{self._ike} refused {outcome.command}: {outcome.errmsg}"
+                if isinstance(action, LoadConn) and action.spec.name in self.applied.conns:
+                    # What it holds is no longer known to be what we believed: a change undone
+                    # after the refusal is loaded again (and clears the refusal) at the next check.
+                    self.applied.conns[action.spec.name] = None
                 continue
             record(self.applied, action, outcome)
             self._forget_outcomes(action)
@@ -385,7 +395,7 @@ class Applier:
             try:
                 self.charon.terminate_ike(action.conn)
             except CharonError as exc:
-                vlog.warn(f"charon refused terminate for {action.conn}: {exc.errmsg}")
+                vlog.warn(f"{self._ike} refused terminate for {action.conn}: {exc.errmsg}")
             try:
                 self.charon.unload_conn(action.conn)
             except CharonError as exc:

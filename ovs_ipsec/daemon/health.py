@@ -23,6 +23,8 @@ BULK_ACTIONS = 10
 class Health:
     """What the control socket reports about the daemon's own connections."""
 
+    # The IKE daemon as logs, reasons and tunnels/show name it: "charon" or "pluto" (cli.py).
+    ike_daemon: str = "charon"
     charon_reachable: bool = False
     charon_error: str = ""
     charon_version: str = ""

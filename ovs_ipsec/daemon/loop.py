@@ -289,7 +289,8 @@ class Daemon:
         self._backoff = min(MAX_BACKOFF, max(0.25, self._backoff * 2))
         self._retry_at = self.clock() + self._backoff
         log = vlog.warn if first else vlog.dbg
-        log(f"[{pass_id}] charon unreachable ({exc}); retrying in {self._backoff:g} s")
+        ike = self.health.ike_daemon
+        log(f"[{pass_id}] {ike} unreachable ({exc}); retrying in {self._backoff:g} s")
 
     # -- what the control socket, /metrics and systemd read ------------------------------------
 

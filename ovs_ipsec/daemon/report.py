@@ -146,6 +146,7 @@ class Report:
             loaded=applier.loaded_as_desired(),
             refusals={c: why for c, why in self.health.failures.items() if c in desired.conns},
             charon_error=charon_error,
+            ike_daemon=self.health.ike_daemon,
             sas=self.sa_watch.sas,
             outcomes=self.sa_watch.tracker.outcomes(),
             lacking=applier.lacking if applier.preflight is not None else None,
@@ -220,7 +221,8 @@ class Report:
         """One line for systemd's STATUS= and logs."""
         self._refold()
         counts = Counter(state.value for state, _, _ in self._book.states().values())
-        charon = "charon reachable" if self.health.charon_reachable else "charon unreachable"
+        reachable = "reachable" if self.health.charon_reachable else "unreachable"
+        charon = f"{self.health.ike_daemon} {reachable}"
         tunnels = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no tunnels"
         return f"{tunnels}; {charon}"
 

@@ -133,7 +133,7 @@ class SaWatch:
         try:
             listed = self.charon.listed_sas()
         except CharonError as exc:
-            vlog.warn(f"charon refused list-sas: {exc.errmsg}")
+            vlog.warn(f"{self.health.ike_daemon} refused list-sas: {exc.errmsg}")
             listed = {}
         previous = self.sas
         self.sas, self._expected = merge_listing(listed, self.sas, self._expected)

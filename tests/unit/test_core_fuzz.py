@@ -199,10 +199,11 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
 
 @dataclass(frozen=True)
 class Health:
-    """The two fields render reads from the daemon's health (plain data, not our code)."""
+    """The fields render reads from the daemon's health (plain data, not our code)."""
 
     charon_reachable: bool
     charon_error: str
+    ike_daemon: str = "charon"
 
 
 def run_pipeline(snapshot: Snapshot, data: st.DataObject) -> dict[str, Any]:

@@ -490,6 +490,25 @@ def test_a_refused_load_is_retried_at_each_check_until_charon_takes_it() -> None
     assert set(world.states().values()) == {"configured"}
 
 
+def test_a_refused_change_undone_loads_the_connection_again_and_clears_its_failure() -> None:
+    """A change charon refuses leaves what it holds unknown: undone, the connection is loaded
+    again at the next check, and the refusal is history."""
+    world = World()
+    for index, peer in enumerate(PEERS):
+        add_tunnel(world, index, peer)
+    world.settle()
+    world.charon.refuse[("load-conn", conn("10.0.0.3"))] = "invalid proposal"
+    world.ovsdb.set_row("uuid-1", "gre1", "gre", remote_ip="10.0.0.3", psk="s1",
+                        ipsec_dpddelay="40")  # fmt: skip
+    world.settle()
+    assert world.states()["gre1"] == "failed"
+    world.charon.refuse.clear()
+    add_tunnel(world, 1, "10.0.0.3")  # the change undone
+    world.run_for(CHECK + 0.5)
+    assert world.daemon.health.failures == {}
+    assert world.states()["gre1"] == "configured"
+
+
 # -- charon unreachable, lost and back ---------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from ovs_ipsec.core.model import Config, InterfaceRow, Secret, Snapshot
 from ovs_ipsec.core.parse import parse_config
 from ovs_ipsec.core.pluto_status import (
     addconn_failure,
+    asked_up,
     failure_of,
     loaded_conns,
     outcome_of,
@@ -444,3 +445,17 @@ def test_commands_serve_the_control_socket_while_they_run() -> None:
     assert (result.returncode, result.stdout) == (0, "hi") and waits
     with pytest.raises(CommandError, match="timed out"):
         proc.run(["sleep", "5"], timeout=0.2, on_wait=lambda: None)
+
+
+def test_asked_up_is_the_up_flag_of_a_conns_policy() -> None:
+    """A conn traffic or whack initiated carries UP in its policy until deleted: how a failing
+    negotiation whose states no listing saw is still noticed."""
+    data = os.path.join(os.path.dirname(__file__), "data", "libreswan", "4.10")
+
+    def read(name: str) -> str:
+        with open(os.path.join(data, name), encoding="utf-8") as handle:
+            return handle.read()
+
+    assert asked_up(read("auth-failed.txt")) == {"ovs-10.77.0.2"}
+    assert asked_up(read("routed-idle.txt")) == frozenset()
+    assert asked_up(read("responder-child-refused.txt")) == frozenset()

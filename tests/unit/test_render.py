@@ -24,10 +24,11 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "status-json.md"
 
 @dataclass(frozen=True)
 class Health:
-    """The two fields render reads from the daemon's health (plain data, not our code)."""
+    """The fields render reads from the daemon's health (plain data, not our code)."""
 
     charon_reachable: bool = True
     charon_error: str = ""
+    ike_daemon: str = "charon"
 
 
 def test_ipsec_status_json_without_tunnels_is_exactly_empty_object() -> None:

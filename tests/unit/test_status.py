@@ -487,6 +487,16 @@ def test_invalid_refused_unreachable_and_not_loaded() -> None:
     assert fold(View(DESIRED))["g0"].reason == "not loaded into charon yet"
 
 
+def test_reasons_name_the_ike_daemon_in_use() -> None:
+    """With --ike-daemon=libreswan the reasons say pluto where charon's say charon."""
+    loaded = frozenset(DESIRED.conns)
+    down = fold(View(DESIRED, loaded, charon_error="no control socket", ike_daemon="pluto"))
+    assert down["v0"].reason == "pluto unreachable: no control socket"
+    assert fold(View(DESIRED, ike_daemon="pluto"))["g0"].reason == "not loaded into pluto yet"
+    configured = fold(View(DESIRED, loaded, ike_daemon="pluto"))["g0"].reason
+    assert configured.startswith("loaded into pluto, trap policies in place")
+
+
 def test_configured_connecting_failed_ike_up_and_up() -> None:
     loaded = frozenset(DESIRED.conns)
     assert fold(View(DESIRED, loaded))["g0"].state is State.CONFIGURED
