@@ -1,7 +1,7 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
 May import: daemon.loop, daemon.health, control, charon, events, ovsdb, xfrm.adapter, sdnotify,
-stop_signal, files, log_guard, core_dumps, metrics_http, metrics, ovs_dirs, ovs,
+stop_signal, files, log_guard, log_lines, core_dumps, metrics_http, metrics, ovs_dirs, ovs,
 prometheus_client (only to tell whether it is installed), stdlib.
 """
 
@@ -25,6 +25,7 @@ from ovs_ipsec.adapters.core_dumps import disable_core_dumps
 from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
+from ovs_ipsec.adapters.log_lines import skip_record_origins
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.adapters.sdnotify import Watchdog, notify, watchdog_interval
 from ovs_ipsec.adapters.stop_signal import StopSignal
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     # Before the log file is opened: no secret reaches any log, whatever vlog/set asks later,
     # and the file is not for others to read (adapters/log_guard.py).
     guard_logs()
+    skip_record_origins()
     tighten_log_file(log_file_path(args.log_file))
     ovs.vlog.handle_args(args)
     for problem in disable_core_dumps():
