@@ -25,7 +25,7 @@ from ovs_ipsec.adapters.core_dumps import disable_core_dumps
 from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
-from ovs_ipsec.adapters.log_lines import skip_record_origins
+from ovs_ipsec.adapters.log_lines import lighten_records
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.adapters.sdnotify import Watchdog, notify, watchdog_interval
 from ovs_ipsec.adapters.stop_signal import StopSignal
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     # Before the log file is opened: no secret reaches any log, whatever vlog/set asks later,
     # and the file is not for others to read (adapters/log_guard.py).
     guard_logs()
-    skip_record_origins()
+    lighten_records()
     tighten_log_file(log_file_path(args.log_file))
     ovs.vlog.handle_args(args)
     for problem in disable_core_dumps():

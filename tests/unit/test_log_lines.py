@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import datetime as real_datetime
+import logging
+import socket
 import timeit
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import ovs.vlog
 import pytest
 
 from ovs_ipsec.adapters import log_lines
-from ovs_ipsec.adapters.log_lines import Vlog, compile_pattern, library_line
+from ovs_ipsec.adapters.log_lines import (
+    SyslogPresent,
+    Vlog,
+    compile_pattern,
+    library_line,
+    lighten_records,
+)
 
 # The library calls threading.currentThread(), deprecated since 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -99,3 +108,35 @@ def test_faster_than_the_library() -> None:
     ours = min(timeit.repeat(lambda: vlog._build_message(*args), number=200, repeat=5))
     library = min(timeit.repeat(lambda: library_line(vlog, *args), number=200, repeat=5))
     assert ours < library / 3
+
+
+def test_syslog_lines_go_out_only_while_its_socket_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = logging.LogRecord("syslog", logging.INFO, "", 0, "a line", None, None)
+    present = SyslogPresent()
+    handler = types.SimpleNamespace(address=str(tmp_path / "log"))
+    monkeypatch.setattr(ovs.vlog, "syslog_handler", handler)
+    assert not present.filter(record)  # no socket: the handler would fail to connect
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(handler.address)
+        assert present.filter(record)
+    monkeypatch.setattr(ovs.vlog, "syslog_handler", types.SimpleNamespace(address=("h", 514)))
+    assert present.filter(record)  # UDP syslog: always handed over
+    monkeypatch.setattr(ovs.vlog, "syslog_handler", "")  # none yet (the library's initial "")
+    assert present.filter(record)
+
+
+def test_lighten_records_installs_its_syslog_filter_once() -> None:
+    syslog = logging.getLogger("syslog")
+    before = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    srcfile = logging._srcfile  # type: ignore[attr-defined]
+    try:
+        lighten_records()
+        lighten_records()
+        assert sum(isinstance(f, SyslogPresent) for f in syslog.filters) == 1
+    finally:
+        for f in [f for f in syslog.filters if isinstance(f, SyslogPresent)]:
+            syslog.removeFilter(f)
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = before
+        logging._srcfile = srcfile  # type: ignore[attr-defined]
