@@ -1,8 +1,8 @@
 """Command line (upstream-compatible flags) -> `Settings`, then the daemon's main loop.
 
-May import: daemon.loop, daemon.health, control, charon, events, ovsdb, xfrm.adapter, sdnotify,
-stop_signal, files, log_guard, log_lines, core_dumps, metrics_http, metrics, ovs_dirs, ovs,
-prometheus_client (only to tell whether it is installed), stdlib.
+May import: daemon.loop, daemon.health, control, charon, events, heap, ovsdb, xfrm.adapter,
+sdnotify, stop_signal, files, log_guard, log_lines, core_dumps, metrics_http, metrics, ovs_dirs,
+ovs, prometheus_client (only to tell whether it is installed), stdlib.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import ovs.util
 import ovs.vlog
 
 from ovs_ipsec import PROGRAM_NAME, __version__
+from ovs_ipsec.adapters import heap
 from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.adapters.core_dumps import disable_core_dumps
 from ovs_ipsec.adapters.events import Events
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         protection_linger=max(0.0, args.protection_linger),
     )
     ovs.daemon.daemonize_start()
+    heap.hold_off()  # until the first pass (adapters/heap.py)
     receive_whole_utf8_characters()
     charon = Charon(path, settings.command_timeout)
     events = Events(path, settings.command_timeout)

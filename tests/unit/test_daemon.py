@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from fakes import FakeClock, FakePoller, FakeXfrm, World
 
+from ovs_ipsec.adapters import heap
 from ovs_ipsec.core.block_policies import (
     SKB_MARK_PRIORITY,
     PolicySpec,
@@ -30,7 +31,8 @@ from ovs_ipsec.core.block_policies import (
 )
 from ovs_ipsec.core.desired import Planner
 from ovs_ipsec.daemon import policy_guard
-from ovs_ipsec.daemon.health import Health
+from ovs_ipsec.daemon.health import BULK_ACTIONS, Health
+from ovs_ipsec.daemon.loop import FULL_REFOLD_EVERY
 from ovs_ipsec.daemon.policy_guard import LISTING_EVERY, PolicyGuard
 
 PEERS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")
@@ -930,3 +932,25 @@ def test_log_events_dropped_in_a_flood_are_reported_at_most_once_a_minute(
         watch.run_events()
         clock.advance(1.0)
     assert len(warned) == 2 and f"{700 * 60} log events dropped" in warned[1]
+
+
+# -- the garbage collector -----------------------------------------------------------------------
+
+
+def test_the_first_pass_and_bulk_loads_are_frozen_and_unfrozen_every_twentieth_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(heap, "settle", lambda: calls.append("settle"))
+    monkeypatch.setattr(heap, "resettle", lambda: calls.append("resettle"))
+    world = converged()
+    assert calls == ["settle"]  # the first pass
+    add_tunnel(world, 3, "10.0.0.5")
+    world.settle()
+    assert calls == ["settle"]  # a change of a few tunnels leaves the collector alone
+    for index in range(4, 4 + BULK_ACTIONS + 1):
+        add_tunnel(world, index, f"10.0.1.{index}")
+    world.settle()
+    assert calls == ["settle", "settle"]  # a bulk load
+    world.run_for(FULL_REFOLD_EVERY * CHECK + 1)
+    assert calls == ["settle", "settle", "resettle"]
