@@ -11,7 +11,7 @@ half of the first and a fifth of the second.
 It produces the library's output exactly (quirks included: the `###` milliseconds of a float
 cut to width, the padding of each field, the stripped line ends); `tests/unit/test_log_lines.py`
 compares both over the default patterns and others. A pattern it does not handle exactly (a
-field other than %A %c %N %p %T %m, %m not last, a stray `%`, several times) goes to the
+field other than %A %c %N %p %T %m, %m not last, a stray `%`, a second time directive) goes to the
 library's own builder. Levels, destinations, handlers, filters (adapters/log_guard.py),
 `vlog/set` and `vlog/reopen` are the library's, untouched.
 
@@ -30,7 +30,6 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import ovs.util
 import ovs.vlog
@@ -160,12 +159,6 @@ class Vlog(ovs.vlog.Vlog):
         return "".join(
             p if isinstance(p, str) else p(name, message, level, msg_num) for p in parts
         ).strip()
-
-
-def library_line(vlog: Any, message: str, destination: str, level: str, msg_num: int) -> str:
-    """The library's own line (tests compare it with ours)."""
-    line: str = ovs.vlog.Vlog._build_message(vlog, message, destination, level, msg_num)
-    return line
 
 
 def lighten_records() -> None:

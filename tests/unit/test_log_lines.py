@@ -18,7 +18,6 @@ from ovs_ipsec.adapters.log_lines import (
     SyslogPresent,
     Vlog,
     compile_pattern,
-    library_line,
     lighten_records,
 )
 
@@ -73,6 +72,11 @@ def frozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[real_datetime.datet
     monkeypatch.setattr(ovs.vlog, "datetime", fake)
     monkeypatch.setattr(log_lines, "datetime", fake)
     yield now
+
+
+def library_line(vlog: Vlog, message: str, destination: str, level: str, number: int) -> str:
+    line: str = ovs.vlog.Vlog._build_message(vlog, message, destination, level, number)
+    return line
 
 
 def _vlog(name: str) -> Vlog:
