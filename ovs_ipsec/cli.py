@@ -360,6 +360,7 @@ def run_loop(
             ):
                 if not daemon.first_pass_done:
                     vlog.warn("OVSDB not reachable yet; continuing in the background")
+                    heap.settle()  # the collector waits no longer for the first pass
                 ovs.daemon.daemonize_complete()
                 completed = True
             if stop is not None:
