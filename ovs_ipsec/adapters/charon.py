@@ -216,7 +216,9 @@ class Charon:
             self._busy = False
         if isinstance(reply, CharonError):
             raise reply
-        names = tuple(name for name in reply.get(key, []) if owned(name))
+        # Names of the last listing were judged ours already: only new ones are judged.
+        known = frozenset(last[1]) if last is not None else frozenset()
+        names = tuple(name for name in reply.get(key, []) if name in known or owned(name))
         # Kept as a tuple, not the frozenset: a tenth of its memory at thousands of names.
         self._listings[command] = (digest, names)
         return frozenset(names)

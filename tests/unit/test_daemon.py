@@ -377,11 +377,13 @@ def test_checks_compare_desired_and_held_only_when_either_moved(
     world.run_for(CHECK)
     compared: list[float] = []
 
-    def counted(*args: Any) -> Any:
-        compared.append(world.clock())
-        return policies_to_add_and_remove(*args)
+    compare = PolicyGuard._compare
 
-    monkeypatch.setattr(policy_guard, "policies_to_add_and_remove", counted)
+    def counted(guard: PolicyGuard) -> Any:
+        compared.append(world.clock())
+        return compare(guard)
+
+    monkeypatch.setattr(PolicyGuard, "_compare", counted)
     world.run_for(3 * CHECK)
     assert compared == []
     world.xfrm.foreign += 1  # listed at the next check, and found as held
@@ -390,6 +392,31 @@ def test_checks_compare_desired_and_held_only_when_either_moved(
     add_tunnel(world, 9, "10.0.0.9")  # desired moved (and held, by our own writes)
     world.run_for(3 * CHECK)
     assert len(compared) == 1
+
+
+def test_desired_and_held_compared_by_identity_first_then_spec_by_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same objects on both sides are equal without hashing each; equal copies, or one
+    more or less, go through the full comparison, which finds what differs."""
+    world = converged()
+    guard = world.daemon.guard
+    full: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        full.append(1)
+        return policies_to_add_and_remove(*args)
+
+    monkeypatch.setattr(policy_guard, "policies_to_add_and_remove", counted)
+    assert guard._compare() == ((), ()) and full == []
+    held = guard._policies
+    assert held is not None
+    copies = {dataclasses.replace(spec): None for spec in held}
+    guard._policies = copies
+    assert guard._compare() == ((), ()) and len(full) == 1
+    missing = next(iter(copies))
+    del copies[missing]
+    assert guard._compare() == ((missing,), ()) and len(full) == 2
 
 
 def test_the_guard_lists_when_unknown_when_the_counts_moved_or_every_twentieth_check() -> None:
