@@ -5,9 +5,9 @@ strongSwan and for Libreswan, with their defaults) and the start-up and exit tha
 the parts share the parsed arguments.
 
 May import: daemon.loop, daemon.health, control, charon, pluto, nss, ike_daemon, proc, events,
-ovsdb, xfrm.adapter, sdnotify, stop_signal, files, log_guard, core_dumps, metrics_http, metrics,
-ovs_dirs, credentials, errors, ovs, prometheus_client (only to tell whether it is installed),
-stdlib.
+heap, ovsdb, xfrm.adapter, sdnotify, stop_signal, files, log_guard, log_lines, core_dumps,
+metrics_http, metrics, ovs_dirs, credentials, errors, ovs, prometheus_client (only to tell
+whether it is installed), stdlib.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import ovs.util
 import ovs.vlog
 
 from ovs_ipsec import PROGRAM_NAME, __version__
-from ovs_ipsec.adapters import proc
+from ovs_ipsec.adapters import heap, proc
 from ovs_ipsec.adapters.charon import DEFAULT_VICI_URI, Charon, vici_path
 from ovs_ipsec.adapters.core_dumps import disable_core_dumps
 from ovs_ipsec.adapters.events import Events
 from ovs_ipsec.adapters.files import take_private, write_private
 from ovs_ipsec.adapters.ike_daemon import IkeDaemon
 from ovs_ipsec.adapters.log_guard import guard_logs, tighten_log_file
+from ovs_ipsec.adapters.log_lines import lighten_records
 from ovs_ipsec.adapters.nss import Certificates, Nss
 from ovs_ipsec.adapters.ovsdb import Ovsdb, receive_whole_utf8_characters
 from ovs_ipsec.adapters.pluto import (
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     # Before the log file is opened: no secret reaches any log, whatever vlog/set asks later,
     # and the file is not for others to read (adapters/log_guard.py).
     guard_logs()
+    lighten_records()
     tighten_log_file(log_file_path(args.log_file))
     ovs.vlog.handle_args(args)
     for problem in disable_core_dumps():
@@ -277,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         protection_linger=max(0.0, args.protection_linger),
     )
     ovs.daemon.daemonize_start()
+    heap.hold_off()  # until the first pass (adapters/heap.py)
     receive_whole_utf8_characters()
     ike: IkeDaemon
     events: Events | None
@@ -477,6 +480,7 @@ def run_loop(
             ):
                 if not daemon.first_pass_done:
                     vlog.warn("OVSDB not reachable yet; continuing in the background")
+                    heap.settle()  # the collector waits no longer for the first pass
                 ovs.daemon.daemonize_complete()
                 completed = True
             if stop is not None:

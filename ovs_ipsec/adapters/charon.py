@@ -12,6 +12,7 @@ outcomes, sas, errors, stdlib.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -65,6 +66,8 @@ class Charon:
         self.on_wait = on_wait
         self._stream: ViciStream | None = None
         self._busy = False
+        # The last get-conns and get-shared replies: their digest, our names in them.
+        self._listings: dict[str, tuple[bytes, tuple[str, ...]]] = {}
 
     @property
     def connected(self) -> bool:
@@ -191,12 +194,38 @@ class Charon:
         return self._call("get-algorithms")
 
     def owned_conns(self) -> frozenset[str]:
-        names = self._call("get-conns").get("conns", [])
-        return frozenset(name for name in names if naming.is_owned_conn(name))
+        return self._owned("get-conns", "conns", naming.is_owned_conn)
 
     def owned_shared(self) -> frozenset[str]:
-        ids = self._call("get-shared").get("keys", [])
-        return frozenset(secret_id for secret_id in ids if naming.is_owned_shared(secret_id))
+        return self._owned("get-shared", "keys", naming.is_owned_shared)
+
+    def _owned(self, command: str, key: str, owned: Callable[[str], bool]) -> frozenset[str]:
+        """Our names in charon's reply to `command`. A reply byte for byte the same as the last
+        one (the usual periodic check) has the same names: they are not decoded and judged
+        again, which at N = 5,000 tunnels was 17 ms of a check's ~40."""
+        stream = self._require(command)
+        self._busy = True
+        try:
+            stream.send(vici_wire.request_packet(command, {}))
+            packet = vici_wire.decode_packet(stream.receive())
+            digest = hashlib.blake2b(packet.payload, digest_size=16).digest()
+            last = self._listings.get(command)
+            if packet.type == PacketType.CMD_RESPONSE and last is not None and last[0] == digest:
+                return frozenset(last[1])
+            reply = _reply(command, packet)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
+        finally:
+            self._busy = False
+        if isinstance(reply, CharonError):
+            raise reply
+        # Names of the last listing were judged ours already: only new ones are judged.
+        known = frozenset(last[1]) if last is not None else frozenset()
+        names = tuple(name for name in reply.get(key, []) if name in known or owned(name))
+        # Kept as a tuple, not the frozenset: a tenth of its memory at thousands of names.
+        self._listings[command] = (digest, names)
+        return frozenset(names)
 
     def listed_sas(self) -> dict[str, tuple[IkeSa, ...]]:
         """Our connections' SAs, parsed (core/sas.py)."""

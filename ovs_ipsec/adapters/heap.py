@@ -5,6 +5,14 @@ CPython returns its own small-object arenas when they empty, but glibc keeps the
 thousands of policies) that is megabytes of resident memory the daemon will not use again soon.
 `malloc_trim(0)` releases them (glibc only; elsewhere this does nothing).
 
+The cyclic garbage collector is kept off what the daemon holds for good. A full collection walks
+every tracked object: 40 ms at N = 5,000 tunnels, four of them during a cold start as the state
+grows, and later one every few periodic checks (a quarter of the idle budget) or in the middle
+of a change. So the collector waits during start-up (`hold_off`), and after the first pass or a
+bulk load what is there is frozen (`settle`): collections then walk only what is newer. Frozen
+objects that became unreachable cycles would be kept, so now and then (`resettle`, every few
+minutes) everything is unfrozen, collected and frozen again.
+
 May import: stdlib.
 """
 
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 from collections.abc import Callable
 
 
@@ -27,3 +36,23 @@ def trim() -> None:
     release = _malloc_trim()
     if release is not None:
         release(0)
+
+
+def hold_off() -> None:
+    """No collection until the first pass has built the daemon's state (`settle`)."""
+    gc.disable()
+
+
+def settle() -> None:
+    """What the first pass or a bulk load built is left out of later collections, which run
+    again from now on."""
+    gc.freeze()
+    gc.enable()
+
+
+def resettle() -> None:
+    """Everything frozen is collected again (a cycle that became garbage since goes), then
+    frozen again."""
+    gc.unfreeze()
+    gc.collect()
+    settle()

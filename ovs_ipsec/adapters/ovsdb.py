@@ -4,7 +4,7 @@ The IDL is given a schema holding only those columns, so it needs no schema file
 differs between Debian's and PyPI's `ovs`), and ovsdb-server sends us nothing else: statistics
 and status updates never wake the daemon.
 
-May import: ovs.db.idl, ovs.jsonrpc, ovs.poller, model, stdlib.
+May import: ovs.db.idl, ovs.jsonrpc, ovs.poller, json_stream, model, stdlib.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import ovs.db.idl
 import ovs.jsonrpc
 import ovs.poller
 
+from ovs_ipsec.adapters import json_stream
 from ovs_ipsec.core.model import InterfaceRow, OptionValue, PortStatus, RowId, Secret
 
 _STRING_MAP = {"key": "string", "value": "string", "min": 0, "max": "unlimited"}
@@ -121,6 +122,8 @@ _library_recv = ovs.jsonrpc.Connection.recv
 def _recv_whole_characters(connection: Any) -> Any:
     if not isinstance(connection.stream, _Utf8BoundaryStream):
         connection.stream = _Utf8BoundaryStream(connection.stream)
+    if connection.parser is None and json_stream.available():
+        connection.parser = json_stream.StreamParser()  # the library's, at C speed
     error, msg = _library_recv(connection)
     if msg is not None:
         msg.params = share_names(msg.params)

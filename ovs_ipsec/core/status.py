@@ -183,15 +183,15 @@ class StatusBook:
         self._groups: dict[str, tuple[str, ...]] = {}  # connection -> its ports
         self._invalid: dict[str, StateKey] = {}
         self._states: dict[str, StateKey] = {}
+        self._not_up = 0  # ports in _states whose state is not UP (all_up asks at each change)
 
     def states(self) -> dict[str, StateKey]:
         """Every port's state key as of the last refold, sorted by name."""
         return dict(sorted(self._states.items()))
 
     def all_up(self) -> int:
-        """The number of ports if every one is up, else 0 (stops at the first that is not)."""
-        states = self._states
-        return len(states) if states and all(k[0] is State.UP for k in states.values()) else 0
+        """The number of ports if every one is up, else 0."""
+        return len(self._states) if self._states and not self._not_up else 0
 
     def refold(
         self, view: View, stale: Iterable[str] | None = None
@@ -201,11 +201,15 @@ class StatusBook:
         before: dict[str, StateKey | None] = {}
 
         def drop(name: str) -> None:
-            before.setdefault(name, self._states.pop(name, None))
+            old = self._states.pop(name, None)
+            before.setdefault(name, old)
+            self._not_up -= old is not None and old[0] is not State.UP
 
         def put(name: str, key: StateKey) -> None:
-            before.setdefault(name, self._states.get(name))
+            old = self._states.get(name)
+            before.setdefault(name, old)
             self._states[name] = key
+            self._not_up += (key[0] is not State.UP) - (old is not None and old[0] is not State.UP)
 
         invalid: dict[str, StateKey] = {
             name: (State.INVALID, reason.reason, Cause.CONFIG)

@@ -111,8 +111,18 @@ def decode_message(data: bytes) -> dict[str, Any]:
             else:
                 sections[-1][name], pos = _blob(data, pos)
         elif kind == LIST_ITEM and items is not None:
-            item, pos = _blob(data, pos)
-            items.append(item)
+            # A list's items come in a run, read here in one loop: get-conns and get-shared
+            # list thousands of names at each periodic check.
+            size = len(data)
+            while True:
+                end = pos + 2 + int.from_bytes(data[pos : pos + 2], "big")
+                if pos + 2 > size or end > size:
+                    raise ValueError("malformed VICI message: value runs past the end")
+                items.append(data[pos + 2 : end].decode("utf-8", "replace"))
+                pos = end
+                if pos >= size or data[pos] != LIST_ITEM:
+                    break
+                pos += 1
         elif kind == LIST_END and items is not None:
             items = None
         elif kind == SECTION_END and len(sections) > 1 and items is None:

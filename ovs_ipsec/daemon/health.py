@@ -2,16 +2,16 @@
 own connections to charon and the kernel), the one log they write to, and how many objects a
 pass names one line each before it summarises them.
 
-May import: ovs, stdlib.
+May import: adapters.log_lines, ovs, stdlib.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import ovs.vlog
+from ovs_ipsec.adapters.log_lines import Vlog
 
-vlog = ovs.vlog.Vlog("ovs-monitor-ipsec")
+vlog = Vlog("ovs-monitor-ipsec")
 
 # A pass that changes more objects than this (a start-up, a big transaction, charon's return)
 # logs one summary line and the objects of each kind in one debug line: a log call per object

@@ -38,7 +38,7 @@ from ovs_ipsec.core.model import Config, PortStatus
 from ovs_ipsec.core.reconcile import UnloadConn
 from ovs_ipsec.core.status import Protection, TunnelStatus
 from ovs_ipsec.daemon.applier import Applier
-from ovs_ipsec.daemon.health import Health, vlog
+from ovs_ipsec.daemon.health import BULK_ACTIONS, Health, vlog
 from ovs_ipsec.daemon.policy_guard import PolicyGuard
 from ovs_ipsec.daemon.report import Report, Stale
 from ovs_ipsec.daemon.sa_watch import SaWatch
@@ -154,6 +154,7 @@ class Daemon:
             self._checks += 1
             if self._checks % FULL_REFOLD_EVERY == 0:
                 self._stale.touch(None)  # every tunnel's state from scratch, now and then
+                heap.resettle()
             # Without events for what charon does on its own (expiry, DPD), the SAs are listed
             # at each check too: in the same wake-up, not in one of their own.
             self.sa_watch.request()
@@ -244,6 +245,7 @@ class Daemon:
         pass_id = self.health.passes
         check = self._check_due
         changed = self._dirty or self._refresh_requested  # upstream's refresh() runs then
+        bulk = not self.first_pass_done or len(self._conns_changed) > BULK_ACTIONS
         # Protection first, whatever charon's state: new block policies are in the kernel before
         # anything is loaded into charon, and old ones leave only after charon's side changed.
         self.guard.protect(pass_id, check=check)
@@ -269,6 +271,10 @@ class Daemon:
             self.first_pass_done = True
             self.health.last_pass_seconds = self.clock() - started
             self.report.log_invalid_changes()
+            # What a first pass or a bulk load built is kept for good: out of the collector's
+            # way (adapters/heap.py).
+            if bulk:
+                heap.settle()
             # Whatever the pass dropped (thousands of listed objects at a check, the messages of a
             # bulk load, a change's few) goes back to the kernel; nothing to give back costs
             # microseconds.

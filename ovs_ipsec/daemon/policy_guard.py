@@ -166,7 +166,7 @@ class PolicyGuard:
                 return
         self._counts_at_start = counts
         if (listed or check) and not self._in_line:
-            to_add, to_remove = policies_to_add_and_remove(self.planner.policies, self._held())
+            to_add, to_remove = self._compare()
             self._in_line = not to_add and not to_remove
         elif listed or check:
             to_add, to_remove = (), ()  # nothing moved since they were found equal
@@ -219,6 +219,16 @@ class PolicyGuard:
     def _held(self) -> AbstractSet[PolicySpec]:
         assert self.policies is not None
         return self.policies
+
+    def _compare(self) -> tuple[tuple[PolicySpec, ...], tuple[PolicySpec, ...]]:
+        """Desired vs. held. Held is made of the desired state's own objects (what `_list` and
+        `_write` put in), so when both hold the very same objects they are equal, which is
+        told by their identities without hashing every spec: at N = 5,000 (20,000 policies)
+        the first check after a change spent 30 ms comparing them spec by spec."""
+        desired, held = self.planner.policies, self._held()
+        if len(desired) == len(held) and {id(s) for s in desired} == {id(s) for s in held}:
+            return (), ()
+        return policies_to_add_and_remove(desired, held)
 
     def _count(self) -> str | None:
         try:

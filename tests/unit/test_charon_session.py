@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from vici.protocol import FiniteStream, Message, Packet
 
+from ovs_ipsec.adapters import charon as charon_module
 from ovs_ipsec.adapters.charon import Charon
 from ovs_ipsec.core.sas import parse_sas
 from ovs_ipsec.errors import CharonError, CharonUnreachable
@@ -201,5 +202,54 @@ def test_a_request_longer_than_charon_takes_is_refused_unsent_and_the_session_ke
     )
     assert [name for _, name in charon.seen] == ["load-shared", "load-shared"]
     assert session.connected
+    session.close()
+    charon.close()
+
+
+def test_a_listing_like_the_last_is_not_decoded_again_one_that_differs_is(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get-conns and get-shared at each periodic check: a reply byte for byte the last one
+    gives the same names without decoding; any difference (one name more, one renamed, a
+    refusal) is decoded and judged again."""
+    listings = [
+        ["ovs-10.0.0.1", "ovs-10.0.0.2", "foreign"],
+        ["ovs-10.0.0.1", "ovs-10.0.0.2", "foreign"],
+        ["ovs-10.0.0.1", "ovs-10.0.0.3", "foreign"],
+        ["ovs-10.0.0.1", "ovs-10.0.0.3", "foreign", "ovs-10.0.0.4"],
+        ["ovs-10.0.0.1", "ovs-10.0.0.3", "foreign", "ovs-10.0.0.4"],
+    ]
+
+    def lists(conn: socket.socket, kind: int, name: str, body: dict[str, Any]) -> None:
+        if name == "get-conns":
+            send(conn, response({"conns": listings.pop(0)} if listings else {"success": "no"}))
+        else:
+            send(conn, response({"keys": ["ovs-psk-10.0.0.1"]}))
+
+    charon = FakeCharon(path, lists)
+    session = Charon(path, timeout=2)
+    decoded: list[int] = []
+    real = charon_module.vici_wire.decode_message
+
+    def counting(data: bytes) -> dict[str, Any]:
+        decoded.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(charon_module.vici_wire, "decode_message", counting)
+    seen = [session.owned_conns() for _ in range(5)]
+    assert seen == [
+        {"ovs-10.0.0.1", "ovs-10.0.0.2"},
+        {"ovs-10.0.0.1", "ovs-10.0.0.2"},
+        {"ovs-10.0.0.1", "ovs-10.0.0.3"},
+        {"ovs-10.0.0.1", "ovs-10.0.0.3", "ovs-10.0.0.4"},
+        {"ovs-10.0.0.1", "ovs-10.0.0.3", "ovs-10.0.0.4"},
+    ]
+    assert len(decoded) == 3  # the first, and the two that differed
+    assert session.owned_shared() == {"ovs-psk-10.0.0.1"}
+    assert session.owned_shared() == {"ovs-psk-10.0.0.1"}
+    assert len(decoded) == 4  # the secrets' own listing is remembered apart
+    with pytest.raises(CharonError):
+        session.owned_conns()  # a refusal is decoded, never taken for a listing
+    assert session.connected and not session.busy
     session.close()
     charon.close()

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from fakes import FakeClock, FakePoller, FakeXfrm, World, unread_row
 
+from ovs_ipsec.adapters import heap
 from ovs_ipsec.core.block_policies import (
     SKB_MARK_PRIORITY,
     PolicySpec,
@@ -30,7 +31,8 @@ from ovs_ipsec.core.block_policies import (
 )
 from ovs_ipsec.core.desired import Planner
 from ovs_ipsec.daemon import policy_guard
-from ovs_ipsec.daemon.health import Health
+from ovs_ipsec.daemon.health import BULK_ACTIONS, Health
+from ovs_ipsec.daemon.loop import FULL_REFOLD_EVERY
 from ovs_ipsec.daemon.policy_guard import LISTING_EVERY, PolicyGuard
 
 PEERS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")
@@ -375,11 +377,13 @@ def test_checks_compare_desired_and_held_only_when_either_moved(
     world.run_for(CHECK)
     compared: list[float] = []
 
-    def counted(*args: Any) -> Any:
-        compared.append(world.clock())
-        return policies_to_add_and_remove(*args)
+    compare = PolicyGuard._compare
 
-    monkeypatch.setattr(policy_guard, "policies_to_add_and_remove", counted)
+    def counted(guard: PolicyGuard) -> Any:
+        compared.append(world.clock())
+        return compare(guard)
+
+    monkeypatch.setattr(PolicyGuard, "_compare", counted)
     world.run_for(3 * CHECK)
     assert compared == []
     world.xfrm.foreign += 1  # listed at the next check, and found as held
@@ -388,6 +392,31 @@ def test_checks_compare_desired_and_held_only_when_either_moved(
     add_tunnel(world, 9, "10.0.0.9")  # desired moved (and held, by our own writes)
     world.run_for(3 * CHECK)
     assert len(compared) == 1
+
+
+def test_desired_and_held_compared_by_identity_first_then_spec_by_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same objects on both sides are equal without hashing each; equal copies, or one
+    more or less, go through the full comparison, which finds what differs."""
+    world = converged()
+    guard = world.daemon.guard
+    full: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        full.append(1)
+        return policies_to_add_and_remove(*args)
+
+    monkeypatch.setattr(policy_guard, "policies_to_add_and_remove", counted)
+    assert guard._compare() == ((), ()) and full == []
+    held = guard._policies
+    assert held is not None
+    copies = {dataclasses.replace(spec): None for spec in held}
+    guard._policies = copies
+    assert guard._compare() == ((), ()) and len(full) == 1
+    missing = next(iter(copies))
+    del copies[missing]
+    assert guard._compare() == ((missing,), ()) and len(full) == 2
 
 
 def test_the_guard_lists_when_unknown_when_the_counts_moved_or_every_twentieth_check() -> None:
@@ -949,3 +978,25 @@ def test_log_events_dropped_in_a_flood_are_reported_at_most_once_a_minute(
         watch.run_events()
         clock.advance(1.0)
     assert len(warned) == 2 and f"{700 * 60} log events dropped" in warned[1]
+
+
+# -- the garbage collector -----------------------------------------------------------------------
+
+
+def test_the_first_pass_and_bulk_loads_are_frozen_and_unfrozen_every_twentieth_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(heap, "settle", lambda: calls.append("settle"))
+    monkeypatch.setattr(heap, "resettle", lambda: calls.append("resettle"))
+    world = converged()
+    assert calls == ["settle"]  # the first pass
+    add_tunnel(world, 3, "10.0.0.5")
+    world.settle()
+    assert calls == ["settle"]  # a change of a few tunnels leaves the collector alone
+    for index in range(4, 4 + BULK_ACTIONS + 1):
+        add_tunnel(world, index, f"10.0.1.{index}")
+    world.settle()
+    assert calls == ["settle", "settle"]  # a bulk load
+    world.run_for(FULL_REFOLD_EVERY * CHECK + 1)
+    assert calls == ["settle", "settle", "resettle"]

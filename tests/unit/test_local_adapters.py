@@ -181,6 +181,28 @@ def test_heap_trim_runs_on_this_libc() -> None:
     heap.trim()  # on glibc: malloc_trim(0); elsewhere nothing
 
 
+def test_the_collector_waits_for_the_first_pass_then_leaves_its_state_frozen() -> None:
+    """In a process of its own: freezing is process-wide."""
+    code = (
+        "import gc, weakref\n"
+        "from ovs_ipsec.adapters import heap\n"
+        "class Node: pass\n"
+        "heap.hold_off()\n"
+        "state = [[i] for i in range(1000)]\n"
+        "print(gc.isenabled(), gc.get_freeze_count() == 0)\n"
+        "heap.settle()\n"
+        "print(gc.isenabled(), gc.get_freeze_count() >= 1000)\n"
+        "node = Node(); node.me = node; gone = weakref.ref(node); del node\n"
+        "heap.settle(); gc.collect()\n"  # the cycle, unreachable, was frozen with the rest
+        "print(gone() is not None)\n"
+        "heap.resettle()\n"  # collected now; the rest frozen again
+        "print(gone() is None, gc.isenabled(), gc.get_freeze_count() >= 1000, len(state))\n"
+    )
+    result = proc.run([sys.executable, "-c", code], timeout=30)
+    assert result.stdout.split() == ["False", "True", "True", "True", "True", "True", "True",
+                                     "True", "1000"]  # fmt: skip
+
+
 def test_open_vici_connects_with_the_timeout_given(tmp_path: Path) -> None:
     path = str(tmp_path / "charon.vici")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:

@@ -681,7 +681,29 @@ def test_status_book_equals_a_fresh_fold_after_any_sequence(steps: list[int]) ->
         view = views[step]
         book.refold(view, None if previous is None else _moved(previous, view))
         assert book.states() == _keys(view)
+        assert book.all_up() == _all_up(_keys(view))
         previous = view
+
+
+def _all_up(keys: dict[str, StateKey]) -> int:
+    return len(keys) if keys and all(key[0] is State.UP for key in keys.values()) else 0
+
+
+def test_status_book_counts_all_up_without_a_pass_over_every_port() -> None:
+    desired = _desired_of(("a", "10.9.0.1"))
+    up = listing(("ovs-10.9.0.1", {**ike_sa(1), "child-sas": {"x": child_sa("ovs-a", 2)}}))
+    loaded = frozenset(desired.conns)
+    book = StatusBook()
+    assert book.all_up() == 0  # no port at all
+    book.refold(View(desired, loaded))
+    assert book.all_up() == 0
+    book.refold(View(desired, loaded, sas=up), ["ovs-10.9.0.1"])
+    assert book.all_up() == 1
+    both = _desired_of(("a", "10.9.0.1"), ("b", None))  # b invalid: not up
+    book.refold(View(both, frozenset(both.conns), sas=up), [])
+    assert book.all_up() == 0
+    book.refold(View(desired, loaded, sas=up), [])  # b deleted
+    assert book.all_up() == 1
 
 
 def test_dispatch_feeds_the_tracker_and_the_sa_table_from_one_parse() -> None:

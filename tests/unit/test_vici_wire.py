@@ -53,8 +53,28 @@ def test_parse_refuses_malformed_bytes_with_value_error_only(data: bytes) -> Non
 
 @pytest.mark.parametrize(
     "data",
-    [b"\x01\x01a", b"\x04\x01a\x05\x00\x01x", b"\x03\x01a\x00\x05ab", b"\x02", b"\x07", b"\x05"],
-    ids=["open-section", "open-list", "short-value", "stray-end", "unknown", "stray-item"],
+    [
+        b"\x01\x01a",
+        b"\x04\x01a\x05\x00\x01x",
+        b"\x03\x01a\x00\x05ab",
+        b"\x02",
+        b"\x07",
+        b"\x05",
+        b"\x04\x01a\x05\x00\x01x\x05\x00\x05ab\x06",
+        b"\x04\x01a\x05\x00\x01x\x05\x00",
+        b"\x04\x01a\x05\x00\x01x\x05",
+    ],
+    ids=[
+        "open-section",
+        "open-list",
+        "short-value",
+        "stray-end",
+        "unknown",
+        "stray-item",
+        "short-second-item",
+        "item-without-length",
+        "item-without-value",
+    ],
 )
 def test_truncated_or_misplaced_elements_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
