@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -199,13 +200,17 @@ def change_stats(records: list[ChangeRecord]) -> dict[str, float]:
     return {"change_med_ms": statistics.median(ms), "change_p95_ms": nearest_rank(ms, 0.95)}
 
 
+# ovs.vlog prints the milliseconds as the first three characters of a float's text: "094" is
+# never written, 94 ms reads "94." and 5 ms "5.5"; the digits before a dot are the milliseconds.
+_LOG_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{1,3})[.\d]*Z")
+
+
 def _log_time(line: str) -> float | None:
-    stamp = line.split("|", 1)[0].strip()
-    try:
-        when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
-    except ValueError:
+    match = _LOG_STAMP.fullmatch(line.split("|", 1)[0].strip())
+    if match is None:
         return None
-    return when.replace(tzinfo=dt.UTC).timestamp()
+    when = dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
+    return when.timestamp() + int(match.group(2)) / 1000
 
 
 def daemon_internal(log_text: str, records: list[ChangeRecord]) -> dict[str, Any]:
