@@ -192,15 +192,18 @@ def test_the_collector_waits_for_the_first_pass_then_leaves_its_state_frozen() -
         "print(gc.isenabled(), gc.get_freeze_count() == 0)\n"
         "heap.settle()\n"
         "print(gc.isenabled(), gc.get_freeze_count() >= 1000)\n"
-        "node = Node(); node.me = node; gone = weakref.ref(node); del node\n"
-        "heap.settle(); gc.collect()\n"  # the cycle, unreachable, was frozen with the rest
+        "gc.disable(); old = Node(); old.me = old; went = weakref.ref(old); del old\n"
+        "heap.settle()\n"  # garbage made before settling is collected, not frozen
+        "print(went() is None)\n"
+        "node = Node(); node.me = node; gone = weakref.ref(node)\n"
+        "heap.settle(); del node; gc.collect()\n"  # frozen alive, then garbage: kept
         "print(gone() is not None)\n"
         "heap.resettle()\n"  # collected now; the rest frozen again
         "print(gone() is None, gc.isenabled(), gc.get_freeze_count() >= 1000, len(state))\n"
     )
     result = proc.run([sys.executable, "-c", code], timeout=30)
     assert result.stdout.split() == ["False", "True", "True", "True", "True", "True", "True",
-                                     "True", "1000"]  # fmt: skip
+                                     "True", "True", "1000"]  # fmt: skip
 
 
 def test_open_vici_connects_with_the_timeout_given(tmp_path: Path) -> None:
