@@ -12,9 +12,10 @@ outcomes, sas, errors, stdlib.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -102,9 +103,7 @@ class Charon:
     ) -> list[dict[str, Any]]:
         """A request whose answer comes as `event`s before the reply (list-sas): charon sends
         them only to a session registered for `event`, so register, ask, collect, unregister."""
-        stream = self._require(command)
-        self._busy = True
-        try:
+        with self._session(command) as stream:
             _registration(stream, vici_wire.register_packet(event))
             stream.send(vici_wire.request_packet(command, message))
             items: list[dict[str, Any]] = []
@@ -115,11 +114,6 @@ class Charon:
                 items.append(vici_wire.decode_message(packet.payload))
             reply = _reply(command, packet)
             _registration(stream, vici_wire.unregister_packet(event))
-        except (OSError, ValueError) as exc:
-            self.close()
-            raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
-        finally:
-            self._busy = False
         if isinstance(reply, CharonError):
             raise reply
         return items
@@ -167,6 +161,20 @@ class Charon:
             self._busy = False
         return [outcome for outcome in outcomes if outcome is not None]
 
+    @contextlib.contextmanager
+    def _session(self, command: str) -> Iterator[ViciStream]:
+        """The session for one exchange of `command`, marked busy meanwhile; a failure of the
+        socket or of the framing loses the session (`CharonUnreachable`)."""
+        stream = self._require(command)
+        self._busy = True
+        try:
+            yield stream
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
+        finally:
+            self._busy = False
+
     def _require(self, command: str) -> ViciStream:
         # on_wait runs other handlers while a call is outstanding; one of them calling charon
         # on this session would interleave two requests on one socket.
@@ -203,9 +211,7 @@ class Charon:
         """Our names in charon's reply to `command`. A reply byte for byte the same as the last
         one (the usual periodic check) has the same names: they are not decoded and judged
         again, which at N = 5,000 tunnels was 17 ms of a check's ~40."""
-        stream = self._require(command)
-        self._busy = True
-        try:
+        with self._session(command) as stream:
             stream.send(vici_wire.request_packet(command, {}))
             packet = vici_wire.decode_packet(stream.receive())
             digest = hashlib.blake2b(packet.payload, digest_size=16).digest()
@@ -213,11 +219,6 @@ class Charon:
             if packet.type == PacketType.CMD_RESPONSE and last is not None and last[0] == digest:
                 return frozenset(last[1])
             reply = _reply(command, packet)
-        except (OSError, ValueError) as exc:
-            self.close()
-            raise CharonUnreachable(command, str(exc) or type(exc).__name__) from exc
-        finally:
-            self._busy = False
         if isinstance(reply, CharonError):
             raise reply
         # Names of the last listing were judged ours already: only new ones are judged.
