@@ -186,6 +186,32 @@ def _read(path: str) -> str:
         return ""
 
 
+def await_socket(
+    process: LabProcess | None,
+    path: str,
+    timeout: float,
+    *,
+    what: str,
+    dead: str,
+    logs: Sequence[str],
+) -> None:
+    """Wait until a daemon accepts on its unix socket `path`; LabError with the tails of its
+    `logs` if it dies first."""
+
+    def ready() -> bool:
+        if process is None or not process.alive():
+            raise LabError(dead + "".join(f"\n--- {log} ---\n{_tail(log)}" for log in logs))
+        # Connecting, not just stat(): the file exists a moment before the daemon accepts.
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(path)
+            except OSError:
+                return False
+        return True
+
+    wait_for(ready, timeout, what=f"{what} {path}")
+
+
 def _tail(path: str, lines: int = 30) -> str:
     return "\n".join(_read(path).splitlines()[-lines:])
 
@@ -471,22 +497,12 @@ class Host:
         self._charon = self.lab._track(popen.pid, f"{self.name} charon", popen)
 
     def _await_charon(self, timeout: float) -> None:
-        def ready() -> bool:
-            if self._charon is None or not self._charon.alive():
-                raise LabError(
-                    f"{self.name}: charon exited during start-up\n"
-                    f"--- {self.charon_log_path} ---\n{_tail(self.charon_log_path)}\n"
-                    f"--- charon.stdout ---\n{_tail(os.path.join(self.dir, 'charon.stdout'))}"
-                )
-            # Connecting, not just stat(): the file exists a moment before charon accepts.
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(self.vici_path)
-                except OSError:
-                    return False
-            return True
-
-        wait_for(ready, timeout, what=f"{self.name}: charon's VICI socket {self.vici_path}")
+        await_socket(
+            self._charon, self.vici_path, timeout,
+            what=f"{self.name}: charon's VICI socket",
+            dead=f"{self.name}: charon exited during start-up",
+            logs=(self.charon_log_path, os.path.join(self.dir, "charon.stdout")),
+        )  # fmt: skip
 
     def stop_charon(self, sig: int = signal.SIGTERM) -> None:
         """Stop this host's charon and wait for it to exit (SIGKILL after 5 s)."""

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Mapping
 
@@ -51,9 +50,8 @@ from ovs_ipsec.tools.lab import (
     LabProcess,
     _read,
     _run,
-    _tail,
+    await_socket,
     terminate,
-    wait_for,
 )
 
 LIBRESWAN_ROOT_ENV = "OVS_IPSEC_LIBRESWAN_ROOT"
@@ -178,21 +176,12 @@ class Pluto:
         self._proc = self.host.lab._track(popen.pid, f"{self.host.name} pluto", popen)
 
     def await_ready(self, timeout: float) -> None:
-        def ready() -> bool:
-            if self._proc is None or not self._proc.alive():
-                raise LabError(
-                    f"{self.host.name}: pluto exited during start-up\n"
-                    f"--- {self.log_path} ---\n{_tail(self.log_path)}\n"
-                    f"--- {self.stdout_path} ---\n{_tail(self.stdout_path)}"
-                )
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(self.ctl_path)
-                except OSError:
-                    return False
-            return True
-
-        wait_for(ready, timeout, what=f"{self.host.name}: pluto's control socket {self.ctl_path}")
+        await_socket(
+            self._proc, self.ctl_path, timeout,
+            what=f"{self.host.name}: pluto's control socket",
+            dead=f"{self.host.name}: pluto exited during start-up",
+            logs=(self.log_path, self.stdout_path),
+        )  # fmt: skip
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop pluto and wait for it to exit (SIGKILL after 5 s). On SIGTERM it deletes its IKE
