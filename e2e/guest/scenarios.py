@@ -76,7 +76,20 @@ class Scenario:
 # once the defect is gone. Both found so far are fixed (ipsec_skb_mark blocks inbound plain
 # tunnels; plaintext while a port is re-added): the daemon's protection policies are outbound-
 # only for the mark and linger after a port goes.
-KNOWN_BUGS: dict[str, str] = {}
+#
+# Libreswan 4.10 (pluto<->pluto, scenario 9): when both ends of a Geneve/VXLAN tunnel start their
+# Child SAs at once over an IKE SA they already share (traffic one way, the reply the other), the
+# crossing CREATE_CHILD_SA exchanges confuse pluto's message-ID windows (`EXPECTATION FAILED:
+# ...responder.recv == ...responder.sent (is_duplicate_response())`, `CREATE_CHILD_SA message
+# response with Message ID 0 has no matching SA`): one side's Child SA stays pending until the IKE
+# SA is replaced (about 70 s), so the tunnel carries nothing meanwhile (fail-closed: no plaintext).
+# Seen in 1 of 3 runs of T1 (geneve, after T5's GRE SA); upstream's NxN test skips its traffic half
+# on Libreswan 4.x for such bugs. Not the daemon's: pluto's, listed so that it shows as XFAIL.
+_PLUTO_CROSSING = "pluto 4.10's crossing CREATE_CHILD_SA bug (see KNOWN_BUGS' comment)"
+KNOWN_BUGS: dict[str, str] = {
+    "T1 pluto<->pluto psk geneve ipv4": _PLUTO_CROSSING,
+    "all loaded conns active (upstream's check)": _PLUTO_CROSSING,
+}
 
 
 class Pair:
