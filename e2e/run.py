@@ -65,6 +65,9 @@ ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
 # the release, and all of it (-s 0,1,2,...) takes about three times as long.
 USERLAND_SCENARIOS = ("0", "8")
 ROOT_PYTHON = "/usr/bin/python3"  # a userland root's interpreter, at its path in the guest
+# Debian's libreswan conflicts with strongSwan, so scripts/setup.sh unpacks it here; exported to
+# the guest at the same path when it exists (the host userland's scenario 9 runs its pluto).
+LIBRESWAN_ROOT = os.environ.get("OVS_IPSEC_LIBRESWAN_ROOT", "/opt/ovs-ipsec-test/libreswan")
 
 
 def read(path: str) -> str:
@@ -155,6 +158,8 @@ class Runner:
             python = self.args.python or default_python()
             usr, etc = "/usr", "/etc"
             extra = python_mounts(python)
+            if os.path.isdir(LIBRESWAN_ROOT) and os.path.realpath(LIBRESWAN_ROOT) != "/":
+                extra.append(os.path.realpath(LIBRESWAN_ROOT))
         else:
             # The root's interpreter with the root's libraries: nothing of the host's Python.
             python = self.args.python or ROOT_PYTHON
@@ -184,6 +189,7 @@ class Runner:
                 f"e2e.timeout={guest_timeout}",
                 f"e2e.scenarios={','.join(s.id for s in scenarios)}",
                 f"e2e.userland={self.args.userland or 'host'}",
+                f"e2e.libreswan={os.path.realpath(LIBRESWAN_ROOT)}",
                 f"e2e.mnt={','.join(mnt_spec)}",
                 *self.args.kernel_arg,
             ]

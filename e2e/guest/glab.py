@@ -33,6 +33,10 @@ SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 CHARON_SYSTEMD = "/usr/sbin/charon-systemd"
 UPSTREAM_MONITOR = "/usr/share/openvswitch/scripts/ovs-monitor-ipsec"
 WORK = "/tmp/e2e"
+# Libreswan unpacked by scripts/setup.sh (it conflicts with strongSwan as a package); run.py
+# exports it at this path when it exists, scenarios.py --libreswan may name another.
+LIBRESWAN_ROOT = "/opt/ovs-ipsec-test/libreswan"
+PLUTO_RUN = "/run/pluto"  # in the node's own /run: pluto's --rundir, its pluto.ctl
 UNDERLAY_BRIDGE = "ul0"
 UNDERLAY4 = "10.1.1.{}"
 UNDERLAY6 = "fd01::{}"
@@ -266,11 +270,13 @@ class Node:
     name: str
     index: int  # underlay host number
     scenario_dir: str
-    monitor: str = "ours"  # "ours" | "upstream" | "none"
+    monitor: str = "ours"  # "ours" (over charon) | "pluto" (ours over pluto) | "upstream" | "none"
     python: str = sys.executable
     repo: str = ""
     holder: subprocess.Popen | None = None
     charon: subprocess.Popen | None = None
+    pluto: subprocess.Popen | None = None
+    extra_monitor_args: tuple[str, ...] = ()
     dir: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -446,6 +452,113 @@ class Node:
             self.charon.wait(5)
         self.charon = None
 
+    # -- Libreswan's pluto (docs/libreswan-notes.md section 1), for the "pluto" flavour
+    @property
+    def pluto_dir(self) -> str:
+        return os.path.join(self.dir, "pluto")
+
+    def start_pluto(self) -> None:
+        """pluto with its own config, NSS database and secrets file (which includes the one our
+        daemon owns), its control socket in the node's /run. pluto execs the hard-coded
+        /usr/libexec/ipsec/addconn at start: the unpacked Libreswan is bind-mounted there in the
+        node's own mount namespace (the directory is made in the guest's writable /usr)."""
+        d = self.pluto_dir
+        nss = os.path.join(d, "nss")
+        os.makedirs(nss, exist_ok=True)
+        run(["certutil", "-N", "-d", f"sql:{nss}", "--empty-password"])
+        with open(os.path.join(d, "ipsec.conf"), "w") as f:
+            f.write(
+                f"config setup\n\tlogfile={d}/pluto.log\n\tdumpdir={PLUTO_RUN}\n\tplutodebug=none\n"
+            )
+        fd = os.open(os.path.join(d, "ipsec.secrets"), os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"include {d}/ovs.secrets\n")
+        root = LIBRESWAN_ROOT
+        # Default routes as upstream's system tests give their nodes: a tunnel without local_ip
+        # is `left=%defaultroute` for pluto, which without one refuses to route the conn ("we
+        # cannot identify ourselves with either end of this connection"); charon's %any needs
+        # none. The gateways need not exist.
+        self.x(
+            f"mkdir -p /usr/libexec/ipsec {PLUTO_RUN} && rm -f {PLUTO_RUN}/pluto.ctl"
+            f" {PLUTO_RUN}/pluto.pid && mount --bind {root}/usr/libexec/ipsec /usr/libexec/ipsec"
+            f" && ip route replace default via {UNDERLAY4.format(254)} dev eth0"
+            f" && ip -6 route replace default via {UNDERLAY6.format('fe')} dev eth0"
+        )
+        env = dict(os.environ, PATH=f"{root}/usr/sbin:{os.environ.get('PATH', '/usr/bin')}")
+        argv = [
+            "/usr/libexec/ipsec/pluto", "--nofork", "--config", f"{d}/ipsec.conf",
+            "--rundir", PLUTO_RUN, "--nssdir", nss, "--secretsfile", f"{d}/ipsec.secrets",
+            "--ipsecdir", d, "--no-dnssec",
+        ]  # fmt: skip
+        self.pluto = self.spawn(argv, "pluto.stdout", env=env)
+        wait_for(
+            lambda: (
+                os.path.exists(self.path(f"{PLUTO_RUN}/pluto.ctl")) or self.pluto.poll() is not None
+            ),
+            30,
+            f"{self.name}: pluto's control socket",
+        )
+        if self.pluto.poll() is not None:
+            raise Fail(
+                f"{self.name}: pluto exited {self.pluto.returncode}: "
+                f"{tail(os.path.join(d, 'pluto.log'), 5)}"
+                f" {tail(os.path.join(self.dir, 'pluto.stdout'), 5)}"
+            )
+
+    def whack(self, *args: str) -> str:
+        return self.x(
+            ["/usr/libexec/ipsec/whack", "--ctlsocket", f"{PLUTO_RUN}/pluto.ctl", *args]
+        ).stdout
+
+    def pluto_totals(self) -> tuple[int, int]:
+        """(loaded, active) from `whack --status`: upstream's test counts ("Total IPsec
+        connections: loaded 2, active 2")."""
+        m = re.search(
+            r"Total IPsec connections: loaded (\d+), active (\d+)", self.whack("--status")
+        )
+        if not m:
+            raise Fail(f"{self.name}: no 'Total IPsec connections' in whack --status")
+        return int(m.group(1)), int(m.group(2))
+
+    def pluto_monitor_args(self) -> list[str]:
+        """Upstream's Libreswan flags as its system tests give them (their own paths,
+        --no-restart-ike-daemon: pluto is started here)."""
+        d = self.pluto_dir
+        return [
+            "--ike-daemon=libreswan", "--no-restart-ike-daemon", f"--ipsec-conf={d}/ovs.conf",
+            f"--ipsec-secrets={d}/ovs.secrets", f"--ipsec-d={d}/nss",
+            f"--ipsec-ctl={PLUTO_RUN}/pluto.ctl",
+        ]  # fmt: skip
+
+    def stop_ike(self) -> None:
+        """Stop whichever IKE daemon runs (charon or pluto)."""
+        self.stop_charon()
+        if self.pluto is not None:
+            self.pluto.terminate()
+            try:
+                self.pluto.wait(10)
+            except subprocess.TimeoutExpired:
+                self.pluto.kill()
+                self.pluto.wait(5)
+            self.pluto = None
+
+    def switch(self, monitor: str) -> None:
+        """Our daemon stopped (cleanup: its conns and policies go), the IKE daemon replaced
+        (charon by pluto or back), our daemon started again on the new one."""
+        t = time.monotonic()
+        pid = self.monitor_pid()
+        self.appctl_monitor("exit")
+        if pid is not None:
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20, f"{self.name}: daemon exit")
+        self.stop_ike()
+        self.monitor = monitor
+        (self.start_pluto if monitor == "pluto" else self.start_charon)()
+        t_ike = time.monotonic() - t
+        self.start_monitor()
+        log(
+            f"{self.name}: now {monitor} (IKE daemon {t_ike:.1f}s, all {time.monotonic() - t:.1f}s)"
+        )
+
     # -- our daemon
     @property
     def monitor_pidfile(self) -> str:
@@ -460,7 +573,12 @@ class Node:
             self.python,
             os.path.join(self.repo, "bin", "ovs-monitor-ipsec"),
             "unix:/run/openvswitch/db.sock",
-            "--vici=unix:///run/charon.vici",
+            *(
+                self.pluto_monitor_args()
+                if self.monitor == "pluto"
+                else ["--vici=unix:///run/charon.vici"]
+            ),
+            *self.extra_monitor_args,
             f"--pidfile={self.monitor_pidfile}",
             f"--log-file={self.dir}/ovs-monitor-ipsec.log",
             f"--unixctl={self.monitor_ctl}",
@@ -537,6 +655,8 @@ class Node:
         steps = [("ovs", self.start_ovs)]
         if self.monitor == "ours":
             steps += [("charon", self.start_charon), ("daemon", self.start_monitor)]
+        elif self.monitor == "pluto":
+            steps += [("pluto", self.start_pluto), ("daemon", self.start_monitor)]
         elif self.monitor == "upstream":
             steps += [("upstream monitor+starter+charon", self.start_upstream_monitor)]
         took = []
@@ -568,7 +688,7 @@ class Node:
                     and read(f"/proc/{p}/stat").split(")")[-1].split()[:1] != ["Z"]
                 ]
                 time.sleep(0.1)
-        for p in (self.charon,):
+        for p in (self.charon, self.pluto):
             if p is not None:
                 with contextlib.suppress(Exception):
                     p.wait(1)
@@ -595,6 +715,11 @@ class Node:
             "ovs.txt": "ovs-vsctl show; ovs-appctl dpctl/show; ovs-appctl dpctl/dump-flows",
             "ip.txt": "ip -d link; ip addr",
         }
+        if self.pluto is not None:
+            cmds["pluto.txt"] = (
+                f"for c in --status --showstates --trafficstatus; do /usr/libexec/ipsec/whack"
+                f" --ctlsocket {PLUTO_RUN}/pluto.ctl $c; done"
+            )
         for name, cmd in cmds.items():
             p = self.x(cmd + " 2>&1", check=False, timeout=20)
             with open(os.path.join(self.dir, name), "w") as f:
@@ -697,6 +822,23 @@ class Tunnel:
         local.x(
             f"ip addr replace {self.overlay(side)}/24 dev {self.bridge} &&"
             f" ip link set {self.bridge} up"
+        )
+
+    @staticmethod
+    def add_many(tunnels: Iterable[Tunnel], local: Node, remote: Node, side: int) -> None:
+        """Several tunnels on `local` with one ovs-vsctl transaction and one shell: the daemon
+        sees them in one OVSDB update (as add_port, otherwise)."""
+        tunnels = list(tunnels)
+        args: list[str] = []
+        for t in tunnels:
+            args += ["--", "--may-exist", "add-br", t.bridge, "--", "add-port", t.bridge, t.port]
+            args += ["--", "set", "interface", t.port, *t.iface_args(local, remote)]
+        local.vsctl(*args[1:], timeout=60)
+        local.x(
+            " && ".join(
+                f"ip addr replace {t.overlay(side)}/24 dev {t.bridge} && ip link set {t.bridge} up"
+                for t in tunnels
+            )
         )
 
     def delete(self, *nodes: Node) -> None:

@@ -76,7 +76,20 @@ class Scenario:
 # once the defect is gone. Both found so far are fixed (ipsec_skb_mark blocks inbound plain
 # tunnels; plaintext while a port is re-added): the daemon's protection policies are outbound-
 # only for the mark and linger after a port goes.
-KNOWN_BUGS: dict[str, str] = {}
+#
+# Libreswan 4.10 (pluto<->pluto, scenario 9): when both ends of a Geneve/VXLAN tunnel start their
+# Child SAs at once over an IKE SA they already share (traffic one way, the reply the other), the
+# crossing CREATE_CHILD_SA exchanges confuse pluto's message-ID windows (`EXPECTATION FAILED:
+# ...responder.recv == ...responder.sent (is_duplicate_response())`, `CREATE_CHILD_SA message
+# response with Message ID 0 has no matching SA`): one side's Child SA stays pending until the IKE
+# SA is replaced (about 70 s), so the tunnel carries nothing meanwhile (fail-closed: no plaintext).
+# Seen in 1 of 3 runs of T1 (geneve, after T5's GRE SA); upstream's NxN test skips its traffic half
+# on Libreswan 4.x for such bugs. Not the daemon's: pluto's, listed so that it shows as XFAIL.
+_PLUTO_CROSSING = "pluto 4.10's crossing CREATE_CHILD_SA bug (see KNOWN_BUGS' comment)"
+KNOWN_BUGS: dict[str, str] = {
+    "T1 pluto<->pluto psk geneve ipv4": _PLUTO_CROSSING,
+    "all loaded conns active (upstream's check)": _PLUTO_CROSSING,
+}
 
 
 class Pair:
@@ -214,7 +227,8 @@ class Pool:
             return
         if ctx.failed:
             p.copy_logs(self.out)
-        if not ctx.scenario.shared or ctx.failed or ctx.timed_out:
+        moved = tuple(n.monitor for n in p.nodes) != p.flavour  # nodes switched IKE daemon
+        if not ctx.scenario.shared or ctx.failed or ctx.timed_out or moved:
             self.drop()
             return
         t = time.monotonic()
@@ -324,7 +338,7 @@ class Ctx:
                 continue
             with contextlib.suppress(Exception):
                 n.dump()
-            for f in ("ovs-monitor-ipsec.log", "charon.log"):
+            for f in ("ovs-monitor-ipsec.log", "charon.log", "pluto/pluto.log"):
                 text = tail(os.path.join(n.dir, f), 15)
                 if text:
                     raw(f"----- {n.name} {f} (last lines)\n{text}")
@@ -368,32 +382,44 @@ def check_tunnel(
     with ctx.case(case):
         t0 = time.monotonic()
         extra = side_options or ({}, {})
-        cap = ctx.wire(a)
+        ctx.wire(a)  # the capture runs before the ports exist
         glab.parallel(
             [lambda: t.add_port(a, b, 1, **extra[0]), lambda: t.add_port(b, a, 2, **extra[1])]
         )
         t.wait_policies(a, b)
         loaded = time.monotonic() - t0
-        since = time.time()
-        try:
-            first = ping_until(a, t.overlay(2), 40)
-            ping_count(a, t.overlay(2), 3)
-            ping_count(b, t.overlay(1), 3)
-        finally:
-            traffic = cap.window(since)
-        udp_ports = set(ports) | ({t.udp_port} if t.udp_port else set())
-        detail = verify_esp(traffic, a, b, t.family, udp_ports, minimum=6)
-        seen = traffic.esp_spis()
-        sa = check_sa(a, a.ip(t.family), b.ip(t.family), seen)
-        check_sa(b, b.ip(t.family), a.ip(t.family), seen)
+        esp, first, sa = esp_both_ways(ctx, a, b, t, ports)
         ctx.passed(
             case,
             time.monotonic() - t0,
-            f"{detail}; loaded {loaded:.1f}s, first reply {first:.1f}s; {sa}",
+            f"{esp}; loaded {loaded:.1f}s, first reply {first:.1f}s; {sa}",
         )
     if not keep:
         with contextlib.suppress(Exception):
             t.delete(a, b)
+
+
+def esp_both_ways(
+    ctx: Ctx, a: Node, b: Node, t: Tunnel, ports: tuple[int, ...] = (6081, 4789)
+) -> tuple[str, float, str]:
+    """Pings a -> b until the first reply (traffic brings the SAs up), then 3 each way; a's
+    underlay shows ESP both ways and no plaintext tunnel packet in that time; the SAs seen on
+    the wire are transport mode AES-GCM on both nodes. (ESP counts, seconds to the first
+    reply, the SA.)"""
+    cap = ctx.wire(a)
+    since = time.time()
+    try:
+        first = ping_until(a, t.overlay(2), 40)
+        ping_count(a, t.overlay(2), 3)
+        ping_count(b, t.overlay(1), 3)
+    finally:
+        traffic = cap.window(since)
+    udp_ports = set(ports) | ({t.udp_port} if t.udp_port else set())
+    detail = verify_esp(traffic, a, b, t.family, udp_ports, minimum=6)
+    seen = traffic.esp_spis()
+    sa = check_sa(a, a.ip(t.family), b.ip(t.family), seen)
+    check_sa(b, b.ip(t.family), a.ip(t.family), seen)
+    return detail, first, sa
 
 
 def verify_esp(
@@ -1112,6 +1138,110 @@ def s10_ovn(ctx: Ctx) -> None:
         ovn_stop(a, b)
 
 
+def libreswan_missing() -> str | None:
+    for tool in ("pluto", "whack", "addconn"):
+        path = os.path.join(glab.LIBRESWAN_ROOT, "usr/libexec/ipsec", tool)
+        if not os.access(path, os.X_OK):
+            return f"no {path} (scripts/setup.sh test unpacks Debian's libreswan there)"
+    if shutil.which("certutil") is None:
+        return "no certutil (libnss3-tools)"
+    return None
+
+
+# Upstream's Libreswan system tests (tests/system-ipsec.at) run here, both nodes ours over pluto,
+# all loaded at once: (their number, the tunnel). The tier's time budget holds the first two
+# (GRE and Geneve over IPv4); `--kernel-arg e2e.upstream_all=1` runs all five (about 12 s more).
+UPSTREAM_DEFAULT = ("T5", "T1")
+UPSTREAM_LIBRESWAN = (
+    ("T5", Tunnel("u5g", "gre", 4, 85, options=(("psk", PSK),))),
+    ("T1", Tunnel("u1n", "geneve", 4, 86, options=(("psk", PSK),))),
+    ("T6", Tunnel("u6v", "vxlan", 4, 87, options=(("psk", PSK),))),
+    ("T9", Tunnel("u9n", "geneve", 6, 88, options=(("psk", PSK),))),
+    ("T7", Tunnel("u7v", "vxlan", 6, 89, options=(("psk", PSK),))),
+)
+
+
+SWITCHED = "our daemon exits (cleanup), charon stops, pluto and our daemon start"
+
+
+def upstream_cases() -> tuple[tuple[str, Tunnel], ...]:
+    if "e2e.upstream_all=1" in glab.read("/proc/cmdline").split():
+        return UPSTREAM_LIBRESWAN
+    return tuple(c for c in UPSTREAM_LIBRESWAN if c[0] in UPSTREAM_DEFAULT)
+
+
+def s9_libreswan(ctx: Ctx) -> None:
+    """`--ike-daemon=libreswan` with real ESP: our daemon over charon (left) with ours over
+    pluto (right), a PSK and a CA-signed pair; then left moves to pluto too and upstream's
+    Libreswan system tests that fit run as cases, all tunnels loaded at once."""
+    interop = ("charon<->pluto psk geneve ipv4", "charon<->pluto ca-signed gre ipv4")
+    missing = libreswan_missing()
+    if missing:
+        for name in interop + tuple(f"{n} pluto<->pluto" for n, _ in UPSTREAM_LIBRESWAN):
+            ctx.record(name, "SKIP", 0, missing)
+        return
+    upstream = upstream_cases()
+    # Scenario 2's CA and certificates when it ran in this boot (making them costs ~5 s here).
+    ca_dir = os.path.join(glab.WORK, "s2-certs", "pki", "ca")
+    if not os.path.exists(os.path.join(ca_dir, "right-privkey.pem")):
+        ca_dir = os.path.join(ctx.dir, "pki")
+        os.makedirs(ca_dir)
+        pki(["--dir", ca_dir, "init"], *(["--dir", ca_dir, "host", n] for n in ("left", "right")))
+    # The shared pair (both ours over charon) when the scenario before left it: right moves to
+    # pluto, later left too (cheaper than new nodes: OVS stays).
+    a, b = ctx.pair()
+    with ctx.case("right moves to pluto"):
+        t0 = time.monotonic()
+        b.switch("pluto")
+        ctx.passed("right moves to pluto", time.monotonic() - t0, SWITCHED)
+    check_tunnel(ctx, a, b, Tunnel("lsg", "geneve", 4, 80, options=(("psk", PSK),)), interop[0])
+    by_name = use_ca_signed(a, b, ca_dir)
+    check_tunnel(ctx, a, b, Tunnel("lsc", "gre", 4, 81), interop[1], side_options=by_name)
+
+    with ctx.case("left moves to pluto"):
+        t0 = time.monotonic()
+        a.switch("pluto")
+        ctx.passed("left moves to pluto", time.monotonic() - t0, SWITCHED)
+    name = f"{len(upstream)} tunnels loaded (upstream's conn counts)"
+    with ctx.case(name):
+        t0 = time.monotonic()
+        tunnels = [t for _, t in upstream]
+        glab.parallel(
+            [lambda: Tunnel.add_many(tunnels, a, b, 1), lambda: Tunnel.add_many(tunnels, b, a, 2)]
+        )
+        for _, t in upstream:
+            t.wait_policies(a, b)
+        want = sum(1 if t.type == "gre" else 2 for _, t in upstream)
+        for n in (a, b):
+            glab.wait_for(
+                lambda n=n: n.pluto_totals()[0] == want,
+                20,
+                f"{n.name}: {want} conns loaded in pluto",
+            )
+        ctx.passed(
+            name,
+            time.monotonic() - t0,
+            f"{want} pluto conns loaded on each side in {time.monotonic() - t0:.1f}s",
+        )
+    for number, t in upstream:
+        case = f"{number} pluto<->pluto psk {t.type} ipv{t.family}"
+        with ctx.case(case):
+            t0 = time.monotonic()
+            esp, first, sa = esp_both_ways(ctx, a, b, t)
+            ctx.passed(case, time.monotonic() - t0, f"{esp}; first reply {first:.1f}s; {sa}")
+    name = "all loaded conns active (upstream's check)"
+    with ctx.case(name):
+        t0 = time.monotonic()
+        totals = {n.name: n.pluto_totals() for n in (a, b)}
+        if any(loaded != active for loaded, active in totals.values()):
+            raise Fail(f"loaded != active: {totals}")
+        ctx.passed(
+            name,
+            time.monotonic() - t0,
+            "; ".join(f"{k}: loaded {v[0]}, active {v[1]}" for k, v in totals.items()),
+        )
+
+
 SCENARIOS = [
     # The ours<->ours scenarios share one node pair (reset in between, a fresh pair after any
     # failure); faults and interop get their own.
@@ -1126,6 +1256,14 @@ SCENARIOS = [
     ),
     Scenario("7", "scale", "50 tunnels to absent peers", s7_scale, 240, True),
     Scenario("10", "ovn", "OVN's own Geneve tunnels between two chassis", s10_ovn, 150, True),
+    Scenario(
+        "9",
+        "libreswan",
+        "--ike-daemon=libreswan: with charon, and upstream's pluto tests",
+        s9_libreswan,
+        240,
+        True,
+    ),
     Scenario("5", "faults", "faults during traffic", s5_faults, 300),
     Scenario("6", "interop", "upstream ovs-monitor-ipsec <-> ours", s6_interop, 240),
     Scenario(
@@ -1151,7 +1289,10 @@ def main() -> int:
     ap.add_argument("--scenarios", default="")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--source", default="", help="checkout whose bin/ovs-monitor-ipsec to run")
+    ap.add_argument("--libreswan", default="", help="unpacked Libreswan (pluto, whack, addconn)")
     args = ap.parse_args()
+    if args.libreswan:
+        glab.LIBRESWAN_ROOT = args.libreswan
     global SOURCE
     SOURCE = args.source or REPO
     if args.list:

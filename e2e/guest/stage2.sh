@@ -19,7 +19,7 @@ RUNNER=$(dirname "$0")/scenarios.py
 echo "e2e-stage2: start at uptime $(cut -d' ' -f1 /proc/uptime), guest timeout ${TIMEOUT}s"
 rm -f /share/rc
 timeout -k 10 "$TIMEOUT" "$PY" "$RUNNER" --out /share --scenarios "$(arg e2e.scenarios)" \
-  --source "$(arg e2e.source)" </dev/null 2>&1
+  --source "$(arg e2e.source)" --libreswan "$(arg e2e.libreswan)" </dev/null 2>&1
 rc=$?
 [ $rc = 124 ] && echo "e2e-stage2: GUEST TIMEOUT: the scenario runner did not finish in ${TIMEOUT}s"
 echo "e2e-stage2: runner rc=$rc at uptime $(cut -d' ' -f1 /proc/uptime)"
