@@ -98,8 +98,8 @@ class Nss:
 
 class Certificates:
     """Our certificate and key, the CAs and the pinned peer certificates pluto's conns name, in
-    NSS: each added once (a rotated one gets a nickname of its own: libreswan_conf), stale ones
-    pruned, all of ours removed at `exit`."""
+    NSS: each added once (a rotated one gets a nickname of its own: libreswan_conf, and replaces
+    the previous pair of ours), stale ones pruned, all of ours removed at `exit`."""
 
     def __init__(self, nss: Nss) -> None:
         self.nss = nss
@@ -154,12 +154,19 @@ class Certificates:
         nickname = libreswan_conf.local_nickname(local.identity, spec.digest)
         names = self._names()
         if nickname not in names:
+            # NSS gives every certificate of one subject the nickname of the first: a rotated
+            # pair (same CN) would land under the previous one's, and the conn naming the new
+            # nickname would not load. There is one certificate of ours at a time, so the
+            # previous pair leaves first (its IKE SAs live on; unload_key then finds it gone).
+            for previous in sorted(n for n in names if n.startswith(NSS_LOCAL_PREFIX)):
+                self.nss.delete(previous, with_key=True)
+                names.discard(previous)
             self.nss.add_cert_and_key(nickname, local.cert.pem, spec.secret.reveal())
             names.add(nickname)
         return nickname
 
     def unload_key(self, key_id: str) -> None:
-        if is_our_nickname(key_id):
+        if is_our_nickname(key_id) and key_id in self._names():
             self.nss.delete(key_id, with_key=True)
             self._names().discard(key_id)
 

@@ -5,7 +5,8 @@ This kernel has no ESP: the most a tunnel reaches is connections loaded and rout
 trap policy in the kernel, below our block policies' priority so that it wins), the IKE SA
 established on both sides and the Child SA refused by the kernel. A wrong PSK is refused, with
 its reason on both sides; a restart of our daemon disturbs nothing; a restarted pluto gets our
-conns back; `exit` takes our conns, secrets and files away. Last, OpenShift's container and
+conns back; a certificate rewritten in place replaces ours in its NSS database (and only ours);
+`exit` takes our conns, secrets and files away. Last, OpenShift's container and
 host command lines, flag for flag, and RHEL's `ovs-ctl --ike-daemon=libreswan start-ovs-ipsec`
 (which restarts pluto first) start the daemon over pluto at Libreswan's real paths.
 
@@ -329,6 +330,52 @@ def check_certificates(lab: Lab, mode: str) -> None:
 
 def test_certificates_ca_signed(lab: Lab) -> None:
     check_certificates(lab, "ca-signed")
+
+
+def test_certificate_rotated_at_the_same_paths(lab: Lab) -> None:
+    """h1's certificate and key rewritten in place (as `ovs-pki` does: same paths, OVSDB
+    unchanged) by a new pair for the same CN under the same CA (pluto 4.10 caches its CA list),
+    while the CA-signed tunnel is up: the next periodic check puts the new pair into pluto's NSS
+    and takes the old one out, an operator's entry stays, the conn names the new nickname and a
+    new IKE SA comes up with it; no key in the log."""
+    h1, h2 = lab.hosts
+    pluto = h1.pluto
+    assert pluto is not None
+    conn = f"ovs-{h2.ipv4}--ovs-cert0"
+
+    def ike_sas() -> set[str]:
+        pattern = rf'#(\d+): "{re.escape(conn)}":\d+ STATE_V2_ESTABLISHED_IKE_SA'
+        return set(re.findall(pattern, pluto.show_states()))
+
+    old_sas = ike_sas()
+    assert old_sas
+    foreign = Path(h1.dir, "operator.pem")
+    pki_tool.write_atomic(foreign, pki_builders.make_self_signed("operator").cert_pem, 0o644)
+    pluto.import_peer_cert("operator_cert", str(foreign))
+    (old,) = re.findall(r"ovs_certkey_h1_[0-9a-f]{12}", nss_nicknames(h1))
+    cert, key = pki_builders.make_host_cert(h1.name, _CA[0])
+    pki_tool.write_atomic(Path(h1.dir, "key.pem"), key, 0o600)
+    pki_tool.write_atomic(Path(h1.dir, "cert.pem"), cert, 0o644)
+
+    def new_pair_alone() -> str:
+        found = re.findall(r"ovs_certkey_h1_[0-9a-f]{12}", nss_nicknames(h1))
+        return found[0] if len(found) == 1 and found != [old] else ""
+
+    new = wait_for(new_pair_alone, 10, what="the new pair in NSS, the old one out")
+    assert "operator_cert" in nss_nicknames(h1)
+    # the new certificate itself under the new nickname, with its key
+    assert pluto.certutil("-L", "-n", new, "-a").encode().strip() == cert.strip()
+    assert new in pluto.certutil("-K")
+    wait_for(lambda: f"mycert={new}" in pluto.status(), 10, what="the conn naming it")
+    for serial in ike_sas() & old_sas:  # replacing the conn in pluto usually took them
+        pluto.whack("--deletestate", serial, check=False)
+    pluto.initiate(conn)
+    wait_for(lambda: ike_sas() - old_sas, 10, what="a new IKE SA with the new certificate")
+    wait_for(lambda: charon_ike_up(h2, h1), 10, what="charon's IKE SA with it")
+    log = h1.daemon_log()
+    key_body = b"".join(key.strip().splitlines()[1:-1]).decode()
+    assert key_body[:40] not in log and "PRIVATE KEY" not in log
+    pluto.certutil("-D", "-n", "operator_cert")
 
 
 def test_wrong_remote_name_is_refused_with_a_reason(lab: Lab) -> None:
