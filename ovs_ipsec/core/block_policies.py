@@ -131,52 +131,167 @@ def protocol_name(number: int) -> str:
     return PROTOCOL_NAMES.get(number, f"proto {number}")
 
 
-@dataclass(frozen=True, order=True, slots=True)
+_SHAPES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _validated_shape(shape: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The one shared copy of a policy's shape: everything but its addresses. Thousands of
+    tunnels' policies have a few dozen shapes between them, so each spec keeps only its
+    addresses and a reference (issue 14: memory per tunnel)."""
+    known = _SHAPES.get(shape)
+    if known is not None:
+        return known
+    direction, family, proto, sport, dport, mark, mask, _priority, action = shape
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'out' or 'in', got {direction!r}")
+    if action not in ("block", "allow"):
+        raise ValueError(f"action must be 'block' or 'allow', got {action!r}")
+    if family not in _ANY:
+        raise ValueError(f"family must be 4 or 6, got {family!r}")
+    if not 0 <= proto <= 255:
+        raise ValueError(f"proto must be 0..255, got {proto}")
+    for port in (sport, dport):
+        if port is not None and not 1 <= port <= 0xFFFF:
+            raise ValueError(f"port must be 1..65535, got {port}")
+        if port is not None and proto not in _PORT_PROTOCOLS:
+            # The kernel would take it (and match nothing); iproute2 refuses it.
+            raise ValueError(f"a port selector needs TCP, UDP, SCTP, DCCP or UDP-Lite, not "
+                             f"protocol {proto}")  # fmt: skip
+    if not (0 <= mark <= 0xFFFFFFFF and 0 <= mask <= 0xFFFFFFFF):
+        raise ValueError("mark and mask must be 32-bit")
+    if mark & ~mask:
+        # The kernel stores value & mask; anything else would never equal what we observe.
+        raise ValueError(f"mark {mark:#x} has bits outside mask {mask:#x}")
+    return _SHAPES.setdefault(shape, shape)
+
+
 class PolicySpec:
     """One kernel XFRM policy, as the daemon wants it and as `Xfrm.observe()` reports it.
 
     `src`/`dst` are canonical prefixes (`canonical_prefix`); `mark`/`mask` 0/0 means no mark
-    (matches every skb mark); `sport`/`dport` None means any port. Ordering is by field for
-    `order=True`; sort mixed collections with `sort_key` (None ports do not compare with ints).
+    (matches every skb mark); `sport`/`dport` None means any port. Immutable; equal, hashed and
+    ordered by its fields in the order of the constructor's arguments, like a frozen ordered
+    dataclass; sort mixed collections with `sort_key` (None ports do not compare with ints).
+
+    Stored as the two addresses and a shared, validated shape tuple (the other nine fields).
     """
 
-    direction: str
-    family: int
+    __slots__ = ("_shape", "src", "dst")
+    _shape: tuple[Any, ...]
     src: str
     dst: str
-    proto: int
-    sport: int | None
-    dport: int | None
-    mark: int
-    mask: int
-    priority: int
-    action: str = BLOCK
 
-    def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be 'out' or 'in', got {self.direction!r}")
-        if self.action not in ("block", "allow"):
-            raise ValueError(f"action must be 'block' or 'allow', got {self.action!r}")
-        if self.family not in _ANY:
-            raise ValueError(f"family must be 4 or 6, got {self.family!r}")
-        for side in (self.src, self.dst):
+    def __init__(
+        self,
+        direction: str,
+        family: int,
+        src: str,
+        dst: str,
+        proto: int,
+        sport: int | None,
+        dport: int | None,
+        mark: int,
+        mask: int,
+        priority: int,
+        action: str = BLOCK,
+    ) -> None:
+        shape = _validated_shape(
+            (direction, family, proto, sport, dport, mark, mask, priority, action)
+        )
+        for side in (src, dst):
             # Canonical IPv6 text always has a colon, IPv4 never.
-            if canonical_prefix(side) != side or (":" in side) != (self.family == 6):
-                raise ValueError(f"{side!r} is not a canonical IPv{self.family} prefix")
-        if not 0 <= self.proto <= 255:
-            raise ValueError(f"proto must be 0..255, got {self.proto}")
-        for port in (self.sport, self.dport):
-            if port is not None and not 1 <= port <= 0xFFFF:
-                raise ValueError(f"port must be 1..65535, got {port}")
-            if port is not None and self.proto not in _PORT_PROTOCOLS:
-                # The kernel would take it (and match nothing); iproute2 refuses it.
-                raise ValueError(f"a port selector needs TCP, UDP, SCTP, DCCP or UDP-Lite, not "
-                                 f"protocol {self.proto}")  # fmt: skip
-        if not (0 <= self.mark <= 0xFFFFFFFF and 0 <= self.mask <= 0xFFFFFFFF):
-            raise ValueError("mark and mask must be 32-bit")
-        if self.mark & ~self.mask:
-            # The kernel stores value & mask; anything else would never equal what we observe.
-            raise ValueError(f"mark {self.mark:#x} has bits outside mask {self.mask:#x}")
+            if canonical_prefix(side) != side or (":" in side) != (family == 6):
+                raise ValueError(f"{side!r} is not a canonical IPv{family} prefix")
+        object.__setattr__(self, "_shape", shape)
+        object.__setattr__(self, "src", src)
+        object.__setattr__(self, "dst", dst)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"PolicySpec is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"PolicySpec is immutable: cannot delete {name!r}")
+
+    @property
+    def direction(self) -> str:
+        return self._shape[0]  # type: ignore[no-any-return]
+
+    @property
+    def family(self) -> int:
+        return self._shape[1]  # type: ignore[no-any-return]
+
+    @property
+    def proto(self) -> int:
+        return self._shape[2]  # type: ignore[no-any-return]
+
+    @property
+    def sport(self) -> int | None:
+        return self._shape[3]  # type: ignore[no-any-return]
+
+    @property
+    def dport(self) -> int | None:
+        return self._shape[4]  # type: ignore[no-any-return]
+
+    @property
+    def mark(self) -> int:
+        return self._shape[5]  # type: ignore[no-any-return]
+
+    @property
+    def mask(self) -> int:
+        return self._shape[6]  # type: ignore[no-any-return]
+
+    @property
+    def priority(self) -> int:
+        return self._shape[7]  # type: ignore[no-any-return]
+
+    @property
+    def action(self) -> str:
+        return self._shape[8]  # type: ignore[no-any-return]
+
+    def replace(self, **changes: Any) -> PolicySpec:
+        """A copy with some fields changed (what `dataclasses.replace` does for a dataclass)."""
+        names = ("direction", "family", "src", "dst", "proto", "sport", "dport", "mark", "mask",
+                 "priority", "action")  # fmt: skip
+        return PolicySpec(**{**dict(zip(names, self._fields(), strict=True)), **changes})
+
+    def _fields(self) -> tuple[Any, ...]:
+        d, family, proto, sport, dport, mark, mask, priority, action = self._shape
+        return (d, family, self.src, self.dst, proto, sport, dport, mark, mask, priority, action)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not PolicySpec:
+            return NotImplemented
+        assert isinstance(other, PolicySpec)
+        return self.src == other.src and self.dst == other.dst and self._shape == other._shape
+
+    def __hash__(self) -> int:
+        return hash((self._shape, self.src, self.dst))
+
+    def __lt__(self, other: PolicySpec) -> bool:
+        if other.__class__ is not PolicySpec:
+            return NotImplemented
+        return self._fields() < other._fields()
+
+    def __le__(self, other: PolicySpec) -> bool:
+        if other.__class__ is not PolicySpec:
+            return NotImplemented
+        return self._fields() <= other._fields()
+
+    def __gt__(self, other: PolicySpec) -> bool:
+        if other.__class__ is not PolicySpec:
+            return NotImplemented
+        return self._fields() > other._fields()
+
+    def __ge__(self, other: PolicySpec) -> bool:
+        if other.__class__ is not PolicySpec:
+            return NotImplemented
+        return self._fields() >= other._fields()
+
+    def __repr__(self) -> str:
+        names = ("direction", "family", "src", "dst", "proto", "sport", "dport", "mark", "mask",
+                 "priority", "action")  # fmt: skip
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"PolicySpec({shown})"
 
     def key(self) -> tuple[Any, ...]:
         """What the kernel keys a policy by (selector, direction, mark); priority is not in it."""

@@ -348,7 +348,7 @@ def test_one_of_ours_replaced_in_place_is_restored_within_twenty_checks() -> Non
     by the LISTING_EVERY-th check's listing."""
     world = converged()
     spec = sorted(blocks_of(world, "10.0.0.2"), key=PolicySpec.sort_key)[0]
-    swapped = dataclasses.replace(spec, priority=SKB_MARK_PRIORITY)
+    swapped = spec.replace(priority=SKB_MARK_PRIORITY)
     world.xfrm.policies = (world.xfrm.policies - {spec}) | {swapped}
     world.run_for(CHECK)
     assert swapped in world.xfrm.policies
@@ -411,7 +411,7 @@ def test_desired_and_held_compared_by_identity_first_then_spec_by_spec(
     assert guard._compare() == ((), ()) and full == []
     held = guard._policies
     assert held is not None
-    copies = {dataclasses.replace(spec): None for spec in held}
+    copies = {spec.replace(): None for spec in held}
     guard._policies = copies
     assert guard._compare() == ((), ()) and len(full) == 1
     missing = next(iter(copies))

@@ -3,8 +3,6 @@ which leave after (pure)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,7 +37,7 @@ def test_a_policy_replaced_in_place_is_not_removed_after() -> None:
     """The kernel keys a policy by selector, direction and mark, not priority: the addition
     replaces the old one in place, and a removal by key afterwards would delete the new one."""
     old = block("10.0.0.3")
-    new = dataclasses.replace(old, priority=SKB_MARK_PRIORITY)
+    new = old.replace(priority=SKB_MARK_PRIORITY)
     assert order_policy_changes([new], [old]) == PolicyChanges(before_charon=(new,))
 
 

@@ -4,7 +4,6 @@ Over 400 lines: one table of configurations and the block policies each must giv
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
 import pytest
@@ -432,7 +431,7 @@ def test_diff_adds_missing_removes_stale_sorted():
 
 def test_diff_does_not_remove_a_key_that_is_being_replaced():
     old = fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE)
-    new = dataclasses.replace(old, priority=FAIL_CLOSED_PRIORITY + 2)
+    new = old.replace(priority=FAIL_CLOSED_PRIORITY + 2)
     assert old.key() == new.key()
     # `update` replaces the policy in place; deleting the old key afterwards would delete it.
     assert policies_to_add_and_remove(frozenset({new}), frozenset({old})) == ((new,), ())
@@ -497,9 +496,9 @@ def test_spec_rejects_non_canonical_values(kwargs):
 def test_is_owned_needs_block_and_our_priority():
     spec = fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)
     assert is_owned(spec)
-    assert not is_owned(dataclasses.replace(spec, action="allow"))
-    assert not is_owned(dataclasses.replace(spec, priority=FAIL_CLOSED_PRIORITY + 1))
-    assert not is_owned(dataclasses.replace(spec, priority=366_976))
+    assert not is_owned(spec.replace(action="allow"))
+    assert not is_owned(spec.replace(priority=FAIL_CLOSED_PRIORITY + 1))
+    assert not is_owned(spec.replace(priority=366_976))
 
 
 def test_is_owned_needs_a_shape_the_daemon_makes():
@@ -515,14 +514,14 @@ def test_is_owned_needs_a_shape_the_daemon_makes():
     assert is_owned(skb)
     # Earlier versions' shapes: a `0/0` local side, inbound skb-mark blocks.
     assert is_owned(fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE))
-    assert is_owned(dataclasses.replace(skb, direction="in"))
+    assert is_owned(skb.replace(direction="in"))
     foreign = [
         fc("out", "10.0.0.1/32", "10.0.0.2/32", GRE),
         fc("in", "10.0.0.2/32", "10.0.0.1/32", GRE),
-        dataclasses.replace(fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE), mark=1, mask=1),
-        dataclasses.replace(fc("out", "0.0.0.0/1", "10.0.0.2/32", UDP, 4789), sport=1),
+        fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE).replace(mark=1, mask=1),
+        fc("out", "0.0.0.0/1", "10.0.0.2/32", UDP, 4789).replace(sport=1),
         fc("out", "0.0.0.0/1", "10.0.0.2/32", 1),
-        dataclasses.replace(skb, dst="10.0.0.2/32"),
+        skb.replace(dst="10.0.0.2/32"),
     ]
     assert not [spec for spec in foreign if is_owned(spec)]
 
