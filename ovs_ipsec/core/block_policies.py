@@ -132,6 +132,9 @@ def protocol_name(number: int) -> str:
 
 
 _SHAPES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+# Ours take a few dozen shapes; observed foreign policies could bring any number of them, so
+# past this many a new shape is validated every time and not kept (equality never needs it).
+_MAX_SHAPES = 4096
 
 
 def _validated_shape(shape: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -162,7 +165,7 @@ def _validated_shape(shape: tuple[Any, ...]) -> tuple[Any, ...]:
     if mark & ~mask:
         # The kernel stores value & mask; anything else would never equal what we observe.
         raise ValueError(f"mark {mark:#x} has bits outside mask {mask:#x}")
-    return _SHAPES.setdefault(shape, shape)
+    return _SHAPES.setdefault(shape, shape) if len(_SHAPES) < _MAX_SHAPES else shape
 
 
 class PolicySpec:

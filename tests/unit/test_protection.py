@@ -623,3 +623,21 @@ def test_an_apply_error_names_a_few_failures_and_counts_the_rest():
     message = str(XfrmApplyError(many, 4000))
     assert len(message) < 1000
     assert message.endswith("; and 3997 more (in all: 3999 Operation not permitted, 1 busy)")
+
+
+def test_a_policy_spec_is_its_fields_whatever_shares_its_shape() -> None:
+    """PolicySpec keeps a shared shape and its addresses: equality, hash, order and replace
+    behave as for a frozen ordered dataclass of all eleven fields."""
+    a = fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)
+    b = fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)
+    c = fc("out", "0.0.0.0/1", "10.0.0.3/32", GRE)
+    assert a == b and hash(a) == hash(b) and a is not b
+    assert a != c and a < c and sorted([c, a]) == [a, c]
+    assert a.replace(dst="10.0.0.3/32") == c
+    shape = (a.direction, a.family, a.proto, a.sport, a.dport, a.mark, a.mask, a.priority)
+    assert shape == ("out", 4, GRE, None, None, 0, 0, FAIL_CLOSED_PRIORITY) and a.action == "block"
+    assert repr(a).startswith("PolicySpec(direction='out', family=4, src='0.0.0.0/1'")
+    with pytest.raises(AttributeError):
+        a.src = "10.0.0.9/32"  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        fc("sideways", "0.0.0.0/1", "10.0.0.2/32", GRE)
