@@ -25,8 +25,9 @@ and why (`explain_protection`, each reason a typed `PolicyReason`; `protect_*`);
 remove to get them (`policies_to_add_and_remove`, `policies_to_add_and_remove_for_change`).
 Address text is parsed in `addresses`.
 
-About 470 lines, in one file because a policy's shape, its priority (the long comment below is
-why these numbers are safe next to charon's) and the reasons it is wanted are read together.
+About 610 lines, in one file because a policy's shape (and its compact storage, issue 14), its
+priority (the long comment below is why these numbers are safe next to charon's) and the reasons
+it is wanted are read together.
 
 May import: addresses, model, stdlib.
 """
