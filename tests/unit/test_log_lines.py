@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as real_datetime
 import logging
 import socket
-import timeit
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,14 +103,6 @@ def test_patterns_it_builds_itself() -> None:
         assert compile_pattern(pattern) is not None
     for pattern in ("%05N %m %c", "%r %m", "%-5c %m", "100%% %m", "%D{%%c}|%m", "%D{2}|%m"):
         assert compile_pattern(pattern) is None
-
-
-def test_faster_than_the_library() -> None:
-    vlog = _vlog("ovs-monitor-ipsec")
-    args = ("Tunnel t1 appeared in OVSDB", "file", "INFO", 1)
-    ours = min(timeit.repeat(lambda: vlog._build_message(*args), number=200, repeat=5))
-    library = min(timeit.repeat(lambda: library_line(vlog, *args), number=200, repeat=5))
-    assert ours < library / 3
 
 
 def test_syslog_lines_go_out_only_while_its_socket_exists(
