@@ -35,12 +35,13 @@ May import: addresses, model, stdlib.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from ovs_ipsec.core.addresses import canonical_prefix
 from ovs_ipsec.core.model import (
@@ -132,16 +133,32 @@ def protocol_name(number: int) -> str:
     return PROTOCOL_NAMES.get(number, f"proto {number}")
 
 
-_SHAPES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+class PolicyShape(NamedTuple):
+    """Everything of a policy but its two addresses."""
+
+    direction: str
+    family: int
+    proto: int
+    sport: int | None
+    dport: int | None
+    mark: int
+    mask: int
+    priority: int
+    action: str
+
+
+_SHAPES: dict[PolicyShape, PolicyShape] = {}
 # Ours take a few dozen shapes; observed foreign policies could bring any number of them, so
 # past this many a new shape is validated every time and not kept (equality never needs it).
 _MAX_SHAPES = 4096
+_FIELDS = ("direction", "family", "src", "dst", "proto", "sport", "dport", "mark", "mask",
+           "priority", "action")  # fmt: skip
 
 
-def _validated_shape(shape: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The one shared copy of a policy's shape: everything but its addresses. Thousands of
-    tunnels' policies have a few dozen shapes between them, so each spec keeps only its
-    addresses and a reference (issue 14: memory per tunnel)."""
+def _validated_shape(shape: PolicyShape) -> PolicyShape:
+    """The one shared copy of a policy's shape. Thousands of tunnels' policies have a few dozen
+    shapes between them, so each spec keeps only its addresses and a reference (issue 14: memory
+    per tunnel)."""
     known = _SHAPES.get(shape)
     if known is not None:
         return known
@@ -169,6 +186,7 @@ def _validated_shape(shape: tuple[Any, ...]) -> tuple[Any, ...]:
     return _SHAPES.setdefault(shape, shape) if len(_SHAPES) < _MAX_SHAPES else shape
 
 
+@functools.total_ordering
 class PolicySpec:
     """One kernel XFRM policy, as the daemon wants it and as `Xfrm.observe()` reports it.
 
@@ -177,11 +195,11 @@ class PolicySpec:
     ordered by its fields in the order of the constructor's arguments, like a frozen ordered
     dataclass; sort mixed collections with `sort_key` (None ports do not compare with ints).
 
-    Stored as the two addresses and a shared, validated shape tuple (the other nine fields).
+    Stored as the two addresses and a shared, validated `PolicyShape` (the other nine fields).
     """
 
     __slots__ = ("_shape", "src", "dst")
-    _shape: tuple[Any, ...]
+    _shape: PolicyShape
     src: str
     dst: str
 
@@ -200,7 +218,7 @@ class PolicySpec:
         action: str = BLOCK,
     ) -> None:
         shape = _validated_shape(
-            (direction, family, proto, sport, dport, mark, mask, priority, action)
+            PolicyShape(direction, family, proto, sport, dport, mark, mask, priority, action)
         )
         for side in (src, dst):
             # Canonical IPv6 text always has a colon, IPv4 never.
@@ -218,45 +236,43 @@ class PolicySpec:
 
     @property
     def direction(self) -> str:
-        return self._shape[0]  # type: ignore[no-any-return]
+        return self._shape.direction
 
     @property
     def family(self) -> int:
-        return self._shape[1]  # type: ignore[no-any-return]
+        return self._shape.family
 
     @property
     def proto(self) -> int:
-        return self._shape[2]  # type: ignore[no-any-return]
+        return self._shape.proto
 
     @property
     def sport(self) -> int | None:
-        return self._shape[3]  # type: ignore[no-any-return]
+        return self._shape.sport
 
     @property
     def dport(self) -> int | None:
-        return self._shape[4]  # type: ignore[no-any-return]
+        return self._shape.dport
 
     @property
     def mark(self) -> int:
-        return self._shape[5]  # type: ignore[no-any-return]
+        return self._shape.mark
 
     @property
     def mask(self) -> int:
-        return self._shape[6]  # type: ignore[no-any-return]
+        return self._shape.mask
 
     @property
     def priority(self) -> int:
-        return self._shape[7]  # type: ignore[no-any-return]
+        return self._shape.priority
 
     @property
     def action(self) -> str:
-        return self._shape[8]  # type: ignore[no-any-return]
+        return self._shape.action
 
     def replace(self, **changes: Any) -> PolicySpec:
         """A copy with some fields changed (what `dataclasses.replace` does for a dataclass)."""
-        names = ("direction", "family", "src", "dst", "proto", "sport", "dport", "mark", "mask",
-                 "priority", "action")  # fmt: skip
-        return PolicySpec(**{**dict(zip(names, self._fields(), strict=True)), **changes})
+        return PolicySpec(**{**dict(zip(_FIELDS, self._fields(), strict=True)), **changes})
 
     def _fields(self) -> tuple[Any, ...]:
         d, family, proto, sport, dport, mark, mask, priority, action = self._shape
@@ -276,25 +292,8 @@ class PolicySpec:
             return NotImplemented
         return self._fields() < other._fields()
 
-    def __le__(self, other: PolicySpec) -> bool:
-        if other.__class__ is not PolicySpec:
-            return NotImplemented
-        return self._fields() <= other._fields()
-
-    def __gt__(self, other: PolicySpec) -> bool:
-        if other.__class__ is not PolicySpec:
-            return NotImplemented
-        return self._fields() > other._fields()
-
-    def __ge__(self, other: PolicySpec) -> bool:
-        if other.__class__ is not PolicySpec:
-            return NotImplemented
-        return self._fields() >= other._fields()
-
     def __repr__(self) -> str:
-        names = ("direction", "family", "src", "dst", "proto", "sport", "dport", "mark", "mask",
-                 "priority", "action")  # fmt: skip
-        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(_FIELDS, self._fields(), strict=True))
         return f"PolicySpec({shown})"
 
     def key(self) -> tuple[Any, ...]:
