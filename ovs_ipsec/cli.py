@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 # With --ike-daemon=strongswan, flags that only meant something to upstream's Libreswan or
 # stroke backends, or to its restarting of the IKE daemon: accepted so that existing units,
 # containers and `ovs-ctl start-ovs-ipsec` keep working, and ignored with a one-line notice
-# each. With --ike-daemon=libreswan they are honoured (LIBRESWAN_IGNORED: not yet).
+# each. With --ike-daemon=libreswan they are honoured.
 _LIBRESWAN = "Libreswan only; nothing is written for an IKE daemon, charon is driven over VICI"
 IGNORED_FLAGS = {
     "no_restart_ike_daemon": ("--no-restart-ike-daemon", "this daemon never restarts charon"),
@@ -76,7 +76,6 @@ IGNORED_FLAGS = {
     "ipsec_secrets": ("--ipsec-secrets", _LIBRESWAN),
     "ipsec_ctl": ("--ipsec-ctl", _LIBRESWAN),
 }
-LIBRESWAN_IGNORED: dict[str, tuple[str, str]] = {}
 STARTUP_TIMEOUT = 30.0
 # Upstream restarts the IKE daemon at start-up unless --no-restart-ike-daemon, without its
 # command timeout; ours is bounded by this.
@@ -265,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"ovs-appctl -t {PROGRAM_NAME} will not find this daemon"
             )
     libreswan = args.ike_daemon == "libreswan"
-    for attr, (flag, why) in (LIBRESWAN_IGNORED if libreswan else IGNORED_FLAGS).items():
-        if getattr(args, attr):
+    for attr, (flag, why) in IGNORED_FLAGS.items():
+        if not libreswan and getattr(args, attr):
             vlog.info(f"ignoring {flag}: {why}")
 
     settings = Settings(

@@ -309,13 +309,9 @@ def _option_words(
             if keyword is None or not isinstance(value, str):
                 unhonoured.update(settings.origin(level, key))  # type: ignore[arg-type]
                 continue
-            words.append(f"{keyword}={_duration(value)}")
+            # charon's durations ("3600s") are Libreswan's words too.
+            words.append(f"{keyword}={value}")
     return words, tuple(sorted(unhonoured))
-
-
-def _duration(value: str) -> str:
-    # charon's durations are seconds ("3600s" or "3600"); Libreswan reads "3600s" too.
-    return value
 
 
 # -- our include files ------------------------------------------------------------------------
@@ -341,12 +337,6 @@ def conf_text(conns: Iterable[PlutoConn]) -> str:
     """Our conn include: only our conns, sorted by name (stable bytes for stable input)."""
     body = "\n".join(c.text for c in sorted(conns, key=lambda c: c.name))
     return HEADER + ("\n" + body if body else "")
-
-
-def root_conf_text(include: str) -> str:
-    """A root ipsec.conf for when --root-ipsec-conf is the include itself's parent we write
-    (tests and hosts whose ipsec.conf does not include ours yet)."""
-    return f"{HEADER}config setup\n\nconn %default\n\tkeyexchange=ikev2\n\ninclude {include}\n"
 
 
 def secrets_text(secrets: Iterable[SharedSpec]) -> str:

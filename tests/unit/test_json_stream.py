@@ -94,7 +94,13 @@ def test_one_byte_at_a_time_and_all_at_once() -> None:
     assert len(one_by_one) == len(MESSAGES)
 
 
-def test_a_big_update_is_decoded_by_the_standard_library() -> None:
+def test_a_big_update_is_decoded_by_the_standard_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_library_parser() -> None:
+        raise AssertionError("the library's pure-Python parser was used")
+
+    monkeypatch.setattr(ovs.json, "Parser", no_library_parser)
     rows = {
         f"{i:08x}-0000-0000-0000-000000000000": {
             "initial": {"name": f"t{i}", "options": ["map", [["remote_ip", f"10.0.{i}.1"]]]}

@@ -295,7 +295,8 @@ def test_loaded_and_routed_conns(status: str) -> None:
 def test_failures_from_plutos_replies() -> None:
     reply = '002 "ovs-10.0.0.2--ovs-gre0" #1: IKE SA authentication request rejected by peer: ' \
         "AUTHENTICATION_FAILED"  # fmt: skip
-    assert failure_of(reply) == (Cause.AUTHENTICATION, pytest.approx(failure_of(reply)[1]))
+    cause, reason = failure_of(reply) or (None, "")
+    assert cause is Cause.AUTHENTICATION and "authentication failed" in reason
     cause, reason = failure_of("... NO_PROPOSAL_CHOSEN ...") or (None, "")
     assert cause is Cause.PROPOSAL and "no proposal chosen" in reason
     assert failure_of('004 "x" #2: initiator established Child SA') is None

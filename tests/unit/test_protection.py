@@ -632,6 +632,7 @@ def test_a_policy_spec_is_its_fields_whatever_shares_its_shape() -> None:
     b = fc("out", "0.0.0.0/1", "10.0.0.2/32", GRE)
     c = fc("out", "0.0.0.0/1", "10.0.0.3/32", GRE)
     assert a == b and hash(a) == hash(b) and a is not b
+    assert a._shape is b._shape is c._shape  # one shared shape: the point (issue 14, memory)
     assert a != c and a < c and sorted([c, a]) == [a, c]
     assert a.replace(dst="10.0.0.3/32") == c
     shape = (a.direction, a.family, a.proto, a.sport, a.dport, a.mark, a.mask, a.priority)
