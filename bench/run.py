@@ -385,7 +385,20 @@ class Bench:
             tail = "\n".join(self.ours.daemon_log().splitlines()[-15:])
             raise BenchError(f"our daemon exited; the end of its log:\n{tail}")
 
-    def ours_cold(self, n: int) -> float:
+    def _cpu_split(self, charon_before: float) -> dict[str, float]:
+        """CPU our daemon has used since it started, and charon since `charon_before` (its
+        reading then): which of the two a cold start's or bulk add's growth with N is made of."""
+        h = self.ours
+        split = {}
+        if h.daemon_pid is not None:
+            split["daemon_cpu_s"] = proc_sample(h.daemon_pid).cpu
+        if h.charon_pid is not None:
+            split["charon_cpu_s"] = proc_sample(h.charon_pid).cpu - charon_before
+        return split
+
+    def ours_cold(self, n: int) -> dict[str, float]:
+        """Seconds from spawning the daemon with N tunnels in OVSDB until charon and the kernel
+        hold them all, and the CPU both used meanwhile."""
         self.ours_reset(workload.tunnels(n))
         h = self.ours
         errors: list[BaseException] = []
@@ -396,6 +409,8 @@ class Bench:
             except BaseException as e:  # noqa: BLE001 - reported by the main thread
                 errors.append(e)
 
+        assert h.charon_pid is not None
+        charon_before = proc_sample(h.charon_pid).cpu
         vici = Vici(h.vici_path)
         try:
 
@@ -412,22 +427,32 @@ class Bench:
             vici.close()
         if errors:
             raise errors[0]
-        return seconds
+        return {
+            "cold_s": seconds,
+            **{f"cold_{k}": v for k, v in self._cpu_split(charon_before).items()},
+        }
 
-    def ours_bulk(self, n: int) -> float:
+    def ours_bulk(self, n: int) -> dict[str, float]:
         self.ours_reset([])
         h = self.ours
         h.start_daemon()
         time.sleep(0.2)
         wait_quiet(h.daemon_pid, quiet=0.3)
+        assert h.daemon_pid is not None and h.charon_pid is not None
+        daemon_before = proc_sample(h.daemon_pid).cpu
+        charon_before = proc_sample(h.charon_pid).cpu
         vici = Vici(h.vici_path)
         try:
             sent = self.db_ours.add(workload.tunnels(n))
-            return converge(
+            seconds = converge(
                 self.spd[h.ns], h.ns, n, sent.mono, self.args.timeout, vici, self.ours_alive
             )
         finally:
             vici.close()
+        split = self._cpu_split(charon_before)
+        if "daemon_cpu_s" in split:
+            split["daemon_cpu_s"] -= daemon_before
+        return {"bulk_s": seconds, **{f"bulk_{k}": v for k, v in split.items()}}
 
     def ours_changes(self, n: int) -> dict[str, Any]:
         """remote_ip changes on the running daemon (the one the bulk add converged)."""
@@ -752,8 +777,9 @@ class Bench:
         idle: list[dict[str, Any]] = []
         for r in range(1, self.args.repeat + 1):
             tag = f"N={n} repeat {r}/{self.args.repeat}"
-            seconds = self.ours_cold(n)
-            add("ours", {"cold_s": seconds})
+            cold = self.ours_cold(n)
+            seconds = cold["cold_s"]
+            add("ours", cold)
             log(f"{tag}: ours cold start {seconds:.3f} s")
             if self.args.restart:
                 restart = self.ours_restart(n)
@@ -792,8 +818,9 @@ class Bench:
                         f"{res['upstream_norestart']['cold_s'][-1]:.3f} s"
                     )
 
-            seconds = self.ours_bulk(n)
-            add("ours", {"bulk_s": seconds})
+            bulk = self.ours_bulk(n)
+            seconds = bulk["bulk_s"]
+            add("ours", bulk)
             log(f"{tag}: ours bulk add {seconds:.3f} s")
             stats = self.ours_changes(n)
             add("ours", stats)

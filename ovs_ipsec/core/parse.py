@@ -3,6 +3,10 @@
 Never raises on bad input: a bad port becomes an `InvalidTunnel` whose reasons name the key, and
 a bad global key becomes an `Invalid` in `GlobalConfig.errors`.
 
+Over 400 lines because it is that one place: every key of Interface `options` and Open_vSwitch
+`other_config` the daemon reads is validated here (the project's rule that a reader finds the
+handling of one OVSDB key in exactly one file), each with the error text that names it.
+
 May import: model, log_text, stdlib.
 """
 
