@@ -98,17 +98,6 @@ class Delta:
     # the credentials); that part is invalid, and the daemon logs each one's traceback.
     internal_errors: list[tuple[str, Exception]] = field(default_factory=list)
 
-    def merge(self, other: Delta) -> None:
-        self.conns |= other.conns
-        self.shared |= other.shared
-        self.keys = self.keys or other.keys
-        self.tunnels |= other.tunnels
-        self.policies_added |= other.policies_added
-        self.policies_removed |= other.policies_removed
-        self.policies_of_deleted |= other.policies_of_deleted
-        self.versioned |= other.versioned
-        self.internal_errors += other.internal_errors
-
     def __bool__(self) -> bool:
         return bool(
             self.conns or self.shared or self.keys or self.tunnels

@@ -23,7 +23,6 @@ from ovs_ipsec.core.model import (
     IPPROTO_UDP,
     OVS_TUNNEL_WIRE,
     REMOTE_FLOW,
-    UDP_TUNNEL_PORTS,
     AuthMode,
     Config,
     GlobalConfig,
@@ -337,11 +336,6 @@ def ovs_port(text: str) -> int:
     number = int(digits) if digits else 0
     number = max(-(2**63), min(2**63 - 1, -number if sign == "-" else number))
     return number & 0xFFFF
-
-
-def row_port(row: InterfaceRow) -> int | None:
-    """The UDP destination port of one OVSDB tunnel port (IPsec or not), if it has one."""
-    return dst_port_of(row)[0] if row.type in UDP_TUNNEL_PORTS else None
 
 
 def row_wire_port(row: InterfaceRow) -> tuple[int, int] | None:

@@ -146,12 +146,6 @@ def _policy_message(kind: int, spec: PolicySpec, seq: int) -> bytes:
     return _message(kind, seq, selector(spec) + tail + _mark(spec))
 
 
-def delete_message(spec: PolicySpec, seq: int) -> bytes:
-    """XFRM_MSG_DELPOLICY by key (selector, direction, mark)."""
-    tail = _POLICY_ID_TAIL.pack(0, POLICY_DIRS[spec.direction])
-    return _message(XFRM_MSG_DELPOLICY, seq, selector(spec) + tail + _mark(spec))
-
-
 def dump_request(seq: int) -> bytes:
     """XFRM_MSG_GETPOLICY as a dump of the whole table (the body, a zeroed
     xfrm_userpolicy_id, is what the kernel's size check wants; a dump ignores it)."""
@@ -264,11 +258,6 @@ def _errno(error_body: bytes) -> int:
     """The errno of an NLMSG_ERROR body (the kernel sends it negated; 0 is an ack)."""
     (error,) = struct.unpack_from("=i", error_body)
     return -error
-
-
-def parse_acks(data: bytes) -> list[tuple[int, int]]:
-    """(seq, errno) of every NLMSG_ERROR in `data` (errno 0: done)."""
-    return [(seq, _errno(body)) for kind, seq, body in iter_messages(data) if kind == NLMSG_ERROR]
 
 
 def policy_index(body: bytes) -> int:
