@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, cast
 from urllib.parse import urlparse
 
@@ -91,7 +93,7 @@ class Charon:
     def fileno(self) -> int | None:
         return self._stream.fileno() if self._stream is not None else None
 
-    def _call(self, command: str, message: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _call(self, command: str, message: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
         """One request: charon's reply, or its refusal raised as CharonError."""
         (outcome,) = self.pipeline([(command, message or {})])
         if isinstance(outcome, CharonError):
@@ -118,7 +120,7 @@ class Charon:
             raise reply
         return items
 
-    def pipeline(self, requests: Sequence[Request]) -> list[dict[str, Any] | CharonError]:
+    def pipeline(self, requests: Iterable[Request]) -> list[Mapping[str, Any] | CharonError]:
         """Send simple (non-streamed) requests without waiting for each reply before the next.
 
         charon handles the requests of one session in order and answers in order, so the
@@ -126,12 +128,15 @@ class Charon:
         requests' order. Only the round trips overlap (charon works on one while we encode the
         next). A request VICI cannot carry (too large, not UTF-8) is refused here, unsent:
         charon would drop the session for it. `CharonUnreachable` if the session fails; what
-        charon did before it is found by listing it again."""
-        if not requests:
+        charon did before it is found by listing it again. `requests` is read as they are
+        sent: a bulk load's thousands of messages are never all built at once."""
+        pending = iter(requests)
+        first = next(pending, None)
+        if first is None:
             return []
-        stream = self._require(requests[0][0])
+        stream = self._require(first[0])
         self._busy = True
-        outcomes: list[dict[str, Any] | CharonError | None] = [None] * len(requests)
+        outcomes: list[Mapping[str, Any] | CharonError | None] = []
         in_flight: deque[tuple[int, str]] = deque()
 
         def take_reply() -> None:
@@ -140,7 +145,8 @@ class Charon:
             in_flight.popleft()
 
         try:
-            for index, (command, message) in enumerate(requests):
+            for index, (command, message) in enumerate(itertools.chain((first,), pending)):
+                outcomes.append(None)
                 try:
                     packet = vici_wire.request_packet(command, message)
                 except vici_wire.Unsendable as exc:
@@ -155,12 +161,17 @@ class Charon:
                 take_reply()
         except (OSError, ValueError) as exc:
             self.close()
-            raise CharonUnreachable(in_flight[0][1] if in_flight else requests[0][0],
+            raise CharonUnreachable(in_flight[0][1] if in_flight else first[0],
                                     str(exc) or type(exc).__name__) from exc  # fmt: skip
+        except BaseException:
+            # Replies still on their way would be read as the answers to the next requests.
+            if in_flight:
+                self.close()
+            raise
         finally:
             self._busy = False
         # Every request was answered or refused unsent: no slot is left empty.
-        return cast(list[dict[str, Any] | CharonError], outcomes)
+        return cast(list[Mapping[str, Any] | CharonError], outcomes)
 
     @contextlib.contextmanager
     def _session(self, command: str) -> Iterator[ViciStream]:
@@ -193,14 +204,14 @@ class Charon:
     # -- reads ----------------------------------------------------------------------------
 
     def version(self) -> dict[str, Any]:
-        return self._call("version")
+        return dict(self._call("version"))
 
     def stats(self) -> dict[str, Any]:
-        return self._call("stats")
+        return dict(self._call("stats"))
 
     def get_algorithms(self) -> dict[str, Any]:
         """The algorithms charon's plugins provide, by type (section) and name."""
-        return self._call("get-algorithms")
+        return dict(self._call("get-algorithms"))
 
     def owned_conns(self) -> frozenset[str]:
         return self._owned("get-conns", "conns", naming.is_owned_conn)
@@ -244,9 +255,11 @@ class Charon:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def carry_out(self, actions: Sequence[Action]) -> list[dict[str, Any] | CharonError]:
-        """Loads and unloads of connections and secrets, pipelined (`pipeline`)."""
-        return self.pipeline([request_of(action) for action in actions])
+    def carry_out(self, actions: Sequence[Action]) -> Sequence[Mapping[str, Any] | CharonError]:
+        """Loads and unloads of connections and secrets, pipelined (`pipeline`), each request
+        built as it is sent (at thousands of tunnels, all of them built first were a bulk
+        load's largest transient)."""
+        return self.pipeline(map(request_of, actions))
 
     def unload_conn(self, name: str) -> None:
         self._call("unload-conn", {"name": name})
@@ -301,11 +314,20 @@ def unload_shared_request(secret_id: str) -> Request:
     return "unload-shared", {"id": secret_id}
 
 
-def _reply(command: str, packet: vici_wire.Packet) -> dict[str, Any] | CharonError:
+# charon's whole reply to a load or unload that worked. Those replies are one read-only object,
+# not decoded: a bulk load's thousands of them, each a dict and two strings of its own until the
+# pipeline ended, were a transient whose memory the daemon kept afterwards (issue 14).
+SUCCESS: Mapping[str, Any] = MappingProxyType({"success": "yes"})
+_SUCCESS_PAYLOAD = vici_wire.encode_message(SUCCESS)
+
+
+def _reply(command: str, packet: vici_wire.Packet) -> Mapping[str, Any] | CharonError:
     """charon's reply to one request, or its refusal (a reply without `success=yes`)."""
     if packet.type != PacketType.CMD_RESPONSE:
         # CMD_UNKNOWN, or a packet out of turn: the session cannot be trusted any more.
         raise ValueError(f"{command}: unexpected response type {packet.type}")
+    if packet.payload == _SUCCESS_PAYLOAD:
+        return SUCCESS
     reply = vici_wire.decode_message(packet.payload)
     if reply.get("success", "yes") != "yes":
         return CharonError(command, str(reply.get("errmsg", "")))

@@ -47,7 +47,7 @@ class IkeDaemon(Protocol):
 
     def key_ids(self) -> frozenset[str]: ...
 
-    def carry_out(self, actions: Sequence[Action]) -> list[dict[str, Any] | CharonError]:
+    def carry_out(self, actions: Sequence[Action]) -> Sequence[Mapping[str, Any] | CharonError]:
         """LoadShared, LoadConn and UnloadShared actions, one outcome per action, in order."""
         ...
 

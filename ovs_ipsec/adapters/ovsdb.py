@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,6 +149,57 @@ def _columns(updates: Any) -> set[str]:
     return set(data) if data else {"?"}
 
 
+# Pieces of rows kept shared, at most this many distinct ones of each kind (a port type, an
+# option name): beyond it, a new one stays its row's own.
+_MAX_SHARED = 512
+_NO_CHANGES: Mapping[str, Any] = types.MappingProxyType({})
+
+
+class _SharedPieces:
+    """One object for each piece of the IDL's Interface rows that many rows hold equal and that
+    the IDL never changes in place, instead of one per row: about 0.6 KiB of a row's 2 KiB.
+
+    - The `type` Datum ("gre" in every row of a GRE mesh). The IDL replaces a Datum of one
+      value by the update's, and changes in place only a Datum of a set or map, or an empty
+      one (ovs.db.data.Datum.diff): those are never shared.
+    - The option names' Atoms, keys of the row's own `options` map (a modify changes the map
+      in place; Atoms are never changed).
+    - The row's records of a transaction (`_changes`, `_mutations`, `_prereqs`), empty dicts
+      that only a transaction fills, and this daemon never opens one: one read-only empty
+      mapping for all, so that a transaction would fail at once rather than write into it.
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[Any, Any] = {}
+        self._names: dict[Any, Any] = {}
+
+    def share(self, row: Any) -> None:
+        row_data = row._data
+        row_type = row_data.get("type")  # dict.get: no default made for a missing column
+        if row_type is not None and row_type.type.n_max == 1 and len(row_type.values) == 1:
+            (value,) = row_type.values
+            shared = self._types.get(value)
+            if shared is None and len(self._types) < _MAX_SHARED:
+                self._types[value] = shared = row_type
+            if shared is not None:
+                row_data["type"] = shared
+        options = row_data.get("options")
+        if options is not None and any(self._name(k) is not k for k in options.values):
+            options.values = {self._name(k): v for k, v in options.values.items()}
+        if row.__dict__["_changes"] is not _NO_CHANGES and not (
+            row._changes or row._mutations or row._prereqs
+        ):
+            row.__dict__.update(_changes=_NO_CHANGES, _mutations=_NO_CHANGES, _prereqs=_NO_CHANGES)
+
+    def _name(self, atom: Any) -> Any:
+        shared = self._names.get(atom)
+        if shared is None:
+            if len(self._names) >= _MAX_SHARED:
+                return atom
+            self._names[atom] = shared = atom
+        return shared
+
+
 class _TrackingIdl(ovs.db.idl.Idl):
     """Remembers which rows changed, so a change costs in proportion to itself."""
 
@@ -156,6 +208,17 @@ class _TrackingIdl(ovs.db.idl.Idl):
         super().__init__(remote, helper, leader_only=False)
         self.changed_interfaces: set[Any] = set()
         self.other_config_changed = False
+        self._shared = _SharedPieces()
+
+    def _Idl__process_update2(self, table: Any, uuid: Any, row_update: Any) -> Any:
+        # The IDL's own step for one row of an update2/update3 (ovs 3.1 to 4.0), wrapped so
+        # that the row's pieces are shared as soon as it is built: what that frees is then
+        # reused by the next row. Shared in `notify`, after the whole update, it left as many
+        # holes in the heap as there were rows (about 2 MiB at N = 5,000).
+        notice = super()._Idl__process_update2(table, uuid, row_update)  # type: ignore[misc]
+        if notice and notice.event != ovs.db.idl.ROW_DELETE and table.name == "Interface":
+            self._shared.share(notice.row)
+        return notice
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
         if row._table.name == "Interface":

@@ -148,11 +148,23 @@ class PolicyShape(NamedTuple):
 
 
 _SHAPES: dict[PolicyShape, PolicyShape] = {}
+_SORT_PARTS: dict[PolicyShape, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
 # Ours take a few dozen shapes; observed foreign policies could bring any number of them, so
 # past this many a new shape is validated every time and not kept (equality never needs it).
 _MAX_SHAPES = 4096
 _FIELDS = ("direction", "family", "src", "dst", "proto", "sport", "dport", "mark", "mask",
            "priority", "action")  # fmt: skip
+
+
+def _sort_parts(shape: PolicyShape) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """A shape's fields before the addresses and after them, in `PolicySpec.sort_key` order."""
+    direction, family, proto, sport, dport, mark, mask, priority, action = shape
+    sport_key = -1 if sport is None else sport
+    dport_key = -1 if dport is None else dport
+    parts = ((family, priority, direction), (proto, sport_key, dport_key, mark, mask, action))
+    if len(_SORT_PARTS) < _MAX_SHAPES:
+        _SORT_PARTS[shape] = parts
+    return parts
 
 
 def _validated_shape(shape: PolicyShape) -> PolicyShape:
@@ -311,19 +323,12 @@ class PolicySpec:
         )
 
     def sort_key(self) -> tuple[Any, ...]:
-        return (
-            self.family,
-            self.priority,
-            self.direction,
-            self.src,
-            self.dst,
-            self.proto,
-            -1 if self.sport is None else self.sport,
-            -1 if self.dport is None else self.dport,
-            self.mark,
-            self.mask,
-            self.action,
-        )
+        """Orders as (family, priority, direction, src, dst, proto, sport, dport, mark, mask,
+        action) does, a None port first. The fields around the addresses come as two tuples
+        kept per shape: sorting a bulk load's 20,000 policies builds 20,000 tuples of four,
+        not of eleven (transients whose memory the daemon kept afterwards; issue 14)."""
+        parts = _SORT_PARTS.get(self._shape) or _sort_parts(self._shape)
+        return (parts[0], self.src, self.dst, parts[1])
 
     @property
     def purpose(self) -> str | None:
@@ -534,12 +539,10 @@ def policies_to_add_and_remove_for_change(
     to the change rather than to the thousands of policies in `current`."""
     wanted_set = set(wanted)
     to_add = {spec for spec in wanted_set if spec not in current}
-    added_keys = {spec.key() for spec in to_add}
-    to_remove = {
-        spec
-        for spec in unwanted
-        if spec in current and spec not in wanted_set and spec.key() not in added_keys
-    }
+    to_remove = {spec for spec in unwanted if spec in current and spec not in wanted_set}
+    if to_remove:  # (a bulk load's thousands of keys are built only if needed)
+        added_keys = {spec.key() for spec in to_add}
+        to_remove = {spec for spec in to_remove if spec.key() not in added_keys}
     return (
         tuple(sorted(to_add, key=PolicySpec.sort_key)),
         tuple(sorted(to_remove, key=PolicySpec.sort_key)),

@@ -38,8 +38,10 @@ def order_policy_changes(
     added, or that has the kernel key of an addition (`ip xfrm policy update` replaced it in
     place, and deleting by key would delete the new one), is no removal."""
     adds = set(to_add)
-    added_keys = {spec.key() for spec in adds}
-    removes = {spec for spec in to_remove if spec not in adds and spec.key() not in added_keys}
+    removes = {spec for spec in to_remove if spec not in adds}
+    if removes:  # (a bulk load's thousands of keys are built only if needed)
+        added_keys = {spec.key() for spec in adds}
+        removes = {spec for spec in removes if spec.key() not in added_keys}
     return PolicyChanges(
         before_charon=tuple(sorted(adds, key=PolicySpec.sort_key)),
         after_charon=tuple(sorted(removes, key=PolicySpec.sort_key)),

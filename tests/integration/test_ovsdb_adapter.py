@@ -71,6 +71,23 @@ def test_contents_changes_and_deletions(make_lab: Callable[..., Lab]) -> None:
         changed, other_config = ovsdb.changes()
         assert list(by_name(changed)) == ["t1"] and other_config is None
         assert not ovsdb.changed()
+        (t1_uuid,) = changed
+        t1 = InterfaceRow("t1", "gre", {"remote_ip": "10.1.0.3"})
+        # Rows share their equal pieces (`_SharedPieces`): changing t0 must leave t1 alone.
+        idl_rows = ovsdb.idl.tables["Interface"].rows
+        assert idl_rows[t0_uuid]._data["type"] is idl_rows[t1_uuid]._data["type"]
+        host.vsctl("set", "interface", "t0", "type=vxlan", "options:remote_ip=10.1.0.9")
+        turn_until(ovsdb, ovsdb.changed)
+        changed, _ = ovsdb.changes()
+        assert changed == {
+            t0_uuid: InterfaceRow(
+                "t0", "vxlan", {"remote_ip": "10.1.0.9", "psk": Secret("swordfish")}
+            )
+        }
+        assert ovsdb.row(t1_uuid) == t1
+        host.vsctl("set", "interface", "t0", "type=gre", "options:remote_ip=10.1.0.2")
+        turn_until(ovsdb, ovsdb.changed)
+        ovsdb.changes()
 
         # A changed option, then a deletion (None for the row that went).
         host.vsctl("set", "interface", "t0", "options:psk=other")
@@ -83,6 +100,7 @@ def test_contents_changes_and_deletions(make_lab: Callable[..., Lab]) -> None:
         turn_until(ovsdb, ovsdb.changed)
         changed, _ = ovsdb.changes()
         assert changed == {t0_uuid: None}
+        assert ovsdb.row(t1_uuid) == t1
 
         # other_config comes alone, and whole.
         host.vsctl("set", "Open_vSwitch", ".", "other_config:ipsec_skb_mark=0/1")

@@ -429,6 +429,23 @@ def test_diff_adds_missing_removes_stale_sorted():
     assert policies_to_add_and_remove(frozenset(a), frozenset(a)) == ((), ())
 
 
+def test_sort_key_orders_by_the_fields_in_sequence():
+    """sort_key nests the fields around the addresses (shared per shape): the order is that of
+    the eleven fields one after the other, a None port before any port."""
+    specs = [*both("10.0.0.2", GRE), *both("10.0.0.3", UDP, 6081), *both("fd77::2", UDP, 4789)]
+    specs += [s.replace(priority=FAIL_CLOSED_PRIORITY + 1) for s in both("10.0.0.1", TCP, 80)]
+    specs += [s.replace(sport=5, mark=1, mask=1) for s in both("10.0.0.2", UDP, 4789)]
+    specs += [s.replace(action="allow") for s in both("10.0.0.2", GRE)]
+
+    def in_sequence(s: PolicySpec) -> tuple[object, ...]:
+        sport, dport = (-1 if p is None else p for p in (s.sport, s.dport))
+        return (s.family, s.priority, s.direction, s.src, s.dst, s.proto, sport, dport,
+                s.mark, s.mask, s.action)  # fmt: skip
+
+    for ordered in (specs, specs[::-1], specs[1::2] + specs[::2]):
+        assert sorted(ordered, key=PolicySpec.sort_key) == sorted(ordered, key=in_sequence)
+
+
 def test_diff_does_not_remove_a_key_that_is_being_replaced():
     old = fc("out", "0.0.0.0/0", "10.0.0.2/32", GRE)
     new = old.replace(priority=FAIL_CLOSED_PRIORITY + 2)

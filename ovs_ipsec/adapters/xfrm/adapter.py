@@ -135,20 +135,23 @@ class Xfrm:
         once (the table is then in an unknown state; observe again).
         """
         adds = list(add)
-        added_keys = {spec.key() for spec in adds}
-        # A removal with the key of an addition would delete what the update just put in place.
-        removes = [spec for spec in remove if spec.key() not in added_keys]
-        ops = [Operation("add", s) for s in adds] + [Operation("remove", s) for s in removes]
+        removes = list(remove)
+        if removes:  # (the keys of a bulk load's 20,000 additions are built only if needed)
+            # A removal with the key of an addition would delete what the update just put in place.
+            added_keys = {spec.key() for spec in adds}
+            removes = [spec for spec in removes if spec.key() not in added_keys]
+        # Plain pairs: an Operation is made only for a failure.
+        ops = [("add", s) for s in adds] + [("remove", s) for s in removes]
         if not ops:
             return
         try:
-            errors = xfrm_netlink.send_policy_ops([(o.kind, o.spec) for o in ops], self.timeout)
+            errors = xfrm_netlink.send_policy_ops(ops, self.timeout)
         except OSError as exc:
             raise XfrmError(f"netlink: {exc.strerror or exc}") from exc
         failures = [
-            PolicyFailure(op, _describe_error(error))
-            for op, error in zip(ops, errors, strict=True)
-            if error and not (op.kind == "remove" and error == errno.ENOENT)
+            PolicyFailure(Operation(kind, spec), _describe_error(error))
+            for (kind, spec), error in zip(ops, errors, strict=True)
+            if error and not (kind == "remove" and error == errno.ENOENT)
         ]
         if failures:
             raise XfrmApplyError(failures, len(ops))

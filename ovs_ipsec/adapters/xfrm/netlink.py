@@ -333,6 +333,11 @@ def _exchange(
     return answers
 
 
+# An ack or error carries only its errno: one answer per errno, shared, rather than one tuple
+# per request (20,000 at a bulk load, a transient whose memory the daemon kept; issue 14).
+_ACKS: dict[int, tuple[int, bytes]] = {}
+
+
 def _receive(
     sock: socket.socket, pending: dict[int, int], answers: dict[int, tuple[int, bytes]]
 ) -> None:
@@ -341,7 +346,8 @@ def _receive(
         if seq not in pending:
             continue
         if kind == NLMSG_ERROR:
-            answers[pending.pop(seq)] = (_errno(body), b"")
+            error = _errno(body)
+            answers[pending.pop(seq)] = _ACKS.get(error) or _ACKS.setdefault(error, (error, b""))
         elif kind == XFRM_MSG_NEWPOLICY:
             answers[pending.pop(seq)] = (0, body)
 
