@@ -155,7 +155,15 @@ def adopt(
     applied: Applied,
     key_ids: frozenset[str] = frozenset(),
 ) -> Applied:
-    """Believed state after listing charon: keep known contents for what is still there."""
+    """Believed state after listing charon: keep known contents for what is still there.
+    `applied` itself when charon lists exactly what it holds (a periodic check's usual case:
+    no copy of thousands of entries)."""
+    if (
+        conns == applied.conns.keys()
+        and shared == applied.shared.keys()
+        and all(key_id in key_ids for key_id in applied.keys.values())
+    ):
+        return applied
     return Applied(
         conns={name: applied.conns.get(name) for name in conns},
         shared={secret_id: applied.shared.get(secret_id) for secret_id in shared},

@@ -122,8 +122,8 @@ class Applier:
                 self._full_diff = True  # charon's listing differs from what we believed
             if check and (
                 self.health.failures
-                or set(self.applied.conns) - set(desired.conns)
-                or set(self.applied.shared) - set(desired.shared)
+                or not self.applied.conns.keys() <= desired.conns.keys()
+                or not self.applied.shared.keys() <= desired.shared.keys()
             ):
                 self._full_diff = True  # retry what charon refused or left behind
             if self._full_diff:
@@ -163,18 +163,20 @@ class Applier:
             self._ask_capabilities(pass_id, stats)
         key_ids = self.charon.key_ids() if self.applied.keys else frozenset()
         listed = adopt(self.charon.owned_conns(), self.charon.owned_shared(), self.applied, key_ids)
-        lost = (set(self.applied.conns) - set(listed.conns)) | (
-            set(self.applied.shared) - set(listed.shared)
-        )
-        if lost:
-            vlog.warn(f"[{pass_id}] {len(lost)} of our objects vanished from "
-                      f"{self._ike}; restoring")  # fmt: skip
-        changed = changed or (
-            set(listed.conns) != set(self.applied.conns)
-            or set(listed.shared) != set(self.applied.shared)
-            or listed.keys != self.applied.keys
-        )
-        self.applied = listed
+        lost: set[str] = set()
+        if listed is not self.applied:
+            lost = (self.applied.conns.keys() - listed.conns.keys()) | (
+                self.applied.shared.keys() - listed.shared.keys()
+            )
+            if lost:
+                vlog.warn(f"[{pass_id}] {len(lost)} of our objects vanished from "
+                          f"{self._ike}; restoring")  # fmt: skip
+            changed = changed or (
+                listed.conns.keys() != self.applied.conns.keys()
+                or listed.shared.keys() != self.applied.shared.keys()
+                or listed.keys != self.applied.keys
+            )
+            self.applied = listed
         if changed or lost or not self.health.charon_reachable:
             self._touch(None)
         self.health.charon_reachable = True

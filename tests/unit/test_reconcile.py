@@ -303,6 +303,23 @@ def test_adopt_keeps_known_contents_of_listed_objects() -> None:
     assert previous == before
 
 
+def test_adopt_returns_the_state_itself_when_charon_lists_exactly_it() -> None:
+    """A periodic check's usual case: nothing is copied; any difference (a name more or less,
+    a key id gone) gives a new state."""
+    a, b = (naming.conn_name(p) for p in PEERS[:2])
+    sa = naming.shared_id(PEERS[0])
+    held = Applied(conns={a: None, b: None}, shared={sa: None}, keys={"d1": "kid1"})
+    assert adopt(frozenset({a, b}), frozenset({sa}), held, frozenset({"kid1", "x"})) is held
+    for conns, secrets, key_ids in (
+        (frozenset({a}), frozenset({sa}), frozenset({"kid1"})),
+        (frozenset({a, b, "ovs-x"}), frozenset({sa}), frozenset({"kid1"})),
+        (frozenset({a, b}), frozenset(), frozenset({"kid1"})),
+        (frozenset({a, b}), frozenset({sa}), frozenset()),
+    ):
+        adopted = adopt(conns, secrets, held, key_ids)
+        assert adopted is not held and adopted != held
+
+
 # -------------------------------------------------------------------------------------------
 # charon.py feeds adopt only owned names: a fake charon on a unix socket (the vici
 # MockedServer pattern) answers get-conns and get-shared with a mix of ours and foreign ones.
