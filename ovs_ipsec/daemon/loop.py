@@ -274,6 +274,7 @@ class Daemon:
             # What a first pass or a bulk load built is kept for good: out of the collector's
             # way (adapters/heap.py).
             if bulk:
+                self.sa_watch.expect_own_burst()  # charon logs about each thing we loaded
                 heap.settle()
             # Whatever the pass dropped (thousands of listed objects at a check, the messages of a
             # bulk load, a change's few) goes back to the kernel; nothing to give back costs

@@ -980,6 +980,60 @@ def test_log_events_dropped_in_a_flood_are_reported_at_most_once_a_minute(
     assert len(warned) == 2 and f"{700 * 60} log events dropped" in warned[1]
 
 
+def test_log_events_dropped_right_after_our_own_bulk_load_are_no_flood(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """charon logs several lines about each connection a bulk load (a cold start, thousands of
+    ports added at once) gave it: dropping those while their backlog is read is no "IKE flood"
+    warning (one debug line says how many); a flood after that, or one that outlasts
+    OWN_BURST_MAX_SECONDS, still is."""
+    from ovs_ipsec.adapters.events import Received
+    from ovs_ipsec.daemon import sa_watch
+
+    class Events:
+        connected = True
+        dropped = 700
+
+        def receive(self) -> Received:
+            return Received([], None, dropped_logs=self.dropped)
+
+    warned: list[str] = []
+    debug: list[str] = []
+    monkeypatch.setattr(sa_watch.vlog, "warn", warned.append)
+    monkeypatch.setattr(sa_watch.vlog, "dbg", debug.append)
+    clock = FakeClock()
+    events = Events()
+    watch = sa_watch.SaWatch(None, events, Health(), lambda conns: None,  # type: ignore[arg-type]
+                             clock, command_timeout=5)  # fmt: skip
+    watch.expect_own_burst()
+    events.dropped = 0
+    watch.run_events()  # the first reads of the backlog fit in the budget
+    events.dropped = 700
+    for _ in range(20):  # the rest of it, read every 0.1 s (the event session's throttle)
+        watch.run_events()
+        clock.advance(0.1)
+    assert not warned and not debug
+    events.dropped = 0
+    clock.advance(0.5)
+    watch.run_events()  # a second's first reads fit in the budget: the backlog may go on
+    events.dropped = 700
+    watch.run_events()
+    events.dropped = 0
+    clock.advance(1.0)
+    watch.run_events()  # nothing dropped for a second: read, the burst is over
+    assert not warned and debug == [
+        f"{700 * 21} of charon's log events about our bulk load dropped undecoded "
+        f"(more than {sa_watch.LOG_BUDGET} a second)"
+    ]
+    events.dropped = 700
+    watch.run_events()  # a flood of its own
+    assert len(warned) == 1 and "700 log events dropped undecoded" in warned[0]
+    watch.expect_own_burst()  # a burst that does not end: a flood after all
+    clock.advance(sa_watch.OWN_BURST_MAX_SECONDS + sa_watch.DROPPED_REPORT_EVERY)
+    watch.run_events()
+    assert len(warned) == 2
+
+
 # -- the garbage collector -----------------------------------------------------------------------
 
 
