@@ -4,8 +4,9 @@ same as with one request at a time."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,6 +25,9 @@ from ovs_ipsec.core.model import Secret
 from ovs_ipsec.errors import CharonError
 from ovs_ipsec.tools.lab import Lab
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
+from specs import BodySpec  # noqa: E402 - the unit tests' connection of a body of its own
+
 pytestmark = pytest.mark.lab
 
 
@@ -40,17 +44,6 @@ def conn_spec(peer: str) -> ConnSpec:
         },
     }  # fmt: skip
     return spec(name, peer, f"t-{peer}", body)
-
-
-@dataclass(frozen=True, slots=True)
-class BodySpec(ConnSpec):
-    """A connection with a body of the test's own (`raw`, encoded) instead of a planned one."""
-
-    raw: bytes = b""
-
-    @property
-    def wire(self) -> bytes:
-        return self.raw
 
 
 def spec(name: str, peer: str, tunnel: str, body: dict[str, Any]) -> ConnSpec:

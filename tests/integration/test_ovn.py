@@ -276,6 +276,16 @@ def test_every_pair_of_chassis_establishes_an_ike_sa_and_no_esp(ovn: OvnLab) -> 
         assert "netlink error" in show(peer)[tunnel_name(host)]["reason"]
 
 
+def speaking_as(host: Any, name: str, peers: Any) -> None:
+    """Wait until `host`'s tunnels to `peers` show it identifying itself as `name`."""
+    for peer in peers:
+        wait_for(
+            lambda peer=peer: show(host)[tunnel_name(peer)]["auth"]["local_id"] == name,
+            WAIT,
+            what=f"{host.name} speaking as {name}",
+        )
+
+
 def test_a_chassis_with_a_certificate_for_another_name_gets_no_ike_sa(ovn: OvnLab) -> None:
     """h3's certificate (CA-signed, valid) names h9. h1's tunnel to chassis h3 asks for `h3`
     (remote_name), so no IKE_SA comes up whoever starts, and the reasons say why: h3's daemon
@@ -284,12 +294,8 @@ def test_a_chassis_with_a_certificate_for_another_name_gets_no_ike_sa(ovn: OvnLa
     h1, h2, h3 = ovn.hosts
     set_certificate(ovn, h3, "h9", "-h9")
     try:
+        speaking_as(h3, "h9", (h1, h2))
         for peer in (h1, h2):
-            wait_for(
-                lambda peer=peer: show(h3)[tunnel_name(peer)]["auth"]["local_id"] == "h9",
-                WAIT,
-                what="h3 speaking as h9",
-            )
             # A new certificate is hitless by design (test_certs.py): IKE_SAs made with the old
             # one live on until they re-authenticate. End them, as `swanctl --terminate` would.
             terminate(h3, peer)
@@ -314,12 +320,7 @@ def test_a_chassis_with_a_certificate_for_another_name_gets_no_ike_sa(ovn: OvnLa
         assert wait_for(lambda: established(h1, h2), WAIT, what="IKE_SA h1-h2")
     finally:
         set_certificate(ovn, h3, "h3", "")
-        for peer in (h1, h2):
-            wait_for(
-                lambda peer=peer: show(h3)[tunnel_name(peer)]["auth"]["local_id"] == "h3",
-                WAIT,
-                what="h3 speaking as h3 again",
-            )
+        speaking_as(h3, "h3", (h1, h2))
     initiate(h1, h3)
     assert wait_for(lambda: established(h1, h3), WAIT, what="IKE_SA h1-h3 with h3's own name")
 
