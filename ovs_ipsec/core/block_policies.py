@@ -524,12 +524,24 @@ def policies_to_add_and_remove(
     desired_set = frozenset(desired)
     observed_set = frozenset(observed)
     to_add = desired_set - observed_set
-    added_keys = {spec.key() for spec in to_add}
-    to_remove = {spec for spec in observed_set - desired_set if spec.key() not in added_keys}
+    to_remove = not_replaced(observed_set - desired_set, to_add)
     return (
         tuple(sorted(to_add, key=PolicySpec.sort_key)),
         tuple(sorted(to_remove, key=PolicySpec.sort_key)),
     )
+
+
+def not_replaced(
+    removals: Iterable[PolicySpec], additions: Iterable[PolicySpec]
+) -> set[PolicySpec]:
+    """The removals that keep their policy's kernel key to themselves: one with the key of an
+    addition was replaced in place by it, and deleting by key would delete the new one. The
+    keys are built only when there is a removal (a bulk load has thousands of additions)."""
+    kept = set(removals)
+    if kept:
+        added_keys = {spec.key() for spec in additions}
+        kept = {spec for spec in kept if spec.key() not in added_keys}
+    return kept
 
 
 def policies_to_add_and_remove_for_change(
@@ -539,10 +551,9 @@ def policies_to_add_and_remove_for_change(
     to the change rather than to the thousands of policies in `current`."""
     wanted_set = set(wanted)
     to_add = {spec for spec in wanted_set if spec not in current}
-    to_remove = {spec for spec in unwanted if spec in current and spec not in wanted_set}
-    if to_remove:  # (a bulk load's thousands of keys are built only if needed)
-        added_keys = {spec.key() for spec in to_add}
-        to_remove = {spec for spec in to_remove if spec.key() not in added_keys}
+    to_remove = not_replaced(
+        (spec for spec in unwanted if spec in current and spec not in wanted_set), to_add
+    )
     return (
         tuple(sorted(to_add, key=PolicySpec.sort_key)),
         tuple(sorted(to_remove, key=PolicySpec.sort_key)),

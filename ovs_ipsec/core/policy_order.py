@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ovs_ipsec.core.block_policies import PolicySpec
+from ovs_ipsec.core.block_policies import PolicySpec, not_replaced
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,7 @@ def order_policy_changes(
     added, or that has the kernel key of an addition (`ip xfrm policy update` replaced it in
     place, and deleting by key would delete the new one), is no removal."""
     adds = set(to_add)
-    removes = {spec for spec in to_remove if spec not in adds}
-    if removes:  # (a bulk load's thousands of keys are built only if needed)
-        added_keys = {spec.key() for spec in adds}
-        removes = {spec for spec in removes if spec.key() not in added_keys}
+    removes = not_replaced((spec for spec in to_remove if spec not in adds), adds)
     return PolicyChanges(
         before_charon=tuple(sorted(adds, key=PolicySpec.sort_key)),
         after_charon=tuple(sorted(removes, key=PolicySpec.sort_key)),

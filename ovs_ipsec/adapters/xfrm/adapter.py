@@ -24,7 +24,7 @@ from ovs_ipsec.adapters.xfrm.iproute2 import (
     parse_xfrm_stat,
     redact_states,
 )
-from ovs_ipsec.core.block_policies import PolicySpec, is_owned
+from ovs_ipsec.core.block_policies import PolicySpec, is_owned, not_replaced
 from ovs_ipsec.errors import CommandError, XfrmError
 
 if TYPE_CHECKING:
@@ -136,10 +136,8 @@ class Xfrm:
         """
         adds = list(add)
         removes = list(remove)
-        if removes:  # (the keys of a bulk load's 20,000 additions are built only if needed)
-            # A removal with the key of an addition would delete what the update just put in place.
-            added_keys = {spec.key() for spec in adds}
-            removes = [spec for spec in removes if spec.key() not in added_keys]
+        kept = not_replaced(removes, adds)
+        removes = [spec for spec in removes if spec in kept]  # in the caller's order
         # Plain pairs: an Operation is made only for a failure.
         ops = [("add", s) for s in adds] + [("remove", s) for s in removes]
         if not ops:
